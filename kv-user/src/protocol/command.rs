@@ -1,0 +1,96 @@
+//! Parsed requests. Everything borrows from the connection's read buffer: parsing allocates nothing.
+
+/// How a text storage command combines with the existing item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+    /// `cas`: store only if the item's CAS equals the given one.
+    Cas,
+}
+
+/// Keys of a multi-key command, iterated without allocating (space-separated tokens of the request line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys<'a> {
+    /// The rest of the line after the command name (and after the exptime for gat/gats), already validated.
+    pub raw: &'a [u8],
+}
+
+impl<'a> Keys<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.raw.split(|b| *b == b' ').filter(|k| !k.is_empty())
+    }
+}
+
+/// Meta command flags (doc/protocol.txt, "Meta Commands"). Flags that carry a token keep it as raw bytes
+/// or as the parsed number; unknown flags are a parse error (`CLIENT_ERROR invalid flag`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MetaFlags<'a> {
+    pub base64_key: bool,       // b
+    pub return_cas: bool,       // c
+    pub return_flags: bool,     // f
+    pub return_hit: bool,       // h
+    pub return_key: bool,       // k
+    pub return_last_access: bool, // l
+    pub opaque: Option<&'a [u8]>, // O<token>
+    pub quiet: bool,            // q
+    pub return_size: bool,      // s
+    pub return_ttl: bool,       // t
+    pub return_value: bool,     // v
+    pub no_lru_bump: bool,      // u
+    pub explicit_cas: Option<u64>, // E<cas>: use this CAS value for the new item
+    pub compare_cas: Option<u64>,  // C<cas>: compare-and-swap
+    pub vivify_ttl: Option<i64>,   // N<ttl>: autovivify on miss with this TTL
+    pub set_ttl: Option<i64>,      // T<ttl>: update/set TTL
+    pub client_flags: Option<u32>, // F<flags> (ms)
+    pub invalidate: bool,          // I: md marks stale instead of deleting; ms with I + stale CAS
+    pub mode: Option<u8>,          // M<mode>: ms E A P R S, ma I + D -
+    pub delta: Option<u64>,        // D<n> (ma)
+    pub initial: Option<u64>,      // J<n> (ma, initial value on autovivify)
+    pub recache_ttl: Option<i64>,  // R<ttl> (mg)
+}
+
+/// One request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// get / gets
+    Get { keys: Keys<'a>, cas: bool },
+    /// gat / gats
+    Gat { exptime: i64, keys: Keys<'a>, cas: bool },
+    /// set / add / replace / append / prepend / cas
+    Store {
+        mode: StoreMode,
+        key: &'a [u8],
+        flags: u32,
+        exptime: i64,
+        /// Only for `StoreMode::Cas`.
+        cas_unique: u64,
+        data: &'a [u8],
+        noreply: bool,
+    },
+    Delete { key: &'a [u8], noreply: bool },
+    /// incr / decr
+    Arith { key: &'a [u8], incr: bool, delta: u64, noreply: bool },
+    Touch { key: &'a [u8], exptime: i64, noreply: bool },
+    FlushAll { delay: i64, noreply: bool },
+    Version,
+    Verbosity { level: u32, noreply: bool },
+    /// `stats` with an optional argument (`settings`, `items`, `slabs`, `reset`, ...).
+    Stats { arg: Option<&'a [u8]> },
+    Quit,
+    /// mg <key> <flags>*
+    MetaGet { key: &'a [u8], flags: MetaFlags<'a> },
+    /// ms <key> <datalen> <flags>*\r\n<data>\r\n
+    MetaSet { key: &'a [u8], data: &'a [u8], flags: MetaFlags<'a> },
+    /// md <key> <flags>*
+    MetaDelete { key: &'a [u8], flags: MetaFlags<'a> },
+    /// ma <key> <flags>*
+    MetaArith { key: &'a [u8], flags: MetaFlags<'a> },
+    /// mn
+    MetaNoop,
+    /// me <key> (debug): answered with `EN` (not supported) rather than `ERROR`.
+    MetaDebug { key: &'a [u8] },
+}

@@ -1,0 +1,46 @@
+//! The unit of persistence: one successful mutation, as the store applied it.
+//!
+//! Records are *state-based* (a `Set` carries the item's whole resulting state, not "incr by 3"),
+//! so replaying any suffix of the log again after a snapshot converges to the same state. Compaction relies on that.
+
+/// One mutation, borrowed from the store while its shard lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record<'a> {
+    /// The item now has exactly this state (set/add/replace/append/prepend/cas/incr/decr/ms/ma all log this).
+    Set {
+        key: &'a [u8],
+        flags: u32,
+        /// Absolute Unix time in seconds; 0 = never expires.
+        exptime: u64,
+        cas: u64,
+        /// Unix time in seconds when the item was stored (memcached's `it->time`; delayed flush_all needs it).
+        time: u64,
+        value: &'a [u8],
+    },
+    /// Only the expiry changed (touch, gat, mg with T): avoids re-logging a large value.
+    Touch { key: &'a [u8], exptime: u64, cas: u64 },
+    /// The key is gone (delete, md, or an oversized set that removed the old item).
+    Delete { key: &'a [u8] },
+    /// flush_all. Immediate (`at` <= the time it was issued): every item with CAS <= `max_cas` is dead.
+    /// Delayed (`flush_all 30`, `at` in the future): once Unix time reaches `at`, every item whose `time` is
+    /// before `at` dies (memcached's `oldest_live`), including items stored after the command.
+    FlushAll { at: u64, max_cas: u64 },
+}
+
+/// Receives every successful mutation, in the order the store applied it to each key.
+///
+/// The store calls `record` while it still holds the lock of the key's shard, so the log's order per key
+/// is the store's order. Implementations must be cheap (append to an in-memory buffer) and never block on I/O.
+pub trait Journal: Send + Sync {
+    /// Appends the record; returns its sequence number, to be passed to the durability wait before replying.
+    fn record(&self, rec: &Record<'_>) -> u64;
+}
+
+/// A journal that forgets everything (`--no-persist`, unit tests).
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    fn record(&self, _rec: &Record<'_>) -> u64 {
+        0
+    }
+}
