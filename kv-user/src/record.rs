@@ -44,3 +44,9 @@ impl Journal for NoJournal {
         0
     }
 }
+
+/// A source of the live state, for compaction: the store visits every live item as a `Record::Set`
+/// (plus one `Record::FlushAll` first if a delayed flush is pending), each under its shard's lock.
+pub trait Snapshot: Send + Sync {
+    fn for_each_live(&self, f: &mut dyn FnMut(&Record<'_>));
+}
