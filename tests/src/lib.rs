@@ -1,1 +1,236 @@
-//! Helpers for the end-to-end tests in tests/tests/.
+//! Harness for the end-to-end tests in tests/tests/: starts the real `kv-server` binary on free
+//! loopback ports with a temporary data directory and talks to it over real sockets.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The server binary: `KV_SERVER_BIN` (set by `cargo xtask test`) or target/release/kv-server.
+pub fn server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KV_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let bin = root.join("target/release/kv-server");
+    assert!(bin.exists(), "{} missing: run `cargo xtask test` (it builds the server first)", bin.display());
+    bin
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 (memcached clients expect the same number for both).
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let t = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = t.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
+
+/// A running server; killed (SIGKILL) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// Starts with a fresh temporary data directory, BPF off, and `extra` flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in(&dir, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts on an existing data directory (restart tests).
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
+        let port = free_port();
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn(port, dir, &args);
+        let s = Server { child, port, data_dir: dir.to_path_buf(), _tmp: None, args };
+        s.wait_ready();
+        s
+    }
+
+    /// Kills with SIGKILL (no clean shutdown) and starts again on the same port and directory.
+    pub fn crash_and_restart(&mut self) {
+        self.kill9();
+        self.child = spawn(self.port, &self.data_dir, &self.args);
+        self.wait_ready();
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server did not exit within 10 s of SIGTERM");
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr())
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.addr()).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server on port {} did not come up", self.port);
+    }
+}
+
+fn spawn(port: u16, dir: &Path, extra: &[String]) -> Child {
+    let p = port.to_string();
+    Command::new(server_bin())
+        .args(["-l", "127.0.0.1", "-p", &p, "-U", &p, "--no-bpf", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("KV_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+        .spawn()
+        .expect("spawn kv-server")
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking text-protocol client with timeouts, for exact byte-level assertions.
+pub struct Client {
+    pub stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads exactly `n` bytes (panics on timeout or EOF).
+    pub fn read_n(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.stream.read_exact(&mut buf).unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
+        buf
+    }
+
+    /// Sends `req` and asserts the reply is exactly `expected` (and nothing more arrives soon after).
+    #[track_caller]
+    pub fn expect(&mut self, req: &[u8], expected: &[u8]) {
+        self.send(req);
+        let got = self.read_n(expected.len());
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected),
+            "request {:?}",
+            String::from_utf8_lossy(req)
+        );
+        self.assert_silent(Duration::from_millis(30));
+    }
+
+    /// Reads one line including its \r\n.
+    pub fn line(&mut self) -> String {
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        while !out.ends_with(b"\r\n") {
+            self.stream.read_exact(&mut b).expect("reading a line");
+            out.push(b[0]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Asserts nothing arrives within `d` (noreply, or no trailing garbage).
+    #[track_caller]
+    pub fn assert_silent(&mut self, d: Duration) {
+        self.stream.set_read_timeout(Some(d)).unwrap();
+        let mut b = [0u8; 64];
+        let r = self.stream.read(&mut b);
+        self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        match r {
+            Ok(0) => panic!("connection closed"),
+            Ok(n) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&b[..n])),
+            Err(_) => {}
+        }
+    }
+
+    /// True once the server has closed the connection (EOF within 2 s).
+    pub fn closed(&mut self) -> bool {
+        self.stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut b = [0u8; 256];
+        loop {
+            match self.stream.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        }
+    }
+}
+
+/// memcached's UDP framing: sends one request datagram and collects the reply datagrams for it.
+pub fn udp_request(server: SocketAddr, req_id: u16, payload: &[u8]) -> Vec<u8> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut pkt = Vec::with_capacity(8 + payload.len());
+    pkt.extend_from_slice(&req_id.to_be_bytes());
+    pkt.extend_from_slice(&[0, 0, 0, 1, 0, 0]);
+    pkt.extend_from_slice(payload);
+    sock.send_to(&pkt, server).unwrap();
+    udp_collect(&sock, req_id)
+}
+
+/// Receives every datagram of one reply, checks the headers and reassembles it in sequence order.
+pub fn udp_collect(sock: &UdpSocket, req_id: u16) -> Vec<u8> {
+    let mut parts: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).expect("UDP reply");
+        assert!(n >= 8 && n <= 1400, "datagram of {n} bytes");
+        let id = u16::from_be_bytes([buf[0], buf[1]]);
+        let seq = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+        let total = u16::from_be_bytes([buf[4], buf[5]]) as usize;
+        assert_eq!(id, req_id, "request id echoed");
+        assert_eq!(&buf[6..8], &[0, 0], "reserved bytes");
+        if parts.is_empty() {
+            parts.resize(total, None);
+        }
+        assert_eq!(parts.len(), total, "consistent datagram count");
+        parts[seq] = Some(buf[8..n].to_vec());
+        if parts.iter().all(Option::is_some) {
+            return parts.into_iter().flatten().flatten().collect();
+        }
+    }
+}

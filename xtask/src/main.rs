@@ -1,1 +1,91 @@
-fn main() {}
+//! Project tasks: `cargo xtask run` starts the server, `cargo xtask test` runs everything CI runs.
+//! Both first install what a fresh machine lacks (rust-src for nightly, bpf-linker, test peers).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+mod setup;
+
+#[derive(Parser)]
+#[command(about = "Build, run and test the kv cache server")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build (release) and start the server on 127.0.0.1:11211 (TCP and UDP). Extra arguments go to the server.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Install test peers, check formatting and lints, run every test (what CI runs).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Run { args } => run(&root, &args),
+        Task::Test { no_lint, args } => test(&root, no_lint, &args),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn run(root: &Path, args: &[String]) -> Result<()> {
+    setup::ebpf_toolchain()?;
+    cargo(&["build", "--release", "-p", "kv-user", "--bin", "kv-server"])?;
+    let bin = root.join("target/release/kv-server");
+    // exec-like: the server owns the terminal; Ctrl-C reaches it and it detaches XDP on the way out.
+    let status = Command::new(&bin).args(args).status().with_context(|| format!("starting {}", bin.display()))?;
+    exit_with(status)
+}
+
+fn test(root: &Path, no_lint: bool, args: &[String]) -> Result<()> {
+    setup::ebpf_toolchain()?;
+    let python = setup::test_peers(root)?;
+    if !no_lint {
+        cargo(&["fmt", "--all", "--check"])?;
+        cargo(&["clippy", "--workspace", "--release", "--all-targets", "--", "-D", "warnings"])?;
+    }
+    // One profile (release) for everything: the eBPF object is built once, and the end-to-end tests
+    // measure the binary users run.
+    cargo(&["build", "--release", "-p", "kv-user", "--bin", "kv-server"])?;
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["test", "--release", "--workspace"]).args(args);
+    cmd.env("KV_SERVER_BIN", root.join("target/release/kv-server"));
+    cmd.env("KV_PYTHON", &python);
+    let status = cmd.status().context("running cargo test")?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(env!("CARGO")).args(args).status().with_context(|| format!("cargo {args:?}"))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn exit_with(status: ExitStatus) -> Result<()> {
+    std::process::exit(status.code().unwrap_or(1));
+}

@@ -1,0 +1,102 @@
+//! TCP front end: one tokio task per connection (no thread per connection), each owning a read
+//! buffer and a write buffer that are reused for the connection's whole life.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::conn::Pipeline;
+use super::Shared;
+
+/// Replies are flushed once they pass this size even mid-batch, bounding memory per connection.
+const OUT_SOFT_LIMIT: usize = 256 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+pub async fn accept_loop(listener: TcpListener, shared: Shared, mut stop: watch::Receiver<bool>) {
+    let max_conns = shared.ctx.config.max_connections;
+    loop {
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    log::warn!("accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let stats = &shared.ctx.stats;
+        if stats.curr_connections.load(Relaxed) as usize >= max_conns {
+            // memcached (maxconns_fast) answers and closes rather than leaving the client hanging.
+            stats.rejected_connections.fetch_add(1, Relaxed);
+            tokio::spawn(async move {
+                let mut s = stream;
+                let _ = s.write_all(b"ERROR Too many open connections\r\n").await;
+            });
+            continue;
+        }
+        stats.curr_connections.fetch_add(1, Relaxed);
+        stats.total_connections.fetch_add(1, Relaxed);
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, &shared, stop).await {
+                log::debug!("connection: {e}");
+            }
+            shared.ctx.stats.curr_connections.fetch_sub(1, Relaxed);
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, shared: &Shared, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+    let ctx: &Arc<_> = &shared.ctx;
+    let mut pipeline = Pipeline::new(ctx.config.item_size_max);
+    let mut input = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        let batch = pipeline.run(&mut input, ctx, &mut out, OUT_SOFT_LIMIT);
+        if !out.is_empty() {
+            // Acknowledge only what is durable: a failed log write turns the whole batch into an error.
+            if let Err(e) = shared.durable(batch.seq).await {
+                log::error!("log write failed: {e}");
+                out.clear();
+                out.extend_from_slice(b"SERVER_ERROR failed to persist\r\n");
+                stream.write_all(&out).await?;
+                return Ok(());
+            }
+            stream.write_all(&out).await?;
+            ctx.stats.bytes_written.fetch_add(out.len() as u64, Relaxed);
+            out.clear();
+        } else if batch.seq > 0 {
+            // noreply writes are still made durable before we read on: ordering for the next request.
+            if let Err(e) = shared.durable(batch.seq).await {
+                log::error!("log write failed: {e}");
+                return Ok(());
+            }
+        }
+        if batch.close {
+            return Ok(());
+        }
+        if batch.more {
+            continue;
+        }
+        if input.capacity() - input.len() < READ_CHUNK / 4 {
+            input.reserve(READ_CHUNK);
+        }
+        let n = tokio::select! {
+            r = stream.read_buf(&mut input) => r?,
+            _ = stop.changed() => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        ctx.stats.bytes_read.fetch_add(n as u64, Relaxed);
+    }
+}
