@@ -3,4 +3,5 @@
 
 pub mod bpf;
 pub mod config;
+pub mod protocol;
 pub mod record;

@@ -51,6 +51,7 @@ pub struct MetaFlags<'a> {
     pub delta: Option<u64>,        // D<n> (ma)
     pub initial: Option<u64>,      // J<n> (ma, initial value on autovivify)
     pub recache_ttl: Option<i64>,  // R<ttl> (mg)
+    pub remove_value: bool,        // x (md): empty the value but keep the item
 }
 
 /// One request.

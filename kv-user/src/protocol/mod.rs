@@ -1,0 +1,18 @@
+//! memcached text protocol (classic and meta commands): request types and a zero-copy parser.
+//!
+//! Reference behaviour is memcached 1.6.38's `proto_text.c` (the last release with the classic
+//! `tokenize_command` parser), with the stricter number parsing of later 1.6 releases. Where we
+//! deviate, the item is listed in `parse.rs`' module docs.
+
+pub mod command;
+mod meta;
+mod parse;
+
+pub use command::*;
+pub use meta::base64_decode;
+pub use parse::{
+    item_size_ok, parse, Limits, Parsed, ITEM_HEADER_SIZE, KEY_MAX_LENGTH, MAX_LINE_NO_NEWLINE,
+};
+
+#[cfg(test)]
+mod tests;
