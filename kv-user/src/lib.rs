@@ -3,4 +3,12 @@
 
 pub mod bpf;
 pub mod config;
+pub mod exec;
 pub mod record;
+pub mod stats;
+pub mod store;
+
+// Until the protocol branch lands its `protocol/mod.rs`: exec only needs the parsed `Command` types.
+pub mod protocol {
+    pub mod command;
+}
