@@ -3,5 +3,10 @@
 
 pub mod bpf;
 pub mod config;
+pub mod exec;
+pub mod persist;
 pub mod protocol;
 pub mod record;
+pub mod server;
+pub mod stats;
+pub mod store;

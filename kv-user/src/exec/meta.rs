@@ -1,0 +1,342 @@
+//! Meta commands: mg, ms, md, ma (mn and me are answered in `exec::execute`).
+//!
+//! Follows memcached 1.6's proto_parser.c. The parsed flags don't keep their request order, so returned
+//! flags come in a fixed order (c f h k l O s t, then Z X W); the protocol says the order "is not strict".
+//! `q` hides only the nominal reply (mg EN, ms/md/ma HD); errors are always sent.
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use bytes::BytesMut;
+
+use super::arith::{count as count_arith, NON_NUMERIC};
+use super::storage::count_cas;
+use super::{put_i64, put_u64, Ctx, Outcome};
+use crate::protocol::command::MetaFlags;
+use crate::stats::bump;
+use crate::store::{
+    ArithOpts, ArithStatus, DeleteOpts, DeleteStatus, FetchOpts, SetMode, SetRequest, SetStatus,
+};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+const MAX_OPAQUE: usize = 32;
+
+fn error(out: &mut BytesMut, msg: &[u8]) -> Outcome {
+    out.extend_from_slice(msg);
+    out.extend_from_slice(b"\r\n");
+    Outcome::default()
+}
+
+/// Validates the flags shared by all meta commands and decodes a base64 key (`b`).
+fn prepare<'k>(key: &'k [u8], flags: &MetaFlags<'_>) -> Result<Cow<'k, [u8]>, &'static [u8]> {
+    if flags.opaque.is_some_and(|o| o.len() > MAX_OPAQUE) {
+        return Err(b"CLIENT_ERROR opaque token too long");
+    }
+    if flags.base64_key {
+        match B64.decode(key) {
+            Ok(k) if !k.is_empty() => Ok(Cow::Owned(k)),
+            _ => Err(b"CLIENT_ERROR error decoding key"),
+        }
+    } else {
+        Ok(Cow::Borrowed(key))
+    }
+}
+
+fn flag_u64(out: &mut BytesMut, f: u8, v: u64) {
+    out.extend_from_slice(&[b' ', f]);
+    put_u64(out, v);
+}
+
+/// ` k<key>` (base64-encoded plus ` b` for binary keys).
+fn flag_key(out: &mut BytesMut, key: &[u8], flags: &MetaFlags<'_>) {
+    if !flags.return_key {
+        return;
+    }
+    out.extend_from_slice(b" k");
+    if flags.base64_key {
+        out.extend_from_slice(B64.encode(key).as_bytes());
+        out.extend_from_slice(b" b");
+    } else {
+        out.extend_from_slice(key);
+    }
+}
+
+fn flag_opaque(out: &mut BytesMut, flags: &MetaFlags<'_>) {
+    if let Some(o) = flags.opaque {
+        out.extend_from_slice(b" O");
+        out.extend_from_slice(o);
+    }
+}
+
+/// Remaining TTL as memcached reports it: -1 for never.
+fn flag_ttl(out: &mut BytesMut, exptime: u64, now: u64) {
+    out.extend_from_slice(b" t");
+    if exptime == 0 {
+        out.extend_from_slice(b"-1");
+    } else {
+        put_i64(out, exptime.saturating_sub(now) as i64);
+    }
+}
+
+/// A status line with only the O and k flags (misses and failures).
+fn status_line(out: &mut BytesMut, code: &[u8], key: &[u8], flags: &MetaFlags<'_>) {
+    out.extend_from_slice(code);
+    flag_key(out, key, flags);
+    flag_opaque(out, flags);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    bump(&ctx.stats.cmd_meta, 1);
+    let key = match prepare(key, flags) {
+        Ok(k) => k,
+        Err(e) => return error(out, e),
+    };
+    let opts = FetchOpts {
+        bump: !flags.no_lru_bump,
+        touch: flags.set_ttl,
+        vivify: flags.vivify_ttl,
+        new_cas: flags.explicit_cas,
+        recache: flags.recache_ttl,
+    };
+    let f = ctx.store.fetch(&key, &opts);
+    let touched = flags.set_ttl.is_some();
+    let s = &ctx.stats;
+    let Some(it) = f.item else {
+        if touched {
+            bump(&s.cmd_touch, 1);
+            bump(&s.touch_misses, 1);
+        } else {
+            bump(&s.cmd_get, 1);
+            bump(&s.get_misses, 1);
+        }
+        if !flags.quiet {
+            status_line(out, b"EN", &key, flags);
+        }
+        return Outcome::seq(f.seq);
+    };
+    if touched {
+        bump(&s.cmd_touch, 1);
+        bump(&s.touch_hits, 1);
+    } else {
+        bump(&s.cmd_get, 1);
+        bump(&s.get_hits, 1);
+    }
+    let now = ctx.store.now();
+    // C: a matching CAS means the client's copy is current, so the value is not sent.
+    let send_value = flags.return_value && flags.compare_cas != Some(it.cas);
+    if send_value {
+        out.extend_from_slice(b"VA ");
+        put_u64(out, it.value.len() as u64);
+    } else {
+        out.extend_from_slice(b"HD");
+    }
+    if flags.return_cas {
+        flag_u64(out, b'c', it.cas);
+    }
+    if flags.return_flags {
+        flag_u64(out, b'f', u64::from(it.flags));
+    }
+    if flags.return_hit {
+        flag_u64(out, b'h', u64::from(it.fetched));
+    }
+    flag_key(out, &key, flags);
+    if flags.return_last_access {
+        flag_u64(out, b'l', now.saturating_sub(it.last_access));
+    }
+    flag_opaque(out, flags);
+    if flags.return_size {
+        flag_u64(out, b's', it.value.len() as u64);
+    }
+    if flags.return_ttl {
+        flag_ttl(out, it.exptime, now);
+    }
+    if f.token_sent {
+        out.extend_from_slice(b" Z");
+    }
+    if it.stale {
+        out.extend_from_slice(b" X");
+    }
+    if f.won {
+        out.extend_from_slice(b" W");
+    }
+    out.extend_from_slice(b"\r\n");
+    if send_value {
+        out.extend_from_slice(&it.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    Outcome::seq(f.seq)
+}
+
+pub(super) fn ms(
+    key: &[u8],
+    data: &[u8],
+    flags: &MetaFlags<'_>,
+    ctx: &Ctx,
+    out: &mut BytesMut,
+) -> Outcome {
+    bump(&ctx.stats.cmd_meta, 1);
+    let key = match prepare(key, flags) {
+        Ok(k) => k,
+        Err(e) => return error(out, e),
+    };
+    let mut mode = match flags.mode {
+        None | Some(b'S') => SetMode::Set,
+        Some(b'E') => SetMode::Add,
+        Some(b'A') => SetMode::Append,
+        Some(b'P') => SetMode::Prepend,
+        Some(b'R') => SetMode::Replace,
+        Some(_) => return error(out, b"CLIENT_ERROR invalid mode for ms M token"),
+    };
+    // A CAS turns set/replace into a CAS store; append/prepend check it themselves; add ignores it.
+    if flags.compare_cas.is_some() && matches!(mode, SetMode::Set | SetMode::Replace) {
+        mode = SetMode::Cas;
+    }
+    let appending = matches!(mode, SetMode::Append | SetMode::Prepend);
+    let req = SetRequest {
+        key: &key,
+        value: data,
+        flags: flags.client_flags.unwrap_or(0),
+        exptime: flags.set_ttl.unwrap_or(0),
+        mode,
+        compare_cas: flags.compare_cas.unwrap_or(0),
+        new_cas: flags.explicit_cas,
+        allow_stale: flags.invalidate && mode == SetMode::Cas,
+        vivify: if appending { flags.vivify_ttl } else { None },
+    };
+    let res = ctx.store.set(&req);
+    if res.status == SetStatus::TooLarge {
+        bump(&ctx.stats.store_too_large, 1);
+        let seq = ctx.store.remove(&key);
+        error(out, b"SERVER_ERROR object too large for cache");
+        return Outcome::seq(seq);
+    }
+    bump(&ctx.stats.cmd_set, 1);
+    if mode == SetMode::Cas {
+        count_cas(ctx, res.status);
+    }
+    let code: &[u8] = match res.status {
+        SetStatus::Stored if flags.quiet => return Outcome::seq(res.seq),
+        SetStatus::Stored => b"HD",
+        SetStatus::Exists => b"EX",
+        SetStatus::NotFound => b"NF",
+        SetStatus::NotStored | SetStatus::TooLarge => b"NS",
+    };
+    out.extend_from_slice(code);
+    if flags.return_cas {
+        flag_u64(out, b'c', res.cas);
+    }
+    flag_key(out, &key, flags);
+    flag_opaque(out, flags);
+    if flags.return_size {
+        flag_u64(out, b's', res.size as u64);
+    }
+    out.extend_from_slice(b"\r\n");
+    Outcome::seq(res.seq)
+}
+
+pub(super) fn md(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    bump(&ctx.stats.cmd_meta, 1);
+    let key = match prepare(key, flags) {
+        Ok(k) => k,
+        Err(e) => return error(out, e),
+    };
+    let opts = DeleteOpts {
+        compare_cas: flags.compare_cas,
+        invalidate: flags.invalidate,
+        // T only means something together with I.
+        touch: if flags.invalidate {
+            flags.set_ttl
+        } else {
+            None
+        },
+        new_cas: flags.explicit_cas,
+    };
+    let (status, seq) = ctx.store.delete(&key, &opts);
+    let code: &[u8] = match status {
+        DeleteStatus::Deleted => {
+            if !flags.invalidate {
+                bump(&ctx.stats.delete_hits, 1);
+            }
+            if flags.quiet {
+                return Outcome::seq(seq);
+            }
+            b"HD"
+        }
+        DeleteStatus::NotFound => {
+            bump(&ctx.stats.delete_misses, 1);
+            b"NF"
+        }
+        DeleteStatus::Exists => {
+            bump(&ctx.stats.delete_misses, 1);
+            b"EX"
+        }
+    };
+    status_line(out, code, &key, flags);
+    Outcome::seq(seq)
+}
+
+pub(super) fn ma(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    bump(&ctx.stats.cmd_meta, 1);
+    let key = match prepare(key, flags) {
+        Ok(k) => k,
+        // memcached folds every ma flag problem into this one message.
+        Err(_) => return error(out, b"CLIENT_ERROR invalid or duplicate flag"),
+    };
+    let incr = match flags.mode {
+        None | Some(b'I' | b'+') => true,
+        Some(b'D' | b'-') => false,
+        Some(_) => return error(out, b"CLIENT_ERROR invalid mode for ma M token"),
+    };
+    let opts = ArithOpts {
+        incr,
+        delta: flags.delta.unwrap_or(1),
+        compare_cas: flags.compare_cas.unwrap_or(0),
+        new_cas: flags.explicit_cas,
+        vivify: flags
+            .vivify_ttl
+            .map(|ttl| (ttl, flags.initial.unwrap_or(0))),
+        touch: flags.set_ttl,
+    };
+    let res = ctx.store.arith(&key, &opts);
+    match res.status {
+        ArithStatus::Ok => {
+            if !res.created {
+                count_arith(ctx, incr, true);
+            }
+            if flags.quiet {
+                return Outcome::seq(res.seq);
+            }
+            let mut num = itoa::Buffer::new();
+            let num = num.format(res.value).as_bytes();
+            if flags.return_value {
+                out.extend_from_slice(b"VA ");
+                put_u64(out, num.len() as u64);
+            } else {
+                out.extend_from_slice(b"HD");
+            }
+            if flags.return_cas {
+                flag_u64(out, b'c', res.cas);
+            }
+            flag_key(out, &key, flags);
+            flag_opaque(out, flags);
+            if flags.return_ttl {
+                flag_ttl(out, res.exptime, ctx.store.now());
+            }
+            out.extend_from_slice(b"\r\n");
+            if flags.return_value {
+                out.extend_from_slice(num);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        ArithStatus::NonNumeric => {
+            error(out, NON_NUMERIC);
+        }
+        ArithStatus::NotFound => {
+            count_arith(ctx, incr, false);
+            status_line(out, b"NF", &key, flags);
+        }
+        ArithStatus::Exists => status_line(out, b"EX", &key, flags),
+    }
+    Outcome::seq(res.seq)
+}

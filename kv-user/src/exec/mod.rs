@@ -1,0 +1,156 @@
+//! Command execution: runs one parsed [`Command`] against the store and appends memcached's exact reply
+//! bytes to the connection's output buffer. One module per command family.
+//!
+//! Replies are built with `extend_from_slice` and `itoa` only: a GET hit costs a refcount on the value and
+//! the growth of `out`, nothing else.
+
+mod arith;
+mod get;
+mod meta;
+mod misc;
+mod stats;
+mod storage;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use crate::config::Config;
+use crate::protocol::command::Command;
+use crate::stats::{bump, Stats};
+use crate::store::Store;
+
+/// Reported by `version` and `stats`.
+pub const VERSION: &str = "1.6.38-kv";
+
+/// Everything a command needs; cheap to clone (one per connection is fine).
+#[derive(Clone)]
+pub struct Ctx {
+    pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
+    pub config: Arc<Config>,
+    /// Set by `verbosity`, shown in `stats settings`; starts at `-v` count.
+    pub verbosity: Arc<AtomicU32>,
+}
+
+impl Ctx {
+    pub fn new(store: Arc<Store>, stats: Arc<Stats>, config: Arc<Config>) -> Ctx {
+        let verbosity = Arc::new(AtomicU32::new(u32::from(config.verbose)));
+        Ctx {
+            store,
+            stats,
+            config,
+            verbosity,
+        }
+    }
+}
+
+/// What the connection must do after writing the reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Highest journal sequence number this command produced (0 if none): the caller awaits its
+    /// durability before sending the reply.
+    pub seq: u64,
+    /// `quit`: close the connection after flushing `out`.
+    pub close: bool,
+}
+
+impl Outcome {
+    fn seq(seq: u64) -> Outcome {
+        Outcome { seq, close: false }
+    }
+}
+
+/// Executes one command, appending the reply (possibly nothing, for noreply/quiet) to `out`.
+pub fn execute(cmd: &Command<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    match *cmd {
+        Command::Get { keys, cas } => get::get(keys, cas, ctx, out),
+        Command::Gat { exptime, keys, cas } => get::gat(exptime, keys, cas, ctx, out),
+        Command::Store {
+            mode,
+            key,
+            flags,
+            exptime,
+            cas_unique,
+            data,
+            noreply,
+        } => storage::store(
+            mode, key, flags, exptime, cas_unique, data, noreply, ctx, out,
+        ),
+        Command::Delete { key, noreply } => storage::delete(key, noreply, ctx, out),
+        Command::Arith {
+            key,
+            incr,
+            delta,
+            noreply,
+        } => arith::arith(key, incr, delta, noreply, ctx, out),
+        Command::Touch {
+            key,
+            exptime,
+            noreply,
+        } => get::touch(key, exptime, noreply, ctx, out),
+        Command::FlushAll { delay, noreply } => misc::flush_all(delay, noreply, ctx, out),
+        Command::Version => misc::version(out),
+        Command::Verbosity { level, noreply } => misc::verbosity(level, noreply, ctx, out),
+        Command::Stats { arg } => stats::stats(arg, ctx, out),
+        Command::Quit => Outcome {
+            seq: 0,
+            close: true,
+        },
+        Command::MetaGet { key, flags } => meta::mg(key, &flags, ctx, out),
+        Command::MetaSet { key, data, flags } => meta::ms(key, data, &flags, ctx, out),
+        Command::MetaDelete { key, flags } => meta::md(key, &flags, ctx, out),
+        Command::MetaArith { key, flags } => meta::ma(key, &flags, ctx, out),
+        Command::MetaNoop => {
+            bump(&ctx.stats.cmd_meta, 1);
+            out.extend_from_slice(b"MN\r\n");
+            Outcome::default()
+        }
+        Command::MetaDebug { .. } => {
+            bump(&ctx.stats.cmd_meta, 1);
+            out.extend_from_slice(b"EN\r\n");
+            Outcome::default()
+        }
+    }
+}
+
+/// For a storage command the parser refused as too large: memcached replies
+/// `SERVER_ERROR object too large for cache` and removes the old item (so stale data doesn't linger).
+pub fn reject_too_large(key: &[u8], ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    reject_too_large_noreply(key, false, ctx, out)
+}
+
+/// [`reject_too_large`] for a text command with `noreply`, which suppresses even this error in memcached.
+pub fn reject_too_large_noreply(
+    key: &[u8],
+    noreply: bool,
+    ctx: &Ctx,
+    out: &mut BytesMut,
+) -> Outcome {
+    bump(&ctx.stats.store_too_large, 1);
+    if !noreply {
+        out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n");
+    }
+    Outcome::seq(ctx.store.remove(key))
+}
+
+pub(crate) fn put_u64(out: &mut BytesMut, n: u64) {
+    let mut b = itoa::Buffer::new();
+    out.extend_from_slice(b.format(n).as_bytes());
+}
+
+pub(crate) fn put_i64(out: &mut BytesMut, n: i64) {
+    let mut b = itoa::Buffer::new();
+    out.extend_from_slice(b.format(n).as_bytes());
+}
+
+/// Appends `line` + CRLF unless the reply is suppressed.
+pub(crate) fn reply(out: &mut BytesMut, noreply: bool, line: &[u8]) {
+    if !noreply {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+}

@@ -1,0 +1,213 @@
+//! `stats`, `stats settings|items|slabs|reset`, in memcached's names and order.
+
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+
+use super::{put_u64, Ctx, Outcome, VERSION};
+use crate::stats::read;
+use crate::store::ITEM_OVERHEAD;
+
+fn stat_u64(out: &mut BytesMut, name: &str, v: u64) {
+    out.extend_from_slice(b"STAT ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b" ");
+    put_u64(out, v);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn stat_str(out: &mut BytesMut, name: &str, v: &[u8]) {
+    out.extend_from_slice(b"STAT ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(v);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `seconds.micros` as memcached prints rusage.
+fn stat_timeval(out: &mut BytesMut, name: &str, tv: libc::timeval) {
+    out.extend_from_slice(b"STAT ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b" ");
+    put_u64(out, tv.tv_sec.max(0) as u64);
+    out.extend_from_slice(b".");
+    let us = tv.tv_usec.clamp(0, 999_999) as u64;
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(us).as_bytes();
+    for _ in digits.len()..6 {
+        out.extend_from_slice(b"0");
+    }
+    out.extend_from_slice(digits);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn rusage() -> (libc::timeval, libc::timeval) {
+    // SAFETY: getrusage only writes into the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        let z = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        };
+        return (z, z);
+    }
+    (ru.ru_utime, ru.ru_stime)
+}
+
+pub(super) fn stats(arg: Option<&[u8]>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    match arg {
+        None | Some(b"") => general(ctx, out),
+        Some(b"reset") => {
+            ctx.stats.reset();
+            ctx.store.reset_stats();
+            out.extend_from_slice(b"RESET\r\n");
+            return Outcome::default();
+        }
+        Some(b"settings") => settings(ctx, out),
+        Some(b"items") => items(ctx, out),
+        Some(b"slabs") => slabs(ctx, out),
+        Some(b"sizes") => {}
+        Some(b"conns") => {}
+        // memcached: a subcommand no engine knows is a plain ERROR.
+        Some(_) => {
+            out.extend_from_slice(b"ERROR\r\n");
+            return Outcome::default();
+        }
+    }
+    out.extend_from_slice(b"END\r\n");
+    Outcome::default()
+}
+
+fn general(ctx: &Ctx, out: &mut BytesMut) {
+    let s = &*ctx.stats;
+    let st = ctx.store.stats();
+    let (utime, stime) = rusage();
+    stat_u64(out, "pid", u64::from(std::process::id()));
+    stat_u64(out, "uptime", s.uptime());
+    stat_u64(out, "time", ctx.store.now());
+    stat_str(out, "version", VERSION.as_bytes());
+    stat_str(out, "libevent", b"n/a");
+    stat_u64(
+        out,
+        "pointer_size",
+        (8 * std::mem::size_of::<usize>()) as u64,
+    );
+    stat_timeval(out, "rusage_user", utime);
+    stat_timeval(out, "rusage_system", stime);
+    stat_u64(out, "max_connections", ctx.config.max_connections as u64);
+    stat_u64(out, "curr_connections", read(&s.curr_connections));
+    stat_u64(out, "total_connections", read(&s.total_connections));
+    stat_u64(out, "rejected_connections", read(&s.rejected_connections));
+    stat_u64(out, "connection_structures", read(&s.connection_structures));
+    stat_u64(out, "cmd_get", read(&s.cmd_get));
+    stat_u64(out, "cmd_set", read(&s.cmd_set));
+    stat_u64(out, "cmd_flush", read(&s.cmd_flush));
+    stat_u64(out, "cmd_touch", read(&s.cmd_touch));
+    stat_u64(out, "cmd_meta", read(&s.cmd_meta));
+    stat_u64(out, "get_hits", read(&s.get_hits));
+    stat_u64(out, "get_misses", read(&s.get_misses));
+    stat_u64(out, "get_expired", st.get_expired);
+    stat_u64(out, "get_flushed", st.get_flushed);
+    stat_u64(out, "delete_misses", read(&s.delete_misses));
+    stat_u64(out, "delete_hits", read(&s.delete_hits));
+    stat_u64(out, "incr_misses", read(&s.incr_misses));
+    stat_u64(out, "incr_hits", read(&s.incr_hits));
+    stat_u64(out, "decr_misses", read(&s.decr_misses));
+    stat_u64(out, "decr_hits", read(&s.decr_hits));
+    stat_u64(out, "cas_misses", read(&s.cas_misses));
+    stat_u64(out, "cas_hits", read(&s.cas_hits));
+    stat_u64(out, "cas_badval", read(&s.cas_badval));
+    stat_u64(out, "touch_hits", read(&s.touch_hits));
+    stat_u64(out, "touch_misses", read(&s.touch_misses));
+    stat_u64(out, "store_too_large", read(&s.store_too_large));
+    stat_u64(out, "store_no_memory", read(&s.store_no_memory));
+    stat_u64(out, "auth_cmds", 0);
+    stat_u64(out, "auth_errors", 0);
+    stat_u64(out, "bytes_read", read(&s.bytes_read));
+    stat_u64(out, "bytes_written", read(&s.bytes_written));
+    stat_u64(out, "limit_maxbytes", st.limit_maxbytes);
+    stat_u64(out, "accepting_conns", 1);
+    stat_u64(out, "threads", ctx.config.threads as u64);
+    stat_u64(out, "conn_yields", read(&s.conn_yields));
+    stat_u64(out, "bytes", st.bytes);
+    stat_u64(out, "curr_items", st.curr_items);
+    stat_u64(out, "total_items", st.total_items);
+    stat_u64(out, "expired_unfetched", st.expired_unfetched);
+    stat_u64(out, "evicted_unfetched", st.evicted_unfetched);
+    stat_u64(out, "evictions", st.evictions);
+    stat_u64(out, "reclaimed", st.reclaimed);
+}
+
+fn settings(ctx: &Ctx, out: &mut BytesMut) {
+    let c = &*ctx.config;
+    stat_u64(out, "maxbytes", ctx.store.limit_maxbytes());
+    stat_u64(out, "maxconns", c.max_connections as u64);
+    stat_u64(out, "tcpport", u64::from(c.port));
+    stat_u64(out, "udpport", u64::from(c.udp_port));
+    let inter = c.listen.to_string();
+    stat_str(out, "inter", inter.as_bytes());
+    stat_u64(
+        out,
+        "verbosity",
+        u64::from(ctx.verbosity.load(Ordering::Relaxed)),
+    );
+    stat_u64(out, "oldest", 0);
+    stat_str(out, "evictions", b"on");
+    stat_str(out, "domain_socket", b"NULL");
+    stat_str(out, "umask", b"700");
+    stat_str(out, "growth_factor", b"1.25");
+    stat_u64(out, "chunk_size", 48);
+    stat_u64(out, "num_threads", c.threads as u64);
+    stat_u64(out, "num_threads_per_udp", c.threads as u64);
+    stat_str(out, "stat_key_prefix", b":");
+    stat_str(out, "detail_enabled", b"no");
+    stat_u64(out, "reqs_per_event", 20);
+    stat_str(out, "cas_enabled", b"yes");
+    stat_u64(out, "tcp_backlog", 1024);
+    stat_str(out, "binding_protocol", b"ascii");
+    stat_str(out, "auth_enabled_sasl", b"no");
+    stat_u64(out, "item_size_max", ctx.store.item_size_max() as u64);
+    stat_str(out, "maxconns_fast", b"yes");
+    stat_str(out, "flush_enabled", b"yes");
+    stat_str(out, "lru_crawler", b"no");
+    stat_str(out, "lru_maintainer_thread", b"no");
+    stat_str(out, "temporary_ttl", b"0");
+    stat_str(
+        out,
+        "persistence",
+        if c.no_persist {
+            b"no".as_slice()
+        } else {
+            b"yes".as_slice()
+        },
+    );
+}
+
+/// One pseudo slab class: the store has no slabs, but tools expect items:<class>:... lines.
+fn items(ctx: &Ctx, out: &mut BytesMut) {
+    let st = ctx.store.stats();
+    if st.curr_items == 0 {
+        return;
+    }
+    stat_u64(out, "items:1:number", st.curr_items);
+    stat_u64(out, "items:1:age", 0);
+    stat_u64(out, "items:1:evicted", st.evictions);
+    stat_u64(out, "items:1:evicted_nonzero", 0);
+    stat_u64(out, "items:1:evicted_time", 0);
+    stat_u64(out, "items:1:outofmemory", 0);
+    stat_u64(out, "items:1:tailrepairs", 0);
+    stat_u64(out, "items:1:reclaimed", st.reclaimed);
+    stat_u64(out, "items:1:expired_unfetched", st.expired_unfetched);
+    stat_u64(out, "items:1:evicted_unfetched", st.evicted_unfetched);
+}
+
+fn slabs(ctx: &Ctx, out: &mut BytesMut) {
+    let st = ctx.store.stats();
+    if st.curr_items > 0 {
+        stat_u64(out, "1:chunk_size", ITEM_OVERHEAD as u64);
+        stat_u64(out, "1:used_chunks", st.curr_items);
+        stat_u64(out, "1:mem_requested", st.bytes);
+    }
+    stat_u64(out, "active_slabs", u64::from(st.curr_items > 0));
+    stat_u64(out, "total_malloced", st.bytes);
+}
