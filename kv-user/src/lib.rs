@@ -3,4 +3,5 @@
 
 pub mod bpf;
 pub mod config;
+pub mod persist;
 pub mod record;
