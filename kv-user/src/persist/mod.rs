@@ -4,7 +4,7 @@
 //! - `kv.log`: the live log. `kv.log.tmp`: a compaction in progress (removed at start-up if left over).
 //! - `LOCK`: held with `flock(LOCK_EX)` while a server owns the directory; contains its pid.
 //! - `kv.log.dropped-<unix time>-at-<offset>`: a copy of bytes cut off at start-up because they were corrupt
-//!   (not merely torn), kept for the operator.
+//!   (or a torn tail over 64 KiB, which may hide a damaged length field), kept for the operator.
 //!
 //! # Format (all integers little-endian)
 //! ```text
@@ -153,6 +153,8 @@ struct Shared {
     unsynced: AtomicBool,
     /// Stops the background threads.
     stop: Mutex<bool>,
+    /// Set by close(); lets a compaction give up early.
+    closing: AtomicBool,
     stop_cv: Condvar,
     compact_lock: Mutex<()>,
     compact_min: AtomicU64,
@@ -343,6 +345,75 @@ fn copy_range(src: &File, from: u64, to: u64, dst: &mut impl Write) -> io::Resul
     Ok(())
 }
 
+/// A torn tail longer than this is treated like corruption (a copy is kept): one torn batch is rarely this big,
+/// and a flipped length field can make a mid-file record look torn.
+const SUSPICIOUS_TORN_BYTES: u64 = 64 << 10;
+
+fn is_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut zero = true;
+    let mut check = ZeroCheck(&mut zero);
+    copy_range(file, from, to, &mut check)?;
+    Ok(zero)
+}
+
+struct ZeroCheck<'a>(&'a mut bool);
+
+impl Write for ZeroCheck<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        *self.0 &= b.iter().all(|&x| x == 0);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Cuts the log at `valid_end`, keeping a copy of suspicious bytes for the operator. Returns the number of bytes
+/// dropped and the reason to report.
+fn repair_tail(
+    dir: &Path,
+    path: &Path,
+    file: &File,
+    file_len: u64,
+    valid_end: u64,
+    reason: String,
+    corrupt: bool,
+) -> anyhow::Result<(u64, String)> {
+    let dropped = file_len - valid_end;
+    let ctx = || format!("cannot repair {}", path.display());
+    let mut reason = reason;
+    let mut keep_copy = corrupt || dropped > SUSPICIOUS_TORN_BYTES;
+    // Preallocated or never-written pages after a crash: common and harmless.
+    if keep_copy && is_zero(file, valid_end, file_len).with_context(ctx)? {
+        reason = format!("zero-filled tail at offset {valid_end} ({dropped} bytes)");
+        keep_copy = false;
+    }
+    if keep_copy {
+        // Nothing after a bad record can be trusted (there is no resync marker), so acknowledged writes may be
+        // lost here: say so loudly and keep the bytes.
+        let keep = dir.join(format!("{LOG_FILE}.dropped-{}-at-{valid_end}", unix_now()));
+        let saved = File::create(&keep).and_then(|mut out| {
+            copy_range(file, valid_end, file_len, &mut out).and(out.sync_all())
+        });
+        let copy = match saved {
+            Ok(()) => format!("copy kept in {}", keep.display()),
+            Err(e) => format!("could not keep a copy: {e}"),
+        };
+        log::warn!(
+            "{}: {reason}; DROPPING {dropped} bytes from offset {valid_end} to {file_len} ({copy})",
+            path.display()
+        );
+    } else {
+        log::warn!(
+            "{}: {reason}; truncating to {valid_end} (dropping {dropped} bytes)",
+            path.display()
+        );
+    }
+    file.set_len(valid_end).with_context(ctx)?;
+    file.sync_all().with_context(ctx)?;
+    Ok((dropped, reason))
+}
+
 thread_local! {
     /// Encoding happens outside the append lock; this avoids an allocation per record.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -394,40 +465,8 @@ pub fn open(
             scan(&mut file, apply).with_context(|| format!("cannot read {}", path.display()))?;
         recovery.records = s.records;
         if let Some((reason, corrupt)) = s.stop {
-            let dropped = file_len - s.valid_end;
-            if corrupt {
-                // Everything after a bad record is unreachable (no resync marker); keep it for the operator.
-                let keep = dir.join(format!(
-                    "{LOG_FILE}.dropped-{}-at-{}",
-                    unix_now(),
-                    s.valid_end
-                ));
-                let saved = File::create(&keep).and_then(|mut out| {
-                    copy_range(&file, s.valid_end, file_len, &mut out).and(out.sync_all())
-                });
-                match saved {
-                    Ok(()) => log::warn!(
-                        "{}: {reason}; dropping {dropped} bytes from offset {} to {file_len} (copy kept in {})",
-                        path.display(),
-                        s.valid_end,
-                        keep.display()
-                    ),
-                    Err(e) => log::warn!(
-                        "{}: {reason}; dropping {dropped} bytes from offset {} to {file_len} (could not keep a copy: {e})",
-                        path.display(),
-                        s.valid_end
-                    ),
-                }
-            } else {
-                log::warn!(
-                    "{}: {reason}; truncating to {} (dropping {dropped} bytes)",
-                    path.display(),
-                    s.valid_end
-                );
-            }
-            file.set_len(s.valid_end)
-                .with_context(|| format!("cannot truncate {}", path.display()))?;
-            file.sync_all()?;
+            let (dropped, reason) =
+                repair_tail(dir, &path, &file, file_len, s.valid_end, reason, corrupt)?;
             recovery.dropped_bytes = dropped;
             recovery.dropped_reason = Some(reason);
         }
@@ -461,6 +500,7 @@ pub fn open(
         notify: tokio::sync::Notify::new(),
         unsynced: AtomicBool::new(false),
         stop: Mutex::new(false),
+        closing: AtomicBool::new(false),
         stop_cv: Condvar::new(),
         compact_lock: Mutex::new(()),
         compact_min: AtomicU64::new(DEFAULT_COMPACT_MIN_BYTES),
@@ -657,7 +697,7 @@ impl Shared {
     }
 
     fn stopping(&self) -> bool {
-        *lock(&self.stop)
+        self.closing.load(Ordering::Acquire)
     }
 
     fn fsync_loop(&self) {
@@ -724,7 +764,7 @@ impl Shared {
         let mut err = None;
         let mut scratch = Vec::new();
         snap.for_each_live(&mut |rec| {
-            if err.is_some() {
+            if err.is_some() || self.stopping() {
                 return;
             }
             scratch.clear();
@@ -800,13 +840,13 @@ impl Shared {
             st.pos = new_len + st.buf.len() as u64;
         }
         *live = Arc::new(tmp);
-        drop(live);
-        self.publish(last);
         if let Err(e) = dir_synced {
-            // Which file a crash would leave is unknown, so acknowledged records may not be durable.
+            // Which file a crash would leave is unknown, so the carried-over records are not durable.
             self.poison(&format!("fsync directory {}", self.dir.display()), &e);
             return Err(e);
         }
+        drop(live);
+        self.publish(last);
         self.base_size.store(new_len, Ordering::Relaxed);
         self.compactions.fetch_add(1, Ordering::Relaxed);
         stats.tail_bytes = new_len - stats.snapshot_bytes;
@@ -915,6 +955,7 @@ impl Log {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.shared.closing.store(true, Ordering::Release);
         *lock(&self.shared.stop) = true;
         self.shared.stop_cv.notify_all();
         lock(&self.shared.state).closing = true;
