@@ -60,7 +60,8 @@ impl Pipeline {
                 Parsed::Error { reply, consumed, swallow, close, too_large_key } => {
                     match too_large_key {
                         Some(key) => {
-                            let o = exec::reject_too_large(key, ctx, out);
+                            // An empty reply means the command had noreply.
+                            let o = exec::reject_too_large_noreply(key, reply.is_empty(), ctx, out);
                             batch.seq = batch.seq.max(o.seq);
                         }
                         None => out.extend_from_slice(reply),

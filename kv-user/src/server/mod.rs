@@ -86,7 +86,7 @@ pub fn start(cfg: Arc<Config>) -> Result<Shared> {
     }
 
     let journal = Arc::new(Deferred(OnceLock::new()));
-    let store = Arc::new(crate::store::Store::new(&cfg, journal.clone()));
+    let store = Arc::new(crate::store::Store::new(crate::store::StoreOptions::from_config(&cfg), journal.clone()));
     let log = if cfg.no_persist {
         log::info!("persistence disabled (--no-persist)");
         None
@@ -100,35 +100,16 @@ pub fn start(cfg: Arc<Config>) -> Result<Shared> {
             rec.bytes,
             cfg.data_dir.display(),
             t.elapsed(),
-            store.len()
+            store.stats().curr_items
         );
         if let Some(reason) = &rec.dropped_reason {
             log::warn!("dropped {} bytes at the log tail: {reason}", rec.dropped_bytes);
         }
         let _ = journal.0.set(log.clone());
-        spawn_compactor(log.clone(), store.clone());
+        log.start_compactor(store.clone()).context("starting the log compactor")?;
         Some(log)
     };
     let stats = Arc::new(crate::stats::Stats::new());
-    let ctx = Arc::new(Ctx { store, stats, config: cfg });
+    let ctx = Arc::new(Ctx::new(store, stats, cfg));
     Ok(Shared { ctx, log })
-}
-
-/// Checks the compaction threshold once a second and rewrites the log off the serving threads.
-fn spawn_compactor(log: Arc<Log>, store: Arc<crate::store::Store>) {
-    std::thread::Builder::new()
-        .name("kv-compactor".into())
-        .spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-            if log.is_closed() {
-                return;
-            }
-            if log.needs_compaction() {
-                match log.compact(&*store) {
-                    Ok(s) => log::info!("log compacted: {s:?}"),
-                    Err(e) => log::error!("log compaction failed: {e}"),
-                }
-            }
-        })
-        .expect("spawning the compactor thread");
 }
