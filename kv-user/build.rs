@@ -3,18 +3,13 @@
 use anyhow::{anyhow, Context as _};
 
 fn main() -> anyhow::Result<()> {
-    let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("MetadataCommand::exec")?;
+    let cargo_metadata::Metadata { packages, .. } =
+        cargo_metadata::MetadataCommand::new().no_deps().exec().context("MetadataCommand::exec")?;
     let ebpf = packages
         .into_iter()
         .find(|p| p.name.as_str() == "kv-ebpf")
         .ok_or_else(|| anyhow!("kv-ebpf package not found"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("kv-ebpf manifest has no parent"))?;
+    let root_dir = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("kv-ebpf manifest has no parent"))?;
     aya_build::build_ebpf(
         [aya_build::Package { name: "kv-ebpf", root_dir: root_dir.as_str(), ..Default::default() }],
         aya_build::Toolchain::default(),

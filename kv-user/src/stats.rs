@@ -56,10 +56,7 @@ impl Stats {
     pub fn new() -> Stats {
         let z = || AtomicU64::new(0);
         Stats {
-            started_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             started: Instant::now(),
             curr_connections: z(),
             total_connections: z(),

@@ -58,8 +58,7 @@ pub fn ebpf_toolchain() -> Result<()> {
 
 /// Debian packages and a Python venv with pymemcache, for the end-to-end tests. Returns the venv's python.
 pub fn test_peers(root: &Path) -> Result<PathBuf> {
-    let missing: Vec<&str> =
-        DEBIAN_PACKAGES.iter().filter(|(bin, _)| !on_path(bin)).map(|(_, pkg)| *pkg).collect();
+    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().filter(|(bin, _)| !on_path(bin)).map(|(_, pkg)| *pkg).collect();
     if !missing.is_empty() {
         eprintln!("xtask: installing Debian packages {missing:?}");
         run("apt-get", &["update", "-qq"])?;
@@ -89,13 +88,12 @@ pub fn test_peers(root: &Path) -> Result<PathBuf> {
 }
 
 fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file())).unwrap_or(false)
 }
 
 fn output(prog: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(prog).args(args).stderr(Stdio::null()).output().with_context(|| format!("running {prog}"))?;
+    let out =
+        Command::new(prog).args(args).stderr(Stdio::null()).output().with_context(|| format!("running {prog}"))?;
     if !out.status.success() {
         bail!("{prog} {args:?} failed");
     }

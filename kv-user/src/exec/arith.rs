@@ -6,8 +6,7 @@ use super::{put_u64, reply, Ctx, Outcome};
 use crate::stats::bump;
 use crate::store::{ArithOpts, ArithStatus};
 
-pub(super) const NON_NUMERIC: &[u8] =
-    b"CLIENT_ERROR cannot increment or decrement non-numeric value";
+pub(super) const NON_NUMERIC: &[u8] = b"CLIENT_ERROR cannot increment or decrement non-numeric value";
 
 /// Counts incr/decr hits and misses.
 pub(super) fn count(ctx: &Ctx, incr: bool, hit: bool) {
@@ -21,14 +20,7 @@ pub(super) fn count(ctx: &Ctx, incr: bool, hit: bool) {
     bump(c, 1);
 }
 
-pub(super) fn arith(
-    key: &[u8],
-    incr: bool,
-    delta: u64,
-    noreply: bool,
-    ctx: &Ctx,
-    out: &mut BytesMut,
-) -> Outcome {
+pub(super) fn arith(key: &[u8], incr: bool, delta: u64, noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     let res = ctx.store.arith(key, &ArithOpts::new(incr, delta));
     match res.status {
         ArithStatus::Ok => {

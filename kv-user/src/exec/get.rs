@@ -42,17 +42,8 @@ pub(super) fn get(keys: Keys<'_>, cas: bool, ctx: &Ctx, out: &mut BytesMut) -> O
     Outcome::default()
 }
 
-pub(super) fn gat(
-    exptime: i64,
-    keys: Keys<'_>,
-    cas: bool,
-    ctx: &Ctx,
-    out: &mut BytesMut,
-) -> Outcome {
-    let opts = FetchOpts {
-        touch: Some(exptime),
-        ..FetchOpts::default()
-    };
+pub(super) fn gat(exptime: i64, keys: Keys<'_>, cas: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    let opts = FetchOpts { touch: Some(exptime), ..FetchOpts::default() };
     let (mut hits, mut misses, mut seq) = (0, 0, 0);
     for key in keys.iter() {
         let f = ctx.store.fetch(key, &opts);
@@ -73,20 +64,8 @@ pub(super) fn gat(
     Outcome::seq(seq)
 }
 
-pub(super) fn touch(
-    key: &[u8],
-    exptime: i64,
-    noreply: bool,
-    ctx: &Ctx,
-    out: &mut BytesMut,
-) -> Outcome {
-    let f = ctx.store.fetch(
-        key,
-        &FetchOpts {
-            touch: Some(exptime),
-            ..FetchOpts::default()
-        },
-    );
+pub(super) fn touch(key: &[u8], exptime: i64, noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    let f = ctx.store.fetch(key, &FetchOpts { touch: Some(exptime), ..FetchOpts::default() });
     bump(&ctx.stats.cmd_touch, 1);
     if f.item.is_some() {
         bump(&ctx.stats.touch_hits, 1);

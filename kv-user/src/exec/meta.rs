@@ -14,9 +14,7 @@ use super::storage::count_cas;
 use super::{put_i64, put_u64, Ctx, Outcome};
 use crate::protocol::command::MetaFlags;
 use crate::stats::bump;
-use crate::store::{
-    ArithOpts, ArithStatus, DeleteOpts, DeleteStatus, FetchOpts, SetMode, SetRequest, SetStatus,
-};
+use crate::store::{ArithOpts, ArithStatus, DeleteOpts, DeleteStatus, FetchOpts, SetMode, SetRequest, SetStatus};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const MAX_OPAQUE: usize = 32;
@@ -168,13 +166,7 @@ pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
     Outcome::seq(f.seq)
 }
 
-pub(super) fn ms(
-    key: &[u8],
-    data: &[u8],
-    flags: &MetaFlags<'_>,
-    ctx: &Ctx,
-    out: &mut BytesMut,
-) -> Outcome {
+pub(super) fn ms(key: &[u8], data: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     bump(&ctx.stats.cmd_meta, 1);
     let key = match prepare(key, flags) {
         Ok(k) => k,
@@ -245,11 +237,7 @@ pub(super) fn md(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
         compare_cas: flags.compare_cas,
         invalidate: flags.invalidate,
         // T only means something together with I.
-        touch: if flags.invalidate {
-            flags.set_ttl
-        } else {
-            None
-        },
+        touch: if flags.invalidate { flags.set_ttl } else { None },
         new_cas: flags.explicit_cas,
     };
     let (status, seq) = ctx.store.delete(&key, &opts);
@@ -293,9 +281,7 @@ pub(super) fn ma(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
         delta: flags.delta.unwrap_or(1),
         compare_cas: flags.compare_cas.unwrap_or(0),
         new_cas: flags.explicit_cas,
-        vivify: flags
-            .vivify_ttl
-            .map(|ttl| (ttl, flags.initial.unwrap_or(0))),
+        vivify: flags.vivify_ttl.map(|ttl| (ttl, flags.initial.unwrap_or(0))),
         touch: flags.set_ttl,
     };
     let res = ctx.store.arith(&key, &opts);

@@ -39,12 +39,7 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(store: Arc<Store>, stats: Arc<Stats>, config: Arc<Config>) -> Ctx {
         let verbosity = Arc::new(AtomicU32::new(u32::from(config.verbose)));
-        Ctx {
-            store,
-            stats,
-            config,
-            verbosity,
-        }
+        Ctx { store, stats, config, verbosity }
     }
 }
 
@@ -69,37 +64,17 @@ pub fn execute(cmd: &Command<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     match *cmd {
         Command::Get { keys, cas } => get::get(keys, cas, ctx, out),
         Command::Gat { exptime, keys, cas } => get::gat(exptime, keys, cas, ctx, out),
-        Command::Store {
-            mode,
-            key,
-            flags,
-            exptime,
-            cas_unique,
-            data,
-            noreply,
-        } => storage::store(
-            mode, key, flags, exptime, cas_unique, data, noreply, ctx, out,
-        ),
+        Command::Store { mode, key, flags, exptime, cas_unique, data, noreply } => {
+            storage::store(mode, key, flags, exptime, cas_unique, data, noreply, ctx, out)
+        }
         Command::Delete { key, noreply } => storage::delete(key, noreply, ctx, out),
-        Command::Arith {
-            key,
-            incr,
-            delta,
-            noreply,
-        } => arith::arith(key, incr, delta, noreply, ctx, out),
-        Command::Touch {
-            key,
-            exptime,
-            noreply,
-        } => get::touch(key, exptime, noreply, ctx, out),
+        Command::Arith { key, incr, delta, noreply } => arith::arith(key, incr, delta, noreply, ctx, out),
+        Command::Touch { key, exptime, noreply } => get::touch(key, exptime, noreply, ctx, out),
         Command::FlushAll { delay, noreply } => misc::flush_all(delay, noreply, ctx, out),
         Command::Version => misc::version(out),
         Command::Verbosity { level, noreply } => misc::verbosity(level, noreply, ctx, out),
         Command::Stats { arg } => stats::stats(arg, ctx, out),
-        Command::Quit => Outcome {
-            seq: 0,
-            close: true,
-        },
+        Command::Quit => Outcome { seq: 0, close: true },
         Command::MetaGet { key, flags } => meta::mg(key, &flags, ctx, out),
         Command::MetaSet { key, data, flags } => meta::ms(key, data, &flags, ctx, out),
         Command::MetaDelete { key, flags } => meta::md(key, &flags, ctx, out),
@@ -124,12 +99,7 @@ pub fn reject_too_large(key: &[u8], ctx: &Ctx, out: &mut BytesMut) -> Outcome {
 }
 
 /// [`reject_too_large`] for a text command with `noreply`, which suppresses even this error in memcached.
-pub fn reject_too_large_noreply(
-    key: &[u8],
-    noreply: bool,
-    ctx: &Ctx,
-    out: &mut BytesMut,
-) -> Outcome {
+pub fn reject_too_large_noreply(key: &[u8], noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     bump(&ctx.stats.store_too_large, 1);
     if !noreply {
         out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n");

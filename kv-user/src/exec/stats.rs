@@ -45,10 +45,7 @@ fn rusage() -> (libc::timeval, libc::timeval) {
     // SAFETY: getrusage only writes into the zeroed struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        let z = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        };
+        let z = libc::timeval { tv_sec: 0, tv_usec: 0 };
         return (z, z);
     }
     (ru.ru_utime, ru.ru_stime)
@@ -87,11 +84,7 @@ fn general(ctx: &Ctx, out: &mut BytesMut) {
     stat_u64(out, "time", ctx.store.now());
     stat_str(out, "version", VERSION.as_bytes());
     stat_str(out, "libevent", b"n/a");
-    stat_u64(
-        out,
-        "pointer_size",
-        (8 * std::mem::size_of::<usize>()) as u64,
-    );
+    stat_u64(out, "pointer_size", (8 * std::mem::size_of::<usize>()) as u64);
     stat_timeval(out, "rusage_user", utime);
     stat_timeval(out, "rusage_system", stime);
     stat_u64(out, "max_connections", ctx.config.max_connections as u64);
@@ -146,11 +139,7 @@ fn settings(ctx: &Ctx, out: &mut BytesMut) {
     stat_u64(out, "udpport", u64::from(c.udp_port));
     let inter = c.listen.to_string();
     stat_str(out, "inter", inter.as_bytes());
-    stat_u64(
-        out,
-        "verbosity",
-        u64::from(ctx.verbosity.load(Ordering::Relaxed)),
-    );
+    stat_u64(out, "verbosity", u64::from(ctx.verbosity.load(Ordering::Relaxed)));
     stat_u64(out, "oldest", 0);
     stat_str(out, "evictions", b"on");
     stat_str(out, "domain_socket", b"NULL");
@@ -172,15 +161,7 @@ fn settings(ctx: &Ctx, out: &mut BytesMut) {
     stat_str(out, "lru_crawler", b"no");
     stat_str(out, "lru_maintainer_thread", b"no");
     stat_str(out, "temporary_ttl", b"0");
-    stat_str(
-        out,
-        "persistence",
-        if c.no_persist {
-            b"no".as_slice()
-        } else {
-            b"yes".as_slice()
-        },
-    );
+    stat_str(out, "persistence", if c.no_persist { b"no".as_slice() } else { b"yes".as_slice() });
 }
 
 /// One pseudo slab class: the store has no slabs, but tools expect items:<class>:... lines.

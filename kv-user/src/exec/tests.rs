@@ -18,15 +18,8 @@ struct T {
 fn t() -> T {
     let config = Config::parse_from(["kv-server"]);
     let clock = Arc::new(ManualClock::new(T0));
-    let store = Store::with_clock(
-        StoreOptions::from_config(&config),
-        Arc::new(NoJournal),
-        clock.clone(),
-    );
-    T {
-        ctx: Ctx::new(Arc::new(store), Arc::new(Stats::new()), Arc::new(config)),
-        clock,
-    }
+    let store = Store::with_clock(StoreOptions::from_config(&config), Arc::new(NoJournal), clock.clone());
+    T { ctx: Ctx::new(Arc::new(store), Arc::new(Stats::new()), Arc::new(config)), clock }
 }
 
 impl T {
@@ -41,12 +34,7 @@ impl T {
     }
 
     fn get(&self, keys: &str) -> String {
-        self.run(Command::Get {
-            keys: Keys {
-                raw: keys.as_bytes(),
-            },
-            cas: false,
-        })
+        self.run(Command::Get { keys: Keys { raw: keys.as_bytes() }, cas: false })
     }
 
     fn stat(&self, name: &str) -> String {
@@ -58,29 +46,12 @@ impl T {
     }
 
     fn mg(&self, key: &str, flags: MetaFlags<'_>) -> String {
-        self.run(Command::MetaGet {
-            key: key.as_bytes(),
-            flags,
-        })
+        self.run(Command::MetaGet { key: key.as_bytes(), flags })
     }
 }
 
-fn store_cmd<'a>(
-    mode: StoreMode,
-    key: &'a str,
-    val: &'a str,
-    cas: u64,
-    noreply: bool,
-) -> Command<'a> {
-    Command::Store {
-        mode,
-        key: key.as_bytes(),
-        flags: 5,
-        exptime: 0,
-        cas_unique: cas,
-        data: val.as_bytes(),
-        noreply,
-    }
+fn store_cmd<'a>(mode: StoreMode, key: &'a str, val: &'a str, cas: u64, noreply: bool) -> Command<'a> {
+    Command::Store { mode, key: key.as_bytes(), flags: 5, exptime: 0, cas_unique: cas, data: val.as_bytes(), noreply }
 }
 
 fn cas_of(t: &T, key: &str) -> u64 {
@@ -93,16 +64,10 @@ fn get_set_replies() {
     assert_eq!(t.get("a"), "END\r\n");
     assert_eq!(t.set("a", "hello"), "STORED\r\n");
     assert_eq!(t.set("b", ""), "STORED\r\n");
-    assert_eq!(
-        t.get("a b c"),
-        "VALUE a 5 5\r\nhello\r\nVALUE b 5 0\r\n\r\nEND\r\n"
-    );
+    assert_eq!(t.get("a b c"), "VALUE a 5 5\r\nhello\r\nVALUE b 5 0\r\n\r\nEND\r\n");
     let cas = cas_of(&t, "a");
     assert_eq!(
-        t.run(Command::Get {
-            keys: Keys { raw: b"a" },
-            cas: true
-        }),
+        t.run(Command::Get { keys: Keys { raw: b"a" }, cas: true }),
         format!("VALUE a 5 5 {cas}\r\nhello\r\nEND\r\n")
     );
     assert_eq!(t.stat("cmd_get"), "5");
@@ -115,56 +80,19 @@ fn get_set_replies() {
 #[test]
 fn storage_modes() {
     let t = t();
-    assert_eq!(
-        t.run(store_cmd(StoreMode::Add, "k", "1", 0, false)),
-        "STORED\r\n"
-    );
-    assert_eq!(
-        t.run(store_cmd(StoreMode::Add, "k", "1", 0, false)),
-        "NOT_STORED\r\n"
-    );
-    assert_eq!(
-        t.run(store_cmd(StoreMode::Replace, "x", "1", 0, false)),
-        "NOT_STORED\r\n"
-    );
-    assert_eq!(
-        t.run(store_cmd(StoreMode::Replace, "k", "2", 0, false)),
-        "STORED\r\n"
-    );
-    assert_eq!(
-        t.run(store_cmd(StoreMode::Append, "k", "3", 0, false)),
-        "STORED\r\n"
-    );
-    assert_eq!(
-        t.run(store_cmd(StoreMode::Prepend, "k", "1", 0, false)),
-        "STORED\r\n"
-    );
-    assert_eq!(
-        t.run(store_cmd(StoreMode::Append, "x", "1", 0, false)),
-        "NOT_STORED\r\n"
-    );
+    assert_eq!(t.run(store_cmd(StoreMode::Add, "k", "1", 0, false)), "STORED\r\n");
+    assert_eq!(t.run(store_cmd(StoreMode::Add, "k", "1", 0, false)), "NOT_STORED\r\n");
+    assert_eq!(t.run(store_cmd(StoreMode::Replace, "x", "1", 0, false)), "NOT_STORED\r\n");
+    assert_eq!(t.run(store_cmd(StoreMode::Replace, "k", "2", 0, false)), "STORED\r\n");
+    assert_eq!(t.run(store_cmd(StoreMode::Append, "k", "3", 0, false)), "STORED\r\n");
+    assert_eq!(t.run(store_cmd(StoreMode::Prepend, "k", "1", 0, false)), "STORED\r\n");
+    assert_eq!(t.run(store_cmd(StoreMode::Append, "x", "1", 0, false)), "NOT_STORED\r\n");
     assert_eq!(t.get("k"), "VALUE k 5 3\r\n123\r\nEND\r\n");
     let cas = cas_of(&t, "k");
-    assert_eq!(
-        t.run(store_cmd(StoreMode::Cas, "k", "9", cas + 1, false)),
-        "EXISTS\r\n"
-    );
-    assert_eq!(
-        t.run(store_cmd(StoreMode::Cas, "k", "9", cas, false)),
-        "STORED\r\n"
-    );
-    assert_eq!(
-        t.run(store_cmd(StoreMode::Cas, "x", "9", cas, false)),
-        "NOT_FOUND\r\n"
-    );
-    assert_eq!(
-        (
-            t.stat("cas_hits"),
-            t.stat("cas_badval"),
-            t.stat("cas_misses")
-        ),
-        ("1".into(), "1".into(), "1".into())
-    );
+    assert_eq!(t.run(store_cmd(StoreMode::Cas, "k", "9", cas + 1, false)), "EXISTS\r\n");
+    assert_eq!(t.run(store_cmd(StoreMode::Cas, "k", "9", cas, false)), "STORED\r\n");
+    assert_eq!(t.run(store_cmd(StoreMode::Cas, "x", "9", cas, false)), "NOT_FOUND\r\n");
+    assert_eq!((t.stat("cas_hits"), t.stat("cas_badval"), t.stat("cas_misses")), ("1".into(), "1".into(), "1".into()));
 }
 
 #[test]
@@ -172,51 +100,12 @@ fn noreply_suppresses_everything() {
     let t = t();
     assert_eq!(t.run(store_cmd(StoreMode::Set, "k", "v", 0, true)), "");
     assert_eq!(t.run(store_cmd(StoreMode::Add, "k", "v", 0, true)), "");
-    assert_eq!(
-        t.run(Command::Arith {
-            key: b"k",
-            incr: true,
-            delta: 1,
-            noreply: true
-        }),
-        ""
-    );
-    assert_eq!(
-        t.run(Command::Delete {
-            key: b"k",
-            noreply: true
-        }),
-        ""
-    );
-    assert_eq!(
-        t.run(Command::Delete {
-            key: b"k",
-            noreply: true
-        }),
-        ""
-    );
-    assert_eq!(
-        t.run(Command::Touch {
-            key: b"k",
-            exptime: 1,
-            noreply: true
-        }),
-        ""
-    );
-    assert_eq!(
-        t.run(Command::FlushAll {
-            delay: 0,
-            noreply: true
-        }),
-        ""
-    );
-    assert_eq!(
-        t.run(Command::Verbosity {
-            level: 1,
-            noreply: true
-        }),
-        ""
-    );
+    assert_eq!(t.run(Command::Arith { key: b"k", incr: true, delta: 1, noreply: true }), "");
+    assert_eq!(t.run(Command::Delete { key: b"k", noreply: true }), "");
+    assert_eq!(t.run(Command::Delete { key: b"k", noreply: true }), "");
+    assert_eq!(t.run(Command::Touch { key: b"k", exptime: 1, noreply: true }), "");
+    assert_eq!(t.run(Command::FlushAll { delay: 0, noreply: true }), "");
+    assert_eq!(t.run(Command::Verbosity { level: 1, noreply: true }), "");
     let mut out = BytesMut::new();
     reject_too_large_noreply(b"k", true, &t.ctx, &mut out);
     assert!(out.is_empty());
@@ -225,56 +114,22 @@ fn noreply_suppresses_everything() {
 #[test]
 fn delete_touch_gat() {
     let t = t();
-    assert_eq!(
-        t.run(Command::Delete {
-            key: b"k",
-            noreply: false
-        }),
-        "NOT_FOUND\r\n"
-    );
+    assert_eq!(t.run(Command::Delete { key: b"k", noreply: false }), "NOT_FOUND\r\n");
     t.set("k", "v");
+    assert_eq!(t.run(Command::Touch { key: b"k", exptime: 10, noreply: false }), "TOUCHED\r\n");
+    assert_eq!(t.run(Command::Touch { key: b"z", exptime: 10, noreply: false }), "NOT_FOUND\r\n");
     assert_eq!(
-        t.run(Command::Touch {
-            key: b"k",
-            exptime: 10,
-            noreply: false
-        }),
-        "TOUCHED\r\n"
-    );
-    assert_eq!(
-        t.run(Command::Touch {
-            key: b"z",
-            exptime: 10,
-            noreply: false
-        }),
-        "NOT_FOUND\r\n"
-    );
-    assert_eq!(
-        t.run(Command::Gat {
-            exptime: 100,
-            keys: Keys { raw: b"k z" },
-            cas: false
-        }),
+        t.run(Command::Gat { exptime: 100, keys: Keys { raw: b"k z" }, cas: false }),
         "VALUE k 5 1\r\nv\r\nEND\r\n"
     );
     let cas = cas_of(&t, "k");
     assert_eq!(
-        t.run(Command::Gat {
-            exptime: 100,
-            keys: Keys { raw: b"k" },
-            cas: true
-        }),
+        t.run(Command::Gat { exptime: 100, keys: Keys { raw: b"k" }, cas: true }),
         format!("VALUE k 5 1 {cas}\r\nv\r\nEND\r\n")
     );
     t.clock.advance(50);
     assert_eq!(t.get("k"), "VALUE k 5 1\r\nv\r\nEND\r\n");
-    assert_eq!(
-        t.run(Command::Delete {
-            key: b"k",
-            noreply: false
-        }),
-        "DELETED\r\n"
-    );
+    assert_eq!(t.run(Command::Delete { key: b"k", noreply: false }), "DELETED\r\n");
     assert_eq!(t.stat("touch_hits"), "3");
     assert_eq!(t.stat("touch_misses"), "2");
     assert_eq!(t.stat("cmd_touch"), "5");
@@ -285,14 +140,7 @@ fn delete_touch_gat() {
 #[test]
 fn incr_decr_replies() {
     let t = t();
-    let arith = |incr, delta| {
-        t.run(Command::Arith {
-            key: b"n",
-            incr,
-            delta,
-            noreply: false,
-        })
-    };
+    let arith = |incr, delta| t.run(Command::Arith { key: b"n", incr, delta, noreply: false });
     assert_eq!(arith(true, 1), "NOT_FOUND\r\n");
     t.set("n", "10");
     assert_eq!(arith(true, 5), "15\r\n");
@@ -302,10 +150,7 @@ fn incr_decr_replies() {
     t.set("n", "18446744073709551615");
     assert_eq!(arith(true, 2), "1\r\n");
     t.set("n", "abc");
-    assert_eq!(
-        arith(true, 1),
-        "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
-    );
+    assert_eq!(arith(true, 1), "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
     assert_eq!(t.stat("incr_hits"), "2");
     assert_eq!(t.stat("incr_misses"), "1");
     assert_eq!(t.stat("decr_hits"), "2");
@@ -316,21 +161,9 @@ fn misc_commands() {
     let t = t();
     assert_eq!(t.run(Command::Version), format!("VERSION {VERSION}\r\n"));
     assert!(VERSION.starts_with("1.6."));
-    assert_eq!(
-        t.run(Command::Verbosity {
-            level: 2,
-            noreply: false
-        }),
-        "OK\r\n"
-    );
+    assert_eq!(t.run(Command::Verbosity { level: 2, noreply: false }), "OK\r\n");
     t.set("k", "v");
-    assert_eq!(
-        t.run(Command::FlushAll {
-            delay: 0,
-            noreply: false
-        }),
-        "OK\r\n"
-    );
+    assert_eq!(t.run(Command::FlushAll { delay: 0, noreply: false }), "OK\r\n");
     assert_eq!(t.get("k"), "END\r\n");
     assert_eq!(t.stat("cmd_flush"), "1");
     let mut out = BytesMut::new();
@@ -351,10 +184,7 @@ fn too_large_rejection() {
     // Oversized for the store itself (the parser let it through).
     t.set("k", "old");
     let big = "x".repeat(1 << 20);
-    assert_eq!(
-        t.set("k", &big),
-        "SERVER_ERROR object too large for cache\r\n"
-    );
+    assert_eq!(t.set("k", &big), "SERVER_ERROR object too large for cache\r\n");
     assert_eq!(t.get("k"), "END\r\n");
     assert_eq!(t.stat("store_too_large"), "2");
 }
@@ -415,15 +245,10 @@ fn stats_output() {
     assert!(all.lines().all(|l| l == "END" || l.starts_with("STAT ")));
     assert_eq!(t.stat("limit_maxbytes"), (64u64 << 20).to_string());
     assert_eq!(t.stat("time"), T0.to_string());
-    t.ctx
-        .stats
-        .bytes_read
-        .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+    t.ctx.stats.bytes_read.fetch_add(7, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(t.stat("bytes_read"), "7");
 
-    let s = t.run(Command::Stats {
-        arg: Some(b"settings"),
-    });
+    let s = t.run(Command::Stats { arg: Some(b"settings") });
     for l in [
         "STAT maxbytes 67108864\r\n",
         "STAT maxconns 1024\r\n",
@@ -435,42 +260,17 @@ fn stats_output() {
     ] {
         assert!(s.contains(l), "settings missing {l:?}");
     }
-    t.run(Command::Verbosity {
-        level: 3,
-        noreply: false,
-    });
-    assert!(t
-        .run(Command::Stats {
-            arg: Some(b"settings")
-        })
-        .contains("STAT verbosity 3\r\n"));
+    t.run(Command::Verbosity { level: 3, noreply: false });
+    assert!(t.run(Command::Stats { arg: Some(b"settings") }).contains("STAT verbosity 3\r\n"));
     t.set("k", "v");
-    assert!(t
-        .run(Command::Stats {
-            arg: Some(b"items")
-        })
-        .contains("STAT items:1:number 1\r\n"));
-    assert!(t
-        .run(Command::Stats {
-            arg: Some(b"slabs")
-        })
-        .ends_with("END\r\n"));
+    assert!(t.run(Command::Stats { arg: Some(b"items") }).contains("STAT items:1:number 1\r\n"));
+    assert!(t.run(Command::Stats { arg: Some(b"slabs") }).ends_with("END\r\n"));
     t.get("k");
-    assert_eq!(
-        t.run(Command::Stats {
-            arg: Some(b"reset")
-        }),
-        "RESET\r\n"
-    );
+    assert_eq!(t.run(Command::Stats { arg: Some(b"reset") }), "RESET\r\n");
     assert_eq!(t.stat("cmd_get"), "0");
     assert_eq!(t.stat("total_items"), "0");
     assert_eq!(t.stat("curr_items"), "1");
-    assert_eq!(
-        t.run(Command::Stats {
-            arg: Some(b"bogus")
-        }),
-        "ERROR\r\n"
-    );
+    assert_eq!(t.run(Command::Stats { arg: Some(b"bogus") }), "ERROR\r\n");
 }
 
 #[test]
@@ -479,40 +279,11 @@ fn meta_get() {
     let f = MetaFlags::default;
     assert_eq!(t.mg("k", f()), "EN\r\n");
     assert_eq!(t.mg("k", MetaFlags { quiet: true, ..f() }), "");
-    assert_eq!(
-        t.mg(
-            "k",
-            MetaFlags {
-                opaque: Some(b"42"),
-                return_key: true,
-                ..f()
-            }
-        ),
-        "EN kk O42\r\n"
-    );
+    assert_eq!(t.mg("k", MetaFlags { opaque: Some(b"42"), return_key: true, ..f() }), "EN kk O42\r\n");
     t.set("k", "hello");
     assert_eq!(t.mg("k", f()), "HD\r\n");
-    assert_eq!(
-        t.mg(
-            "k",
-            MetaFlags {
-                return_value: true,
-                ..f()
-            }
-        ),
-        "VA 5\r\nhello\r\n"
-    );
-    assert_eq!(
-        t.mg(
-            "k",
-            MetaFlags {
-                return_value: true,
-                quiet: true,
-                ..f()
-            }
-        ),
-        "VA 5\r\nhello\r\n"
-    );
+    assert_eq!(t.mg("k", MetaFlags { return_value: true, ..f() }), "VA 5\r\nhello\r\n");
+    assert_eq!(t.mg("k", MetaFlags { return_value: true, quiet: true, ..f() }), "VA 5\r\nhello\r\n");
     let cas = cas_of(&t, "k");
     assert_eq!(
         t.mg(
@@ -531,132 +302,32 @@ fn meta_get() {
         format!("VA 5 c{cas} f5 kk Oop s5 t-1\r\nhello\r\n")
     );
     // C matching the current CAS drops the value.
-    assert_eq!(
-        t.mg(
-            "k",
-            MetaFlags {
-                return_value: true,
-                compare_cas: Some(cas),
-                ..f()
-            }
-        ),
-        "HD\r\n"
-    );
+    assert_eq!(t.mg("k", MetaFlags { return_value: true, compare_cas: Some(cas), ..f() }), "HD\r\n");
     // T updates the TTL; t reports it.
-    assert_eq!(
-        t.mg(
-            "k",
-            MetaFlags {
-                set_ttl: Some(100),
-                return_ttl: true,
-                ..f()
-            }
-        ),
-        "HD t100\r\n"
-    );
+    assert_eq!(t.mg("k", MetaFlags { set_ttl: Some(100), return_ttl: true, ..f() }), "HD t100\r\n");
     // h and l report the state before this access.
     t.set("h", "v");
     t.clock.advance(3);
-    assert_eq!(
-        t.mg(
-            "h",
-            MetaFlags {
-                return_hit: true,
-                return_last_access: true,
-                ..f()
-            }
-        ),
-        "HD h0 l3\r\n"
-    );
-    assert_eq!(
-        t.mg(
-            "h",
-            MetaFlags {
-                return_hit: true,
-                return_last_access: true,
-                ..f()
-            }
-        ),
-        "HD h1 l0\r\n"
-    );
+    assert_eq!(t.mg("h", MetaFlags { return_hit: true, return_last_access: true, ..f() }), "HD h0 l3\r\n");
+    assert_eq!(t.mg("h", MetaFlags { return_hit: true, return_last_access: true, ..f() }), "HD h1 l0\r\n");
     // u: no bump, so still "not hit" afterwards.
     t.set("u", "v");
-    assert_eq!(
-        t.mg(
-            "u",
-            MetaFlags {
-                no_lru_bump: true,
-                return_hit: true,
-                ..f()
-            }
-        ),
-        "HD h0\r\n"
-    );
-    assert_eq!(
-        t.mg(
-            "u",
-            MetaFlags {
-                return_hit: true,
-                ..f()
-            }
-        ),
-        "HD h0\r\n"
-    );
-    assert_eq!(
-        t.mg(
-            "k",
-            MetaFlags {
-                opaque: Some(&[b'x'; 33]),
-                ..f()
-            }
-        ),
-        "CLIENT_ERROR opaque token too long\r\n"
-    );
+    assert_eq!(t.mg("u", MetaFlags { no_lru_bump: true, return_hit: true, ..f() }), "HD h0\r\n");
+    assert_eq!(t.mg("u", MetaFlags { return_hit: true, ..f() }), "HD h0\r\n");
+    assert_eq!(t.mg("k", MetaFlags { opaque: Some(&[b'x'; 33]), ..f() }), "CLIENT_ERROR opaque token too long\r\n");
 }
 
 #[test]
 fn meta_get_vivify_and_stale() {
     let t = t();
     let f = MetaFlags::default;
-    let viv = MetaFlags {
-        vivify_ttl: Some(30),
-        return_value: true,
-        return_ttl: true,
-        ..f()
-    };
+    let viv = MetaFlags { vivify_ttl: Some(30), return_value: true, return_ttl: true, ..f() };
     assert_eq!(t.mg("v", viv), "VA 0 t30 W\r\n\r\n");
     assert_eq!(t.mg("v", viv), "VA 0 t30 Z\r\n\r\n");
     t.set("s", "data");
-    assert_eq!(
-        t.run(Command::MetaDelete {
-            key: b"s",
-            flags: MetaFlags {
-                invalidate: true,
-                ..f()
-            }
-        }),
-        "HD\r\n"
-    );
-    assert_eq!(
-        t.mg(
-            "s",
-            MetaFlags {
-                return_value: true,
-                ..f()
-            }
-        ),
-        "VA 4 X W\r\ndata\r\n"
-    );
-    assert_eq!(
-        t.mg(
-            "s",
-            MetaFlags {
-                return_value: true,
-                ..f()
-            }
-        ),
-        "VA 4 Z X\r\ndata\r\n"
-    );
+    assert_eq!(t.run(Command::MetaDelete { key: b"s", flags: MetaFlags { invalidate: true, ..f() } }), "HD\r\n");
+    assert_eq!(t.mg("s", MetaFlags { return_value: true, ..f() }), "VA 4 X W\r\ndata\r\n");
+    assert_eq!(t.mg("s", MetaFlags { return_value: true, ..f() }), "VA 4 Z X\r\ndata\r\n");
     // R: remaining TTL below the token wins once.
     t.run(Command::Store {
         mode: StoreMode::Set,
@@ -667,26 +338,8 @@ fn meta_get_vivify_and_stale() {
         data: b"v",
         noreply: false,
     });
-    assert_eq!(
-        t.mg(
-            "r",
-            MetaFlags {
-                recache_ttl: Some(30),
-                ..f()
-            }
-        ),
-        "HD W\r\n"
-    );
-    assert_eq!(
-        t.mg(
-            "r",
-            MetaFlags {
-                recache_ttl: Some(30),
-                ..f()
-            }
-        ),
-        "HD Z\r\n"
-    );
+    assert_eq!(t.mg("r", MetaFlags { recache_ttl: Some(30), ..f() }), "HD W\r\n");
+    assert_eq!(t.mg("r", MetaFlags { recache_ttl: Some(30), ..f() }), "HD Z\r\n");
 }
 
 #[test]
@@ -694,30 +347,10 @@ fn meta_base64_keys() {
     let t = t();
     let f = MetaFlags::default;
     // "Zm9v" = "foo"
-    let fl = MetaFlags {
-        base64_key: true,
-        return_key: true,
-        ..f()
-    };
-    assert_eq!(
-        t.run(Command::MetaSet {
-            key: b"Zm9v",
-            data: b"bar",
-            flags: fl
-        }),
-        "HD kZm9v b\r\n"
-    );
+    let fl = MetaFlags { base64_key: true, return_key: true, ..f() };
+    assert_eq!(t.run(Command::MetaSet { key: b"Zm9v", data: b"bar", flags: fl }), "HD kZm9v b\r\n");
     assert_eq!(t.get("foo"), "VALUE foo 0 3\r\nbar\r\nEND\r\n");
-    assert_eq!(
-        t.mg(
-            "Zm9v",
-            MetaFlags {
-                return_value: true,
-                ..fl
-            }
-        ),
-        "VA 3 kZm9v b\r\nbar\r\n"
-    );
+    assert_eq!(t.mg("Zm9v", MetaFlags { return_value: true, ..fl }), "VA 3 kZm9v b\r\nbar\r\n");
     assert_eq!(t.mg("!!!", fl), "CLIENT_ERROR error decoding key\r\n");
 }
 
@@ -726,239 +359,38 @@ fn meta_set() {
     let t = t();
     let f = MetaFlags::default;
     let ms = |key: &'static str, data: &'static str, flags| {
-        t.run(Command::MetaSet {
-            key: key.as_bytes(),
-            data: data.as_bytes(),
-            flags,
-        })
+        t.run(Command::MetaSet { key: key.as_bytes(), data: data.as_bytes(), flags })
     };
     assert_eq!(ms("k", "v", f()), "HD\r\n");
     assert_eq!(ms("k", "v", MetaFlags { quiet: true, ..f() }), "");
-    assert_eq!(
-        ms(
-            "k",
-            "v2",
-            MetaFlags {
-                client_flags: Some(9),
-                set_ttl: Some(60),
-                ..f()
-            }
-        ),
-        "HD\r\n"
-    );
-    assert_eq!(
-        t.mg(
-            "k",
-            MetaFlags {
-                return_flags: true,
-                return_ttl: true,
-                ..f()
-            }
-        ),
-        "HD f9 t60\r\n"
-    );
+    assert_eq!(ms("k", "v2", MetaFlags { client_flags: Some(9), set_ttl: Some(60), ..f() }), "HD\r\n");
+    assert_eq!(t.mg("k", MetaFlags { return_flags: true, return_ttl: true, ..f() }), "HD f9 t60\r\n");
     let cas = cas_of(&t, "k");
-    assert_eq!(
-        ms(
-            "k",
-            "x",
-            MetaFlags {
-                compare_cas: Some(cas + 1),
-                ..f()
-            }
-        ),
-        "EX\r\n"
-    );
-    assert_eq!(
-        ms(
-            "k",
-            "x",
-            MetaFlags {
-                compare_cas: Some(cas + 1),
-                quiet: true,
-                ..f()
-            }
-        ),
-        "EX\r\n"
-    );
-    assert_eq!(
-        ms(
-            "zz",
-            "x",
-            MetaFlags {
-                compare_cas: Some(cas),
-                ..f()
-            }
-        ),
-        "NF\r\n"
-    );
-    let out = ms(
-        "k",
-        "x",
-        MetaFlags {
-            compare_cas: Some(cas),
-            return_cas: true,
-            ..f()
-        },
-    );
+    assert_eq!(ms("k", "x", MetaFlags { compare_cas: Some(cas + 1), ..f() }), "EX\r\n");
+    assert_eq!(ms("k", "x", MetaFlags { compare_cas: Some(cas + 1), quiet: true, ..f() }), "EX\r\n");
+    assert_eq!(ms("zz", "x", MetaFlags { compare_cas: Some(cas), ..f() }), "NF\r\n");
+    let out = ms("k", "x", MetaFlags { compare_cas: Some(cas), return_cas: true, ..f() });
     let new = cas_of(&t, "k");
     assert_eq!(out, format!("HD c{new}\r\n"));
-    assert_eq!(
-        ms(
-            "k",
-            "y",
-            MetaFlags {
-                mode: Some(b'E'),
-                ..f()
-            }
-        ),
-        "NS\r\n"
-    );
-    assert_eq!(
-        ms(
-            "a",
-            "1",
-            MetaFlags {
-                mode: Some(b'E'),
-                ..f()
-            }
-        ),
-        "HD\r\n"
-    );
-    assert_eq!(
-        ms(
-            "a",
-            "2",
-            MetaFlags {
-                mode: Some(b'A'),
-                return_size: true,
-                ..f()
-            }
-        ),
-        "HD s2\r\n"
-    );
-    assert_eq!(
-        ms(
-            "a",
-            "0",
-            MetaFlags {
-                mode: Some(b'P'),
-                ..f()
-            }
-        ),
-        "HD\r\n"
-    );
+    assert_eq!(ms("k", "y", MetaFlags { mode: Some(b'E'), ..f() }), "NS\r\n");
+    assert_eq!(ms("a", "1", MetaFlags { mode: Some(b'E'), ..f() }), "HD\r\n");
+    assert_eq!(ms("a", "2", MetaFlags { mode: Some(b'A'), return_size: true, ..f() }), "HD s2\r\n");
+    assert_eq!(ms("a", "0", MetaFlags { mode: Some(b'P'), ..f() }), "HD\r\n");
     assert_eq!(t.get("a"), "VALUE a 0 3\r\n012\r\nEND\r\n");
-    assert_eq!(
-        ms(
-            "b",
-            "1",
-            MetaFlags {
-                mode: Some(b'A'),
-                ..f()
-            }
-        ),
-        "NS\r\n"
-    );
-    assert_eq!(
-        ms(
-            "b",
-            "1",
-            MetaFlags {
-                mode: Some(b'A'),
-                vivify_ttl: Some(0),
-                ..f()
-            }
-        ),
-        "HD\r\n"
-    );
-    assert_eq!(
-        ms(
-            "c",
-            "1",
-            MetaFlags {
-                mode: Some(b'R'),
-                ..f()
-            }
-        ),
-        "NS\r\n"
-    );
-    assert_eq!(
-        ms(
-            "a",
-            "r",
-            MetaFlags {
-                mode: Some(b'R'),
-                ..f()
-            }
-        ),
-        "HD\r\n"
-    );
-    assert_eq!(
-        ms(
-            "a",
-            "r",
-            MetaFlags {
-                mode: Some(b'X'),
-                ..f()
-            }
-        ),
-        "CLIENT_ERROR invalid mode for ms M token\r\n"
-    );
-    assert_eq!(
-        ms(
-            "e",
-            "v",
-            MetaFlags {
-                explicit_cas: Some(777),
-                ..f()
-            }
-        ),
-        "HD\r\n"
-    );
+    assert_eq!(ms("b", "1", MetaFlags { mode: Some(b'A'), ..f() }), "NS\r\n");
+    assert_eq!(ms("b", "1", MetaFlags { mode: Some(b'A'), vivify_ttl: Some(0), ..f() }), "HD\r\n");
+    assert_eq!(ms("c", "1", MetaFlags { mode: Some(b'R'), ..f() }), "NS\r\n");
+    assert_eq!(ms("a", "r", MetaFlags { mode: Some(b'R'), ..f() }), "HD\r\n");
+    assert_eq!(ms("a", "r", MetaFlags { mode: Some(b'X'), ..f() }), "CLIENT_ERROR invalid mode for ms M token\r\n");
+    assert_eq!(ms("e", "v", MetaFlags { explicit_cas: Some(777), ..f() }), "HD\r\n");
     assert_eq!(cas_of(&t, "e"), 777);
     // I + C: an older CAS is accepted but marks the item stale.
-    assert_eq!(
-        ms(
-            "e",
-            "w",
-            MetaFlags {
-                compare_cas: Some(5),
-                invalidate: true,
-                ..f()
-            }
-        ),
-        "HD\r\n"
-    );
-    assert_eq!(
-        t.mg(
-            "e",
-            MetaFlags {
-                return_value: true,
-                ..f()
-            }
-        ),
-        "VA 1 X W\r\nw\r\n"
-    );
-    assert_eq!(
-        ms(
-            "k",
-            "v",
-            MetaFlags {
-                opaque: Some(b"1"),
-                return_key: true,
-                ..f()
-            }
-        ),
-        "HD kk O1\r\n"
-    );
+    assert_eq!(ms("e", "w", MetaFlags { compare_cas: Some(5), invalidate: true, ..f() }), "HD\r\n");
+    assert_eq!(t.mg("e", MetaFlags { return_value: true, ..f() }), "VA 1 X W\r\nw\r\n");
+    assert_eq!(ms("k", "v", MetaFlags { opaque: Some(b"1"), return_key: true, ..f() }), "HD kk O1\r\n");
     let big = "x".repeat(1 << 20);
     assert_eq!(
-        t.run(Command::MetaSet {
-            key: b"k",
-            data: big.as_bytes(),
-            flags: MetaFlags { quiet: true, ..f() }
-        }),
+        t.run(Command::MetaSet { key: b"k", data: big.as_bytes(), flags: MetaFlags { quiet: true, ..f() } }),
         "SERVER_ERROR object too large for cache\r\n"
     );
     assert_eq!(t.get("k"), "END\r\n");
@@ -968,63 +400,22 @@ fn meta_set() {
 fn meta_delete() {
     let t = t();
     let f = MetaFlags::default;
-    let md = |key: &'static str, flags| {
-        t.run(Command::MetaDelete {
-            key: key.as_bytes(),
-            flags,
-        })
-    };
+    let md = |key: &'static str, flags| t.run(Command::MetaDelete { key: key.as_bytes(), flags });
     assert_eq!(md("k", f()), "NF\r\n");
     assert_eq!(md("k", MetaFlags { quiet: true, ..f() }), "NF\r\n");
     t.set("k", "v");
     let cas = cas_of(&t, "k");
+    assert_eq!(md("k", MetaFlags { compare_cas: Some(cas + 1), ..f() }), "EX\r\n");
     assert_eq!(
-        md(
-            "k",
-            MetaFlags {
-                compare_cas: Some(cas + 1),
-                ..f()
-            }
-        ),
-        "EX\r\n"
-    );
-    assert_eq!(
-        md(
-            "k",
-            MetaFlags {
-                compare_cas: Some(cas),
-                opaque: Some(b"9"),
-                return_key: true,
-                ..f()
-            }
-        ),
+        md("k", MetaFlags { compare_cas: Some(cas), opaque: Some(b"9"), return_key: true, ..f() }),
         "HD kk O9\r\n"
     );
     assert_eq!(t.get("k"), "END\r\n");
     t.set("k", "v");
     assert_eq!(md("k", MetaFlags { quiet: true, ..f() }), "");
     t.set("s", "v");
-    assert_eq!(
-        md(
-            "s",
-            MetaFlags {
-                invalidate: true,
-                set_ttl: Some(30),
-                ..f()
-            }
-        ),
-        "HD\r\n"
-    );
-    assert_eq!(
-        t.mg(
-            "s",
-            MetaFlags {
-                return_ttl: true,
-                ..f()
-            }
-        ),
-        "HD t30 X W\r\n"
-    );
+    assert_eq!(md("s", MetaFlags { invalidate: true, set_ttl: Some(30), ..f() }), "HD\r\n");
+    assert_eq!(t.mg("s", MetaFlags { return_ttl: true, ..f() }), "HD t30 X W\r\n");
 }
 
 #[test]
@@ -1034,86 +425,20 @@ fn meta_arith() {
     let ma = |flags| t.run(Command::MetaArith { key: b"n", flags });
     assert_eq!(ma(f()), "NF\r\n");
     assert_eq!(ma(MetaFlags { quiet: true, ..f() }), "NF\r\n");
-    assert_eq!(
-        ma(MetaFlags {
-            vivify_ttl: Some(0),
-            initial: Some(10),
-            return_value: true,
-            ..f()
-        }),
-        "VA 2\r\n10\r\n"
-    );
+    assert_eq!(ma(MetaFlags { vivify_ttl: Some(0), initial: Some(10), return_value: true, ..f() }), "VA 2\r\n10\r\n");
     assert_eq!(ma(f()), "HD\r\n");
-    assert_eq!(
-        ma(MetaFlags {
-            return_value: true,
-            delta: Some(9),
-            ..f()
-        }),
-        "VA 2\r\n20\r\n"
-    );
-    assert_eq!(
-        ma(MetaFlags {
-            return_value: true,
-            mode: Some(b'D'),
-            delta: Some(15),
-            ..f()
-        }),
-        "VA 1\r\n5\r\n"
-    );
-    assert_eq!(
-        ma(MetaFlags {
-            return_value: true,
-            mode: Some(b'-'),
-            delta: Some(15),
-            ..f()
-        }),
-        "VA 1\r\n0\r\n"
-    );
-    assert_eq!(
-        ma(MetaFlags {
-            mode: Some(b'+'),
-            quiet: true,
-            ..f()
-        }),
-        ""
-    );
+    assert_eq!(ma(MetaFlags { return_value: true, delta: Some(9), ..f() }), "VA 2\r\n20\r\n");
+    assert_eq!(ma(MetaFlags { return_value: true, mode: Some(b'D'), delta: Some(15), ..f() }), "VA 1\r\n5\r\n");
+    assert_eq!(ma(MetaFlags { return_value: true, mode: Some(b'-'), delta: Some(15), ..f() }), "VA 1\r\n0\r\n");
+    assert_eq!(ma(MetaFlags { mode: Some(b'+'), quiet: true, ..f() }), "");
     let cas = cas_of(&t, "n");
-    assert_eq!(
-        ma(MetaFlags {
-            compare_cas: Some(cas + 1),
-            ..f()
-        }),
-        "EX\r\n"
-    );
-    let out = ma(MetaFlags {
-        compare_cas: Some(cas),
-        return_cas: true,
-        return_ttl: true,
-        set_ttl: Some(50),
-        ..f()
-    });
+    assert_eq!(ma(MetaFlags { compare_cas: Some(cas + 1), ..f() }), "EX\r\n");
+    let out = ma(MetaFlags { compare_cas: Some(cas), return_cas: true, return_ttl: true, set_ttl: Some(50), ..f() });
     assert_eq!(out, format!("HD c{} t50\r\n", cas_of(&t, "n")));
-    assert_eq!(
-        ma(MetaFlags {
-            mode: Some(b'x'),
-            ..f()
-        }),
-        "CLIENT_ERROR invalid mode for ma M token\r\n"
-    );
-    assert_eq!(
-        ma(MetaFlags {
-            opaque: Some(b"o"),
-            return_key: true,
-            ..f()
-        }),
-        "HD kn Oo\r\n"
-    );
+    assert_eq!(ma(MetaFlags { mode: Some(b'x'), ..f() }), "CLIENT_ERROR invalid mode for ma M token\r\n");
+    assert_eq!(ma(MetaFlags { opaque: Some(b"o"), return_key: true, ..f() }), "HD kn Oo\r\n");
     t.set("n", "text");
-    assert_eq!(
-        ma(f()),
-        "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
-    );
+    assert_eq!(ma(f()), "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
     assert_eq!(t.stat("cmd_meta"), "13");
 }
 
@@ -1128,68 +453,12 @@ fn execute_reports_journal_seq() {
         }
     }
     let config = Config::parse_from(["kv-server"]);
-    let store = Store::new(
-        StoreOptions::from_config(&config),
-        Arc::new(Count(AtomicU64::new(0))),
-    );
+    let store = Store::new(StoreOptions::from_config(&config), Arc::new(Count(AtomicU64::new(0))));
     let ctx = Ctx::new(Arc::new(store), Arc::new(Stats::new()), Arc::new(config));
     let mut out = BytesMut::new();
-    assert_eq!(
-        execute(
-            &store_cmd(StoreMode::Set, "k", "v", 0, false),
-            &ctx,
-            &mut out
-        )
-        .seq,
-        1
-    );
-    assert_eq!(
-        execute(
-            &Command::Get {
-                keys: Keys { raw: b"k" },
-                cas: false
-            },
-            &ctx,
-            &mut out
-        )
-        .seq,
-        0
-    );
-    assert_eq!(
-        execute(
-            &Command::Gat {
-                exptime: 5,
-                keys: Keys { raw: b"k k" },
-                cas: false
-            },
-            &ctx,
-            &mut out
-        )
-        .seq,
-        3
-    );
-    assert_eq!(
-        execute(
-            &Command::Delete {
-                key: b"k",
-                noreply: false
-            },
-            &ctx,
-            &mut out
-        )
-        .seq,
-        4
-    );
-    assert_eq!(
-        execute(
-            &Command::FlushAll {
-                delay: 0,
-                noreply: false
-            },
-            &ctx,
-            &mut out
-        )
-        .seq,
-        5
-    );
+    assert_eq!(execute(&store_cmd(StoreMode::Set, "k", "v", 0, false), &ctx, &mut out).seq, 1);
+    assert_eq!(execute(&Command::Get { keys: Keys { raw: b"k" }, cas: false }, &ctx, &mut out).seq, 0);
+    assert_eq!(execute(&Command::Gat { exptime: 5, keys: Keys { raw: b"k k" }, cas: false }, &ctx, &mut out).seq, 3);
+    assert_eq!(execute(&Command::Delete { key: b"k", noreply: false }, &ctx, &mut out).seq, 4);
+    assert_eq!(execute(&Command::FlushAll { delay: 0, noreply: false }, &ctx, &mut out).seq, 5);
 }

@@ -91,14 +91,7 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     out.extend_from_slice(&[0; 4]); // crc, filled in below
     out.push(ty);
     match *rec {
-        Record::Set {
-            key,
-            flags,
-            exptime,
-            cas,
-            time,
-            value,
-        } => {
+        Record::Set { key, flags, exptime, cas, time, value } => {
             out.push(key.len() as u8);
             out.extend_from_slice(key);
             out.extend_from_slice(&flags.to_le_bytes());
@@ -201,11 +194,7 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
             if rest.len() != 16 {
                 return Decoded::Corrupt("touch record has the wrong length");
             }
-            Record::Touch {
-                key,
-                exptime: u64_at(rest, 0),
-                cas: u64_at(rest, 8),
-            }
+            Record::Touch { key, exptime: u64_at(rest, 0), cas: u64_at(rest, 8) }
         }
         T_DELETE => {
             let Some((key, rest)) = split_key(body) else {
@@ -220,10 +209,7 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
             if body.len() != 16 {
                 return Decoded::Corrupt("flush_all record has the wrong length");
             }
-            Record::FlushAll {
-                at: u64_at(body, 0),
-                max_cas: u64_at(body, 8),
-            }
+            Record::FlushAll { at: u64_at(body, 0), max_cas: u64_at(body, 8) }
         }
         _ => return Decoded::Corrupt("unknown record type"),
     };
@@ -246,22 +232,8 @@ mod tests {
 
     fn samples() -> Vec<Record<'static>> {
         vec![
-            Record::Set {
-                key: b"k",
-                flags: 7,
-                exptime: 0,
-                cas: 1,
-                time: 1_700_000_000,
-                value: b"hello",
-            },
-            Record::Set {
-                key: b"empty",
-                flags: 0,
-                exptime: 99,
-                cas: u64::MAX,
-                time: 0,
-                value: b"",
-            },
+            Record::Set { key: b"k", flags: 7, exptime: 0, cas: 1, time: 1_700_000_000, value: b"hello" },
+            Record::Set { key: b"empty", flags: 0, exptime: 99, cas: u64::MAX, time: 0, value: b"" },
             Record::Set {
                 key: &[b'x'; MAX_KEY_LEN],
                 flags: u32::MAX,
@@ -270,16 +242,9 @@ mod tests {
                 time: 4,
                 value: &[0xff; 300],
             },
-            Record::Touch {
-                key: b"t",
-                exptime: 123,
-                cas: 9,
-            },
+            Record::Touch { key: b"t", exptime: 123, cas: 9 },
             Record::Delete { key: b"gone" },
-            Record::FlushAll {
-                at: 1_700_000_030,
-                max_cas: 42,
-            },
+            Record::FlushAll { at: 1_700_000_030, max_cas: 42 },
         ]
     }
 
@@ -377,10 +342,7 @@ mod tests {
             (99, vec![]),
         ];
         for (ty, body) in cases {
-            assert!(
-                matches!(decode(&frame(ty, &body)), Decoded::Corrupt(_)),
-                "type {ty} body {body:?}"
-            );
+            assert!(matches!(decode(&frame(ty, &body)), Decoded::Corrupt(_)), "type {ty} body {body:?}");
         }
         // Pseudo-random bodies under every type: never a panic.
         let mut x = 0x1234_5678u32;
@@ -403,19 +365,9 @@ mod tests {
     fn oversized_records_refused_and_out_untouched() {
         let long = vec![b'k'; MAX_KEY_LEN + 1];
         let mut out = vec![1, 2, 3];
+        assert_eq!(encode(&Record::Delete { key: &long }, &mut out), Err(EncodeError::KeyTooLong(251)));
         assert_eq!(
-            encode(&Record::Delete { key: &long }, &mut out),
-            Err(EncodeError::KeyTooLong(251))
-        );
-        assert_eq!(
-            encode(
-                &Record::Touch {
-                    key: &long,
-                    exptime: 0,
-                    cas: 0
-                },
-                &mut out
-            ),
+            encode(&Record::Touch { key: &long, exptime: 0, cas: 0 }, &mut out),
             Err(EncodeError::KeyTooLong(251))
         );
         assert_eq!(out, vec![1, 2, 3]);

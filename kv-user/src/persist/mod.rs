@@ -47,8 +47,8 @@ mod format;
 mod tests;
 
 pub use format::{
-    decode, encode, file_header, Decoded, EncodeError, FILE_HEADER_LEN, FORMAT_VERSION, MAGIC,
-    MAX_BODY_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, RECORD_HEADER_LEN,
+    decode, encode, file_header, Decoded, EncodeError, FILE_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_BODY_LEN,
+    MAX_KEY_LEN, MAX_VALUE_LEN, RECORD_HEADER_LEN,
 };
 
 use std::cell::RefCell;
@@ -187,9 +187,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Takes an exclusive, non-blocking flock on `dir/LOCK` and writes our pid into it.
@@ -225,11 +223,7 @@ fn lock_dir(dir: &Path) -> anyhow::Result<File> {
 
 /// Creates an empty log (header only) atomically: a crash leaves either no log or a valid one.
 fn create_log(dir: &Path, path: &Path, tmp: &Path) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)?;
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(tmp)?;
     f.write_all(&file_header())?;
     f.sync_all()?;
     fs::rename(tmp, path)?;
@@ -239,31 +233,20 @@ fn create_log(dir: &Path, path: &Path, tmp: &Path) -> io::Result<()> {
 /// Checks the file header. `Ok(false)` means the file is a torn prefix of a header (crash during creation).
 fn check_header(file: &mut File, path: &Path) -> anyhow::Result<bool> {
     let mut h = Vec::with_capacity(FILE_HEADER_LEN);
-    Read::by_ref(file)
-        .take(FILE_HEADER_LEN as u64)
-        .read_to_end(&mut h)?;
+    Read::by_ref(file).take(FILE_HEADER_LEN as u64).read_to_end(&mut h)?;
     let want = file_header();
     if h.len() < FILE_HEADER_LEN && want.starts_with(&h) {
         return Ok(false);
     }
     if h.len() < FILE_HEADER_LEN || h[..8] != MAGIC {
-        bail!(
-            "{} is not a kv log file (bad magic); refusing to touch it",
-            path.display()
-        );
+        bail!("{} is not a kv log file (bad magic); refusing to touch it", path.display());
     }
     if h[8..12] != want[8..12] {
         let v = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-        bail!(
-            "{} has log format version {v}, this server reads version {FORMAT_VERSION}",
-            path.display()
-        );
+        bail!("{} has log format version {v}, this server reads version {FORMAT_VERSION}", path.display());
     }
     if h[12..] != want[12..] {
-        bail!(
-            "{}: file header checksum mismatch; refusing to touch it",
-            path.display()
-        );
+        bail!("{}: file header checksum mismatch; refusing to touch it", path.display());
     }
     Ok(true)
 }
@@ -308,25 +291,12 @@ fn scan(file: &mut File, apply: &mut dyn FnMut(&Record<'_>)) -> io::Result<Scan>
             }
             Decoded::Incomplete => {
                 let left = buf.len() - start;
-                let stop = (left > 0).then(|| {
-                    (
-                        format!("torn record at offset {offset} ({left} bytes)"),
-                        false,
-                    )
-                });
-                return Ok(Scan {
-                    records,
-                    valid_end: offset,
-                    stop,
-                });
+                let stop = (left > 0).then(|| (format!("torn record at offset {offset} ({left} bytes)"), false));
+                return Ok(Scan { records, valid_end: offset, stop });
             }
             Decoded::Corrupt(why) => {
                 let stop = Some((format!("corrupt record at offset {offset}: {why}"), true));
-                return Ok(Scan {
-                    records,
-                    valid_end: offset,
-                    stop,
-                });
+                return Ok(Scan { records, valid_end: offset, stop });
             }
         }
     }
@@ -392,9 +362,8 @@ fn repair_tail(
         // Nothing after a bad record can be trusted (there is no resync marker), so acknowledged writes may be
         // lost here: say so loudly and keep the bytes.
         let keep = dir.join(format!("{LOG_FILE}.dropped-{}-at-{valid_end}", unix_now()));
-        let saved = File::create(&keep).and_then(|mut out| {
-            copy_range(file, valid_end, file_len, &mut out).and(out.sync_all())
-        });
+        let saved =
+            File::create(&keep).and_then(|mut out| copy_range(file, valid_end, file_len, &mut out).and(out.sync_all()));
         let copy = match saved {
             Ok(()) => format!("copy kept in {}", keep.display()),
             Err(e) => format!("could not keep a copy: {e}"),
@@ -404,10 +373,7 @@ fn repair_tail(
             path.display()
         );
     } else {
-        log::warn!(
-            "{}: {reason}; truncating to {valid_end} (dropping {dropped} bytes)",
-            path.display()
-        );
+        log::warn!("{}: {reason}; truncating to {valid_end} (dropping {dropped} bytes)", path.display());
     }
     file.set_len(valid_end).with_context(ctx)?;
     file.sync_all().with_context(ctx)?;
@@ -426,22 +392,16 @@ pub fn open(
     policy: FsyncPolicy,
     apply: &mut dyn FnMut(&Record<'_>),
 ) -> anyhow::Result<(Arc<Log>, Recovery)> {
-    fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let dir_lock = lock_dir(dir)?;
     let path = dir.join(LOG_FILE);
     let tmp_path = dir.join(TMP_FILE);
     if tmp_path.exists() {
-        log::warn!(
-            "removing {} left by an interrupted compaction",
-            tmp_path.display()
-        );
-        fs::remove_file(&tmp_path)
-            .with_context(|| format!("cannot remove {}", tmp_path.display()))?;
+        log::warn!("removing {} left by an interrupted compaction", tmp_path.display());
+        fs::remove_file(&tmp_path).with_context(|| format!("cannot remove {}", tmp_path.display()))?;
     }
     if !path.exists() {
-        create_log(dir, &path, &tmp_path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+        create_log(dir, &path, &tmp_path).with_context(|| format!("cannot create {}", path.display()))?;
     }
     let mut file = OpenOptions::new()
         .read(true)
@@ -451,22 +411,17 @@ pub fn open(
     let file_len = file.metadata()?.len();
     let mut recovery = Recovery::default();
     if !check_header(&mut file, &path)? {
-        log::warn!(
-            "{}: torn file header ({file_len} bytes), starting an empty log",
-            path.display()
-        );
+        log::warn!("{}: torn file header ({file_len} bytes), starting an empty log", path.display());
         drop(file);
         create_log(dir, &path, &tmp_path)?;
         file = OpenOptions::new().read(true).write(true).open(&path)?;
         recovery.dropped_bytes = file_len;
         recovery.dropped_reason = Some(format!("torn file header ({file_len} bytes)"));
     } else {
-        let s =
-            scan(&mut file, apply).with_context(|| format!("cannot read {}", path.display()))?;
+        let s = scan(&mut file, apply).with_context(|| format!("cannot read {}", path.display()))?;
         recovery.records = s.records;
         if let Some((reason, corrupt)) = s.stop {
-            let (dropped, reason) =
-                repair_tail(dir, &path, &file, file_len, s.valid_end, reason, corrupt)?;
+            let (dropped, reason) = repair_tail(dir, &path, &file, file_len, s.valid_end, reason, corrupt)?;
             recovery.dropped_bytes = dropped;
             recovery.dropped_reason = Some(reason);
         }
@@ -485,13 +440,7 @@ pub fn open(
         path,
         tmp_path,
         policy,
-        state: Mutex::new(Pending {
-            buf: Vec::new(),
-            next_seq: 1,
-            pos: len,
-            records: 0,
-            closing: false,
-        }),
+        state: Mutex::new(Pending { buf: Vec::new(), next_seq: 1, pos: len, records: 0, closing: false }),
         wake_writer: Condvar::new(),
         io: Mutex::new(Arc::new(file)),
         done: AtomicU64::new(0),
@@ -522,27 +471,17 @@ pub fn open(
     );
     if policy == FsyncPolicy::Everysec {
         let sh = shared.clone();
-        let t = std::thread::Builder::new()
-            .name("kv-log-fsync".into())
-            .spawn(move || sh.fsync_loop());
+        let t = std::thread::Builder::new().name("kv-log-fsync".into()).spawn(move || sh.fsync_loop());
         match t {
             Ok(t) => threads.push(t),
             Err(e) => {
-                let log = Log {
-                    shared,
-                    threads: Mutex::new(threads),
-                    closed: AtomicBool::new(false),
-                };
+                let log = Log { shared, threads: Mutex::new(threads), closed: AtomicBool::new(false) };
                 log.close();
                 return Err(e).context("cannot start the log fsync thread");
             }
         }
     }
-    let log = Arc::new(Log {
-        shared,
-        threads: Mutex::new(threads),
-        closed: AtomicBool::new(false),
-    });
+    let log = Arc::new(Log { shared, threads: Mutex::new(threads), closed: AtomicBool::new(false) });
     Ok((log, recovery))
 }
 
@@ -572,10 +511,7 @@ impl Shared {
     /// `Some` once the wait for `seq` is over.
     fn check(&self, seq: u64) -> Option<io::Result<()>> {
         if seq == REJECTED_SEQ {
-            return Some(Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "record too large for the log",
-            )));
+            return Some(Err(io::Error::new(io::ErrorKind::InvalidInput, "record too large for the log")));
         }
         if self.done.load(Ordering::Acquire) >= seq {
             return Some(Ok(()));
@@ -644,20 +580,17 @@ impl Shared {
                 batch.clear();
                 continue;
             }
-            let res = (&**file)
-                .write_all(&batch)
-                .map_err(|e| ("write", e))
-                .and_then(|()| {
-                    self.writes.fetch_add(1, Ordering::Relaxed);
-                    match self.policy {
-                        FsyncPolicy::Always => self.sync(&file).map_err(|e| ("fsync", e)),
-                        FsyncPolicy::Everysec => {
-                            self.unsynced.store(true, Ordering::Release);
-                            Ok(())
-                        }
-                        FsyncPolicy::No => Ok(()),
+            let res = (&**file).write_all(&batch).map_err(|e| ("write", e)).and_then(|()| {
+                self.writes.fetch_add(1, Ordering::Relaxed);
+                match self.policy {
+                    FsyncPolicy::Always => self.sync(&file).map_err(|e| ("fsync", e)),
+                    FsyncPolicy::Everysec => {
+                        self.unsynced.store(true, Ordering::Release);
+                        Ok(())
                     }
-                });
+                    FsyncPolicy::No => Ok(()),
+                }
+            });
             drop(file);
             match res {
                 Ok(()) => self.publish(last),
@@ -689,10 +622,7 @@ impl Shared {
     /// Sleeps up to `d`; true if the log is stopping.
     fn sleep(&self, d: Duration) -> bool {
         let g = lock(&self.stop);
-        let (g, _) = self
-            .stop_cv
-            .wait_timeout_while(g, d, |stop| !*stop)
-            .unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self.stop_cv.wait_timeout_while(g, d, |stop| !*stop).unwrap_or_else(|e| e.into_inner());
         *g
     }
 
@@ -714,8 +644,7 @@ impl Shared {
 
     fn needs_compaction(&self) -> bool {
         let pos = lock(&self.state).pos;
-        pos > self.compact_min.load(Ordering::Relaxed)
-            && pos > 2 * self.base_size.load(Ordering::Relaxed)
+        pos > self.compact_min.load(Ordering::Relaxed) && pos > 2 * self.base_size.load(Ordering::Relaxed)
     }
 
     fn compact(&self, snap: &dyn Snapshot) -> io::Result<CompactStats> {
@@ -728,11 +657,7 @@ impl Shared {
         let mark = lock(&self.state).pos;
         // Until our rename, this path is the writer's file.
         let old = File::open(&self.path)?;
-        let tmp = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&self.tmp_path)?;
+        let tmp = OpenOptions::new().write(true).create(true).truncate(true).open(&self.tmp_path)?;
         let res = self.compact_into(snap, &old, tmp, mark);
         if res.is_err() {
             let _ = fs::remove_file(&self.tmp_path);
@@ -750,13 +675,7 @@ impl Shared {
         res
     }
 
-    fn compact_into(
-        &self,
-        snap: &dyn Snapshot,
-        old: &File,
-        tmp: File,
-        mark: u64,
-    ) -> io::Result<CompactStats> {
+    fn compact_into(&self, snap: &dyn Snapshot, old: &File, tmp: File, mark: u64) -> io::Result<CompactStats> {
         let mut stats = CompactStats::default();
         let mut w = BufWriter::with_capacity(IO_CHUNK, &tmp);
         w.write_all(&file_header())?;
@@ -787,10 +706,7 @@ impl Shared {
         }
         stats.snapshot_bytes = written;
         if self.stopping() {
-            return Err(io::Error::new(
-                io::ErrorKind::Interrupted,
-                "compaction interrupted by shutdown",
-            ));
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "compaction interrupted by shutdown"));
         }
         // Catch up with the old log in passes while the writer keeps going, so the locked part stays short.
         let mut copied = mark;
@@ -813,17 +729,11 @@ impl Shared {
         let (end, pending, last) = {
             let st = lock(&self.state);
             // Records not yet written are all older than `last`; they are either in the snapshot or copied below.
-            (
-                st.pos - st.buf.len() as u64,
-                st.buf.clone(),
-                st.next_seq - 1,
-            )
+            (st.pos - st.buf.len() as u64, st.buf.clone(), st.next_seq - 1)
         };
         let old_len = old.metadata()?.len();
         if old_len != end {
-            return Err(io::Error::other(format!(
-                "log is {old_len} bytes, expected {end}; compaction aborted"
-            )));
+            return Err(io::Error::other(format!("log is {old_len} bytes, expected {end}; compaction aborted")));
         }
         copy_range(old, copied, end, &mut w)?;
         w.write_all(&pending)?;
@@ -864,8 +774,7 @@ impl Shared {
                 if !self.stopping() {
                     log::warn!("log compaction failed: {e}");
                     // Don't retry every second on e.g. ENOSPC: wait for the log to double again.
-                    self.base_size
-                        .store(lock(&self.state).pos, Ordering::Relaxed);
+                    self.base_size.store(lock(&self.state).pos, Ordering::Relaxed);
                 }
             }
         }
@@ -927,9 +836,8 @@ impl Log {
     /// Starts a thread that checks the threshold once a second and compacts from `snapshot`; it stops on close.
     pub fn start_compactor(&self, snapshot: Arc<dyn Snapshot>) -> io::Result<()> {
         let sh = self.shared.clone();
-        let t = std::thread::Builder::new()
-            .name("kv-log-compact".into())
-            .spawn(move || sh.compactor_loop(&*snapshot))?;
+        let t =
+            std::thread::Builder::new().name("kv-log-compact".into()).spawn(move || sh.compactor_loop(&*snapshot))?;
         lock(&self.threads).push(t);
         Ok(())
     }

@@ -28,51 +28,19 @@ impl Hooks {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Owned {
-    Set {
-        key: Vec<u8>,
-        flags: u32,
-        exptime: u64,
-        cas: u64,
-        time: u64,
-        value: Vec<u8>,
-    },
-    Touch {
-        key: Vec<u8>,
-        exptime: u64,
-        cas: u64,
-    },
-    Delete {
-        key: Vec<u8>,
-    },
-    FlushAll {
-        at: u64,
-        max_cas: u64,
-    },
+    Set { key: Vec<u8>, flags: u32, exptime: u64, cas: u64, time: u64, value: Vec<u8> },
+    Touch { key: Vec<u8>, exptime: u64, cas: u64 },
+    Delete { key: Vec<u8> },
+    FlushAll { at: u64, max_cas: u64 },
 }
 
 impl Owned {
     fn from(r: &Record<'_>) -> Self {
         match *r {
-            Record::Set {
-                key,
-                flags,
-                exptime,
-                cas,
-                time,
-                value,
-            } => Owned::Set {
-                key: key.to_vec(),
-                flags,
-                exptime,
-                cas,
-                time,
-                value: value.to_vec(),
-            },
-            Record::Touch { key, exptime, cas } => Owned::Touch {
-                key: key.to_vec(),
-                exptime,
-                cas,
-            },
+            Record::Set { key, flags, exptime, cas, time, value } => {
+                Owned::Set { key: key.to_vec(), flags, exptime, cas, time, value: value.to_vec() }
+            }
+            Record::Touch { key, exptime, cas } => Owned::Touch { key: key.to_vec(), exptime, cas },
             Record::Delete { key } => Owned::Delete { key: key.to_vec() },
             Record::FlushAll { at, max_cas } => Owned::FlushAll { at, max_cas },
         }
@@ -80,31 +48,12 @@ impl Owned {
 
     fn as_record(&self) -> Record<'_> {
         match self {
-            Owned::Set {
-                key,
-                flags,
-                exptime,
-                cas,
-                time,
-                value,
-            } => Record::Set {
-                key,
-                flags: *flags,
-                exptime: *exptime,
-                cas: *cas,
-                time: *time,
-                value,
-            },
-            Owned::Touch { key, exptime, cas } => Record::Touch {
-                key,
-                exptime: *exptime,
-                cas: *cas,
-            },
+            Owned::Set { key, flags, exptime, cas, time, value } => {
+                Record::Set { key, flags: *flags, exptime: *exptime, cas: *cas, time: *time, value }
+            }
+            Owned::Touch { key, exptime, cas } => Record::Touch { key, exptime: *exptime, cas: *cas },
             Owned::Delete { key } => Record::Delete { key },
-            Owned::FlushAll { at, max_cas } => Record::FlushAll {
-                at: *at,
-                max_cas: *max_cas,
-            },
+            Owned::FlushAll { at, max_cas } => Record::FlushAll { at: *at, max_cas: *max_cas },
         }
     }
 
@@ -130,24 +79,8 @@ type State = HashMap<Vec<u8>, Item>;
 /// The store's apply, minus expiry: what replay must reconstruct.
 fn fold(state: &mut State, r: &Record<'_>) {
     match *r {
-        Record::Set {
-            key,
-            flags,
-            exptime,
-            cas,
-            time,
-            value,
-        } => {
-            state.insert(
-                key.to_vec(),
-                Item {
-                    flags,
-                    exptime,
-                    cas,
-                    time,
-                    value: value.to_vec(),
-                },
-            );
+        Record::Set { key, flags, exptime, cas, time, value } => {
+            state.insert(key.to_vec(), Item { flags, exptime, cas, time, value: value.to_vec() });
         }
         Record::Touch { key, exptime, cas } => {
             if let Some(it) = state.get_mut(key) {
@@ -180,25 +113,14 @@ fn sample(i: usize) -> Owned {
         0 | 1 => Owned::Set {
             key,
             flags: i as u32,
-            exptime: if i.is_multiple_of(2) {
-                0
-            } else {
-                2_000_000_000 + i as u64
-            },
+            exptime: if i.is_multiple_of(2) { 0 } else { 2_000_000_000 + i as u64 },
             cas: i as u64 + 1,
             time: 1_700_000_000 + i as u64,
             value: vec![b'a' + (i % 26) as u8; i * 3],
         },
-        2 => Owned::Touch {
-            key,
-            exptime: 12345 + i as u64,
-            cas: i as u64,
-        },
+        2 => Owned::Touch { key, exptime: 12345 + i as u64, cas: i as u64 },
         3 => Owned::Delete { key },
-        _ => Owned::FlushAll {
-            at: 1_700_000_000 + i as u64,
-            max_cas: i as u64,
-        },
+        _ => Owned::FlushAll { at: 1_700_000_000 + i as u64, max_cas: i as u64 },
     }
 }
 
@@ -243,13 +165,7 @@ fn empty_dir_gets_a_fresh_log() {
     let sub = dir.path().join("a/b");
     let (log, rec, got) = open_collect(&sub, FsyncPolicy::Always);
     assert!(got.is_empty());
-    assert_eq!(
-        rec,
-        Recovery {
-            bytes: FILE_HEADER_LEN as u64,
-            ..Default::default()
-        }
-    );
+    assert_eq!(rec, Recovery { bytes: FILE_HEADER_LEN as u64, ..Default::default() });
     drop(log);
     assert_eq!(fs::read(sub.join(LOG_FILE)).unwrap(), file_header());
 }
@@ -271,11 +187,7 @@ fn every_truncation_inside_the_last_two_records() {
         assert_eq!(rec.bytes, kept as u64);
         assert_eq!(rec.dropped_bytes, (cut - kept) as u64);
         assert_eq!(rec.dropped_reason.is_some(), cut != kept);
-        assert_eq!(
-            fs::metadata(d.path().join(LOG_FILE)).unwrap().len(),
-            kept as u64,
-            "cut at {cut}"
-        );
+        assert_eq!(fs::metadata(d.path().join(LOG_FILE)).unwrap().len(), kept as u64, "cut at {cut}");
     }
 }
 
@@ -291,10 +203,7 @@ fn bit_flip_in_the_middle_keeps_the_prefix_and_reports() {
     assert_eq!(rec.bytes, b[8] as u64);
     assert_eq!(rec.dropped_bytes, (bytes.len() - b[8]) as u64);
     let reason = rec.dropped_reason.unwrap();
-    assert!(
-        reason.contains(&format!("offset {}", b[8])) && reason.contains("crc"),
-        "{reason}"
-    );
+    assert!(reason.contains(&format!("offset {}", b[8])) && reason.contains("crc"), "{reason}");
     // The dropped bytes are kept for the operator.
     let kept: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
@@ -324,10 +233,7 @@ fn zero_filled_tail_is_cut() {
     assert_eq!(got, recs);
     assert_eq!(rec.dropped_bytes, 4096);
     assert!(rec.dropped_reason.unwrap().contains("zero-filled"));
-    assert_eq!(
-        fs::metadata(dir.path().join(LOG_FILE)).unwrap().len(),
-        len as u64
-    );
+    assert_eq!(fs::metadata(dir.path().join(LOG_FILE)).unwrap().len(), len as u64);
     // Harmless, so no copy is kept: only LOCK and the log.
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
 }
@@ -358,9 +264,7 @@ fn torn_or_foreign_header() {
     assert_eq!(fs::read(&path).unwrap(), file_header());
 
     fs::write(&path, b"not a log at all, keep me").unwrap();
-    let err = open(dir.path(), FsyncPolicy::No, &mut |_| {})
-        .err()
-        .unwrap();
+    let err = open(dir.path(), FsyncPolicy::No, &mut |_| {}).err().unwrap();
     assert!(format!("{err:#}").contains("not a kv log"), "{err:#}");
     assert_eq!(fs::read(&path).unwrap(), b"not a log at all, keep me");
 }
@@ -379,14 +283,9 @@ fn leftover_compaction_file_is_removed() {
 fn directory_lock_refuses_a_second_opener() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _, _) = open_collect(dir.path(), FsyncPolicy::No);
-    let err = open(dir.path(), FsyncPolicy::No, &mut |_| {})
-        .err()
-        .unwrap();
+    let err = open(dir.path(), FsyncPolicy::No, &mut |_| {}).err().unwrap();
     let msg = format!("{err:#}");
-    assert!(
-        msg.contains("in use") && msg.contains(&std::process::id().to_string()),
-        "{msg}"
-    );
+    assert!(msg.contains("in use") && msg.contains(&std::process::id().to_string()), "{msg}");
     drop(log);
     let (_log, _, _) = open_collect(dir.path(), FsyncPolicy::No);
 }
@@ -396,21 +295,12 @@ fn uncreatable_directory_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("plain-file");
     fs::write(&file, b"x").unwrap();
-    let err = open(&file.join("data"), FsyncPolicy::No, &mut |_| {})
-        .err()
-        .unwrap();
-    assert!(
-        format!("{err:#}").contains("cannot create data directory"),
-        "{err:#}"
-    );
+    let err = open(&file.join("data"), FsyncPolicy::No, &mut |_| {}).err().unwrap();
+    assert!(format!("{err:#}").contains("cannot create data directory"), "{err:#}");
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap()
 }
 
 #[test]
@@ -424,15 +314,10 @@ fn always_resolves_only_once_written_and_synced() {
             let seq = log.record(&r.as_record());
             let t = Instant::now();
             log.wait_durable(seq).await.unwrap();
-            assert!(
-                t.elapsed() >= Duration::from_millis(50),
-                "resolved before the fsync finished"
-            );
+            assert!(t.elapsed() >= Duration::from_millis(50), "resolved before the fsync finished");
             let bytes = fs::read(dir.path().join(LOG_FILE)).unwrap();
             let b = boundaries(&bytes);
-            let Decoded::Ok(last, _) = decode(&bytes[b[b.len() - 2]..]) else {
-                panic!()
-            };
+            let Decoded::Ok(last, _) = decode(&bytes[b[b.len() - 2]..]) else { panic!() };
             assert_eq!(Owned::from(&last), r);
         }
     });
@@ -540,15 +425,11 @@ struct FakeStore {
 
 impl FakeStore {
     fn new(n: usize) -> Self {
-        FakeStore {
-            shards: (0..n).map(|_| Mutex::new(State::new())).collect(),
-        }
+        FakeStore { shards: (0..n).map(|_| Mutex::new(State::new())).collect() }
     }
 
     fn shard(&self, key: &[u8]) -> &Mutex<State> {
-        let h = key
-            .iter()
-            .fold(7usize, |h, &b| h.wrapping_mul(31).wrapping_add(b as usize));
+        let h = key.iter().fold(7usize, |h, &b| h.wrapping_mul(31).wrapping_add(b as usize));
         &self.shards[h % self.shards.len()]
     }
 
@@ -566,12 +447,7 @@ impl FakeStore {
     fn state(&self) -> State {
         let mut all = State::new();
         for s in &self.shards {
-            all.extend(
-                s.lock()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            );
+            all.extend(s.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         all
     }
@@ -609,11 +485,7 @@ fn random_op(rng: &mut u64, tag: usize, n: u64) -> Owned {
             time: n,
             value: vec![tag as u8; (*rng % 100) as usize],
         },
-        6 | 7 => Owned::Touch {
-            key,
-            exptime: n,
-            cas: n,
-        },
+        6 | 7 => Owned::Touch { key, exptime: n, cas: n },
         _ => Owned::Delete { key },
     }
 }
@@ -626,9 +498,7 @@ fn compaction_shrinks_and_preserves_state() {
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut last = 0;
     for n in 0..5000 {
-        last = store
-            .apply(&log, &random_op(&mut rng, 1, n))
-            .unwrap_or(last);
+        last = store.apply(&log, &random_op(&mut rng, 1, n)).unwrap_or(last);
     }
     log.wait_durable_blocking(last).unwrap();
     let before = fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
@@ -636,10 +506,7 @@ fn compaction_shrinks_and_preserves_state() {
     assert_eq!(st.old_bytes, before);
     assert_eq!(st.live_records as usize, store.state().len());
     assert!(st.new_bytes < before / 4, "{st:?}");
-    assert_eq!(
-        fs::metadata(dir.path().join(LOG_FILE)).unwrap().len(),
-        st.new_bytes
-    );
+    assert_eq!(fs::metadata(dir.path().join(LOG_FILE)).unwrap().len(), st.new_bytes);
     // Appends continue in the new file.
     for n in 5000..5100 {
         store.apply(&log, &random_op(&mut rng, 1, n));
@@ -664,8 +531,7 @@ fn compaction_while_appending_concurrently() {
                 let mut rng = 0x1234_5678_9abc_def1u64 + t as u64 * 7919;
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) || n < 2000 {
-                    if let Some(seq) = store.apply(&log, &random_op(&mut rng, t, n * 4 + t as u64))
-                    {
+                    if let Some(seq) = store.apply(&log, &random_op(&mut rng, t, n * 4 + t as u64)) {
                         if n.is_multiple_of(50) {
                             log.wait_durable_blocking(seq).unwrap();
                         }

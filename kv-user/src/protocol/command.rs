@@ -29,18 +29,18 @@ impl<'a> Keys<'a> {
 /// or as the parsed number; unknown flags are a parse error (`CLIENT_ERROR invalid flag`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MetaFlags<'a> {
-    pub base64_key: bool,       // b
-    pub return_cas: bool,       // c
-    pub return_flags: bool,     // f
-    pub return_hit: bool,       // h
-    pub return_key: bool,       // k
-    pub return_last_access: bool, // l
-    pub opaque: Option<&'a [u8]>, // O<token>
-    pub quiet: bool,            // q
-    pub return_size: bool,      // s
-    pub return_ttl: bool,       // t
-    pub return_value: bool,     // v
-    pub no_lru_bump: bool,      // u
+    pub base64_key: bool,          // b
+    pub return_cas: bool,          // c
+    pub return_flags: bool,        // f
+    pub return_hit: bool,          // h
+    pub return_key: bool,          // k
+    pub return_last_access: bool,  // l
+    pub opaque: Option<&'a [u8]>,  // O<token>
+    pub quiet: bool,               // q
+    pub return_size: bool,         // s
+    pub return_ttl: bool,          // t
+    pub return_value: bool,        // v
+    pub no_lru_bump: bool,         // u
     pub explicit_cas: Option<u64>, // E<cas>: use this CAS value for the new item
     pub compare_cas: Option<u64>,  // C<cas>: compare-and-swap
     pub vivify_ttl: Option<i64>,   // N<ttl>: autovivify on miss with this TTL
@@ -58,9 +58,16 @@ pub struct MetaFlags<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command<'a> {
     /// get / gets
-    Get { keys: Keys<'a>, cas: bool },
+    Get {
+        keys: Keys<'a>,
+        cas: bool,
+    },
     /// gat / gats
-    Gat { exptime: i64, keys: Keys<'a>, cas: bool },
+    Gat {
+        exptime: i64,
+        keys: Keys<'a>,
+        cas: bool,
+    },
     /// set / add / replace / append / prepend / cas
     Store {
         mode: StoreMode,
@@ -72,26 +79,61 @@ pub enum Command<'a> {
         data: &'a [u8],
         noreply: bool,
     },
-    Delete { key: &'a [u8], noreply: bool },
+    Delete {
+        key: &'a [u8],
+        noreply: bool,
+    },
     /// incr / decr
-    Arith { key: &'a [u8], incr: bool, delta: u64, noreply: bool },
-    Touch { key: &'a [u8], exptime: i64, noreply: bool },
-    FlushAll { delay: i64, noreply: bool },
+    Arith {
+        key: &'a [u8],
+        incr: bool,
+        delta: u64,
+        noreply: bool,
+    },
+    Touch {
+        key: &'a [u8],
+        exptime: i64,
+        noreply: bool,
+    },
+    FlushAll {
+        delay: i64,
+        noreply: bool,
+    },
     Version,
-    Verbosity { level: u32, noreply: bool },
+    Verbosity {
+        level: u32,
+        noreply: bool,
+    },
     /// `stats` with an optional argument (`settings`, `items`, `slabs`, `reset`, ...).
-    Stats { arg: Option<&'a [u8]> },
+    Stats {
+        arg: Option<&'a [u8]>,
+    },
     Quit,
     /// mg <key> <flags>*
-    MetaGet { key: &'a [u8], flags: MetaFlags<'a> },
+    MetaGet {
+        key: &'a [u8],
+        flags: MetaFlags<'a>,
+    },
     /// ms <key> <datalen> <flags>*\r\n<data>\r\n
-    MetaSet { key: &'a [u8], data: &'a [u8], flags: MetaFlags<'a> },
+    MetaSet {
+        key: &'a [u8],
+        data: &'a [u8],
+        flags: MetaFlags<'a>,
+    },
     /// md <key> <flags>*
-    MetaDelete { key: &'a [u8], flags: MetaFlags<'a> },
+    MetaDelete {
+        key: &'a [u8],
+        flags: MetaFlags<'a>,
+    },
     /// ma <key> <flags>*
-    MetaArith { key: &'a [u8], flags: MetaFlags<'a> },
+    MetaArith {
+        key: &'a [u8],
+        flags: MetaFlags<'a>,
+    },
     /// mn
     MetaNoop,
     /// me <key> (debug): answered with `EN` (not supported) rather than `ERROR`.
-    MetaDebug { key: &'a [u8] },
+    MetaDebug {
+        key: &'a [u8],
+    },
 }

@@ -21,8 +21,8 @@
 
 use super::command::{Command, MetaFlags};
 use super::parse::{
-    data_block, error, item_size_ok, parse_i32, parse_u32, parse_u64, Block, Limits, Parsed,
-    Tokens, KEY_MAX_LENGTH, R_BAD_CHUNK, R_BAD_FORMAT, R_ERROR, R_TOO_LARGE,
+    data_block, error, item_size_ok, parse_i32, parse_u32, parse_u64, Block, Limits, Parsed, Tokens, KEY_MAX_LENGTH,
+    R_BAD_CHUNK, R_BAD_FORMAT, R_ERROR, R_TOO_LARGE,
 };
 
 /// memcached's `MFLAG_MAX_OPT_LENGTH`: the most tokens (memcached's count) a meta command may have.
@@ -45,17 +45,9 @@ const R_MS_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ms M token\r\n";
 const R_MA_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ma M token\r\n";
 
 /// Dispatches a two-byte command starting with `m`.
-pub(super) fn parse_meta<'a>(
-    buf: &'a [u8],
-    toks: &Tokens<'a>,
-    consumed: usize,
-    limits: &Limits,
-) -> Parsed<'a> {
+pub(super) fn parse_meta<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits) -> Parsed<'a> {
     match toks.get(0).get(1) {
-        Some(b'n') => Parsed::Command {
-            cmd: Command::MetaNoop,
-            consumed,
-        },
+        Some(b'n') => Parsed::Command { cmd: Command::MetaNoop, consumed },
         Some(b'e') => debug(toks, consumed),
         Some(b's') => set(buf, toks, consumed, limits),
         Some(&c @ (b'g' | b'd' | b'a')) => key_flags(toks, consumed, c),
@@ -77,11 +69,7 @@ fn key_flags<'a>(toks: &Tokens<'a>, consumed: usize, which: u8) -> Parsed<'a> {
         return error(R_BAD_FORMAT, consumed);
     }
     if toks.count() > MFLAG_MAX_OPT_LENGTH {
-        let reply = if which == b'g' {
-            R_MG_TOO_MANY
-        } else {
-            R_TOO_MANY
-        };
+        let reply = if which == b'g' { R_MG_TOO_MANY } else { R_TOO_MANY };
         return error(reply, consumed);
     }
     let flags = match preparse(toks, 2, key) {
@@ -115,9 +103,8 @@ fn set<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits) -
     if toks.count() > MFLAG_MAX_OPT_LENGTH {
         return error(R_TOO_MANY, consumed);
     }
-    let Some(vlen) = parse_i32(toks.get(2))
-        .and_then(|v| usize::try_from(v).ok())
-        .filter(|&v| v <= i32::MAX as usize - 2)
+    let Some(vlen) =
+        parse_i32(toks.get(2)).and_then(|v| usize::try_from(v).ok()).filter(|&v| v <= i32::MAX as usize - 2)
     else {
         return error(R_BAD_FORMAT, consumed);
     };
@@ -139,11 +126,7 @@ fn set<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits) -
     if opaque_too_long(&flags) {
         return swallow(R_OPAQUE_TOO_LONG, None);
     }
-    let nkey = if flags.base64_key {
-        base64_decoded_len(key).unwrap_or(key.len())
-    } else {
-        key.len()
-    };
+    let nkey = if flags.base64_key { base64_decoded_len(key).unwrap_or(key.len()) } else { key.len() };
     if !item_size_ok(nkey, flags.client_flags.unwrap_or(0), vlen, limits) {
         return swallow(R_TOO_LARGE, (!flags.base64_key).then_some(key));
     }
@@ -168,19 +151,13 @@ fn debug<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
 }
 
 fn opaque_too_long(flags: &MetaFlags<'_>) -> bool {
-    flags
-        .opaque
-        .is_some_and(|o| 1 + o.len() > MFLAG_MAX_OPAQUE_LENGTH)
+    flags.opaque.is_some_and(|o| 1 + o.len() > MFLAG_MAX_OPAQUE_LENGTH)
 }
 
 /// memcached's `_meta_flag_preparse`: flags from token `start` on. Duplicate and unknown flags stop
 /// at once; token errors are remembered (the last message wins, `F` has none of its own) and
 /// reported after all flags were seen.
-fn preparse<'a>(
-    toks: &Tokens<'a>,
-    start: usize,
-    key: &[u8],
-) -> Result<MetaFlags<'a>, &'static [u8]> {
+fn preparse<'a>(toks: &Tokens<'a>, start: usize, key: &[u8]) -> Result<MetaFlags<'a>, &'static [u8]> {
     let mut f = MetaFlags::default();
     let mut seen = 0u128;
     let mut failed: Option<&'static [u8]> = None;
@@ -307,11 +284,8 @@ fn decode(src: &[u8], mut out: Option<&mut [u8]>) -> Option<usize> {
                 _ => return None,
             };
             if let Some(o) = out.as_deref_mut() {
-                let bytes = [
-                    (block[0] << 2) | (block[1] >> 4),
-                    (block[1] << 4) | (block[2] >> 2),
-                    (block[2] << 6) | block[3],
-                ];
+                let bytes =
+                    [(block[0] << 2) | (block[1] >> 4), (block[1] << 4) | (block[2] >> 2), (block[2] << 6) | block[3]];
                 o.get_mut(pos..pos + keep)?.copy_from_slice(&bytes[..keep]);
             }
             pos += keep;

@@ -49,8 +49,7 @@ const MAX_LEADING_SPACES: usize = 100;
 pub(super) const R_NONE: &[u8] = b"";
 pub(super) const R_ERROR: &[u8] = b"ERROR\r\n";
 pub(super) const R_BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
-const R_DELETE_USAGE: &[u8] =
-    b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+const R_DELETE_USAGE: &[u8] = b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
 const R_BAD_DELTA: &[u8] = b"CLIENT_ERROR invalid numeric delta argument\r\n";
 const R_BAD_EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
 pub(super) const R_BAD_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
@@ -66,9 +65,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            item_size_max: 1024 * 1024,
-        }
+        Limits { item_size_max: 1024 * 1024 }
     }
 }
 
@@ -83,13 +80,7 @@ pub enum Parsed<'a> {
     /// close), then discard `swallow` more bytes (which may not have arrived yet), then close the
     /// connection if `close`. `too_large_key`: the request was refused as too large for `-I` and
     /// the old item under this key must be removed (memcached does so to avoid serving stale data).
-    Error {
-        reply: &'static [u8],
-        consumed: usize,
-        swallow: usize,
-        close: bool,
-        too_large_key: Option<&'a [u8]>,
-    },
+    Error { reply: &'static [u8], consumed: usize, swallow: usize, close: bool, too_large_key: Option<&'a [u8]> },
 }
 
 /// Whether an item with a key of `nkey` bytes, these client flags and a value of `value_len` bytes
@@ -140,24 +131,12 @@ fn no_newline<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
 }
 
 fn close(reply: &'static [u8], consumed: usize) -> Parsed<'static> {
-    Parsed::Error {
-        reply,
-        consumed,
-        swallow: 0,
-        close: true,
-        too_large_key: None,
-    }
+    Parsed::Error { reply, consumed, swallow: 0, close: true, too_large_key: None }
 }
 
 /// A plain error reply: nothing swallowed, connection kept.
 pub(super) fn error(reply: &'static [u8], consumed: usize) -> Parsed<'static> {
-    Parsed::Error {
-        reply,
-        consumed,
-        swallow: 0,
-        close: false,
-        too_large_key: None,
-    }
+    Parsed::Error { reply, consumed, swallow: 0, close: false, too_large_key: None }
 }
 
 /// Error reply of a classic command that may carry `noreply` (memcached's `out_string` skips it).
@@ -276,9 +255,7 @@ fn parse_line<'a>(buf: &'a [u8], line: &'a [u8], consumed: usize, limits: &Limit
         b"verbosity" => verbosity(&toks, consumed),
         b"version" => ok(Command::Version),
         b"quit" => ok(Command::Quit),
-        b"stats" => ok(Command::Stats {
-            arg: Some(toks.rest_from(1)).filter(|a| !a.is_empty()),
-        }),
+        b"stats" => ok(Command::Stats { arg: Some(toks.rest_from(1)).filter(|a| !a.is_empty()) }),
         _ => unknown(&toks, consumed),
     }
 }
@@ -286,8 +263,7 @@ fn parse_line<'a>(buf: &'a [u8], line: &'a [u8], consumed: usize, limits: &Limit
 fn unknown(toks: &Tokens<'_>, consumed: usize) -> Parsed<'static> {
     // memcached only reaches its HTTP check for commands outside its first-letter dispatch.
     let first = toks.get(0).first().copied().unwrap_or(0);
-    if !b"gsacidt".contains(&first) && toks.get(toks.len().saturating_sub(1)).starts_with(b"HTTP/")
-    {
+    if !b"gsacidt".contains(&first) && toks.get(toks.len().saturating_sub(1)).starts_with(b"HTTP/") {
         return close(R_NONE, consumed);
     }
     error(R_ERROR, consumed)
@@ -306,27 +282,15 @@ fn get<'a>(toks: &Tokens<'a>, consumed: usize, cas: bool, touch: bool) -> Parsed
         }
         first_key = 2;
     }
-    let keys = Keys {
-        raw: toks.rest_from(first_key),
-    };
+    let keys = Keys { raw: toks.rest_from(first_key) };
     if keys.iter().any(|k| k.len() > KEY_MAX_LENGTH) {
         return error(R_BAD_FORMAT, consumed);
     }
-    let cmd = if touch {
-        Command::Gat { exptime, keys, cas }
-    } else {
-        Command::Get { keys, cas }
-    };
+    let cmd = if touch { Command::Gat { exptime, keys, cas } } else { Command::Get { keys, cas } };
     Parsed::Command { cmd, consumed }
 }
 
-fn storage<'a>(
-    buf: &'a [u8],
-    toks: &Tokens<'a>,
-    consumed: usize,
-    limits: &Limits,
-    mode: StoreMode,
-) -> Parsed<'a> {
+fn storage<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits, mode: StoreMode) -> Parsed<'a> {
     let is_cas = mode == StoreMode::Cas;
     let base = if is_cas { 7 } else { 6 };
     if toks.count() != base && toks.count() != base + 1 {
@@ -337,11 +301,9 @@ fn storage<'a>(
     if key.len() > KEY_MAX_LENGTH {
         return error_nr(R_BAD_FORMAT, consumed, noreply);
     }
-    let (Some(flags), Some(exptime), Some(vlen)) = (
-        parse_u32(toks.get(2)),
-        parse_i32(toks.get(3)),
-        parse_i32(toks.get(4)),
-    ) else {
+    let (Some(flags), Some(exptime), Some(vlen)) =
+        (parse_u32(toks.get(2)), parse_i32(toks.get(3)), parse_i32(toks.get(4)))
+    else {
         return error_nr(R_BAD_FORMAT, consumed, noreply);
     };
     let cas_unique = if is_cas {
@@ -372,15 +334,7 @@ fn storage<'a>(
         Block::Incomplete => Parsed::Incomplete,
         Block::Bad(end) => error_nr(R_BAD_CHUNK, end, noreply),
         Block::Ok(data, end) => Parsed::Command {
-            cmd: Command::Store {
-                mode,
-                key,
-                flags,
-                exptime: i64::from(exptime),
-                cas_unique,
-                data,
-                noreply,
-            },
+            cmd: Command::Store { mode, key, flags, exptime: i64::from(exptime), cas_unique, data, noreply },
             consumed: end,
         },
     }
@@ -405,10 +359,7 @@ fn delete<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     if key.len() > KEY_MAX_LENGTH {
         return error_nr(R_BAD_FORMAT, consumed, noreply);
     }
-    Parsed::Command {
-        cmd: Command::Delete { key, noreply },
-        consumed,
-    }
+    Parsed::Command { cmd: Command::Delete { key, noreply }, consumed }
 }
 
 fn arith<'a>(toks: &Tokens<'a>, consumed: usize, incr: bool) -> Parsed<'a> {
@@ -423,15 +374,7 @@ fn arith<'a>(toks: &Tokens<'a>, consumed: usize, incr: bool) -> Parsed<'a> {
     let Some(delta) = parse_u64(toks.get(2)) else {
         return error_nr(R_BAD_DELTA, consumed, noreply);
     };
-    Parsed::Command {
-        cmd: Command::Arith {
-            key,
-            incr,
-            delta,
-            noreply,
-        },
-        consumed,
-    }
+    Parsed::Command { cmd: Command::Arith { key, incr, delta, noreply }, consumed }
 }
 
 fn touch<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
@@ -446,14 +389,7 @@ fn touch<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     let Some(exptime) = parse_i32(toks.get(2)) else {
         return error_nr(R_BAD_EXPTIME, consumed, noreply);
     };
-    Parsed::Command {
-        cmd: Command::Touch {
-            key,
-            exptime: i64::from(exptime),
-            noreply,
-        },
-        consumed,
-    }
+    Parsed::Command { cmd: Command::Touch { key, exptime: i64::from(exptime), noreply }, consumed }
 }
 
 fn flush_all<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
@@ -469,10 +405,7 @@ fn flush_all<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
             None => return error_nr(R_BAD_EXPTIME, consumed, noreply),
         }
     }
-    Parsed::Command {
-        cmd: Command::FlushAll { delay, noreply },
-        consumed,
-    }
+    Parsed::Command { cmd: Command::FlushAll { delay, noreply }, consumed }
 }
 
 fn verbosity<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
@@ -483,10 +416,7 @@ fn verbosity<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     let Some(level) = parse_u32(toks.get(1)) else {
         return error_nr(R_BAD_FORMAT, consumed, noreply);
     };
-    Parsed::Command {
-        cmd: Command::Verbosity { level, noreply },
-        consumed,
-    }
+    Parsed::Command { cmd: Command::Verbosity { level, noreply }, consumed }
 }
 
 /// Decimal digits only, range-checked (memcached's mcmc `toktou64`).

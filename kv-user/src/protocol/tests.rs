@@ -1,8 +1,6 @@
 use super::*;
 
-const LIM: Limits = Limits {
-    item_size_max: 1024 * 1024,
-};
+const LIM: Limits = Limits { item_size_max: 1024 * 1024 };
 
 fn p(buf: &[u8]) -> Parsed<'_> {
     parse(buf, &LIM)
@@ -12,12 +10,7 @@ fn p(buf: &[u8]) -> Parsed<'_> {
 fn cmd(buf: &[u8]) -> Command<'_> {
     match p(buf) {
         Parsed::Command { cmd, consumed } => {
-            assert_eq!(
-                consumed,
-                buf.len(),
-                "consumed for {:?}",
-                String::from_utf8_lossy(buf)
-            );
+            assert_eq!(consumed, buf.len(), "consumed for {:?}", String::from_utf8_lossy(buf));
             cmd
         }
         other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
@@ -35,23 +28,10 @@ struct Err<'a> {
 
 fn err_with(buf: &[u8], lim: Limits) -> Err<'_> {
     match parse(buf, &lim) {
-        Parsed::Error {
-            reply,
-            consumed,
-            swallow,
-            close,
-            too_large_key,
-        } => Err {
-            reply,
-            consumed,
-            swallow,
-            close,
-            key: too_large_key,
-        },
-        other => panic!(
-            "{:?}: expected error, got {other:?}",
-            String::from_utf8_lossy(buf)
-        ),
+        Parsed::Error { reply, consumed, swallow, close, too_large_key } => {
+            Err { reply, consumed, swallow, close, key: too_large_key }
+        }
+        other => panic!("{:?}: expected error, got {other:?}", String::from_utf8_lossy(buf)),
     }
 }
 
@@ -61,13 +41,7 @@ fn err(buf: &[u8]) -> Err<'_> {
 
 /// A plain error reply for a one-line request.
 fn plain(reply: &'static [u8], consumed: usize) -> Err<'static> {
-    Err {
-        reply,
-        consumed,
-        swallow: 0,
-        close: false,
-        key: None,
-    }
+    Err { reply, consumed, swallow: 0, close: false, key: None }
 }
 
 fn keys(raw: &[u8]) -> Keys<'_> {
@@ -75,15 +49,7 @@ fn keys(raw: &[u8]) -> Keys<'_> {
 }
 
 fn store<'a>(mode: StoreMode, key: &'a [u8], data: &'a [u8]) -> Command<'a> {
-    Command::Store {
-        mode,
-        key,
-        flags: 0,
-        exptime: 0,
-        cas_unique: 0,
-        data,
-        noreply: false,
-    }
+    Command::Store { mode, key, flags: 0, exptime: 0, cas_unique: 0, data, noreply: false }
 }
 
 fn mf<'a>() -> MetaFlags<'a> {
@@ -102,73 +68,16 @@ fn valid_cases() -> Vec<(&'static [u8], Command<'static>)> {
     use Command::*;
     use StoreMode::*;
     vec![
-        (
-            b"get foo\r\n",
-            Get {
-                keys: keys(b"foo"),
-                cas: false,
-            },
-        ),
-        (
-            b"get foo\n",
-            Get {
-                keys: keys(b"foo"),
-                cas: false,
-            },
-        ),
-        (
-            b"get a b  c\r\n",
-            Get {
-                keys: keys(b"a b  c"),
-                cas: false,
-            },
-        ),
-        (
-            b"  get   a  \r\n",
-            Get {
-                keys: keys(b"a"),
-                cas: false,
-            },
-        ),
-        (
-            b"bget a\r\n",
-            Get {
-                keys: keys(b"a"),
-                cas: false,
-            },
-        ),
-        (
-            b"gets a b\r\n",
-            Get {
-                keys: keys(b"a b"),
-                cas: true,
-            },
-        ),
-        (
-            b"gat 10 a b\r\n",
-            Gat {
-                exptime: 10,
-                keys: keys(b"a b"),
-                cas: false,
-            },
-        ),
-        (
-            b"gats -1 a\r\n",
-            Gat {
-                exptime: -1,
-                keys: keys(b"a"),
-                cas: true,
-            },
-        ),
+        (b"get foo\r\n", Get { keys: keys(b"foo"), cas: false }),
+        (b"get foo\n", Get { keys: keys(b"foo"), cas: false }),
+        (b"get a b  c\r\n", Get { keys: keys(b"a b  c"), cas: false }),
+        (b"  get   a  \r\n", Get { keys: keys(b"a"), cas: false }),
+        (b"bget a\r\n", Get { keys: keys(b"a"), cas: false }),
+        (b"gets a b\r\n", Get { keys: keys(b"a b"), cas: true }),
+        (b"gat 10 a b\r\n", Gat { exptime: 10, keys: keys(b"a b"), cas: false }),
+        (b"gats -1 a\r\n", Gat { exptime: -1, keys: keys(b"a"), cas: true }),
         // memcached answers a key-less gat with just END.
-        (
-            b"gat 10\r\n",
-            Gat {
-                exptime: 10,
-                keys: keys(b""),
-                cas: false,
-            },
-        ),
+        (b"gat 10\r\n", Gat { exptime: 10, keys: keys(b""), cas: false }),
         (b"set k 0 0 5\r\nhello\r\n", store(Set, b"k", b"hello")),
         (b"set k 0 0 0\r\n\r\n", store(Set, b"k", b"")),
         (b"add k 0 0 1\r\nx\r\n", store(Add, b"k", b"x")),
@@ -177,195 +86,48 @@ fn valid_cases() -> Vec<(&'static [u8], Command<'static>)> {
         (b"prepend k 0 0 1\r\nx\r\n", store(Prepend, b"k", b"x")),
         (
             b"set k 4294967295 -1 2 noreply\r\nab\r\n",
-            Store {
-                mode: Set,
-                key: b"k",
-                flags: u32::MAX,
-                exptime: -1,
-                cas_unique: 0,
-                data: b"ab",
-                noreply: true,
-            },
+            Store { mode: Set, key: b"k", flags: u32::MAX, exptime: -1, cas_unique: 0, data: b"ab", noreply: true },
         ),
         // A 6th token that is not noreply is ignored, as in memcached.
         (b"set k 0 0 1 junk\r\nx\r\n", store(Set, b"k", b"x")),
         (
             b"cas k 3 100 2 18446744073709551615\r\nab\r\n",
-            Store {
-                mode: Cas,
-                key: b"k",
-                flags: 3,
-                exptime: 100,
-                cas_unique: u64::MAX,
-                data: b"ab",
-                noreply: false,
-            },
+            Store { mode: Cas, key: b"k", flags: 3, exptime: 100, cas_unique: u64::MAX, data: b"ab", noreply: false },
         ),
         (
             b"cas k 0 0 1 7 noreply\r\nx\r\n",
-            Store {
-                mode: Cas,
-                key: b"k",
-                flags: 0,
-                exptime: 0,
-                cas_unique: 7,
-                data: b"x",
-                noreply: true,
-            },
+            Store { mode: Cas, key: b"k", flags: 0, exptime: 0, cas_unique: 7, data: b"x", noreply: true },
         ),
         // Data blocks may hold \r\n and any byte; the line may end in a bare \n.
-        (
-            b"set k 0 0 4\r\n\r\n\r\n\r\n",
-            store(Set, b"k", b"\r\n\r\n"),
-        ),
+        (b"set k 0 0 4\r\n\r\n\r\n\r\n", store(Set, b"k", b"\r\n\r\n")),
         (b"set k 0 0 3\n\0\xff\n\r\n", store(Set, b"k", b"\0\xff\n")),
-        (
-            b"delete k\r\n",
-            Delete {
-                key: b"k",
-                noreply: false,
-            },
-        ),
-        (
-            b"delete k 0\r\n",
-            Delete {
-                key: b"k",
-                noreply: false,
-            },
-        ),
-        (
-            b"delete k noreply\r\n",
-            Delete {
-                key: b"k",
-                noreply: true,
-            },
-        ),
-        (
-            b"delete k 0 noreply\r\n",
-            Delete {
-                key: b"k",
-                noreply: true,
-            },
-        ),
-        (
-            b"incr k 1\r\n",
-            Arith {
-                key: b"k",
-                incr: true,
-                delta: 1,
-                noreply: false,
-            },
-        ),
-        (
-            b"decr k 18446744073709551615 noreply\r\n",
-            Arith {
-                key: b"k",
-                incr: false,
-                delta: u64::MAX,
-                noreply: true,
-            },
-        ),
-        (
-            b"incr k 5 junk\r\n",
-            Arith {
-                key: b"k",
-                incr: true,
-                delta: 5,
-                noreply: false,
-            },
-        ),
-        (
-            b"touch k 10\r\n",
-            Touch {
-                key: b"k",
-                exptime: 10,
-                noreply: false,
-            },
-        ),
-        (
-            b"touch k -1 noreply\r\n",
-            Touch {
-                key: b"k",
-                exptime: -1,
-                noreply: true,
-            },
-        ),
-        (
-            b"flush_all\r\n",
-            FlushAll {
-                delay: 0,
-                noreply: false,
-            },
-        ),
-        (
-            b"flush_all noreply\r\n",
-            FlushAll {
-                delay: 0,
-                noreply: true,
-            },
-        ),
-        (
-            b"flush_all 10\r\n",
-            FlushAll {
-                delay: 10,
-                noreply: false,
-            },
-        ),
-        (
-            b"flush_all 10 noreply\r\n",
-            FlushAll {
-                delay: 10,
-                noreply: true,
-            },
-        ),
-        (
-            b"flush_all -5 x\r\n",
-            FlushAll {
-                delay: -5,
-                noreply: false,
-            },
-        ),
+        (b"delete k\r\n", Delete { key: b"k", noreply: false }),
+        (b"delete k 0\r\n", Delete { key: b"k", noreply: false }),
+        (b"delete k noreply\r\n", Delete { key: b"k", noreply: true }),
+        (b"delete k 0 noreply\r\n", Delete { key: b"k", noreply: true }),
+        (b"incr k 1\r\n", Arith { key: b"k", incr: true, delta: 1, noreply: false }),
+        (b"decr k 18446744073709551615 noreply\r\n", Arith { key: b"k", incr: false, delta: u64::MAX, noreply: true }),
+        (b"incr k 5 junk\r\n", Arith { key: b"k", incr: true, delta: 5, noreply: false }),
+        (b"touch k 10\r\n", Touch { key: b"k", exptime: 10, noreply: false }),
+        (b"touch k -1 noreply\r\n", Touch { key: b"k", exptime: -1, noreply: true }),
+        (b"flush_all\r\n", FlushAll { delay: 0, noreply: false }),
+        (b"flush_all noreply\r\n", FlushAll { delay: 0, noreply: true }),
+        (b"flush_all 10\r\n", FlushAll { delay: 10, noreply: false }),
+        (b"flush_all 10 noreply\r\n", FlushAll { delay: 10, noreply: true }),
+        (b"flush_all -5 x\r\n", FlushAll { delay: -5, noreply: false }),
         (b"version\r\n", Version),
         (b"version extra\r\n", Version),
-        (
-            b"verbosity 1\r\n",
-            Verbosity {
-                level: 1,
-                noreply: false,
-            },
-        ),
-        (
-            b"verbosity 4294967295 noreply\r\n",
-            Verbosity {
-                level: u32::MAX,
-                noreply: true,
-            },
-        ),
+        (b"verbosity 1\r\n", Verbosity { level: 1, noreply: false }),
+        (b"verbosity 4294967295 noreply\r\n", Verbosity { level: u32::MAX, noreply: true }),
         (b"stats\r\n", Stats { arg: None }),
         (b"stats   \r\n", Stats { arg: None }),
-        (
-            b"stats items\r\n",
-            Stats {
-                arg: Some(b"items"),
-            },
-        ),
-        (
-            b"stats detail on \r\n",
-            Stats {
-                arg: Some(b"detail on"),
-            },
-        ),
+        (b"stats items\r\n", Stats { arg: Some(b"items") }),
+        (b"stats detail on \r\n", Stats { arg: Some(b"detail on") }),
         (b"quit\r\n", Quit),
         (b"mn\r\n", MetaNoop),
         (b"mn junk\r\n", MetaNoop),
         (b"me k\r\n", MetaDebug { key: b"k" }),
-        (
-            b"mg k\r\n",
-            MetaGet {
-                key: b"k",
-                flags: mf(),
-            },
-        ),
+        (b"mg k\r\n", MetaGet { key: b"k", flags: mf() }),
         (
             b"mg k v f t c s k O123 q\r\n",
             MetaGet {
@@ -400,26 +162,10 @@ fn valid_cases() -> Vec<(&'static [u8], Command<'static>)> {
             },
         ),
         // Proxy hints are accepted and ignored; only a flag's first byte counts.
-        (
-            b"mg k P L vxyz\r\n",
-            MetaGet {
-                key: b"k",
-                flags: MetaFlags {
-                    return_value: true,
-                    ..mf()
-                },
-            },
-        ),
+        (b"mg k P L vxyz\r\n", MetaGet { key: b"k", flags: MetaFlags { return_value: true, ..mf() } }),
         (
             b"mg Zm9v b v\r\n",
-            MetaGet {
-                key: b"Zm9v",
-                flags: MetaFlags {
-                    base64_key: true,
-                    return_value: true,
-                    ..mf()
-                },
-            },
+            MetaGet { key: b"Zm9v", flags: MetaFlags { base64_key: true, return_value: true, ..mf() } },
         ),
         (
             b"ms Zm9v 2 T60 F5 C9 E10 I MS c k s O1 q b\r\nhi\r\n",
@@ -443,25 +189,10 @@ fn valid_cases() -> Vec<(&'static [u8], Command<'static>)> {
                 },
             },
         ),
-        (
-            b"ms k 0\r\n\r\n",
-            MetaSet {
-                key: b"k",
-                data: b"",
-                flags: mf(),
-            },
-        ),
+        (b"ms k 0\r\n\r\n", MetaSet { key: b"k", data: b"", flags: mf() }),
         (
             b"ms k 2 MA N10\r\n\r\n\r\n",
-            MetaSet {
-                key: b"k",
-                data: b"\r\n",
-                flags: MetaFlags {
-                    mode: Some(b'A'),
-                    vivify_ttl: Some(10),
-                    ..mf()
-                },
-            },
+            MetaSet { key: b"k", data: b"\r\n", flags: MetaFlags { mode: Some(b'A'), vivify_ttl: Some(10), ..mf() } },
         ),
         (
             b"md k q I T30 C3 x k O9\r\n",
@@ -495,36 +226,9 @@ fn valid_cases() -> Vec<(&'static [u8], Command<'static>)> {
                 },
             },
         ),
-        (
-            b"ma k M+\r\n",
-            MetaArith {
-                key: b"k",
-                flags: MetaFlags {
-                    mode: Some(b'+'),
-                    ..mf()
-                },
-            },
-        ),
-        (
-            b"ma k M-\r\n",
-            MetaArith {
-                key: b"k",
-                flags: MetaFlags {
-                    mode: Some(b'-'),
-                    ..mf()
-                },
-            },
-        ),
-        (
-            b"ma k MI\r\n",
-            MetaArith {
-                key: b"k",
-                flags: MetaFlags {
-                    mode: Some(b'I'),
-                    ..mf()
-                },
-            },
-        ),
+        (b"ma k M+\r\n", MetaArith { key: b"k", flags: MetaFlags { mode: Some(b'+'), ..mf() } }),
+        (b"ma k M-\r\n", MetaArith { key: b"k", flags: MetaFlags { mode: Some(b'-'), ..mf() } }),
+        (b"ma k MI\r\n", MetaArith { key: b"k", flags: MetaFlags { mode: Some(b'I'), ..mf() } }),
     ]
 }
 
@@ -539,23 +243,12 @@ fn valid_commands() {
 fn every_split_point_is_incomplete_then_same_command() {
     for (buf, want) in valid_cases() {
         for k in 0..buf.len() {
-            assert_eq!(
-                p(&buf[..k]),
-                Parsed::Incomplete,
-                "{:?} cut at {k}",
-                String::from_utf8_lossy(buf)
-            );
+            assert_eq!(p(&buf[..k]), Parsed::Incomplete, "{:?} cut at {k}", String::from_utf8_lossy(buf));
         }
         // Trailing bytes of a following request do not change the result.
         let mut more = buf.to_vec();
         more.extend_from_slice(b"get x");
-        assert_eq!(
-            p(&more),
-            Parsed::Command {
-                cmd: want,
-                consumed: buf.len()
-            }
-        );
+        assert_eq!(p(&more), Parsed::Command { cmd: want, consumed: buf.len() });
     }
 }
 
@@ -587,23 +280,11 @@ fn pipelined_errors_resume_at_the_right_place() {
     let buf = b"set k 0 0 x\r\nhello\r\nget k\r\n";
     assert_eq!(err(buf), plain(BAD, 13));
     assert_eq!(err(&buf[13..]), plain(ERROR, 7));
-    assert_eq!(
-        cmd(&buf[20..]),
-        Command::Get {
-            keys: keys(b"k"),
-            cas: false
-        }
-    );
+    assert_eq!(cmd(&buf[20..]), Command::Get { keys: keys(b"k"), cas: false });
     // Bad data chunk: the whole block is consumed.
     let buf = b"set k 0 0 3\r\nhelloget k\r\n";
     assert_eq!(err(buf), plain(CHUNK, 18));
-    assert_eq!(
-        cmd(&buf[18..]),
-        Command::Get {
-            keys: keys(b"k"),
-            cas: false
-        }
-    );
+    assert_eq!(cmd(&buf[18..]), Command::Get { keys: keys(b"k"), cas: false });
 }
 
 fn error_cases() -> Vec<(&'static [u8], &'static [u8])> {
@@ -682,119 +363,45 @@ fn error_cases() -> Vec<(&'static [u8], &'static [u8])> {
         (b"mg k v vx\r\n", b"CLIENT_ERROR duplicate flag\r\n"),
         (b"mg k \x7f\r\n", b"CLIENT_ERROR duplicate flag\r\n"),
         (b"mg k \xc3\xa9\r\n", b"CLIENT_ERROR duplicate flag\r\n"),
-        (
-            b"mg k Tx\r\n",
-            b"CLIENT_ERROR bad token in command line format\r\n",
-        ),
-        (
-            b"mg k T\r\n",
-            b"CLIENT_ERROR bad token in command line format\r\n",
-        ),
-        (
-            b"mg k N2147483648\r\n",
-            b"CLIENT_ERROR bad token in command line format\r\n",
-        ),
-        (
-            b"mg k R-\r\n",
-            b"CLIENT_ERROR bad token in command line format\r\n",
-        ),
-        (
-            b"mg k E-1\r\n",
-            b"CLIENT_ERROR bad token in command line format\r\n",
-        ),
-        (
-            b"mg k C18446744073709551616\r\n",
-            b"CLIENT_ERROR bad token in command line format\r\n",
-        ),
+        (b"mg k Tx\r\n", b"CLIENT_ERROR bad token in command line format\r\n"),
+        (b"mg k T\r\n", b"CLIENT_ERROR bad token in command line format\r\n"),
+        (b"mg k N2147483648\r\n", b"CLIENT_ERROR bad token in command line format\r\n"),
+        (b"mg k R-\r\n", b"CLIENT_ERROR bad token in command line format\r\n"),
+        (b"mg k E-1\r\n", b"CLIENT_ERROR bad token in command line format\r\n"),
+        (b"mg k C18446744073709551616\r\n", b"CLIENT_ERROR bad token in command line format\r\n"),
         (b"mg k Fx\r\n", BAD),
         (b"mg k F4294967296\r\n", BAD),
         // Token errors: the last message wins; F has none of its own.
-        (
-            b"mg k Tx Fx\r\n",
-            b"CLIENT_ERROR bad token in command line format\r\n",
-        ),
-        (
-            b"mg k Tx Dx\r\n",
-            b"CLIENT_ERROR invalid numeric delta value\r\n",
-        ),
-        (
-            b"mg k Jx\r\n",
-            b"CLIENT_ERROR invalid numeric initial value\r\n",
-        ),
-        (
-            b"mg k MEE\r\n",
-            b"CLIENT_ERROR incorrect length for M token\r\n",
-        ),
-        (
-            b"mg k M\r\n",
-            b"CLIENT_ERROR incorrect length for M token\r\n",
-        ),
+        (b"mg k Tx Fx\r\n", b"CLIENT_ERROR bad token in command line format\r\n"),
+        (b"mg k Tx Dx\r\n", b"CLIENT_ERROR invalid numeric delta value\r\n"),
+        (b"mg k Jx\r\n", b"CLIENT_ERROR invalid numeric initial value\r\n"),
+        (b"mg k MEE\r\n", b"CLIENT_ERROR incorrect length for M token\r\n"),
+        (b"mg k M\r\n", b"CLIENT_ERROR incorrect length for M token\r\n"),
         // A bad token before an unknown flag: the unknown flag stops the scan.
         (b"mg k Tx z\r\n", b"CLIENT_ERROR invalid flag\r\n"),
         (b"mg %%% b\r\n", b"CLIENT_ERROR error decoding key\r\n"),
         (b"mg abc b\r\n", b"CLIENT_ERROR error decoding key\r\n"),
         (b"mg A=== b\r\n", b"CLIENT_ERROR error decoding key\r\n"),
         (b"md k z\r\n", b"CLIENT_ERROR invalid or duplicate flag\r\n"),
-        (
-            b"md k q q\r\n",
-            b"CLIENT_ERROR invalid or duplicate flag\r\n",
-        ),
-        (
-            b"ma k Dx\r\n",
-            b"CLIENT_ERROR invalid or duplicate flag\r\n",
-        ),
-        (
-            b"ma k MS\r\n",
-            b"CLIENT_ERROR invalid mode for ma M token\r\n",
-        ),
-        (
-            b"ma k Mi\r\n",
-            b"CLIENT_ERROR invalid mode for ma M token\r\n",
-        ),
-        (
-            b"mg k O12345678901234567890123456789012\r\n",
-            b"CLIENT_ERROR opaque token too long\r\n",
-        ),
-        (
-            b"md k O12345678901234567890123456789012\r\n",
-            b"CLIENT_ERROR opaque token too long\r\n",
-        ),
-        (
-            b"ma k O12345678901234567890123456789012\r\n",
-            b"CLIENT_ERROR opaque token too long\r\n",
-        ),
-        (
-            b"mg k 1 2 3 4 5 6 7 8 9 A B G H K Q S U\r\n",
-            b"CLIENT_ERROR invalid flag\r\n",
-        ),
-        (
-            b"mg k v f t c s k O h l u q E1 N1 R1 T1 C1 I x\r\n",
-            b"CLIENT_ERROR options flags are too long\r\n",
-        ),
-        (
-            b"md k v f t c s k O h l u q E1 N1 R1 T1 C1 I x\r\n",
-            b"CLIENT_ERROR options flags too long\r\n",
-        ),
-        (
-            b"ma k v f t c s k O h l u q E1 N1 R1 T1 C1 I x\r\n",
-            b"CLIENT_ERROR options flags too long\r\n",
-        ),
-        (
-            b"ms k 1 v f t c s k O h l u q E1 N1 R1 T1 C1 I\r\n",
-            b"CLIENT_ERROR options flags too long\r\n",
-        ),
+        (b"md k q q\r\n", b"CLIENT_ERROR invalid or duplicate flag\r\n"),
+        (b"ma k Dx\r\n", b"CLIENT_ERROR invalid or duplicate flag\r\n"),
+        (b"ma k MS\r\n", b"CLIENT_ERROR invalid mode for ma M token\r\n"),
+        (b"ma k Mi\r\n", b"CLIENT_ERROR invalid mode for ma M token\r\n"),
+        (b"mg k O12345678901234567890123456789012\r\n", b"CLIENT_ERROR opaque token too long\r\n"),
+        (b"md k O12345678901234567890123456789012\r\n", b"CLIENT_ERROR opaque token too long\r\n"),
+        (b"ma k O12345678901234567890123456789012\r\n", b"CLIENT_ERROR opaque token too long\r\n"),
+        (b"mg k 1 2 3 4 5 6 7 8 9 A B G H K Q S U\r\n", b"CLIENT_ERROR invalid flag\r\n"),
+        (b"mg k v f t c s k O h l u q E1 N1 R1 T1 C1 I x\r\n", b"CLIENT_ERROR options flags are too long\r\n"),
+        (b"md k v f t c s k O h l u q E1 N1 R1 T1 C1 I x\r\n", b"CLIENT_ERROR options flags too long\r\n"),
+        (b"ma k v f t c s k O h l u q E1 N1 R1 T1 C1 I x\r\n", b"CLIENT_ERROR options flags too long\r\n"),
+        (b"ms k 1 v f t c s k O h l u q E1 N1 R1 T1 C1 I\r\n", b"CLIENT_ERROR options flags too long\r\n"),
     ]
 }
 
 #[test]
 fn error_replies() {
     for (buf, reply) in error_cases() {
-        assert_eq!(
-            err(buf),
-            plain(reply, buf.len()),
-            "{:?}",
-            String::from_utf8_lossy(buf)
-        );
+        assert_eq!(err(buf), plain(reply, buf.len()), "{:?}", String::from_utf8_lossy(buf));
         // Errors are decided on the line alone: every shorter prefix is incomplete.
         for k in 0..buf.len() {
             assert_eq!(p(&buf[..k]), Parsed::Incomplete);
@@ -824,13 +431,7 @@ fn seventeen_meta_flags_are_fine() {
         invalidate: true,
         ..mf()
     };
-    assert_eq!(
-        cmd(b"mg k v f t c s k O h l u q E1 N1 R1 T1 C1 I\r\n"),
-        Command::MetaGet {
-            key: b"k",
-            flags: f
-        }
-    );
+    assert_eq!(cmd(b"mg k v f t c s k O h l u q E1 N1 R1 T1 C1 I\r\n"), Command::MetaGet { key: b"k", flags: f });
     // 32 bytes of O token (with the O) is the most memcached copies back.
     let o31 = b"mg k O1234567890123456789012345678901\r\n";
     assert!(matches!(cmd(o31), Command::MetaGet { .. }));
@@ -866,21 +467,12 @@ fn key_length_boundary() {
     let k251 = "a".repeat(251);
     let ok = |line: String| {
         let buf = line.into_bytes();
-        assert!(
-            matches!(p(&buf), Parsed::Command { .. }),
-            "{:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        assert!(matches!(p(&buf), Parsed::Command { .. }), "{:?}", String::from_utf8_lossy(&buf));
     };
     let bad = |line: String| {
         let buf = line.into_bytes();
         let line_len = buf.iter().position(|&b| b == b'\n').unwrap() + 1;
-        assert_eq!(
-            err(&buf),
-            plain(BAD, line_len),
-            "{:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        assert_eq!(err(&buf), plain(BAD, line_len), "{:?}", String::from_utf8_lossy(&buf));
     };
     for (k, good) in [(&k250, true), (&k251, false)] {
         let check = |l: String| if good { ok(l) } else { bad(l) };
@@ -941,22 +533,14 @@ fn many_get_keys_beyond_max_tokens() {
 
 #[test]
 fn too_large_values() {
-    let lim = Limits {
-        item_size_max: 1024,
-    };
+    let lim = Limits { item_size_max: 1024 };
     // 48 header + (1 key + 1) + 8 cas + (964 + 2) data = 1024.
     let fits = b"set k 0 0 964\r\n";
     assert_eq!(parse(fits, &lim), Parsed::Incomplete);
     let line = b"set k 0 0 965\r\n";
     assert_eq!(
         err_with(line, lim),
-        Err {
-            reply: TOO_LARGE,
-            consumed: line.len(),
-            swallow: 967,
-            close: false,
-            key: Some(b"k")
-        }
+        Err { reply: TOO_LARGE, consumed: line.len(), swallow: 967, close: false, key: Some(b"k") }
     );
     // Non-zero flags take 4 more bytes.
     let line = b"set k 1 0 961\r\n";
@@ -973,50 +557,26 @@ fn too_large_values() {
     ] {
         assert_eq!(
             err_with(line, lim),
-            Err {
-                reply: TOO_LARGE,
-                consumed: line.len(),
-                swallow: 2002,
-                close: false,
-                key
-            }
+            Err { reply: TOO_LARGE, consumed: line.len(), swallow: 2002, close: false, key }
         );
     }
     let line = b"set k 0 0 2000 noreply\r\n";
     assert_eq!(
         err_with(line, lim),
-        Err {
-            reply: b"",
-            consumed: line.len(),
-            swallow: 2002,
-            close: false,
-            key: Some(b"k")
-        }
+        Err { reply: b"", consumed: line.len(), swallow: 2002, close: false, key: Some(b"k") }
     );
     // ms: any mode removes the old item; the reply is always sent.
     let line = b"ms k 2000 MA q\r\n";
     assert_eq!(
         err_with(line, lim),
-        Err {
-            reply: TOO_LARGE,
-            consumed: line.len(),
-            swallow: 2002,
-            close: false,
-            key: Some(b"k")
-        }
+        Err { reply: TOO_LARGE, consumed: line.len(), swallow: 2002, close: false, key: Some(b"k") }
     );
     // A base64 key is measured decoded (3 bytes here) but not reported for removal.
     assert_eq!(parse(b"ms Zm9v 962 b\r\n", &lim), Parsed::Incomplete);
     let line = b"ms Zm9v 963 b\r\n";
     assert_eq!(
         err_with(line, lim),
-        Err {
-            reply: TOO_LARGE,
-            consumed: line.len(),
-            swallow: 965,
-            close: false,
-            key: None
-        }
+        Err { reply: TOO_LARGE, consumed: line.len(), swallow: 965, close: false, key: None }
     );
     // Default limit: 1 MiB minus overhead.
     let max = 1024 * 1024 - 48 - 2 - 8 - 2;
@@ -1034,56 +594,24 @@ fn ms_errors_swallow_the_data_block() {
     let sw = |buf: &'static [u8], reply: &'static [u8], swallow: usize| {
         assert_eq!(
             err(buf),
-            Err {
-                reply,
-                consumed: buf.len(),
-                swallow,
-                close: false,
-                key: None
-            },
+            Err { reply, consumed: buf.len(), swallow, close: false, key: None },
             "{:?}",
             String::from_utf8_lossy(buf)
         );
     };
     sw(b"ms k 5 z\r\n", b"CLIENT_ERROR invalid flag\r\n", 7);
     sw(b"ms k 5 T1 T2\r\n", b"CLIENT_ERROR duplicate flag\r\n", 7);
-    sw(
-        b"ms k 0 Tx\r\n",
-        b"CLIENT_ERROR bad token in command line format\r\n",
-        2,
-    );
+    sw(b"ms k 0 Tx\r\n", b"CLIENT_ERROR bad token in command line format\r\n", 2);
     sw(b"ms k 5 Fx\r\n", BAD, 7);
-    sw(
-        b"ms k 5 MX\r\n",
-        b"CLIENT_ERROR invalid mode for ms M token\r\n",
-        7,
-    );
-    sw(
-        b"ms k 5 Me\r\n",
-        b"CLIENT_ERROR invalid mode for ms M token\r\n",
-        7,
-    );
-    sw(
-        b"ms k 5 O12345678901234567890123456789012\r\n",
-        b"CLIENT_ERROR opaque token too long\r\n",
-        7,
-    );
+    sw(b"ms k 5 MX\r\n", b"CLIENT_ERROR invalid mode for ms M token\r\n", 7);
+    sw(b"ms k 5 Me\r\n", b"CLIENT_ERROR invalid mode for ms M token\r\n", 7);
+    sw(b"ms k 5 O12345678901234567890123456789012\r\n", b"CLIENT_ERROR opaque token too long\r\n", 7);
     // Mode is checked before the opaque length, as in memcached.
-    sw(
-        b"ms k 5 O12345678901234567890123456789012 MX\r\n",
-        b"CLIENT_ERROR invalid mode for ms M token\r\n",
-        7,
-    );
+    sw(b"ms k 5 O12345678901234567890123456789012 MX\r\n", b"CLIENT_ERROR invalid mode for ms M token\r\n", 7);
     sw(b"ms %%% 5 b\r\n", b"CLIENT_ERROR error decoding key\r\n", 7);
     for m in [b'E', b'A', b'P', b'R', b'S'] {
         let buf = [&b"ms k 1 M"[..], &[m], b"\r\nx\r\n"].concat();
-        assert!(matches!(
-            p(&buf),
-            Parsed::Command {
-                cmd: Command::MetaSet { .. },
-                ..
-            }
-        ));
+        assert!(matches!(p(&buf), Parsed::Command { cmd: Command::MetaSet { .. }, .. }));
     }
 }
 
@@ -1101,21 +629,12 @@ fn bad_data_chunk() {
 fn short_block_with_crlf_inside_is_incomplete() {
     assert_eq!(p(b"set k 0 0 3\r\nab\r\n"), Parsed::Incomplete);
     assert_eq!(err(b"set k 0 0 3\r\nab\r\nx"), plain(CHUNK, 18));
-    assert_eq!(
-        cmd(b"set k 0 0 3\r\nab\r\r\n"),
-        store(StoreMode::Set, b"k", b"ab\r")
-    );
+    assert_eq!(cmd(b"set k 0 0 3\r\nab\r\r\n"), store(StoreMode::Set, b"k", b"ab\r"));
 }
 
 #[test]
 fn line_without_newline_is_bounded() {
-    let close = |reply: &'static [u8], n: usize| Err {
-        reply,
-        consumed: n,
-        swallow: 0,
-        close: true,
-        key: None,
-    };
+    let close = |reply: &'static [u8], n: usize| Err { reply, consumed: n, swallow: 0, close: true, key: None };
     let junk = vec![b'x'; 2048];
     assert_eq!(p(&junk), Parsed::Incomplete);
     let junk = vec![b'x'; 2049];
@@ -1135,27 +654,19 @@ fn line_without_newline_is_bounded() {
         assert_eq!(p(&get), Parsed::Incomplete);
         get.extend_from_slice(b"last\r\n");
         match p(&get) {
-            Parsed::Command {
-                cmd: Command::Get { keys, .. },
-                consumed,
-            } => {
+            Parsed::Command { cmd: Command::Get { keys, .. }, consumed } => {
                 assert_eq!(consumed, get.len());
                 assert_eq!(keys.iter().last(), Some(&b"last"[..]));
             }
             other => panic!("{other:?}"),
         }
     }
-    let lim = Limits {
-        item_size_max: 4096,
-    };
+    let lim = Limits { item_size_max: 4096 };
     let mut get = b"get ".to_vec();
     get.resize(4096, b'k');
     assert_eq!(parse(&get, &lim), Parsed::Incomplete);
     get.push(b'k');
-    assert_eq!(
-        err_with(&get, lim),
-        close(b"CLIENT_ERROR line too long\r\n", 4097)
-    );
+    assert_eq!(err_with(&get, lim), close(b"CLIENT_ERROR line too long\r\n", 4097));
     // More than 100 leading spaces: not treated as a multiget.
     let mut get = vec![b' '; 101];
     get.extend_from_slice(b"get ");
@@ -1169,25 +680,10 @@ fn line_without_newline_is_bounded() {
 #[test]
 fn http_request_closes() {
     let buf = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-    assert_eq!(
-        err(buf),
-        Err {
-            reply: b"",
-            consumed: 16,
-            swallow: 0,
-            close: true,
-            key: None
-        }
-    );
+    assert_eq!(err(buf), Err { reply: b"", consumed: 16, swallow: 0, close: true, key: None });
     assert!(err(b"POST /x HTTP/1.0\n").close);
     // Commands in memcached's first-letter dispatch never reach the HTTP check.
-    assert_eq!(
-        cmd(b"get / HTTP/1.1\r\n"),
-        Command::Get {
-            keys: keys(b"/ HTTP/1.1"),
-            cas: false
-        }
-    );
+    assert_eq!(cmd(b"get / HTTP/1.1\r\n"), Command::Get { keys: keys(b"/ HTTP/1.1"), cas: false });
     assert!(!err(b"delete / HTTP/1.1\r\n").close);
     assert_eq!(err(b"shutdown HTTP/1.1\r\n"), plain(ERROR, 19));
 }
@@ -1195,29 +691,11 @@ fn http_request_closes() {
 #[test]
 fn line_ending_details() {
     // Only one \r is stripped; a second one belongs to the last token.
-    assert_eq!(
-        cmd(b"get k\r\r\n"),
-        Command::Get {
-            keys: keys(b"k\r"),
-            cas: false
-        }
-    );
+    assert_eq!(cmd(b"get k\r\r\n"), Command::Get { keys: keys(b"k\r"), cas: false });
     // Control bytes other than space are key bytes (memcached does not check them).
-    assert_eq!(
-        cmd(b"get a\tb\x01\r\n"),
-        Command::Get {
-            keys: keys(b"a\tb\x01"),
-            cas: false
-        }
-    );
+    assert_eq!(cmd(b"get a\tb\x01\r\n"), Command::Get { keys: keys(b"a\tb\x01"), cas: false });
     // memcached's tokenizer stops at NUL.
-    assert_eq!(
-        cmd(b"get a\0b c\r\n"),
-        Command::Get {
-            keys: keys(b"a"),
-            cas: false
-        }
-    );
+    assert_eq!(cmd(b"get a\0b c\r\n"), Command::Get { keys: keys(b"a"), cas: false });
     assert_eq!(err(b"set\0 k 0 0 1\r\n"), plain(ERROR, 14));
     // Leading and repeated spaces.
     assert_eq!(
@@ -1233,10 +711,7 @@ fn line_ending_details() {
         }
     );
     // Leading zeros are fine.
-    assert!(matches!(
-        cmd(b"incr k 0000000000000000000000001\r\n"),
-        Command::Arith { delta: 1, .. }
-    ));
+    assert!(matches!(cmd(b"incr k 0000000000000000000000001\r\n"), Command::Arith { delta: 1, .. }));
 }
 
 #[test]
@@ -1261,13 +736,8 @@ fn base64_keys() {
     assert_eq!(base64_decode(full.as_bytes(), &mut out), Some(187));
     assert!(out[..187].iter().all(|&b| b == b'A'));
     // The parser returns the encoded key.
-    assert!(
-        matches!(cmd(b"md Zm9v b\r\n"), Command::MetaDelete { key: b"Zm9v", flags } if flags.base64_key)
-    );
-    assert!(matches!(
-        cmd(b"me Zm9v b\r\n"),
-        Command::MetaDebug { key: b"Zm9v" }
-    ));
+    assert!(matches!(cmd(b"md Zm9v b\r\n"), Command::MetaDelete { key: b"Zm9v", flags } if flags.base64_key));
+    assert!(matches!(cmd(b"me Zm9v b\r\n"), Command::MetaDebug { key: b"Zm9v" }));
 }
 
 #[test]
@@ -1299,12 +769,7 @@ impl Rng {
 fn check_invariants(buf: &[u8], lim: &Limits) {
     match parse(buf, lim) {
         Parsed::Command { consumed, .. } => assert!(consumed >= 1 && consumed <= buf.len()),
-        Parsed::Error {
-            consumed,
-            reply,
-            close,
-            ..
-        } => {
+        Parsed::Error { consumed, reply, close, .. } => {
             assert!(consumed >= 1 && consumed <= buf.len());
             assert!(reply.is_empty() || reply.ends_with(b"\r\n"));
             assert!(close || !reply.is_empty() || buf.windows(7).any(|w| w == b"noreply"));
@@ -1371,13 +836,7 @@ fn random_input_never_panics() {
         b"\t",
         b"\xff",
     ];
-    let lims = [
-        Limits { item_size_max: 64 },
-        Limits {
-            item_size_max: 1024,
-        },
-        LIM,
-    ];
+    let lims = [Limits { item_size_max: 64 }, Limits { item_size_max: 1024 }, LIM];
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut buf = Vec::new();
     for round in 0..200_000 {
@@ -1400,12 +859,7 @@ fn random_input_never_panics() {
         while off < buf.len() {
             match parse(&buf[off..], lim) {
                 Parsed::Command { consumed, .. } => off += consumed,
-                Parsed::Error {
-                    consumed,
-                    swallow,
-                    close,
-                    ..
-                } => {
+                Parsed::Error { consumed, swallow, close, .. } => {
                     if close {
                         break;
                     }

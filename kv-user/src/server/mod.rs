@@ -57,8 +57,9 @@ pub async fn serve(cfg: Arc<Config>, shared: Shared) -> Result<()> {
     log::info!("shutting down");
     let _ = stop_tx.send(true);
     // Front ends finish the batch in hand; don't wait forever for a stuck peer.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} })
-        .await;
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} })
+            .await;
     Ok(())
 }
 

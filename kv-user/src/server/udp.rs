@@ -70,7 +70,14 @@ pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bo
 }
 
 /// Splits `reply` into framed datagrams. Nothing is sent for an empty reply (noreply).
-pub async fn send_reply(sock: &UdpSocket, peer: SocketAddr, req_id: u16, reply: &[u8], frame: &mut BytesMut, shared: &Shared) {
+pub async fn send_reply(
+    sock: &UdpSocket,
+    peer: SocketAddr,
+    req_id: u16,
+    reply: &[u8],
+    frame: &mut BytesMut,
+    shared: &Shared,
+) {
     const CHUNK: usize = UDP_MAX_PAYLOAD - UDP_FRAME_HEADER_LEN;
     if reply.is_empty() {
         return;

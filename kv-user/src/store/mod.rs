@@ -127,13 +127,7 @@ pub struct FetchOpts {
 
 impl Default for FetchOpts {
     fn default() -> Self {
-        FetchOpts {
-            bump: true,
-            touch: None,
-            vivify: None,
-            new_cas: None,
-            recache: None,
-        }
+        FetchOpts { bump: true, touch: None, vivify: None, new_cas: None, recache: None }
     }
 }
 
@@ -183,17 +177,7 @@ pub struct SetRequest<'a> {
 
 impl<'a> SetRequest<'a> {
     pub fn new(mode: SetMode, key: &'a [u8], value: &'a [u8], flags: u32, exptime: i64) -> Self {
-        SetRequest {
-            key,
-            value,
-            flags,
-            exptime,
-            mode,
-            compare_cas: 0,
-            new_cas: None,
-            allow_stale: false,
-            vivify: None,
-        }
+        SetRequest { key, value, flags, exptime, mode, compare_cas: 0, new_cas: None, allow_stale: false, vivify: None }
     }
 }
 
@@ -252,14 +236,7 @@ pub struct ArithOpts {
 
 impl ArithOpts {
     pub fn new(incr: bool, delta: u64) -> Self {
-        ArithOpts {
-            incr,
-            delta,
-            compare_cas: 0,
-            new_cas: None,
-            vivify: None,
-            touch: None,
-        }
+        ArithOpts { incr, delta, compare_cas: 0, new_cas: None, vivify: None, touch: None }
     }
 }
 
@@ -284,14 +261,7 @@ pub struct ArithOutcome {
 
 impl ArithOutcome {
     fn fail(status: ArithStatus) -> Self {
-        ArithOutcome {
-            status,
-            value: 0,
-            cas: 0,
-            exptime: 0,
-            created: false,
-            seq: 0,
-        }
+        ArithOutcome { status, value: 0, cas: 0, exptime: 0, created: false, seq: 0 }
     }
 }
 
@@ -337,11 +307,7 @@ impl Store {
         Store::with_clock(opts, journal, Arc::new(SystemClock))
     }
 
-    pub fn with_clock(
-        opts: StoreOptions,
-        journal: Arc<dyn Journal>,
-        clock: Arc<dyn Clock>,
-    ) -> Store {
+    pub fn with_clock(opts: StoreOptions, journal: Arc<dyn Journal>, clock: Arc<dyn Clock>) -> Store {
         let n = opts.shards.clamp(1, 1 << 16).next_power_of_two();
         Store {
             shards: (0..n).map(|_| Mutex::new(Shard::new())).collect(),
@@ -432,10 +398,7 @@ impl Store {
     /// `keep`) while over the limit. Returns whether the store is still over the limit.
     fn settle(&self, shard: &mut Shard, before: u64, keep: Option<u32>, now: u64) -> bool {
         let delta = shard.counters.bytes.wrapping_sub(before);
-        let mut used = self
-            .mem_used
-            .fetch_add(delta, Ordering::Relaxed)
-            .wrapping_add(delta);
+        let mut used = self.mem_used.fetch_add(delta, Ordering::Relaxed).wrapping_add(delta);
         while used > self.mem_limit {
             match shard.tail() {
                 Some(t) if Some(t) != keep => {
@@ -487,14 +450,7 @@ impl Store {
         }
     }
 
-    fn finish(
-        &self,
-        mut g: MutexGuard<'_, Shard>,
-        si: usize,
-        before: u64,
-        keep: Option<u32>,
-        now: u64,
-    ) {
+    fn finish(&self, mut g: MutexGuard<'_, Shard>, si: usize, before: u64, keep: Option<u32>, now: u64) {
         let over = self.settle(&mut g, before, keep, now);
         drop(g);
         if over {
@@ -529,11 +485,7 @@ impl Store {
                 let view_atime = e.atime;
                 if let Some(t) = opts.touch {
                     e.exptime = abs_exptime(t, now);
-                    out.seq = self.journal.record(&Record::Touch {
-                        key: &e.key,
-                        exptime: e.exptime,
-                        cas: e.cas,
-                    });
+                    out.seq = self.journal.record(&Record::Touch { key: &e.key, exptime: e.exptime, cas: e.cas });
                 }
                 if let Some(r) = opts.recache {
                     if !token_before && e.exptime != 0 && e.exptime < abs_exptime(r, now) {
@@ -567,8 +519,7 @@ impl Store {
             Lookup::Missing => {
                 if let Some(v) = opts.vivify {
                     let cas = self.cas_for(opts.new_cas);
-                    let mut e =
-                        Entry::new(hash, key, Bytes::new(), 0, abs_exptime(v, now), cas, now);
+                    let mut e = Entry::new(hash, key, Bytes::new(), 0, abs_exptime(v, now), cas, now);
                     e.token_sent = true;
                     out.item = Some(ItemView {
                         value: Bytes::new(),
@@ -599,12 +550,7 @@ impl Store {
 
     /// set/add/replace/append/prepend/cas/ms.
     pub fn set(&self, req: &SetRequest<'_>) -> SetOutcome {
-        let not = |status| SetOutcome {
-            status,
-            cas: 0,
-            size: req.value.len(),
-            seq: 0,
-        };
+        let not = |status| SetOutcome { status, cas: 0, size: req.value.len(), seq: 0 };
         if item_size(req.key.len(), req.value.len()) > self.item_size_max as u64 {
             return not(SetStatus::TooLarge);
         }
@@ -615,74 +561,63 @@ impl Store {
         let mut stale = false;
         let mut token_sent = false;
         // (value, flags, exptime) of the item to store, or the failure status.
-        let plan: Result<(Bytes, u32, u64), SetStatus> =
-            match self.lookup(&mut g, hash, req.key, now) {
-                Lookup::Live(idx) => {
-                    let old = g.get(idx);
-                    match req.mode {
-                        SetMode::Add => {
-                            // memcached bumps the existing item on a failed add.
-                            g.bump(idx);
+        let plan: Result<(Bytes, u32, u64), SetStatus> = match self.lookup(&mut g, hash, req.key, now) {
+            Lookup::Live(idx) => {
+                let old = g.get(idx);
+                match req.mode {
+                    SetMode::Add => {
+                        // memcached bumps the existing item on a failed add.
+                        g.bump(idx);
+                        Err(SetStatus::NotStored)
+                    }
+                    SetMode::Cas => {
+                        let c = req.compare_cas;
+                        if c != 0 && c == old.cas {
+                            Ok((Bytes::copy_from_slice(req.value), req.flags, abs_exptime(req.exptime, now)))
+                        } else if req.allow_stale && c != 0 && c < old.cas {
+                            // Accepted but stale: keeps the old TTL and token state.
+                            stale = true;
+                            token_sent = old.token_sent;
+                            Ok((Bytes::copy_from_slice(req.value), req.flags, old.exptime))
+                        } else {
+                            Err(SetStatus::Exists)
+                        }
+                    }
+                    SetMode::Append | SetMode::Prepend => {
+                        if req.compare_cas != 0 && req.compare_cas != old.cas {
+                            Err(SetStatus::Exists)
+                        } else if item_size(req.key.len(), old.value.len() + req.value.len())
+                            > self.item_size_max as u64
+                        {
                             Err(SetStatus::NotStored)
-                        }
-                        SetMode::Cas => {
-                            let c = req.compare_cas;
-                            if c != 0 && c == old.cas {
-                                Ok((
-                                    Bytes::copy_from_slice(req.value),
-                                    req.flags,
-                                    abs_exptime(req.exptime, now),
-                                ))
-                            } else if req.allow_stale && c != 0 && c < old.cas {
-                                // Accepted but stale: keeps the old TTL and token state.
-                                stale = true;
-                                token_sent = old.token_sent;
-                                Ok((Bytes::copy_from_slice(req.value), req.flags, old.exptime))
+                        } else {
+                            let mut v = Vec::with_capacity(old.value.len() + req.value.len());
+                            if req.mode == SetMode::Append {
+                                v.extend_from_slice(&old.value);
+                                v.extend_from_slice(req.value);
                             } else {
-                                Err(SetStatus::Exists)
+                                v.extend_from_slice(req.value);
+                                v.extend_from_slice(&old.value);
                             }
+                            Ok((Bytes::from(v), old.flags, old.exptime))
                         }
-                        SetMode::Append | SetMode::Prepend => {
-                            if req.compare_cas != 0 && req.compare_cas != old.cas {
-                                Err(SetStatus::Exists)
-                            } else if item_size(req.key.len(), old.value.len() + req.value.len())
-                                > self.item_size_max as u64
-                            {
-                                Err(SetStatus::NotStored)
-                            } else {
-                                let mut v = Vec::with_capacity(old.value.len() + req.value.len());
-                                if req.mode == SetMode::Append {
-                                    v.extend_from_slice(&old.value);
-                                    v.extend_from_slice(req.value);
-                                } else {
-                                    v.extend_from_slice(req.value);
-                                    v.extend_from_slice(&old.value);
-                                }
-                                Ok((Bytes::from(v), old.flags, old.exptime))
-                            }
-                        }
-                        SetMode::Set | SetMode::Replace => Ok((
-                            Bytes::copy_from_slice(req.value),
-                            req.flags,
-                            abs_exptime(req.exptime, now),
-                        )),
+                    }
+                    SetMode::Set | SetMode::Replace => {
+                        Ok((Bytes::copy_from_slice(req.value), req.flags, abs_exptime(req.exptime, now)))
                     }
                 }
-                Lookup::Missing => match (req.mode, req.vivify) {
-                    (SetMode::Set | SetMode::Add, _) => Ok((
-                        Bytes::copy_from_slice(req.value),
-                        req.flags,
-                        abs_exptime(req.exptime, now),
-                    )),
-                    (SetMode::Append | SetMode::Prepend, Some(v)) => Ok((
-                        Bytes::copy_from_slice(req.value),
-                        req.flags,
-                        abs_exptime(v, now),
-                    )),
-                    (SetMode::Cas, _) => Err(SetStatus::NotFound),
-                    _ => Err(SetStatus::NotStored),
-                },
-            };
+            }
+            Lookup::Missing => match (req.mode, req.vivify) {
+                (SetMode::Set | SetMode::Add, _) => {
+                    Ok((Bytes::copy_from_slice(req.value), req.flags, abs_exptime(req.exptime, now)))
+                }
+                (SetMode::Append | SetMode::Prepend, Some(v)) => {
+                    Ok((Bytes::copy_from_slice(req.value), req.flags, abs_exptime(v, now)))
+                }
+                (SetMode::Cas, _) => Err(SetStatus::NotFound),
+                _ => Err(SetStatus::NotStored),
+            },
+        };
         let (value, flags, exptime) = match plan {
             Ok(p) => p,
             Err(status) => {
@@ -705,12 +640,7 @@ impl Store {
         g.counters.total_items += 1;
         let seq = self.journal_set(g.get(idx));
         self.finish(g, si, before, Some(idx), now);
-        SetOutcome {
-            status: SetStatus::Stored,
-            cas,
-            size,
-            seq,
-        }
+        SetOutcome { status: SetStatus::Stored, cas, size, seq }
     }
 
     /// delete/md.
@@ -782,11 +712,7 @@ impl Store {
                     match parse_u64(&e.value) {
                         None => ArithOutcome::fail(ArithStatus::NonNumeric),
                         Some(n) => {
-                            let n = if opts.incr {
-                                n.wrapping_add(opts.delta)
-                            } else {
-                                n.saturating_sub(opts.delta)
-                            };
+                            let n = if opts.incr { n.wrapping_add(opts.delta) } else { n.saturating_sub(opts.delta) };
                             let mut buf = itoa::Buffer::new();
                             let digits = buf.format(n).as_bytes();
                             let mut v = Vec::with_capacity(digits.len().max(e.value.len()));
@@ -809,14 +735,7 @@ impl Store {
                             g.bump(idx);
                             keep = Some(idx);
                             let seq = self.journal_set(g.get(idx));
-                            ArithOutcome {
-                                status: ArithStatus::Ok,
-                                value: n,
-                                cas,
-                                exptime,
-                                created: false,
-                                seq,
-                            }
+                            ArithOutcome { status: ArithStatus::Ok, value: n, cas, exptime, created: false, seq }
                         }
                     }
                 }
@@ -833,14 +752,7 @@ impl Store {
                     g.counters.total_items += 1;
                     keep = Some(idx);
                     let seq = self.journal_set(g.get(idx));
-                    ArithOutcome {
-                        status: ArithStatus::Ok,
-                        value: initial,
-                        cas,
-                        exptime,
-                        created: true,
-                        seq,
-                    }
+                    ArithOutcome { status: ArithStatus::Ok, value: initial, cas, exptime, created: true, seq }
                 }
             },
         };
@@ -852,29 +764,20 @@ impl Store {
     /// item stored before that moment dies (memcached's oldest_live). Returns the journal seq.
     pub fn flush_all(&self, delay: i64) -> u64 {
         let now = self.now();
-        let at = if delay > 0 {
-            abs_exptime(delay, now)
-        } else {
-            now
-        };
+        let at = if delay > 0 { abs_exptime(delay, now) } else { now };
         let immediate = at <= now;
         let at = if immediate { now } else { at };
         // All shard locks (in index order, so no deadlock with single-shard holders): no mutation sits
         // between taking a CAS and journaling it, so `max_cas` splits the log exactly.
         let mut guards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
-        let max_cas = if immediate {
-            self.cas.load(Ordering::Relaxed)
-        } else {
-            0
-        };
+        let max_cas = if immediate { self.cas.load(Ordering::Relaxed) } else { 0 };
         let seq = self.journal.record(&Record::FlushAll { at, max_cas });
         self.flush_at.store(at, Ordering::Relaxed);
         if immediate {
             for g in guards.iter_mut() {
                 let before = g.counters.bytes;
                 g.retain(|e| e.cas <= max_cas);
-                self.mem_used
-                    .fetch_sub(before - g.counters.bytes, Ordering::Relaxed);
+                self.mem_used.fetch_sub(before - g.counters.bytes, Ordering::Relaxed);
             }
         }
         seq
@@ -885,27 +788,12 @@ impl Store {
     pub fn apply(&self, rec: &Record<'_>) {
         let now = self.now();
         match *rec {
-            Record::Set {
-                key,
-                flags,
-                exptime,
-                cas,
-                time,
-                value,
-            } => {
+            Record::Set { key, flags, exptime, cas, time, value } => {
                 self.cas.fetch_max(cas, Ordering::Relaxed);
                 let (hash, si) = self.locate(key);
                 let mut g = self.shards[si].lock();
                 let before = g.counters.bytes;
-                let mut e = Entry::new(
-                    hash,
-                    key,
-                    Bytes::copy_from_slice(value),
-                    flags,
-                    exptime,
-                    cas,
-                    time,
-                );
+                let mut e = Entry::new(hash, key, Bytes::copy_from_slice(value), flags, exptime, cas, time);
                 let existing = g.find(hash, key);
                 let mut keep = None;
                 if self.dead(&e, now) {
@@ -955,8 +843,7 @@ impl Store {
                     let mut g = s.lock();
                     let before = g.counters.bytes;
                     g.retain(|e| e.cas <= max_cas || (at <= now && e.time < at));
-                    self.mem_used
-                        .fetch_sub(before - g.counters.bytes, Ordering::Relaxed);
+                    self.mem_used.fetch_sub(before - g.counters.bytes, Ordering::Relaxed);
                 }
             }
         }
@@ -964,10 +851,7 @@ impl Store {
 
     /// Aggregated item statistics.
     pub fn stats(&self) -> StoreStats {
-        let mut s = StoreStats {
-            limit_maxbytes: self.mem_limit,
-            ..StoreStats::default()
-        };
+        let mut s = StoreStats { limit_maxbytes: self.mem_limit, ..StoreStats::default() };
         for sh in self.shards.iter() {
             let c = sh.lock().counters;
             s.curr_items += c.curr_items;
@@ -988,11 +872,7 @@ impl Store {
         for sh in self.shards.iter() {
             let mut g = sh.lock();
             let c = &mut g.counters;
-            *c = ShardCounters {
-                curr_items: c.curr_items,
-                bytes: c.bytes,
-                ..ShardCounters::default()
-            };
+            *c = ShardCounters { curr_items: c.curr_items, bytes: c.bytes, ..ShardCounters::default() };
         }
     }
 

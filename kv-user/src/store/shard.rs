@@ -33,15 +33,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        hash: u64,
-        key: &[u8],
-        value: Bytes,
-        flags: u32,
-        exptime: u64,
-        cas: u64,
-        now: u64,
-    ) -> Entry {
+    pub fn new(hash: u64, key: &[u8], value: Bytes, flags: u32, exptime: u64, cas: u64, now: u64) -> Entry {
         Entry {
             hash,
             key: key.into(),
@@ -111,11 +103,7 @@ impl Shard {
 
     pub fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
         let slots = &self.slots;
-        self.table
-            .find(hash, |&i| {
-                slots[i as usize].as_ref().is_some_and(|e| &*e.key == key)
-            })
-            .copied()
+        self.table.find(hash, |&i| slots[i as usize].as_ref().is_some_and(|e| &*e.key == key)).copied()
     }
 
     pub fn get(&self, idx: u32) -> &Entry {
@@ -150,9 +138,7 @@ impl Shard {
             }
         };
         let slots = &self.slots;
-        self.table.insert_unique(hash, idx, |&i| {
-            slots[i as usize].as_ref().map_or(0, |e| e.hash)
-        });
+        self.table.insert_unique(hash, idx, |&i| slots[i as usize].as_ref().map_or(0, |e| e.hash));
         self.link_front(idx);
         self.counters.curr_items += 1;
         self.counters.bytes += size;

@@ -9,51 +9,19 @@ const T0: u64 = 1_700_000_000;
 /// A record with owned bytes, to compare what the store journaled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Owned {
-    Set {
-        key: Vec<u8>,
-        flags: u32,
-        exptime: u64,
-        cas: u64,
-        time: u64,
-        value: Vec<u8>,
-    },
-    Touch {
-        key: Vec<u8>,
-        exptime: u64,
-        cas: u64,
-    },
-    Delete {
-        key: Vec<u8>,
-    },
-    FlushAll {
-        at: u64,
-        max_cas: u64,
-    },
+    Set { key: Vec<u8>, flags: u32, exptime: u64, cas: u64, time: u64, value: Vec<u8> },
+    Touch { key: Vec<u8>, exptime: u64, cas: u64 },
+    Delete { key: Vec<u8> },
+    FlushAll { at: u64, max_cas: u64 },
 }
 
 impl Owned {
     fn from(rec: &Record<'_>) -> Owned {
         match *rec {
-            Record::Set {
-                key,
-                flags,
-                exptime,
-                cas,
-                time,
-                value,
-            } => Owned::Set {
-                key: key.to_vec(),
-                flags,
-                exptime,
-                cas,
-                time,
-                value: value.to_vec(),
-            },
-            Record::Touch { key, exptime, cas } => Owned::Touch {
-                key: key.to_vec(),
-                exptime,
-                cas,
-            },
+            Record::Set { key, flags, exptime, cas, time, value } => {
+                Owned::Set { key: key.to_vec(), flags, exptime, cas, time, value: value.to_vec() }
+            }
+            Record::Touch { key, exptime, cas } => Owned::Touch { key: key.to_vec(), exptime, cas },
             Record::Delete { key } => Owned::Delete { key: key.to_vec() },
             Record::FlushAll { at, max_cas } => Owned::FlushAll { at, max_cas },
         }
@@ -61,31 +29,12 @@ impl Owned {
 
     fn with<R>(&self, f: impl FnOnce(&Record<'_>) -> R) -> R {
         match self {
-            Owned::Set {
-                key,
-                flags,
-                exptime,
-                cas,
-                time,
-                value,
-            } => f(&Record::Set {
-                key,
-                flags: *flags,
-                exptime: *exptime,
-                cas: *cas,
-                time: *time,
-                value,
-            }),
-            Owned::Touch { key, exptime, cas } => f(&Record::Touch {
-                key,
-                exptime: *exptime,
-                cas: *cas,
-            }),
+            Owned::Set { key, flags, exptime, cas, time, value } => {
+                f(&Record::Set { key, flags: *flags, exptime: *exptime, cas: *cas, time: *time, value })
+            }
+            Owned::Touch { key, exptime, cas } => f(&Record::Touch { key, exptime: *exptime, cas: *cas }),
             Owned::Delete { key } => f(&Record::Delete { key }),
-            Owned::FlushAll { at, max_cas } => f(&Record::FlushAll {
-                at: *at,
-                max_cas: *max_cas,
-            }),
+            Owned::FlushAll { at, max_cas } => f(&Record::FlushAll { at: *at, max_cas: *max_cas }),
         }
     }
 }
@@ -108,11 +57,7 @@ impl Collect {
 }
 
 fn opts(mb: u64) -> StoreOptions {
-    StoreOptions {
-        memory_limit: mb << 20,
-        item_size_max: 1 << 20,
-        shards: 16,
-    }
+    StoreOptions { memory_limit: mb << 20, item_size_max: 1 << 20, shards: 16 }
 }
 
 fn setup() -> (Store, Arc<Collect>, Arc<ManualClock>) {
@@ -122,13 +67,7 @@ fn setup() -> (Store, Arc<Collect>, Arc<ManualClock>) {
 }
 
 fn set(s: &Store, key: &str, val: &str) -> SetOutcome {
-    s.set(&SetRequest::new(
-        SetMode::Set,
-        key.as_bytes(),
-        val.as_bytes(),
-        0,
-        0,
-    ))
+    s.set(&SetRequest::new(SetMode::Set, key.as_bytes(), val.as_bytes(), 0, 0))
 }
 
 fn val(s: &Store, key: &str) -> Option<Vec<u8>> {
@@ -143,26 +82,10 @@ fn set_get_replace_add() {
     assert_eq!(r.status, SetStatus::Stored);
     let it = s.get(b"a").unwrap();
     assert_eq!((&it.value[..], it.flags, it.cas), (&b"1"[..], 7, r.cas));
-    assert_eq!(
-        s.set(&SetRequest::new(SetMode::Add, b"a", b"2", 0, 0))
-            .status,
-        SetStatus::NotStored
-    );
-    assert_eq!(
-        s.set(&SetRequest::new(SetMode::Add, b"b", b"2", 0, 0))
-            .status,
-        SetStatus::Stored
-    );
-    assert_eq!(
-        s.set(&SetRequest::new(SetMode::Replace, b"c", b"3", 0, 0))
-            .status,
-        SetStatus::NotStored
-    );
-    assert_eq!(
-        s.set(&SetRequest::new(SetMode::Replace, b"a", b"3", 0, 0))
-            .status,
-        SetStatus::Stored
-    );
+    assert_eq!(s.set(&SetRequest::new(SetMode::Add, b"a", b"2", 0, 0)).status, SetStatus::NotStored);
+    assert_eq!(s.set(&SetRequest::new(SetMode::Add, b"b", b"2", 0, 0)).status, SetStatus::Stored);
+    assert_eq!(s.set(&SetRequest::new(SetMode::Replace, b"c", b"3", 0, 0)).status, SetStatus::NotStored);
+    assert_eq!(s.set(&SetRequest::new(SetMode::Replace, b"a", b"3", 0, 0)).status, SetStatus::Stored);
     assert_eq!(val(&s, "a").unwrap(), b"3");
     assert_eq!(s.stats().curr_items, 2);
     assert_eq!(s.stats().total_items, 3);
@@ -185,11 +108,7 @@ fn cas_unique_and_compare() {
     let r = s.set(&req);
     assert_eq!(r.status, SetStatus::Stored);
     assert_ne!(r.cas, cas);
-    assert_eq!(
-        s.set(&req).status,
-        SetStatus::Exists,
-        "old cas no longer matches"
-    );
+    assert_eq!(s.set(&req).status, SetStatus::Exists, "old cas no longer matches");
     req.key = b"missing";
     assert_eq!(s.set(&req).status, SetStatus::NotFound);
 }
@@ -216,33 +135,12 @@ fn cas_stale_and_explicit() {
 fn expiry_relative_absolute_negative() {
     let (s, _, c) = setup();
     s.set(&SetRequest::new(SetMode::Set, b"rel", b"v", 0, 10));
-    s.set(&SetRequest::new(
-        SetMode::Set,
-        b"abs",
-        b"v",
-        0,
-        (T0 + 20) as i64,
-    ));
-    s.set(&SetRequest::new(
-        SetMode::Set,
-        b"past",
-        b"v",
-        0,
-        (T0 - 5) as i64,
-    ));
+    s.set(&SetRequest::new(SetMode::Set, b"abs", b"v", 0, (T0 + 20) as i64));
+    s.set(&SetRequest::new(SetMode::Set, b"past", b"v", 0, (T0 - 5) as i64));
     s.set(&SetRequest::new(SetMode::Set, b"neg", b"v", 0, -1));
     s.set(&SetRequest::new(SetMode::Set, b"never", b"v", 0, 0));
-    s.set(&SetRequest::new(
-        SetMode::Set,
-        b"30d",
-        b"v",
-        0,
-        REALTIME_MAXDELTA,
-    ));
-    assert_eq!(
-        s.get(b"30d").unwrap().exptime,
-        T0 + REALTIME_MAXDELTA as u64
-    );
+    s.set(&SetRequest::new(SetMode::Set, b"30d", b"v", 0, REALTIME_MAXDELTA));
+    assert_eq!(s.get(b"30d").unwrap().exptime, T0 + REALTIME_MAXDELTA as u64);
     assert!(val(&s, "past").is_none());
     assert!(val(&s, "neg").is_none());
     assert!(val(&s, "rel").is_some());
@@ -263,11 +161,7 @@ fn expiry_relative_absolute_negative() {
 fn negative_exptime_replaces_old_item() {
     let (s, _, _) = setup();
     set(&s, "k", "v");
-    assert_eq!(
-        s.set(&SetRequest::new(SetMode::Set, b"k", b"w", 0, -1))
-            .status,
-        SetStatus::Stored
-    );
+    assert_eq!(s.set(&SetRequest::new(SetMode::Set, b"k", b"w", 0, -1)).status, SetStatus::Stored);
     assert!(val(&s, "k").is_none());
 }
 
@@ -276,31 +170,15 @@ fn touch_and_fetch_opts() {
     let (s, j, c) = setup();
     set(&s, "k", "v");
     j.take();
-    let f = s.fetch(
-        b"k",
-        &FetchOpts {
-            touch: Some(5),
-            ..FetchOpts::default()
-        },
-    );
+    let f = s.fetch(b"k", &FetchOpts { touch: Some(5), ..FetchOpts::default() });
     assert_eq!(f.item.unwrap().exptime, T0 + 5);
     let cas = s.get(b"k").unwrap().cas;
-    assert_eq!(
-        j.take(),
-        vec![Owned::Touch {
-            key: b"k".to_vec(),
-            exptime: T0 + 5,
-            cas
-        }]
-    );
+    assert_eq!(j.take(), vec![Owned::Touch { key: b"k".to_vec(), exptime: T0 + 5, cas }]);
     c.advance(5);
     assert!(val(&s, "k").is_none());
     // h/l report the state before this access; u leaves it untouched.
     set(&s, "m", "v");
-    let no_bump = FetchOpts {
-        bump: false,
-        ..FetchOpts::default()
-    };
+    let no_bump = FetchOpts { bump: false, ..FetchOpts::default() };
     assert!(!s.fetch(b"m", &no_bump).item.unwrap().fetched);
     assert!(!s.fetch(b"m", &FetchOpts::default()).item.unwrap().fetched);
     c.advance(3);
@@ -312,10 +190,7 @@ fn touch_and_fetch_opts() {
 #[test]
 fn vivify_and_recache_tokens() {
     let (s, j, _) = setup();
-    let viv = FetchOpts {
-        vivify: Some(30),
-        ..FetchOpts::default()
-    };
+    let viv = FetchOpts { vivify: Some(30), ..FetchOpts::default() };
     let f = s.fetch(b"k", &viv);
     assert!(f.created && f.won && !f.token_sent);
     assert_eq!(f.item.as_ref().unwrap().value.len(), 0);
@@ -324,17 +199,8 @@ fn vivify_and_recache_tokens() {
     assert!(!f.created && !f.won && f.token_sent);
     // R: TTL below the threshold wins once.
     set(&s, "r", "v");
-    s.fetch(
-        b"r",
-        &FetchOpts {
-            touch: Some(10),
-            ..FetchOpts::default()
-        },
-    );
-    let rc = FetchOpts {
-        recache: Some(30),
-        ..FetchOpts::default()
-    };
+    s.fetch(b"r", &FetchOpts { touch: Some(10), ..FetchOpts::default() });
+    let rc = FetchOpts { recache: Some(30), ..FetchOpts::default() };
     assert!(s.fetch(b"r", &rc).won);
     let f = s.fetch(b"r", &rc);
     assert!(!f.won && f.token_sent);
@@ -343,21 +209,11 @@ fn vivify_and_recache_tokens() {
 #[test]
 fn delete_and_invalidate() {
     let (s, j, _) = setup();
-    assert_eq!(
-        s.delete(b"k", &DeleteOpts::default()).0,
-        DeleteStatus::NotFound
-    );
+    assert_eq!(s.delete(b"k", &DeleteOpts::default()).0, DeleteStatus::NotFound);
     let cas = set(&s, "k", "v").cas;
-    let bad = DeleteOpts {
-        compare_cas: Some(cas + 1),
-        ..DeleteOpts::default()
-    };
+    let bad = DeleteOpts { compare_cas: Some(cas + 1), ..DeleteOpts::default() };
     assert_eq!(s.delete(b"k", &bad).0, DeleteStatus::Exists);
-    let inv = DeleteOpts {
-        invalidate: true,
-        touch: Some(30),
-        ..DeleteOpts::default()
-    };
+    let inv = DeleteOpts { invalidate: true, touch: Some(30), ..DeleteOpts::default() };
     assert_eq!(s.delete(b"k", &inv).0, DeleteStatus::Deleted);
     let f = s.fetch(b"k", &FetchOpts::default());
     let it = f.item.unwrap();
@@ -374,22 +230,14 @@ fn delete_and_invalidate() {
 #[test]
 fn append_prepend() {
     let (s, _, _) = setup();
-    assert_eq!(
-        s.set(&SetRequest::new(SetMode::Append, b"k", b"x", 0, 0))
-            .status,
-        SetStatus::NotStored
-    );
+    assert_eq!(s.set(&SetRequest::new(SetMode::Append, b"k", b"x", 0, 0)).status, SetStatus::NotStored);
     s.set(&SetRequest::new(SetMode::Set, b"k", b"mid", 5, 100));
     let r = s.set(&SetRequest::new(SetMode::Append, b"k", b"_end", 9, 0));
     assert_eq!((r.status, r.size), (SetStatus::Stored, 7));
     s.set(&SetRequest::new(SetMode::Prepend, b"k", b"start_", 9, 0));
     let it = s.get(b"k").unwrap();
     assert_eq!(&it.value[..], b"start_mid_end");
-    assert_eq!(
-        (it.flags, it.exptime),
-        (5, T0 + 100),
-        "flags and exptime kept"
-    );
+    assert_eq!((it.flags, it.exptime), (5, T0 + 100), "flags and exptime kept");
     let mut req = SetRequest::new(SetMode::Append, b"k", b"!", 0, 0);
     req.compare_cas = it.cas + 1;
     assert_eq!(s.set(&req).status, SetStatus::Exists);
@@ -404,10 +252,7 @@ fn append_prepend() {
 #[test]
 fn incr_decr() {
     let (s, _, _) = setup();
-    assert_eq!(
-        s.arith(b"n", &ArithOpts::new(true, 1)).status,
-        ArithStatus::NotFound
-    );
+    assert_eq!(s.arith(b"n", &ArithOpts::new(true, 1)).status, ArithStatus::NotFound);
     set(&s, "n", "18446744073709551615");
     let r = s.arith(b"n", &ArithOpts::new(true, 1));
     assert_eq!((r.status, r.value), (ArithStatus::Ok, 0), "wraps at 2^64");
@@ -415,20 +260,12 @@ fn incr_decr() {
     assert_eq!(s.arith(b"n", &ArithOpts::new(false, 1)).value, 9);
     // memcached keeps the length, padding with spaces.
     assert_eq!(val(&s, "n").unwrap(), b"9 ");
-    assert_eq!(
-        s.arith(b"n", &ArithOpts::new(false, 100)).value,
-        0,
-        "decr floors at 0"
-    );
+    assert_eq!(s.arith(b"n", &ArithOpts::new(false, 100)).value, 0, "decr floors at 0");
     assert_eq!(s.arith(b"n", &ArithOpts::new(true, 12345)).value, 12345);
     assert_eq!(val(&s, "n").unwrap(), b"12345");
     for bad in ["hi", "", "12abc", "-1", "99999999999999999999999"] {
         set(&s, "t", bad);
-        assert_eq!(
-            s.arith(b"t", &ArithOpts::new(true, 1)).status,
-            ArithStatus::NonNumeric,
-            "{bad:?}"
-        );
+        assert_eq!(s.arith(b"t", &ArithOpts::new(true, 1)).status, ArithStatus::NonNumeric, "{bad:?}");
     }
     let mut o = ArithOpts::new(true, 5);
     o.vivify = Some((0, 40));
@@ -447,21 +284,11 @@ fn incr_decr() {
 fn lru_eviction_under_limit() {
     let j = Arc::new(Collect::default());
     let c = Arc::new(ManualClock::new(T0));
-    let o = StoreOptions {
-        memory_limit: 64 << 10,
-        item_size_max: 8 << 10,
-        shards: 1,
-    };
+    let o = StoreOptions { memory_limit: 64 << 10, item_size_max: 8 << 10, shards: 1 };
     let s = Store::with_clock(o, j, c);
     let v = vec![b'x'; 1000];
     for i in 0..200 {
-        s.set(&SetRequest::new(
-            SetMode::Set,
-            format!("k{i}").as_bytes(),
-            &v,
-            0,
-            0,
-        ));
+        s.set(&SetRequest::new(SetMode::Set, format!("k{i}").as_bytes(), &v, 0, 0));
         if i == 10 {
             // Touch k0 so it is recent and survives.
             assert!(s.get(b"k0").is_some());
@@ -479,21 +306,11 @@ fn lru_eviction_under_limit() {
 #[test]
 fn eviction_spills_to_other_shards() {
     let j = Arc::new(NoJournal);
-    let o = StoreOptions {
-        memory_limit: 256 << 10,
-        item_size_max: 200 << 10,
-        shards: 64,
-    };
+    let o = StoreOptions { memory_limit: 256 << 10, item_size_max: 200 << 10, shards: 64 };
     let s = Store::new(o, j);
     let v = vec![b'x'; 150 << 10];
     for i in 0..10 {
-        s.set(&SetRequest::new(
-            SetMode::Set,
-            format!("big{i}").as_bytes(),
-            &v,
-            0,
-            0,
-        ));
+        s.set(&SetRequest::new(SetMode::Set, format!("big{i}").as_bytes(), &v, 0, 0));
         assert!(s.stats().bytes <= 256 << 10);
     }
     assert!(s.get(b"big9").is_some());
@@ -503,21 +320,11 @@ fn eviction_spills_to_other_shards() {
 fn too_large() {
     let (s, _, _) = setup();
     let v = vec![0u8; 1 << 20];
-    assert_eq!(
-        s.set(&SetRequest::new(SetMode::Set, b"k", &v, 0, 0)).status,
-        SetStatus::TooLarge
-    );
+    assert_eq!(s.set(&SetRequest::new(SetMode::Set, b"k", &v, 0, 0)).status, SetStatus::TooLarge);
     let v = vec![0u8; (1 << 20) - 200];
     set(&s, "k", "x");
-    assert_eq!(
-        s.set(&SetRequest::new(SetMode::Set, b"k", &v, 0, 0)).status,
-        SetStatus::Stored
-    );
-    assert_eq!(
-        s.set(&SetRequest::new(SetMode::Append, b"k", &v, 0, 0))
-            .status,
-        SetStatus::NotStored
-    );
+    assert_eq!(s.set(&SetRequest::new(SetMode::Set, b"k", &v, 0, 0)).status, SetStatus::Stored);
+    assert_eq!(s.set(&SetRequest::new(SetMode::Append, b"k", &v, 0, 0)).status, SetStatus::NotStored);
 }
 
 #[test]
@@ -527,13 +334,7 @@ fn flush_immediate() {
     set(&s, "b", "2");
     j.take();
     s.flush_all(0);
-    assert_eq!(
-        j.take(),
-        vec![Owned::FlushAll {
-            at: T0,
-            max_cas: c1 + 1
-        }]
-    );
+    assert_eq!(j.take(), vec![Owned::FlushAll { at: T0, max_cas: c1 + 1 }]);
     assert!(val(&s, "a").is_none() && val(&s, "b").is_none());
     assert_eq!(s.stats().curr_items, 0);
     // Stored after the flush in the same second: alive.
@@ -549,21 +350,12 @@ fn flush_delayed() {
     set(&s, "a", "1");
     j.take();
     s.flush_all(10);
-    assert_eq!(
-        j.take(),
-        vec![Owned::FlushAll {
-            at: T0 + 10,
-            max_cas: 0
-        }]
-    );
+    assert_eq!(j.take(), vec![Owned::FlushAll { at: T0 + 10, max_cas: 0 }]);
     c.advance(5);
     set(&s, "b", "2");
     assert!(val(&s, "a").is_some() && val(&s, "b").is_some());
     c.advance(5);
-    assert!(
-        val(&s, "a").is_none() && val(&s, "b").is_none(),
-        "stored before the moment: dead"
-    );
+    assert!(val(&s, "a").is_none() && val(&s, "b").is_none(), "stored before the moment: dead");
     set(&s, "c", "3");
     assert!(val(&s, "c").is_some());
     assert_eq!(s.stats().get_flushed, 2);
@@ -575,49 +367,19 @@ fn journal_order_and_content() {
     let r1 = set(&s, "k", "v1");
     c.advance(1);
     let r2 = s.set(&SetRequest::new(SetMode::Append, b"k", b"+", 0, 0));
-    let r3 = s.arith(
-        b"n",
-        &ArithOpts {
-            vivify: Some((0, 1)),
-            ..ArithOpts::new(true, 1)
-        },
-    );
+    let r3 = s.arith(b"n", &ArithOpts { vivify: Some((0, 1)), ..ArithOpts::new(true, 1) });
     let (_, r4) = s.delete(b"k", &DeleteOpts::default());
     // Failures journal nothing.
-    assert_eq!(
-        s.set(&SetRequest::new(SetMode::Add, b"n", b"x", 0, 0)).seq,
-        0
-    );
+    assert_eq!(s.set(&SetRequest::new(SetMode::Add, b"n", b"x", 0, 0)).seq, 0);
     assert_eq!(s.delete(b"zz", &DeleteOpts::default()).1, 0);
     assert_eq!((r1.seq, r2.seq, r3.seq, r4), (1, 2, 3, 4));
     let k = b"k".to_vec();
     assert_eq!(
         j.take(),
         vec![
-            Owned::Set {
-                key: k.clone(),
-                flags: 0,
-                exptime: 0,
-                cas: r1.cas,
-                time: T0,
-                value: b"v1".to_vec()
-            },
-            Owned::Set {
-                key: k.clone(),
-                flags: 0,
-                exptime: 0,
-                cas: r2.cas,
-                time: T0 + 1,
-                value: b"v1+".to_vec()
-            },
-            Owned::Set {
-                key: b"n".to_vec(),
-                flags: 0,
-                exptime: 0,
-                cas: r3.cas,
-                time: T0 + 1,
-                value: b"1".to_vec()
-            },
+            Owned::Set { key: k.clone(), flags: 0, exptime: 0, cas: r1.cas, time: T0, value: b"v1".to_vec() },
+            Owned::Set { key: k.clone(), flags: 0, exptime: 0, cas: r2.cas, time: T0 + 1, value: b"v1+".to_vec() },
+            Owned::Set { key: b"n".to_vec(), flags: 0, exptime: 0, cas: r3.cas, time: T0 + 1, value: b"1".to_vec() },
             Owned::Delete { key: k },
         ]
     );
@@ -629,13 +391,7 @@ fn replay_restores_state_and_cas() {
     set(&s, "a", "1");
     s.set(&SetRequest::new(SetMode::Set, b"short", b"x", 0, 5));
     set(&s, "b", "2");
-    s.fetch(
-        b"b",
-        &FetchOpts {
-            touch: Some(100),
-            ..FetchOpts::default()
-        },
-    );
+    s.fetch(b"b", &FetchOpts { touch: Some(100), ..FetchOpts::default() });
     s.delete(b"a", &DeleteOpts::default());
     set(&s, "gone", "x");
     s.flush_all(0);
@@ -652,22 +408,8 @@ fn replay_restores_state_and_cas() {
     assert!(set(&r, "new", "z").cas > last_cas);
     // An expired record is dropped, and removes the previous state of its key.
     let r2 = Store::with_clock(opts(64), Arc::new(NoJournal), c.clone());
-    r2.apply(&Record::Set {
-        key: b"k",
-        flags: 0,
-        exptime: 0,
-        cas: 1,
-        time: T0,
-        value: b"v",
-    });
-    r2.apply(&Record::Set {
-        key: b"k",
-        flags: 0,
-        exptime: T0 + 1,
-        cas: 2,
-        time: T0,
-        value: b"w",
-    });
+    r2.apply(&Record::Set { key: b"k", flags: 0, exptime: 0, cas: 1, time: T0, value: b"v" });
+    r2.apply(&Record::Set { key: b"k", flags: 0, exptime: T0 + 1, cas: 2, time: T0, value: b"w" });
     assert!(r2.is_empty());
 }
 
@@ -682,23 +424,14 @@ fn snapshot_round_trip() {
     s.flush_all(100);
     let mut recs = Vec::new();
     s.for_each_live(&mut |r| recs.push(Owned::from(r)));
-    assert_eq!(
-        recs[0],
-        Owned::FlushAll {
-            at: T0 + 106,
-            max_cas: 0
-        }
-    );
+    assert_eq!(recs[0], Owned::FlushAll { at: T0 + 106, max_cas: 0 });
     assert_eq!(recs.len(), 51, "expired item skipped");
     let r = Store::with_clock(opts(64), Arc::new(NoJournal), c.clone());
     for rec in &recs {
         rec.with(|rec| r.apply(rec));
     }
     for i in 0..50 {
-        assert_eq!(
-            val(&r, &format!("k{i}")).unwrap(),
-            format!("v{i}").as_bytes()
-        );
+        assert_eq!(val(&r, &format!("k{i}")).unwrap(), format!("v{i}").as_bytes());
     }
     c.advance(100);
     assert!(val(&r, "k1").is_none(), "pending flush carried over");
