@@ -234,7 +234,11 @@ impl Client {
         let mut b = [0u8; 4096];
         while !out.ends_with(suffix) {
             let n = self.stream.read(&mut b).unwrap_or_else(|e| {
-                panic!("reading until {:?}: {e}; got {:?}", String::from_utf8_lossy(suffix), String::from_utf8_lossy(&out))
+                panic!(
+                    "reading until {:?}: {e}; got {:?}",
+                    String::from_utf8_lossy(suffix),
+                    String::from_utf8_lossy(&out)
+                )
             });
             assert!(n > 0, "EOF before {:?}; got {:?}", String::from_utf8_lossy(suffix), String::from_utf8_lossy(&out));
             out.extend_from_slice(&b[..n]);
@@ -325,7 +329,7 @@ pub fn udp_collect(sock: &UdpSocket, req_id: u16) -> Vec<u8> {
     let mut buf = [0u8; 2048];
     loop {
         let (n, _) = sock.recv_from(&mut buf).expect("UDP reply");
-        assert!(n >= 8 && n <= 1400, "datagram of {n} bytes");
+        assert!((8..=1400).contains(&n), "datagram of {n} bytes");
         let id = u16::from_be_bytes([buf[0], buf[1]]);
         let seq = u16::from_be_bytes([buf[2], buf[3]]) as usize;
         let total = u16::from_be_bytes([buf[4], buf[5]]) as usize;

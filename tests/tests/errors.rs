@@ -18,7 +18,9 @@ fn read_to_close(c: &mut Client, limit: Duration) -> Vec<u8> {
             Ok(0) => return out,
             Ok(n) => out.extend_from_slice(&b[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
-            Err(e) => panic!("connection not closed after {:?} ({e}); got {:?}", t0.elapsed(), String::from_utf8_lossy(&out)),
+            Err(e) => {
+                panic!("connection not closed after {:?} ({e}); got {:?}", t0.elapsed(), String::from_utf8_lossy(&out))
+            }
         }
     }
 }
@@ -206,7 +208,11 @@ fn too_many_connections() {
         if &b[..n] == b"MN\r\n" {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(3), "no slot after closing a connection: {:?}", String::from_utf8_lossy(&b[..n]));
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "no slot after closing a connection: {:?}",
+            String::from_utf8_lossy(&b[..n])
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -20,10 +20,7 @@ fn mg_flags_in_request_order() {
     let cas = cas_of(&mut c, "m1");
     c.expect(b"mg m1\r\n", b"HD\r\n");
     c.expect(b"mg m1 v\r\n", b"VA 5\r\nhello\r\n");
-    c.expect(
-        b"mg m1 v f t s k c O123 q\r\n",
-        format!("VA 5 f123 t-1 s5 km1 c{cas} O123\r\nhello\r\n").as_bytes(),
-    );
+    c.expect(b"mg m1 v f t s k c O123 q\r\n", format!("VA 5 f123 t-1 s5 km1 c{cas} O123\r\nhello\r\n").as_bytes());
     c.expect(b"mg m1 k v c f\r\n", format!("VA 5 km1 c{cas} f123\r\nhello\r\n").as_bytes());
     c.expect(b"mg m1 s v\r\n", b"VA 5 s5\r\nhello\r\n");
     c.expect(b"mg m1 k\r\n", b"HD km1\r\n");

@@ -20,7 +20,9 @@ fn hundred_commands_in_one_write() {
             1 => {
                 let k = i - 1;
                 req.extend_from_slice(format!("get p{k}\r\n").as_bytes());
-                want.extend_from_slice(format!("VALUE p{k} {k} {}\r\nval{k}\r\nEND\r\n", format!("val{k}").len()).as_bytes());
+                want.extend_from_slice(
+                    format!("VALUE p{k} {k} {}\r\nval{k}\r\nEND\r\n", format!("val{k}").len()).as_bytes(),
+                );
             }
             2 => {
                 req.extend_from_slice(format!("incr p{} 1\r\n", i - 2).as_bytes());
@@ -47,7 +49,9 @@ fn pipelined_sets_and_gets() {
         want.extend_from_slice(format!("STORED\r\nVALUE m{i} 0 {}\r\n{v}\r\nEND\r\n", v.len()).as_bytes());
     }
     req.extend_from_slice(b"get m0 m1 m2\r\nmn\r\n");
-    want.extend_from_slice(b"VALUE m0 0 0\r\n\r\nVALUE m1 0 7\r\nxxxxxxx\r\nVALUE m2 0 14\r\nxxxxxxxxxxxxxx\r\nEND\r\nMN\r\n");
+    want.extend_from_slice(
+        b"VALUE m0 0 0\r\n\r\nVALUE m1 0 7\r\nxxxxxxx\r\nVALUE m2 0 14\r\nxxxxxxxxxxxxxx\r\nEND\r\nMN\r\n",
+    );
     // Write from another thread so a server that replies while we still write cannot deadlock us.
     let mut w = c.stream.try_clone().unwrap();
     let writer = std::thread::spawn(move || w.write_all(&req).unwrap());

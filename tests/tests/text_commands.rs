@@ -129,10 +129,7 @@ fn delete() {
     // memcached still accepts a legacy time argument of 0, but nothing else.
     c.set("dk", b"v");
     c.expect(b"delete dk 0\r\n", b"DELETED\r\n");
-    c.expect(
-        b"delete dk 5\r\n",
-        b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n",
-    );
+    c.expect(b"delete dk 5\r\n", b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n");
 }
 
 #[test]
@@ -246,7 +243,14 @@ fn version_verbosity_stats() {
     for l in stats.lines() {
         assert!(l == "END" || l.starts_with("STAT "), "stats line {l:?}");
     }
-    for want in ["STAT pid ", "STAT uptime ", "STAT curr_items ", "STAT get_hits ", "STAT get_misses ", "STAT curr_connections "] {
+    for want in [
+        "STAT pid ",
+        "STAT uptime ",
+        "STAT curr_items ",
+        "STAT get_hits ",
+        "STAT get_misses ",
+        "STAT curr_connections ",
+    ] {
         assert!(stats.contains(want), "{want:?} missing from {stats}");
     }
     assert!(stats.contains("STAT curr_items 1\r\n"), "{stats}");
