@@ -1,11 +1,36 @@
 //! Harness for the end-to-end tests in tests/tests/: starts the real `kv-server` binary on free
 //! loopback ports with a temporary data directory and talks to it over real sockets.
+//!
+//! With `KV_TEST_PEER=memcached` the same tests run against the system's `memcached` instead (the
+//! reference implementation every expectation was checked against); tests that only make sense
+//! for kv-server (persistence, restarts, log files) start with `kv_only!()` and are skipped there.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// True when the tests target the system's memcached (`KV_TEST_PEER=memcached`) instead of kv-server.
+pub fn targets_memcached() -> bool {
+    match std::env::var("KV_TEST_PEER") {
+        Ok(p) if p == "memcached" => true,
+        Ok(p) if p.is_empty() || p == "kv-server" || p == "kv" => false,
+        Ok(p) => panic!("KV_TEST_PEER={p:?}: expected `memcached` or unset"),
+        Err(_) => false,
+    }
+}
+
+/// Returns early from a test (printing why) when the tests target memcached.
+#[macro_export]
+macro_rules! kv_only {
+    () => {
+        if $crate::targets_memcached() {
+            eprintln!("SKIP: kv-server only");
+            return;
+        }
+    };
+}
 
 /// The server binary: `KV_SERVER_BIN` (set by `cargo xtask test`) or target/release/kv-server.
 pub fn server_bin() -> PathBuf {
@@ -51,19 +76,25 @@ impl Server {
 
     /// Starts on an existing data directory (restart tests).
     pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
-        let port = free_port();
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = spawn(port, dir, &args);
-        let s = Server { child, port, data_dir: dir.to_path_buf(), _tmp: None, args };
-        s.wait_ready();
-        s
+        // free_port() can race with other tests grabbing the same port: retry on a new one if the
+        // server exits right away.
+        for _ in 0..5 {
+            let port = free_port();
+            let child = spawn(port, dir, &args);
+            let mut s = Server { child, port, data_dir: dir.to_path_buf(), _tmp: None, args: args.clone() };
+            if s.try_wait_ready() {
+                return s;
+            }
+        }
+        panic!("server with flags {args:?} exited right after start, 5 times");
     }
 
     /// Kills with SIGKILL (no clean shutdown) and starts again on the same port and directory.
     pub fn crash_and_restart(&mut self) {
         self.kill9();
         self.child = spawn(self.port, &self.data_dir, &self.args);
-        self.wait_ready();
+        assert!(self.try_wait_ready(), "server exited right after restart");
     }
 
     pub fn kill9(&mut self) {
@@ -92,11 +123,15 @@ impl Server {
         Client::connect(self.addr())
     }
 
-    fn wait_ready(&self) {
+    /// Waits until the TCP port accepts; false if the process exited first.
+    fn try_wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
             if TcpStream::connect(self.addr()).is_ok() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -106,15 +141,47 @@ impl Server {
 
 fn spawn(port: u16, dir: &Path, extra: &[String]) -> Child {
     let p = port.to_string();
-    Command::new(server_bin())
-        .args(["-l", "127.0.0.1", "-p", &p, "-U", &p, "--no-bpf", "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(if std::env::var_os("KV_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+    let mut cmd = if targets_memcached() {
+        let mut cmd = Command::new(std::env::var_os("KV_MEMCACHED_BIN").unwrap_or("memcached".into()));
+        // memcached refuses to run as root without -u.
+        if unsafe { libc::geteuid() } == 0 {
+            cmd.args(["-u", "root"]);
+        }
+        cmd.args(["-l", "127.0.0.1", "-p", &p, "-U", &p]).args(memcached_flags(extra));
+        cmd
+    } else {
+        let mut cmd = Command::new(server_bin());
+        cmd.args(["-l", "127.0.0.1", "-p", &p, "-U", &p, "--no-bpf", "--data-dir"]).arg(dir).args(extra);
+        cmd
+    };
+    let log = std::env::var_os("KV_TEST_LOG").is_some();
+    cmd.stdin(Stdio::null())
+        .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+        .stderr(if log { Stdio::inherit() } else { Stdio::null() })
         .spawn()
-        .expect("spawn kv-server")
+        .expect("spawn server")
+}
+
+/// kv-server flags translated for memcached: the common ones (-m -c -t -I -v) pass through, the
+/// kv-only ones (--fsync, --data-dir, --no-persist, --no-bpf, ...) are dropped.
+fn memcached_flags(extra: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = extra.iter();
+    while let Some(f) = it.next() {
+        match f.as_str() {
+            "-m" | "-c" | "-t" | "-I" => {
+                out.push(f.clone());
+                out.push(it.next().expect("flag value").clone());
+            }
+            "-v" | "-vv" | "-vvv" => out.push(f.clone()),
+            "--fsync" | "--data-dir" | "--iface" | "--xdp-mode" => {
+                it.next();
+            }
+            other if other.starts_with("--") => {} // --no-persist, --no-bpf, --fsync=always, ...
+            other => panic!("flag {other:?} has no memcached translation"),
+        }
+    }
+    out
 }
 
 impl Drop for Server {
@@ -159,6 +226,50 @@ impl Client {
             String::from_utf8_lossy(req)
         );
         self.assert_silent(Duration::from_millis(30));
+    }
+
+    /// Reads until the bytes received end with `suffix` (e.g. `END\r\n` after `stats`).
+    pub fn read_until(&mut self, suffix: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut b = [0u8; 4096];
+        while !out.ends_with(suffix) {
+            let n = self.stream.read(&mut b).unwrap_or_else(|e| {
+                panic!(
+                    "reading until {:?}: {e}; got {:?}",
+                    String::from_utf8_lossy(suffix),
+                    String::from_utf8_lossy(&out)
+                )
+            });
+            assert!(n > 0, "EOF before {:?}; got {:?}", String::from_utf8_lossy(suffix), String::from_utf8_lossy(&out));
+            out.extend_from_slice(&b[..n]);
+        }
+        out
+    }
+
+    /// Stores `key` = `value` with a plain `set` and asserts `STORED`.
+    #[track_caller]
+    pub fn set(&mut self, key: &str, value: &[u8]) {
+        let mut req = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
+        req.extend_from_slice(value);
+        req.extend_from_slice(b"\r\n");
+        self.expect(&req, b"STORED\r\n");
+    }
+
+    /// The value under `key` (None on a miss), read with a plain `get`.
+    pub fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.send(format!("get {key}\r\n").as_bytes());
+        let header = self.line();
+        if header == "END\r\n" {
+            return None;
+        }
+        let parts: Vec<&str> = header.trim_end().split(' ').collect();
+        assert!(parts.len() >= 4 && parts[0] == "VALUE" && parts[1] == key, "bad get header {header:?}");
+        let len: usize = parts[3].parse().unwrap();
+        let mut v = self.read_n(len + 2);
+        assert_eq!(&v[len..], b"\r\n", "value terminator");
+        v.truncate(len);
+        assert_eq!(self.line(), "END\r\n");
+        Some(v)
     }
 
     /// Reads one line including its \r\n.
@@ -218,7 +329,7 @@ pub fn udp_collect(sock: &UdpSocket, req_id: u16) -> Vec<u8> {
     let mut buf = [0u8; 2048];
     loop {
         let (n, _) = sock.recv_from(&mut buf).expect("UDP reply");
-        assert!(n >= 8 && n <= 1400, "datagram of {n} bytes");
+        assert!((8..=1400).contains(&n), "datagram of {n} bytes");
         let id = u16::from_be_bytes([buf[0], buf[1]]);
         let seq = u16::from_be_bytes([buf[2], buf[3]]) as usize;
         let total = u16::from_be_bytes([buf[4], buf[5]]) as usize;
@@ -233,4 +344,41 @@ pub fn udp_collect(sock: &UdpSocket, req_id: u16) -> Vec<u8> {
             return parts.into_iter().flatten().flatten().collect();
         }
     }
+}
+
+/// Runs `cmd` to completion, killing it after `limit`; returns (exit status, stdout, stderr).
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (std::process::ExitStatus, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    // Drain the pipes on threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (o, e) = (t_out.join().unwrap(), t_err.join().unwrap());
+            panic!("{cmd:?} did not finish within {limit:?}\nstdout:\n{o}\nstderr:\n{e}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, t_out.join().unwrap(), t_err.join().unwrap())
 }
