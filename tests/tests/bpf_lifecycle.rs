@@ -14,7 +14,8 @@ struct Netns(String);
 impl Netns {
     fn create(tag: &str) -> Option<Netns> {
         let name = format!("kvt-{tag}-{}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        let ok =
+            Command::new("ip").args(["netns", "add", &name]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
         if !ok {
             return None;
         }
