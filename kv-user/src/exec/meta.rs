@@ -1,7 +1,7 @@
 //! Meta commands: mg, ms, md, ma (mn and me are answered in `exec::execute`).
 //!
-//! Follows memcached 1.6's proto_parser.c. The parsed flags don't keep their request order, so returned
-//! flags come in a fixed order (c f h k l O s t, then Z X W); the protocol says the order "is not strict".
+//! Follows memcached 1.6's proto_parser.c. Returned flags (c f h k l O s t) come back in request order,
+//! as memcached sends them, then Z X W.
 //! `q` hides only the nominal reply (mg EN, ms/md/ma HD); errors are always sent.
 
 use std::borrow::Cow;
@@ -76,11 +76,39 @@ fn flag_ttl(out: &mut BytesMut, exptime: u64, now: u64) {
     }
 }
 
+/// Values a reply can echo; `None` where the command has nothing to say (misses echo only k and O).
+#[derive(Default)]
+struct RetVals {
+    cas: Option<u64>,
+    flags: Option<u32>,
+    hit: Option<bool>,
+    last_access: Option<u64>,
+    size: Option<u64>,
+    /// (exptime, now)
+    ttl: Option<(u64, u64)>,
+}
+
+/// Appends the requested return flags in the order the client listed them.
+fn ret_flags(out: &mut BytesMut, key: &[u8], flags: &MetaFlags<'_>, v: &RetVals) {
+    for &f in &flags.ret_order[..flags.ret_count as usize] {
+        match f {
+            b'c' => v.cas.into_iter().for_each(|c| flag_u64(out, b'c', c)),
+            b'f' => v.flags.into_iter().for_each(|x| flag_u64(out, b'f', u64::from(x))),
+            b'h' => v.hit.into_iter().for_each(|h| flag_u64(out, b'h', u64::from(h))),
+            b'k' => flag_key(out, key, flags),
+            b'l' => v.last_access.into_iter().for_each(|l| flag_u64(out, b'l', l)),
+            b'O' => flag_opaque(out, flags),
+            b's' => v.size.into_iter().for_each(|s| flag_u64(out, b's', s)),
+            b't' => v.ttl.into_iter().for_each(|(e, now)| flag_ttl(out, e, now)),
+            _ => {}
+        }
+    }
+}
+
 /// A status line with only the O and k flags (misses and failures).
 fn status_line(out: &mut BytesMut, code: &[u8], key: &[u8], flags: &MetaFlags<'_>) {
     out.extend_from_slice(code);
-    flag_key(out, key, flags);
-    flag_opaque(out, flags);
+    ret_flags(out, key, flags, &RetVals::default());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -129,26 +157,15 @@ pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
     } else {
         out.extend_from_slice(b"HD");
     }
-    if flags.return_cas {
-        flag_u64(out, b'c', it.cas);
-    }
-    if flags.return_flags {
-        flag_u64(out, b'f', u64::from(it.flags));
-    }
-    if flags.return_hit {
-        flag_u64(out, b'h', u64::from(it.fetched));
-    }
-    flag_key(out, &key, flags);
-    if flags.return_last_access {
-        flag_u64(out, b'l', now.saturating_sub(it.last_access));
-    }
-    flag_opaque(out, flags);
-    if flags.return_size {
-        flag_u64(out, b's', it.value.len() as u64);
-    }
-    if flags.return_ttl {
-        flag_ttl(out, it.exptime, now);
-    }
+    let vals = RetVals {
+        cas: Some(it.cas),
+        flags: Some(it.flags),
+        hit: Some(it.fetched),
+        last_access: Some(now.saturating_sub(it.last_access)),
+        size: Some(it.value.len() as u64),
+        ttl: Some((it.exptime, now)),
+    };
+    ret_flags(out, &key, flags, &vals);
     if f.token_sent {
         out.extend_from_slice(b" Z");
     }
@@ -215,14 +232,8 @@ pub(super) fn ms(key: &[u8], data: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out:
         SetStatus::NotStored | SetStatus::TooLarge => b"NS",
     };
     out.extend_from_slice(code);
-    if flags.return_cas {
-        flag_u64(out, b'c', res.cas);
-    }
-    flag_key(out, &key, flags);
-    flag_opaque(out, flags);
-    if flags.return_size {
-        flag_u64(out, b's', res.size as u64);
-    }
+    let vals = RetVals { cas: Some(res.cas), size: Some(res.size as u64), ..RetVals::default() };
+    ret_flags(out, &key, flags, &vals);
     out.extend_from_slice(b"\r\n");
     Outcome::seq(res.seq)
 }
@@ -283,6 +294,7 @@ pub(super) fn ma(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
         new_cas: flags.explicit_cas,
         vivify: flags.vivify_ttl.map(|ttl| (ttl, flags.initial.unwrap_or(0))),
         touch: flags.set_ttl,
+        pad: false,
     };
     let res = ctx.store.arith(&key, &opts);
     match res.status {
@@ -301,14 +313,8 @@ pub(super) fn ma(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
             } else {
                 out.extend_from_slice(b"HD");
             }
-            if flags.return_cas {
-                flag_u64(out, b'c', res.cas);
-            }
-            flag_key(out, &key, flags);
-            flag_opaque(out, flags);
-            if flags.return_ttl {
-                flag_ttl(out, res.exptime, ctx.store.now());
-            }
+            let vals = RetVals { cas: Some(res.cas), ttl: Some((res.exptime, ctx.store.now())), ..RetVals::default() };
+            ret_flags(out, &key, flags, &vals);
             out.extend_from_slice(b"\r\n");
             if flags.return_value {
                 out.extend_from_slice(num);

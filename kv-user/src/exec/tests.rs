@@ -25,7 +25,7 @@ fn t() -> T {
 impl T {
     fn run(&self, cmd: Command<'_>) -> String {
         let mut out = BytesMut::new();
-        execute(&cmd, &self.ctx, &mut out);
+        execute(&canonical_order(cmd), &self.ctx, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
     }
 
@@ -48,6 +48,50 @@ impl T {
     fn mg(&self, key: &str, flags: MetaFlags<'_>) -> String {
         self.run(Command::MetaGet { key: key.as_bytes(), flags })
     }
+}
+
+/// Hand-built meta flags have no request order; give them the order c f h k l O s t (the parser records
+/// the client's actual order, covered by `meta_flags_echo_request_order`).
+fn canonical_order(cmd: Command<'_>) -> Command<'_> {
+    fn fill(mut f: MetaFlags<'_>) -> MetaFlags<'_> {
+        if f.ret_count == 0 {
+            let on = [
+                (b'c', f.return_cas),
+                (b'f', f.return_flags),
+                (b'h', f.return_hit),
+                (b'k', f.return_key),
+                (b'l', f.return_last_access),
+                (b'O', f.opaque.is_some()),
+                (b's', f.return_size),
+                (b't', f.return_ttl),
+            ];
+            for (letter, _) in on.iter().filter(|(_, set)| *set) {
+                f.ret_order[f.ret_count as usize] = *letter;
+                f.ret_count += 1;
+            }
+        }
+        f
+    }
+    match cmd {
+        Command::MetaGet { key, flags } => Command::MetaGet { key, flags: fill(flags) },
+        Command::MetaSet { key, data, flags } => Command::MetaSet { key, data, flags: fill(flags) },
+        Command::MetaDelete { key, flags } => Command::MetaDelete { key, flags: fill(flags) },
+        Command::MetaArith { key, flags } => Command::MetaArith { key, flags: fill(flags) },
+        other => other,
+    }
+}
+
+#[test]
+fn meta_flags_echo_request_order() {
+    let t = t();
+    t.set("k", "hello");
+    let parsed = |line: &'static [u8]| match crate::protocol::parse(line, &crate::protocol::Limits::default()) {
+        crate::protocol::Parsed::Command { cmd, .. } => cmd,
+        other => panic!("{other:?}"),
+    };
+    let mut out = BytesMut::new();
+    execute(&parsed(b"mg k s t v f k O9\r\n"), &t.ctx, &mut out);
+    assert_eq!(&out[..], b"VA 5 s5 t-1 f5 kk O9\r\nhello\r\n");
 }
 
 fn store_cmd<'a>(mode: StoreMode, key: &'a str, val: &'a str, cas: u64, noreply: bool) -> Command<'a> {

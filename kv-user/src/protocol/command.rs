@@ -51,7 +51,10 @@ pub struct MetaFlags<'a> {
     pub delta: Option<u64>,        // D<n> (ma)
     pub initial: Option<u64>,      // J<n> (ma, initial value on autovivify)
     pub recache_ttl: Option<i64>,  // R<ttl> (mg)
-    pub remove_value: bool,        // x (md): empty the value but keep the item
+    /// The return flags among c f h k l O s t, in request order: memcached echoes them in that order.
+    pub ret_order: [u8; 8],
+    pub ret_count: u8,
+    pub remove_value: bool, // x (md): empty the value but keep the item
 }
 
 /// One request.

@@ -171,6 +171,10 @@ fn preparse<'a>(toks: &Tokens<'a>, start: usize, key: &[u8]) -> Result<MetaFlags
             return Err(R_DUPLICATE);
         }
         seen |= 1 << flag;
+        if b"cfhklOst".contains(&flag) && (f.ret_count as usize) < f.ret_order.len() {
+            f.ret_order[f.ret_count as usize] = flag;
+            f.ret_count += 1;
+        }
         let mut bad = |msg: Option<&'static [u8]>| {
             if let Some(m) = msg {
                 errstr = m;

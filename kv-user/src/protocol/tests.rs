@@ -2,8 +2,38 @@ use super::*;
 
 const LIM: Limits = Limits { item_size_max: 1024 * 1024 };
 
+/// Parses, dropping the recorded order of return flags so table entries can be written as plain
+/// struct literals (`meta_return_flags_keep_request_order` covers the order).
 fn p(buf: &[u8]) -> Parsed<'_> {
-    parse(buf, &LIM)
+    match parse(buf, &LIM) {
+        Parsed::Command { cmd, consumed } => Parsed::Command { cmd: without_order(cmd), consumed },
+        other => other,
+    }
+}
+
+fn without_order(cmd: Command<'_>) -> Command<'_> {
+    fn strip(mut f: MetaFlags<'_>) -> MetaFlags<'_> {
+        f.ret_order = [0; 8];
+        f.ret_count = 0;
+        f
+    }
+    match cmd {
+        Command::MetaGet { key, flags } => Command::MetaGet { key, flags: strip(flags) },
+        Command::MetaSet { key, data, flags } => Command::MetaSet { key, data, flags: strip(flags) },
+        Command::MetaDelete { key, flags } => Command::MetaDelete { key, flags: strip(flags) },
+        Command::MetaArith { key, flags } => Command::MetaArith { key, flags: strip(flags) },
+        other => other,
+    }
+}
+
+#[test]
+fn meta_return_flags_keep_request_order() {
+    match parse(b"mg k t v O1 q c k s f h l\r\n", &LIM) {
+        Parsed::Command { cmd: Command::MetaGet { flags, .. }, .. } => {
+            assert_eq!(&flags.ret_order[..flags.ret_count as usize], b"tOcksfhl");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Asserts `buf` is exactly one command and returns it.

@@ -232,11 +232,14 @@ pub struct ArithOpts {
     pub vivify: Option<(i64, u64)>,
     /// ma `T`: new exptime on success (client form).
     pub touch: Option<i64>,
+    /// Keep the old length, padding a shorter number with spaces: what memcached's classic incr/decr do
+    /// (in-place update); its `ma` replaces the item, so the number is stored bare.
+    pub pad: bool,
 }
 
 impl ArithOpts {
     pub fn new(incr: bool, delta: u64) -> Self {
-        ArithOpts { incr, delta, compare_cas: 0, new_cas: None, vivify: None, touch: None }
+        ArithOpts { incr, delta, compare_cas: 0, new_cas: None, vivify: None, touch: None, pad: true }
     }
 }
 
@@ -717,7 +720,7 @@ impl Store {
                             let digits = buf.format(n).as_bytes();
                             let mut v = Vec::with_capacity(digits.len().max(e.value.len()));
                             v.extend_from_slice(digits);
-                            if v.len() < e.value.len() {
+                            if opts.pad && v.len() < e.value.len() {
                                 v.resize(e.value.len(), b' ');
                             }
                             let cas = self.cas_for(opts.new_cas);
