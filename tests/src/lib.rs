@@ -130,13 +130,39 @@ impl Server {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false;
             }
-            if TcpStream::connect(self.addr()).is_ok() {
-                return true;
+            if let Ok(mut conn) = TcpStream::connect(self.addr()) {
+                // Another test's server may own this port (free_port() races): only `STAT pid` tells.
+                match stats_pid(&mut conn) {
+                    Some(pid) if pid == self.child.id() => return true,
+                    Some(_) => {
+                        let _ = self.child.kill();
+                        let _ = self.child.wait();
+                        return false;
+                    }
+                    None => {}
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("server on port {} did not come up", self.port);
     }
+}
+
+/// The `pid` from `stats` on a fresh connection, if the server answers within a second.
+fn stats_pid(conn: &mut TcpStream) -> Option<u32> {
+    conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    conn.write_all(b"stats\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.ends_with(b"END\r\n") {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    text.lines().find_map(|l| l.strip_prefix("STAT pid ")).and_then(|p| p.trim().parse().ok())
 }
 
 fn spawn(port: u16, dir: &Path, extra: &[String]) -> Child {

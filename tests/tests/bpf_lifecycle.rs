@@ -68,6 +68,7 @@ fn start_in(ns: &Netns) -> std::process::Child {
 }
 
 fn lifecycle(tag: &str, signal: i32) {
+    kv_tests::kv_only!();
     let Some(ns) = Netns::create(tag) else {
         assert!(!bpf_required(), "KV_REQUIRE_BPF=1 but network namespaces are unavailable (need root and iproute2)");
         eprintln!("SKIP: cannot create a network namespace (not root?)");
@@ -77,6 +78,7 @@ fn lifecycle(tag: &str, signal: i32) {
     let mut child = start_in(&ns);
     if !ns.wait_for(true, Duration::from_secs(20)) {
         let _ = child.kill();
+        let _ = child.wait();
         assert!(!bpf_required(), "KV_REQUIRE_BPF=1 but the server did not attach XDP to lo within 20 s");
         eprintln!("SKIP: XDP did not attach (no BPF privileges?)");
         return;

@@ -34,13 +34,19 @@ enum Task {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let root = workspace_root();
-    std::env::set_current_dir(&root)?;
-    match cli.task {
+    let result = std::env::set_current_dir(&root).map_err(anyhow::Error::from).and_then(|()| match cli.task {
         Task::Run { args } => run(&root, &args),
         Task::Test { no_lint, args } => test(&root, no_lint, &args),
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
