@@ -462,14 +462,7 @@ impl Store {
     }
 
     fn journal_set(&self, e: &Entry) -> u64 {
-        self.journal.record(&Record::Set {
-            key: &e.key,
-            flags: e.flags,
-            exptime: e.exptime,
-            cas: e.cas,
-            time: e.time,
-            value: &e.value,
-        })
+        self.journal.record(&e.as_record())
     }
 
     /// get/gets/gat/gats/touch/mg.
@@ -901,14 +894,7 @@ impl Snapshot for Store {
             // Oldest first, so a replay rebuilds the same LRU order.
             for e in g.iter_lru() {
                 if !self.dead(e, now) {
-                    f(&Record::Set {
-                        key: &e.key,
-                        flags: e.flags,
-                        exptime: e.exptime,
-                        cas: e.cas,
-                        time: e.time,
-                        value: &e.value,
-                    });
+                    f(&e.as_record());
                 }
             }
         }

@@ -32,6 +32,18 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The item's whole state as a journal record.
+    pub fn as_record(&self) -> crate::record::Record<'_> {
+        crate::record::Record::Set {
+            key: &self.key,
+            flags: self.flags,
+            exptime: self.exptime,
+            cas: self.cas,
+            time: self.time,
+            value: &self.value,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(hash: u64, key: &[u8], value: Bytes, flags: u32, exptime: u64, cas: u64, now: u64) -> Entry {
         Entry {
