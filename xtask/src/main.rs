@@ -74,10 +74,33 @@ fn test(root: &Path, no_lint: bool, args: &[String]) -> Result<()> {
     // measure the binary users run.
     cargo(&["build", "--release", "-p", "kv-user", "--bin", "kv-server"])?;
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["test", "--release", "--workspace"]).args(args);
+    cmd.args(["test", "--release", "--workspace", "--no-fail-fast"]).args(args);
     cmd.env("KV_SERVER_BIN", root.join("target/release/kv-server"));
     cmd.env("KV_PYTHON", &python);
-    let status = cmd.status().context("running cargo test")?;
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("running cargo test")?;
+    // Echo cargo's output and add up its per-binary results into one closing line.
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)
+                    })
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            ignored += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("tests failed");
     }
