@@ -1,0 +1,205 @@
+//! The XDP program run on crafted packets through BPF_PROG_TEST_RUN: no interface needed.
+
+use super::*;
+use aya::programs::{TestRun as _, TestRunOptions};
+use kv_common::xdp_action::{XDP_PASS, XDP_TX};
+
+const PORT: u16 = 11211;
+
+fn load() -> Option<KernelPath> {
+    match KernelPath::load(KernelOpts { port: PORT, cache_entries: 1024 }) {
+        Ok(p) => Some(p),
+        Err(e) if !bpf_required() => {
+            eprintln!("SKIP: cannot load BPF here ({e:#}); set KV_REQUIRE_BPF=1 to make this fail");
+            None
+        }
+        Err(e) => panic!("BPF required but loading failed: {e:#}"),
+    }
+}
+
+/// Ethernet + IPv4 + UDP + memcached frame header + `text`.
+pub(crate) fn packet(dport: u16, req_id: u16, seq: u16, total: u16, text: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + 8 + text.len();
+    let ip_len = 20 + udp_len;
+    let mut p = Vec::new();
+    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02, 0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1];
+    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    let c = ip_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&req_id.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(text);
+    p
+}
+
+fn ip_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn run(path: &mut KernelPath, pkt: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; 4096];
+    let res = path
+        .program()
+        .unwrap()
+        .test_run(TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ..Default::default() })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out)
+}
+
+fn put(path: &mut KernelPath, key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u64) {
+    let e = cache_entry(key, flags, cas, value, expire_ns).expect("fits");
+    path.cache().unwrap().insert(CacheKey::new(key).unwrap(), e, 0).unwrap();
+}
+
+/// Checks the reply frame's headers against the request and returns the reply text.
+fn reply_text(req: &[u8], reply: &[u8]) -> Vec<u8> {
+    assert_eq!(&reply[0..6], &req[6..12], "eth dst = request src");
+    assert_eq!(&reply[6..12], &req[0..6], "eth src = request dst");
+    assert_eq!(&reply[12..14], &[0x08, 0x00]);
+    let ip = &reply[14..34];
+    assert_eq!(ip_checksum(ip), 0, "valid IPv4 header checksum");
+    assert_eq!(u16::from_be_bytes([ip[2], ip[3]]) as usize, reply.len() - 14, "IP total length");
+    assert_eq!(&ip[12..16], &req[30..34], "ip src = request dst");
+    assert_eq!(&ip[16..20], &req[26..30], "ip dst = request src");
+    let udp = &reply[34..42];
+    assert_eq!(&udp[0..2], &req[36..38], "sport = request dport");
+    assert_eq!(&udp[2..4], &req[34..36], "dport = request sport");
+    assert_eq!(u16::from_be_bytes([udp[4], udp[5]]) as usize, reply.len() - 34, "UDP length");
+    assert_eq!(&udp[6..8], &[0, 0], "UDP checksum none");
+    assert_eq!(&reply[42..44], &req[42..44], "request id echoed");
+    assert_eq!(&reply[44..50], &[0, 0, 0, 1, 0, 0], "seq 0 of 1");
+    reply[50..].to_vec()
+}
+
+#[track_caller]
+fn assert_pass_untouched(path: &mut KernelPath, pkt: &[u8]) {
+    let (action, out) = run(path, pkt);
+    assert_eq!(action, XDP_PASS, "packet {:?}", String::from_utf8_lossy(pkt));
+    assert_eq!(out, pkt, "passed packets are not modified");
+}
+
+#[test]
+fn program_loads_and_counts() {
+    let Some(mut path) = load() else { return };
+    let before = path.counter(Counter::Seen).unwrap();
+    assert_pass_untouched(&mut path, &[0u8; 64]);
+    assert_eq!(path.counter(Counter::Seen).unwrap(), before + 1);
+}
+
+#[test]
+fn single_key_hit() {
+    let Some(mut path) = load() else { return };
+    put(&mut path, b"foo", 5, 77, b"bar", 0);
+    let req = packet(PORT, 0xbeef, 0, 1, b"get foo\r\n");
+    let (action, out) = run(&mut path, &req);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(reply_text(&req, &out), b"VALUE foo 5 3\r\nbar\r\nEND\r\n");
+    assert_eq!(path.counter(Counter::Hits).unwrap(), 1);
+}
+
+#[test]
+fn gets_returns_cas_and_multi_key_hits() {
+    let Some(mut path) = load() else { return };
+    put(&mut path, b"a", 0, 18446744073709551615, b"1", 0);
+    put(&mut path, b"bb", 4294967295, 2, &[b'x'; 100], 0);
+    let req = packet(PORT, 1, 0, 1, b"gets a bb\r\n");
+    let (action, out) = run(&mut path, &req);
+    assert_eq!(action, XDP_TX);
+    let mut want = b"VALUE a 0 1 18446744073709551615\r\n1\r\nVALUE bb 4294967295 100 2\r\n".to_vec();
+    want.extend_from_slice(&[b'x'; 100]);
+    want.extend_from_slice(b"\r\nEND\r\n");
+    assert_eq!(reply_text(&req, &out), want);
+    let req = packet(PORT, 2, 0, 1, b"get bb a bb\r\n");
+    let (action, out) = run(&mut path, &req);
+    assert_eq!(action, XDP_TX);
+    let text = reply_text(&req, &out);
+    assert!(text.starts_with(b"VALUE bb 4294967295 100\r\n"));
+    assert!(text.ends_with(
+        b"\r\nVALUE a 0 1\r\n1\r\nVALUE bb 4294967295 100\r\n"
+            .iter()
+            .chain(&[b'x'; 100])
+            .chain(b"\r\nEND\r\n")
+            .copied()
+            .collect::<Vec<_>>()
+            .as_slice()
+    ));
+}
+
+#[test]
+fn misses_expiry_and_unhandled_requests_pass_untouched() {
+    let Some(mut path) = load() else { return };
+    put(&mut path, b"hit", 0, 1, b"v", 0);
+    put(&mut path, b"old", 0, 1, b"v", 1); // deadline long past on the monotonic clock
+    put(&mut path, b"big", 0, 1, &[b'z'; 1300], 0);
+    for text in [
+        &b"get nothere\r\n"[..],
+        b"get hit nothere\r\n", // partial miss: user space answers the whole request
+        b"get old\r\n",
+        b"get big big\r\n", // would not fit one datagram
+        b"set hit 0 0 1\r\nv\r\n",
+        b"get  hit\r\n",
+        b"get hit \r\n",
+        b"get hit\n",
+        b"get hit\r\nget hit\r\n",
+        b"GET hit\r\n",
+        b"get hi\x01t\r\n",
+        b"get a b c d e f g h hit\r\n", // more keys than the XDP path takes
+    ] {
+        assert_pass_untouched(&mut path, &packet(PORT, 3, 0, 1, text));
+    }
+    assert_pass_untouched(&mut path, &packet(PORT + 1, 3, 0, 1, b"get hit\r\n"));
+    assert_pass_untouched(&mut path, &packet(PORT, 3, 0, 2, b"get hit\r\n"));
+    assert_pass_untouched(&mut path, &packet(PORT, 3, 1, 2, b"get hit\r\n"));
+    let long_key = vec![b'k'; 251];
+    assert_pass_untouched(&mut path, &packet(PORT, 3, 0, 1, &[b"get ", &long_key[..], b"\r\n"].concat()));
+    assert!(path.counter(Counter::PassMiss).unwrap() >= 2);
+    assert_eq!(path.counter(Counter::PassExpired).unwrap(), 1);
+    assert_eq!(path.counter(Counter::Hits).unwrap(), 0);
+}
+
+#[test]
+fn malformed_truncated_fragmented_and_foreign_packets_pass() {
+    let Some(mut path) = load() else { return };
+    put(&mut path, b"k", 0, 1, b"v", 0);
+    let good = packet(PORT, 9, 0, 1, b"get k\r\n");
+    // BPF_PROG_TEST_RUN refuses XDP frames shorter than an Ethernet header (EINVAL).
+    for n in 14..good.len() {
+        assert_pass_untouched(&mut path, &good[..n]);
+    }
+    let mut frag = good.clone();
+    frag[14 + 6] |= 0x20; // more fragments
+    assert_pass_untouched(&mut path, &frag);
+    let mut off = good.clone();
+    off[14 + 7] = 1; // fragment offset
+    assert_pass_untouched(&mut path, &off);
+    let mut tcp = good.clone();
+    tcp[14 + 9] = 6;
+    assert_pass_untouched(&mut path, &tcp);
+    let mut v6 = good.clone();
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_pass_untouched(&mut path, &v6);
+    // IPv4 with options (IHL 6): same text, headers 4 bytes longer.
+    let mut opts = good[..34].to_vec();
+    opts[14] = 0x46;
+    opts.extend_from_slice(&[1, 1, 1, 0]);
+    opts.extend_from_slice(&good[34..]);
+    assert_pass_untouched(&mut path, &opts);
+    let mut badlen = good.clone();
+    badlen[38] += 1; // UDP length disagrees with IP length
+    assert_pass_untouched(&mut path, &badlen);
+    // Untouched request is still answered.
+    assert_eq!(run(&mut path, &good).0, XDP_TX);
+}
