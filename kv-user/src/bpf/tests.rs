@@ -203,3 +203,178 @@ fn malformed_truncated_fragmented_and_foreign_packets_pass() {
     // Untouched request is still answered.
     assert_eq!(run(&mut path, &good).0, XDP_TX);
 }
+
+/// The exact reply user space would send for `keys` (get: without CAS), from the same formatter.
+fn expected(path_items: &[(&[u8], u32, u64, &[u8])], cas: bool) -> Vec<u8> {
+    let mut want = Vec::new();
+    for &(key, flags, c, value) in path_items {
+        let e = cache_entry(key, flags, c, value, 0).unwrap();
+        let (hdr, cas_len, total) = (e.hdr_len as usize, e.cas_len as usize, e.total_len as usize);
+        want.extend_from_slice(&e.buf[..hdr]);
+        if cas {
+            want.extend_from_slice(&e.buf[hdr..hdr + cas_len]);
+        }
+        want.extend_from_slice(&e.buf[hdr + cas_len..total]);
+    }
+    want.extend_from_slice(b"END\r\n");
+    want
+}
+
+#[test]
+fn key_of_exactly_250_bytes_hits() {
+    let Some(mut path) = load() else { return };
+    let key: Vec<u8> = (0..kv_common::MAX_KEY_LEN).map(|i| b'!' + (i % 90) as u8).collect();
+    assert_eq!(key.len(), 250);
+    put(&mut path, &key, 3, 99, b"long-key value", 0);
+    // A 249-byte prefix of it is another key: must miss, not match by prefix.
+    for (verb, cas) in [(&b"get "[..], false), (b"gets ", true)] {
+        let req = packet(PORT, 7, 0, 1, &[verb, &key[..], b"\r\n"].concat());
+        let (action, out) = run(&mut path, &req);
+        assert_eq!(action, XDP_TX);
+        assert_eq!(reply_text(&req, &out), expected(&[(&key, 3, 99, b"long-key value")], cas));
+    }
+    assert_pass_untouched(&mut path, &packet(PORT, 7, 0, 1, &[b"get ", &key[..249], b"\r\n"].concat()));
+    assert_eq!(path.counter(Counter::Hits).unwrap(), 2);
+    assert_eq!(path.counter(Counter::PassMiss).unwrap(), 1);
+}
+
+#[test]
+fn eight_keys_hit_and_nine_pass() {
+    let Some(mut path) = load() else { return };
+    let keys: Vec<Vec<u8>> = (0..kv_common::XDP_MAX_KEYS).map(|i| format!("key{i}").into_bytes()).collect();
+    let values: Vec<Vec<u8>> = (0..keys.len()).map(|i| vec![b'a' + i as u8; 10 * i + 1]).collect();
+    for (i, (k, v)) in keys.iter().zip(&values).enumerate() {
+        put(&mut path, k, i as u32, 1000 + i as u64, v, 0);
+    }
+    let items: Vec<(&[u8], u32, u64, &[u8])> =
+        keys.iter().zip(&values).enumerate().map(|(i, (k, v))| (&k[..], i as u32, 1000 + i as u64, &v[..])).collect();
+    let list = keys.join(&b' ');
+    for (verb, cas) in [(&b"get "[..], false), (b"gets ", true)] {
+        let req = packet(PORT, 8, 0, 1, &[verb, &list[..], b"\r\n"].concat());
+        let (action, out) = run(&mut path, &req);
+        assert_eq!(action, XDP_TX);
+        assert_eq!(reply_text(&req, &out), expected(&items, cas));
+    }
+    assert_eq!(path.counter(Counter::HitKeys).unwrap(), 16);
+    // A ninth key, even a hit, goes to user space.
+    assert_pass_untouched(&mut path, &packet(PORT, 8, 0, 1, &[b"get ", &list[..], b" key0\r\n"].concat()));
+    assert_eq!(path.counter(Counter::PassNotGet).unwrap(), 1);
+}
+
+#[test]
+fn reply_that_exactly_fits_is_sent_one_byte_more_passes() {
+    let Some(mut path) = load() else { return };
+    let get_len = |key: &[u8], n: usize| {
+        let e = cache_entry(key, 0, 1, &vec![b'v'; n], 0).unwrap();
+        (e.total_len - e.cas_len) as usize
+    };
+    let a = vec![b'A'; 1000];
+    // Value size of `b` that makes `VALUE a ..` + `VALUE b ..` + `END\r\n` exactly one datagram's text.
+    let room = kv_common::XDP_REPLY_MAX - 5 - get_len(b"a", a.len());
+    let n = (0..room).find(|&n| get_len(b"b", n) == room).expect("some size fits exactly");
+    put(&mut path, b"a", 0, 1, &a, 0);
+    put(&mut path, b"b", 0, 1, &vec![b'B'; n], 0);
+    let req = packet(PORT, 5, 0, 1, b"get a b\r\n");
+    let (action, out) = run(&mut path, &req);
+    assert_eq!(action, XDP_TX);
+    let text = reply_text(&req, &out);
+    assert_eq!(text.len(), kv_common::XDP_REPLY_MAX);
+    assert_eq!(out.len(), 14 + 20 + 8 + kv_common::UDP_MAX_PAYLOAD);
+    assert_eq!(text, expected(&[(b"a", 0, 1, &a), (b"b", 0, 1, &vec![b'B'; n])], false));
+    put(&mut path, b"b", 0, 1, &vec![b'B'; n + 1], 0);
+    assert_pass_untouched(&mut path, &req);
+    assert_eq!(path.counter(Counter::PassTooBig).unwrap(), 1);
+    assert_eq!(path.counter(Counter::Hits).unwrap(), 1);
+}
+
+#[test]
+fn counters_per_reason() {
+    let Some(mut path) = load() else { return };
+    put(&mut path, b"k", 0, 1, b"v", 0);
+    put(&mut path, b"old", 0, 1, b"v", 1);
+    put(&mut path, b"big", 0, 1, &[b'z'; 1000], 0);
+    let good = packet(PORT, 1, 0, 1, b"get k k\r\n");
+    let mut v6 = good.clone();
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let mut frag = good.clone();
+    frag[14 + 6] |= 0x20;
+    let mut tcp = good.clone();
+    tcp[14 + 9] = 6;
+    let cases: Vec<(Vec<u8>, Counter)> = vec![
+        (v6, Counter::PassNotIpv4),
+        (frag, Counter::PassIpOptionsOrFragment),
+        (tcp, Counter::PassNotUdp),
+        (packet(PORT + 1, 1, 0, 1, b"get k\r\n"), Counter::PassOtherPort),
+        (packet(PORT, 1, 0, 2, b"get k\r\n"), Counter::PassMalformed),
+        (packet(PORT, 1, 0, 1, b"delete k\r\n"), Counter::PassNotGet),
+        (packet(PORT, 1, 0, 1, b"get k nope\r\n"), Counter::PassMiss),
+        (packet(PORT, 1, 0, 1, b"get old\r\n"), Counter::PassExpired),
+        (packet(PORT, 1, 0, 1, b"get big big\r\n"), Counter::PassTooBig),
+    ];
+    let all = kv_common::COUNTERS.map(|(c, _)| c);
+    for (pkt, reason) in &cases {
+        let before = all.map(|c| path.counter(c).unwrap());
+        assert_pass_untouched(&mut path, pkt);
+        for (i, c) in all.iter().enumerate() {
+            let want = before[i] + u64::from(*c == Counter::Seen || c == reason);
+            assert_eq!(path.counter(*c).unwrap(), want, "{c:?} after a packet passed for {reason:?}");
+        }
+    }
+    let before = all.map(|c| path.counter(c).unwrap());
+    assert_eq!(run(&mut path, &good).0, XDP_TX);
+    for (i, c) in all.iter().enumerate() {
+        let delta = match c {
+            Counter::Seen | Counter::Hits => 1,
+            Counter::HitKeys => 2,
+            _ => 0,
+        };
+        assert_eq!(path.counter(*c).unwrap(), before[i] + delta, "{c:?} after a hit");
+    }
+}
+
+/// Prints (does not assert) the verifier's work and the kernel-measured run time of the program. Run with
+/// `cargo test --release -p kv-user --lib bpf::tests::timing -- --nocapture --test-threads=1`.
+///
+/// BPF_PROG_TEST_RUN repeats a program on the same buffer without restoring it, so with `repeat` only the
+/// first run of a hit sees the request (the rest see the reply, which goes to another port and passes).
+/// The hit is therefore timed as the mean of many single runs on a fresh copy; the kernel's timer still
+/// brackets just the program, not the syscall.
+#[test]
+fn timing() {
+    let Some(mut path) = load() else { return };
+    let info = path.program().unwrap().info().unwrap();
+    println!(
+        "verifier: {:?} insns processed; program {:?} insns, {:?} bytes jitted",
+        info.verified_instruction_count(),
+        info.size_translated().map(|b| b / 8),
+        info.size_jitted()
+    );
+    put(&mut path, b"key:000001", 0, 1, &[b'x'; 100], 0);
+    let hit = packet(PORT, 1, 0, 1, b"get key:000001\r\n");
+    let mut tcp = hit.clone();
+    tcp[14 + 9] = 6;
+    const N: u32 = 100_000;
+    let repeated = |path: &mut KernelPath, pkt: &[u8]| {
+        let mut out = vec![0u8; 4096];
+        let opts = TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), repeat: N, ..Default::default() };
+        path.program().unwrap().test_run(opts).unwrap().duration
+    };
+    let single_mean = |path: &mut KernelPath, pkt: &[u8], want: u32| {
+        let mut total = std::time::Duration::ZERO;
+        for _ in 0..N {
+            let mut out = vec![0u8; 4096];
+            let opts = TestRunOptions { data_in: Some(pkt), data_out: Some(&mut out), ..Default::default() };
+            let r = path.program().unwrap().test_run(opts).unwrap();
+            assert_eq!(r.return_value, want);
+            total += r.duration;
+        }
+        total / N
+    };
+    println!("timing: non-UDP pass, repeat {N}: {:?} per run", repeated(&mut path, &tcp));
+    println!("timing: non-UDP pass, mean of {N} single runs: {:?}", single_mean(&mut path, &tcp, XDP_PASS));
+    println!(
+        "timing: 1-key GET hit (100-byte value), mean of {N} single runs: {:?}",
+        single_mean(&mut path, &hit, XDP_TX)
+    );
+    println!("timing: 1-key GET hit, repeat {N} (only run 1 is a hit): {:?} per run", repeated(&mut path, &hit));
+}
