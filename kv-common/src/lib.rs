@@ -8,8 +8,107 @@ pub const DEFAULT_PORT: u16 = 11211;
 pub const MAX_KEY_LEN: usize = 250;
 /// memcached's UDP frame header: request id, sequence number, datagram count, reserved (all big-endian u16).
 pub const UDP_FRAME_HEADER_LEN: usize = 8;
-/// Largest UDP reply payload per datagram, header included (memcached's UDP_MAX_PAYLOAD_SIZE).
+/// Largest UDP reply datagram, frame header included (memcached's UDP_MAX_PAYLOAD_SIZE).
 pub const UDP_MAX_PAYLOAD: usize = 1400;
+
+/// Bytes of a request the XDP program looks at (`get`/`gets` line after the frame header).
+/// Longer requests go to user space.
+pub const XDP_REQ_MAX: usize = 512;
+/// Keys one request may name for the XDP path; more go to user space.
+pub const XDP_MAX_KEYS: usize = 8;
+/// Room for the reply text (everything after the frame header) in one datagram.
+pub const XDP_REPLY_MAX: usize = UDP_MAX_PAYLOAD - UDP_FRAME_HEADER_LEN;
+/// Bytes of preformatted reply one cache entry can hold: `VALUE <key> <flags> <bytes> <cas>\r\n<data>\r\n`,
+/// leaving room for `END\r\n`.
+pub const CACHE_ENTRY_BUF: usize = XDP_REPLY_MAX - 5 - 3; // 1384, a multiple of 8
+
+/// Bytes of key storage in [`CacheKey`] (≥ 250, a multiple of 8).
+pub const CACHE_KEY_BUF: usize = 256;
+
+/// Key of the kernel cache map: the key bytes, zero-padded, so that equal keys hash equally.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+pub struct CacheKey {
+    pub len: u32,
+    pub _pad: u32,
+    pub data: [u8; CACHE_KEY_BUF],
+}
+
+impl CacheKey {
+    /// None for keys memcached would refuse (empty or longer than 250 bytes).
+    pub fn new(key: &[u8]) -> Option<Self> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return None;
+        }
+        let mut k = CacheKey { len: key.len() as u32, _pad: 0, data: [0; CACHE_KEY_BUF] };
+        k.data[..key.len()].copy_from_slice(key);
+        Some(k)
+    }
+}
+
+/// Value of the kernel cache map: the reply for one key, preformatted by user space with the same code
+/// that formats user-space replies, so the XDP reply is byte-identical.
+///
+/// `buf[..hdr_len]` is `VALUE <key> <flags> <bytes>`, `buf[hdr_len..hdr_len + cas_len]` is ` <cas>`, and
+/// `buf[hdr_len + cas_len..total_len]` is `\r\n<data>\r\n`. A `get` reply skips the CAS part.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CacheEntry {
+    /// Deadline on the kernel's monotonic clock (bpf_ktime_get_ns); 0 = never expires.
+    pub expire_ns: u64,
+    pub hdr_len: u16,
+    pub cas_len: u16,
+    pub total_len: u16,
+    pub _pad: u16,
+    pub buf: [u8; CACHE_ENTRY_BUF],
+}
+
+/// Size of the scratch buffer the reply is assembled in: a power of two (indices are masked with
+/// `OUT_BUF - 1`, which the verifier can follow) and more than twice the largest frame, so that
+/// `offset + length` can never leave it even though the verifier tracks the two bounds separately.
+pub const OUT_BUF: usize = 4096;
+
+/// State of the XDP program's key scan, shared between the program and its `bpf_loop` callback.
+///
+/// It lives in the per-CPU scratch map rather than on the BPF stack on purpose: the verifier does not
+/// track the contents of map values, so every load from here is an unknown scalar and the state the
+/// callback leaves behind is the same after every iteration. Mutable state on the caller's stack (a key
+/// counter, an output offset) differs from one iteration to the next, and since kernel 6.8 the verifier
+/// re-verifies a `bpf_loop` callback until the caller's state stops changing (a new state must lie within
+/// an old one, whether or not it is marked precise): it never converged.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ScanState {
+    /// Offset in `Scratch::req` of the first key; byte `i` of the loop is at `base + i`.
+    pub base: u64,
+    /// Offset of the key being scanned.
+    pub key_start: u64,
+    /// Set once the last key ended exactly at `body_end`.
+    pub done: u64,
+    /// Offset of the `\r\n` that ends the request.
+    pub body_end: u64,
+    /// Next free byte of `Scratch::out`.
+    pub out: u64,
+    /// Keys appended so far.
+    pub keys: u64,
+    /// bpf_ktime_get_ns() at the start of the request.
+    pub now: u64,
+    /// 1 for `gets` (reply with CAS), 0 for `get`.
+    pub cas: u64,
+    /// 0 while fine, else the `Counter` to pass with.
+    pub err: u64,
+}
+
+/// Per-CPU scratch space of the XDP program (the BPF stack is only 512 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Scratch {
+    pub scan: ScanState,
+    pub key: CacheKey,
+    pub req: [u8; XDP_REQ_MAX],
+    /// The whole reply frame: Ethernet, IPv4, UDP and frame headers, then the reply text.
+    pub out: [u8; OUT_BUF],
+}
 
 /// Index of each per-CPU counter in the `COUNTERS` array map.
 #[repr(u32)]
@@ -17,12 +116,48 @@ pub const UDP_MAX_PAYLOAD: usize = 1400;
 pub enum Counter {
     /// Packets the XDP program looked at.
     Seen = 0,
-    /// Packets handed to the network stack unchanged.
-    Passed = 1,
+    /// Requests answered from the kernel cache (XDP_TX).
+    Hits,
+    /// Keys answered from the kernel cache.
+    HitKeys,
+    /// Passed: not IPv4 (IPv6, ARP, ...).
+    PassNotIpv4,
+    /// Passed: IPv4 options or a fragment.
+    PassIpOptionsOrFragment,
+    /// Passed: not UDP.
+    PassNotUdp,
+    /// Passed: UDP to another port.
+    PassOtherPort,
+    /// Passed: lengths that do not add up, truncated, or a multi-datagram frame.
+    PassMalformed,
+    /// Passed: a command other than get/gets, or a syntax the XDP path does not handle exactly.
+    PassNotGet,
+    /// Passed: a key not in the kernel cache.
+    PassMiss,
+    /// Passed: a key whose kernel entry has expired.
+    PassExpired,
+    /// Passed: the reply would not fit one datagram, or the frame has no room to grow.
+    PassTooBig,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 2;
+pub const COUNTER_SLOTS: u32 = 12;
+
+/// All counters with their stat names, for `stats`.
+pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
+    (Counter::Seen, "xdp_packets"),
+    (Counter::Hits, "xdp_hits"),
+    (Counter::HitKeys, "xdp_hit_keys"),
+    (Counter::PassNotIpv4, "xdp_pass_not_ipv4"),
+    (Counter::PassIpOptionsOrFragment, "xdp_pass_ip_options_or_fragment"),
+    (Counter::PassNotUdp, "xdp_pass_not_udp"),
+    (Counter::PassOtherPort, "xdp_pass_other_port"),
+    (Counter::PassMalformed, "xdp_pass_malformed"),
+    (Counter::PassNotGet, "xdp_pass_not_get"),
+    (Counter::PassMiss, "xdp_pass_miss"),
+    (Counter::PassExpired, "xdp_pass_expired"),
+    (Counter::PassTooBig, "xdp_pass_too_big"),
+];
 
 /// XDP verdicts (linux/bpf.h `enum xdp_action`), for user-space code that inspects test runs.
 pub mod xdp_action {
@@ -31,4 +166,11 @@ pub mod xdp_action {
     pub const XDP_PASS: u32 = 2;
     pub const XDP_TX: u32 = 3;
     pub const XDP_REDIRECT: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data without padding-sensitive invariants.
+    unsafe impl aya::Pod for super::CacheKey {}
+    unsafe impl aya::Pod for super::CacheEntry {}
 }

@@ -38,7 +38,8 @@ fn attach_kernel_path(cfg: &Config) -> Option<KernelPath> {
         log::info!("BPF disabled (--no-bpf): serving everything from user space");
         return None;
     }
-    match KernelPath::attach(&cfg.iface, cfg.xdp_mode) {
+    let opts = kv_user::bpf::KernelOpts { port: cfg.udp_port, ..Default::default() };
+    match KernelPath::attach(&cfg.iface, cfg.xdp_mode, opts) {
         Ok(k) => {
             log::info!("XDP program attached to {} ({:?} mode)", cfg.iface, cfg.xdp_mode);
             Some(k)
