@@ -56,6 +56,9 @@ impl CacheKey {
 pub struct CacheEntry {
     /// Deadline on the kernel's monotonic clock (bpf_ktime_get_ns); 0 = never expires.
     pub expire_ns: u64,
+    /// Flush generation the entry belongs to: it is dead once `CONFIG[CONFIG_FLUSH_GEN]` differs
+    /// (flush_all empties the whole cache in O(1)).
+    pub gen: u64,
     pub hdr_len: u16,
     pub cas_len: u16,
     pub total_len: u16,
@@ -138,10 +141,21 @@ pub enum Counter {
     PassExpired,
     /// Passed: the reply would not fit one datagram, or the frame has no room to grow.
     PassTooBig,
+    /// Passed: a key whose kernel entry predates the last flush_all.
+    PassFlushed,
+    /// Passed: the source address is not in the UDP allowlist (user space ignores it too).
+    PassNotAllowed,
 }
 
+/// Slots of the `CONFIG` array map.
+pub const CONFIG_FLUSH_GEN: u32 = 0;
+pub const CONFIG_SLOTS: u32 = 1;
+
+/// Capacity of the `ALLOW` LPM trie (IPv4 source prefixes allowed to use UDP).
+pub const ALLOW_MAX: u32 = 64;
+
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 12;
+pub const COUNTER_SLOTS: u32 = 14;
 
 /// All counters with their stat names, for `stats`.
 pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
@@ -157,6 +171,8 @@ pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
     (Counter::PassMiss, "xdp_pass_miss"),
     (Counter::PassExpired, "xdp_pass_expired"),
     (Counter::PassTooBig, "xdp_pass_too_big"),
+    (Counter::PassFlushed, "xdp_pass_flushed"),
+    (Counter::PassNotAllowed, "xdp_pass_not_allowed"),
 ];
 
 /// XDP verdicts (linux/bpf.h `enum xdp_action`), for user-space code that inspects test runs.

@@ -12,13 +12,13 @@ mod prog {
         bindings::xdp_action,
         helpers::{bpf_ktime_get_ns, generated as h},
         macros::{map, xdp},
-        maps::{LruHashMap, PerCpuArray},
+        maps::{lpm_trie::Key as LpmKey, Array, LpmTrie, LruHashMap, PerCpuArray},
         programs::XdpContext,
     };
     use core::ffi::c_void;
     use kv_common::{
-        CacheEntry, CacheKey, Counter, ScanState, Scratch, CACHE_ENTRY_BUF, COUNTER_SLOTS, MAX_KEY_LEN, OUT_BUF,
-        XDP_MAX_KEYS, XDP_REPLY_MAX, XDP_REQ_MAX,
+        CacheEntry, CacheKey, Counter, ScanState, Scratch, ALLOW_MAX, CACHE_ENTRY_BUF, CONFIG_FLUSH_GEN, CONFIG_SLOTS,
+        COUNTER_SLOTS, MAX_KEY_LEN, OUT_BUF, XDP_MAX_KEYS, XDP_REPLY_MAX, XDP_REQ_MAX,
     };
 
     /// UDP port of the server; the loader overrides it (`EbpfLoader::override_global`).
@@ -32,6 +32,15 @@ mod prog {
     /// Per-CPU counters, indexed by `kv_common::Counter`.
     #[map(name = "COUNTERS")]
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+    /// Settings user space changes at run time: the flush generation.
+    #[map(name = "CONFIG")]
+    static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_SLOTS, 0);
+
+    /// IPv4 source prefixes allowed to use UDP (amplification guard); others go to user space, which
+    /// ignores them too.
+    #[map(name = "ALLOW")]
+    static ALLOW: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(ALLOW_MAX, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
     #[map(name = "SCRATCH")]
     static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -176,6 +185,9 @@ mod prog {
             r.dport = [*udp.add(2), *udp.add(3)];
             r.req_id = [*frame, *frame.add(1)];
         }
+        if ALLOW.get(&LpmKey::new(32, r.ip_src)).is_none() {
+            return Err(Counter::PassNotAllowed);
+        }
         Ok(r)
     }
 
@@ -239,6 +251,7 @@ mod prog {
             x if x == Counter::PassMiss as u64 => Counter::PassMiss,
             x if x == Counter::PassExpired as u64 => Counter::PassExpired,
             x if x == Counter::PassTooBig as u64 => Counter::PassTooBig,
+            x if x == Counter::PassFlushed as u64 => Counter::PassFlushed,
             x if x == Counter::PassMalformed as u64 => Counter::PassMalformed,
             _ => Counter::PassNotGet,
         }
@@ -336,6 +349,9 @@ mod prog {
         let e = unsafe { CACHE.get(&*key) }.ok_or(Counter::PassMiss)?;
         if e.expire_ns != 0 && now >= e.expire_ns {
             return Err(Counter::PassExpired);
+        }
+        if CONFIG.get(CONFIG_FLUSH_GEN).is_none_or(|g| *g != e.gen) {
+            return Err(Counter::PassFlushed);
         }
         let hdr = e.hdr_len as usize;
         let cas_len = e.cas_len as usize;

@@ -4,13 +4,16 @@
 //! whole life and drops it on shutdown, including SIGINT/SIGTERM; a killed process loses its link fd and
 //! the kernel detaches the program then.
 
-use anyhow::{Context as _, Result};
+use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{lpm_trie::Key as LpmKey, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use kv_common::{CacheEntry, CacheKey, Counter, CACHE_ENTRY_BUF};
+use kv_common::{CacheEntry, CacheKey, Counter, CACHE_ENTRY_BUF, CONFIG_FLUSH_GEN};
 
 use crate::config::XdpMode as ModeArg;
 
@@ -84,6 +87,123 @@ impl KernelPath {
         let map = self.ebpf.map_mut("CACHE").context("CACHE map missing")?;
         Ok(BpfHashMap::try_from(map)?)
     }
+
+    /// Lets UDP from `addr/prefix` (IPv4) be answered.
+    pub fn allow(&mut self, addr: std::net::Ipv4Addr, prefix: u32) -> Result<()> {
+        let map = self.ebpf.map_mut("ALLOW").context("ALLOW map missing")?;
+        let mut trie: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(map)?;
+        trie.insert(&LpmKey::new(prefix, addr.octets()), 1, 0)?;
+        Ok(())
+    }
+
+    /// A shareable reader of the per-CPU counters.
+    pub fn counters_handle(&self) -> Result<KernelCounters> {
+        let data = MapData::from_fd(map_fd(&self.ebpf, "COUNTERS")?)?;
+        Ok(KernelCounters { arr: PerCpuArray::try_from(Map::PerCpuArray(data))? })
+    }
+
+    /// A handle that writes the kernel cache from any thread.
+    pub fn cache_handle(&self) -> Result<KernelCache> {
+        Ok(KernelCache {
+            cache: map_fd(&self.ebpf, "CACHE")?,
+            config: map_fd(&self.ebpf, "CONFIG")?,
+            gen: AtomicU64::new(0),
+        })
+    }
+}
+
+/// The XDP program's per-CPU counters, summed over CPUs.
+pub struct KernelCounters {
+    arr: PerCpuArray<MapData, u64>,
+}
+
+impl KernelCounters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.arr.get(&(c as u32), 0).map_or(0, |v| v.iter().sum())
+    }
+}
+
+fn map_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd> {
+    let data: &MapData = match ebpf.map(name).with_context(|| format!("{name} map missing"))? {
+        Map::LruHashMap(d) | Map::HashMap(d) | Map::Array(d) | Map::LpmTrie(d) | Map::PerCpuArray(d) => d,
+        _ => bail!("{name}: unexpected map type"),
+    };
+    Ok(data.fd().as_fd().try_clone_to_owned()?)
+}
+
+/// Writes to the kernel cache with plain `bpf(2)` calls on its map fds. aya's typed maps need `&mut`,
+/// which would put one lock around every writer; the syscalls themselves are thread-safe, and each
+/// key's writes are already ordered by its store shard lock.
+pub struct KernelCache {
+    cache: OwnedFd,
+    config: OwnedFd,
+    /// Current flush generation, mirrored in `CONFIG[CONFIG_FLUSH_GEN]`.
+    gen: AtomicU64,
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_ANY: u64 = 0;
+const BPF_EXIST: u64 = 2;
+
+/// The `bpf_attr` layout of the map element commands.
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn bpf_elem(cmd: libc::c_long, fd: &OwnedFd, key: *const u8, value: *const u8, flags: u64) -> std::io::Result<()> {
+    let attr = ElemAttr { map_fd: fd.as_raw_fd() as u32, _pad: 0, key: key as u64, value: value as u64, flags };
+    // SAFETY: `attr` points at live key/value buffers of the map's key/value sizes for the call's duration.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, &attr as *const ElemAttr, std::mem::size_of::<ElemAttr>() as libc::c_uint)
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl KernelCache {
+    /// Inserts or replaces the entry.
+    pub fn insert(&self, key: &CacheKey, entry: &CacheEntry) -> std::io::Result<()> {
+        bpf_elem(BPF_MAP_UPDATE_ELEM, &self.cache, key as *const _ as _, entry as *const _ as _, BPF_ANY)
+    }
+
+    /// Replaces the entry only if the key is cached; Ok(false) if it was not.
+    pub fn replace(&self, key: &CacheKey, entry: &CacheEntry) -> std::io::Result<bool> {
+        match bpf_elem(BPF_MAP_UPDATE_ELEM, &self.cache, key as *const _ as _, entry as *const _ as _, BPF_EXIST) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the key; Ok(false) if it was not cached.
+    pub fn remove(&self, key: &CacheKey) -> std::io::Result<bool> {
+        match bpf_elem(BPF_MAP_DELETE_ELEM, &self.cache, key as *const _ as _, std::ptr::null(), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The generation new entries must carry.
+    pub fn gen(&self) -> u64 {
+        self.gen.load(Ordering::Acquire)
+    }
+
+    /// Invalidates every entry at once by moving to a new generation.
+    pub fn flush(&self) -> std::io::Result<()> {
+        let next = self.gen.fetch_add(1, Ordering::AcqRel) + 1;
+        let idx: u32 = CONFIG_FLUSH_GEN;
+        bpf_elem(BPF_MAP_UPDATE_ELEM, &self.config, &idx as *const u32 as _, &next as *const u64 as _, BPF_ANY)
+    }
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
@@ -91,23 +211,12 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(prog.try_into()?)
 }
 
-/// Builds the kernel cache entry for an item: the exact bytes user space would send for it
-/// (`VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`). None if it does not fit an entry.
-pub fn cache_entry(key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u64) -> Option<CacheEntry> {
-    let mut v = Vec::with_capacity(48 + key.len() + value.len());
-    v.extend_from_slice(b"VALUE ");
-    v.extend_from_slice(key);
-    v.push(b' ');
-    v.extend_from_slice(itoa::Buffer::new().format(flags).as_bytes());
-    v.push(b' ');
-    v.extend_from_slice(itoa::Buffer::new().format(value.len()).as_bytes());
-    let hdr_len = v.len();
-    v.push(b' ');
-    v.extend_from_slice(itoa::Buffer::new().format(cas).as_bytes());
-    let cas_len = v.len() - hdr_len;
-    v.extend_from_slice(b"\r\n");
-    v.extend_from_slice(value);
-    v.extend_from_slice(b"\r\n");
+/// Builds the kernel cache entry for an item from the same formatting code as user-space replies
+/// (`VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`), so the two are byte-identical.
+/// None if it does not fit an entry.
+pub fn cache_entry(key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u64, gen: u64) -> Option<CacheEntry> {
+    let mut v = Vec::with_capacity(64 + key.len() + value.len());
+    let (hdr_len, cas_len) = crate::exec::value_line(&mut v, key, flags, Some(cas), value);
     if v.len() > CACHE_ENTRY_BUF {
         return None;
     }
@@ -115,6 +224,7 @@ pub fn cache_entry(key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u6
     buf[..v.len()].copy_from_slice(&v);
     Some(CacheEntry {
         expire_ns,
+        gen,
         hdr_len: hdr_len as u16,
         cas_len: cas_len as u16,
         total_len: v.len() as u16,

@@ -68,6 +68,64 @@ pub struct Config {
     /// XDP attach mode (lo only supports generic).
     #[arg(long = "xdp-mode", value_enum, default_value_t = XdpMode::Generic)]
     pub xdp_mode: XdpMode,
+    /// Entries of the kernel cache (an LRU hash map; hot keys only).
+    #[arg(long = "kcache-entries", default_value_t = 65536)]
+    pub kcache_entries: u32,
+    /// Largest value the kernel answers for; larger ones are served by user space.
+    /// The default keeps a 1-key reply within a 1500-byte MTU.
+    #[arg(long = "kcache-value-max", default_value_t = 1024)]
+    pub kcache_value_max: usize,
+    /// User-space GET hits on an item before it is admitted to the kernel cache.
+    #[arg(long = "kcache-admit-hits", default_value_t = 2)]
+    pub kcache_admit_hits: u32,
+    /// IPv4 source prefixes (CIDR) whose UDP requests are answered, by the kernel and by user space
+    /// (amplification guard). Loopback (127.0.0.0/8, ::1) is always allowed. Repeatable.
+    #[arg(long = "udp-allow", value_parser = parse_cidr)]
+    pub udp_allow: Vec<Cidr>,
+}
+
+/// An IPv4 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::Ipv4Addr,
+    pub prefix: u32,
+}
+
+impl Cidr {
+    pub const LOOPBACK: Cidr = Cidr { addr: std::net::Ipv4Addr::new(127, 0, 0, 0), prefix: 8 };
+
+    pub fn contains(&self, ip: std::net::Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+/// Parses `a.b.c.d/n` (or a bare address, /32).
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (a, p) = s.split_once('/').unwrap_or((s, "32"));
+    let addr: std::net::Ipv4Addr = a.parse().map_err(|_| format!("invalid IPv4 address in {s}"))?;
+    let prefix: u32 = p.parse().map_err(|_| format!("invalid prefix length in {s}"))?;
+    if prefix > 32 {
+        return Err(format!("prefix length over 32 in {s}"));
+    }
+    Ok(Cidr { addr, prefix })
+}
+
+impl Config {
+    /// The UDP allowlist: loopback plus `--udp-allow`.
+    pub fn udp_allowlist(&self) -> Vec<Cidr> {
+        std::iter::once(Cidr::LOOPBACK).chain(self.udp_allow.iter().copied()).collect()
+    }
+}
+
+/// Whether UDP from `ip` may be answered under `allow` (from [`Config::udp_allowlist`]).
+pub fn udp_allowed(allow: &[Cidr], ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => allow.iter().any(|c| c.contains(v4)),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| allow.iter().any(|c| c.contains(v4)))
+        }
+    }
 }
 
 /// Parses memcached-style sizes: plain bytes or with a k/m/g suffix.
@@ -99,6 +157,21 @@ mod tests {
         assert!(parse_size("12").is_err());
         assert!(parse_size("2g").is_err());
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = parse_cidr("10.1.0.0/16").unwrap();
+        assert!(c.contains("10.1.200.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert_eq!(parse_cidr("10.0.0.7").unwrap().prefix, 32);
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("nope/8").is_err());
+        let allow = Config::parse_from(["kv-server", "--udp-allow", "10.77.0.0/16"]).udp_allowlist();
+        assert!(udp_allowed(&allow, "127.0.0.1".parse().unwrap()));
+        assert!(udp_allowed(&allow, "::1".parse().unwrap()));
+        assert!(udp_allowed(&allow, "10.77.3.2".parse().unwrap()));
+        assert!(!udp_allowed(&allow, "192.0.2.1".parse().unwrap()));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod bpf;
 pub mod config;
 pub mod exec;
+pub mod kcache;
 pub mod persist;
 pub mod protocol;
 pub mod record;

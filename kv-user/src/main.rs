@@ -4,7 +4,12 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
-use kv_user::{bpf::KernelPath, config::Config, server};
+use kv_user::{
+    bpf::{KernelOpts, KernelPath},
+    config::Config,
+    kcache::{KernelStats, KernelSync},
+    server,
+};
 
 fn main() -> Result<()> {
     let cfg = Config::parse();
@@ -22,7 +27,7 @@ fn main() -> Result<()> {
         .context("starting the runtime")?;
 
     let shared = server::start(cfg.clone())?;
-    let kernel = attach_kernel_path(&cfg);
+    let kernel = attach_kernel_path(&cfg, &shared.ctx);
     let result = runtime.block_on(server::serve(cfg.clone(), shared.clone()));
     // Detach XDP before anything else: from here on the kernel must not answer for a dying store.
     drop(kernel);
@@ -32,16 +37,36 @@ fn main() -> Result<()> {
     result
 }
 
-/// Loads and attaches the XDP program unless disabled; without BPF privileges the server still runs.
-fn attach_kernel_path(cfg: &Config) -> Option<KernelPath> {
+/// Loads and attaches the XDP program and starts keeping its cache coherent with the store. Without
+/// BPF privileges (or with `--no-bpf`) the server runs in user space only.
+fn attach_kernel_path(cfg: &Config, ctx: &kv_user::exec::Ctx) -> Option<KernelPath> {
     if cfg.no_bpf {
         log::info!("BPF disabled (--no-bpf): serving everything from user space");
         return None;
     }
-    let opts = kv_user::bpf::KernelOpts { port: cfg.udp_port, ..Default::default() };
-    match KernelPath::attach(&cfg.iface, cfg.xdp_mode, opts) {
+    let opts = KernelOpts { port: cfg.udp_port, cache_entries: cfg.kcache_entries };
+    let wire = || -> anyhow::Result<KernelPath> {
+        let mut k = KernelPath::attach(&cfg.iface, cfg.xdp_mode, opts)?;
+        for c in cfg.udp_allowlist() {
+            k.allow(c.addr, c.prefix)?;
+        }
+        let sync = Arc::new(KernelSync::new(k.cache_handle()?, cfg.kcache_value_max, cfg.kcache_admit_hits));
+        ctx.store.set_mirror(sync.clone());
+        let _ = ctx.extra_stats.set(Arc::new(KernelStats { counters: k.counters_handle()?, sync }));
+        Ok(k)
+    };
+    match wire() {
         Ok(k) => {
-            log::info!("XDP program attached to {} ({:?} mode)", cfg.iface, cfg.xdp_mode);
+            log::info!(
+                "XDP attached to {} ({:?} mode): UDP GET hits on port {} served in the kernel from a {}-entry cache \
+                 (values up to {} bytes, admitted after {} user-space hits)",
+                cfg.iface,
+                cfg.xdp_mode,
+                cfg.udp_port,
+                cfg.kcache_entries,
+                cfg.kcache_value_max,
+                cfg.kcache_admit_hits
+            );
             Some(k)
         }
         Err(e) => {

@@ -8,7 +8,11 @@ const PORT: u16 = 11211;
 
 fn load() -> Option<KernelPath> {
     match KernelPath::load(KernelOpts { port: PORT, cache_entries: 1024 }) {
-        Ok(p) => Some(p),
+        Ok(mut p) => {
+            // Test packets come from 10.0.0.2.
+            p.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+            Some(p)
+        }
         Err(e) if !bpf_required() => {
             eprintln!("SKIP: cannot load BPF here ({e:#}); set KV_REQUIRE_BPF=1 to make this fail");
             None
@@ -60,7 +64,7 @@ fn run(path: &mut KernelPath, pkt: &[u8]) -> (u32, Vec<u8>) {
 }
 
 fn put(path: &mut KernelPath, key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u64) {
-    let e = cache_entry(key, flags, cas, value, expire_ns).expect("fits");
+    let e = cache_entry(key, flags, cas, value, expire_ns, 0).expect("fits");
     path.cache().unwrap().insert(CacheKey::new(key).unwrap(), e, 0).unwrap();
 }
 
@@ -208,7 +212,7 @@ fn malformed_truncated_fragmented_and_foreign_packets_pass() {
 fn expected(path_items: &[(&[u8], u32, u64, &[u8])], cas: bool) -> Vec<u8> {
     let mut want = Vec::new();
     for &(key, flags, c, value) in path_items {
-        let e = cache_entry(key, flags, c, value, 0).unwrap();
+        let e = cache_entry(key, flags, c, value, 0, 0).unwrap();
         let (hdr, cas_len, total) = (e.hdr_len as usize, e.cas_len as usize, e.total_len as usize);
         want.extend_from_slice(&e.buf[..hdr]);
         if cas {
@@ -265,7 +269,7 @@ fn eight_keys_hit_and_nine_pass() {
 fn reply_that_exactly_fits_is_sent_one_byte_more_passes() {
     let Some(mut path) = load() else { return };
     let get_len = |key: &[u8], n: usize| {
-        let e = cache_entry(key, 0, 1, &vec![b'v'; n], 0).unwrap();
+        let e = cache_entry(key, 0, 1, &vec![b'v'; n], 0, 0).unwrap();
         (e.total_len - e.cas_len) as usize
     };
     let a = vec![b'A'; 1000];
@@ -381,4 +385,36 @@ fn timing() {
         single_mean(&mut path, &hit, XDP_TX)
     );
     println!("timing: 1-key GET hit, repeat {N} (only run 1 is a hit): {:?} per run", repeated(&mut path, &hit));
+}
+
+#[test]
+fn flush_generation_and_allowlist() {
+    let Some(mut path) = load() else { return };
+    put(&mut path, b"g", 0, 1, b"v", 0);
+    let req = packet(PORT, 5, 0, 1, b"get g\r\n");
+    assert_eq!(run(&mut path, &req).0, XDP_TX);
+    // A source outside the allowlist is left to user space (which ignores it).
+    let mut foreign = req.clone();
+    foreign[26..30].copy_from_slice(&[192, 0, 2, 1]);
+    let sum = ip_checksum(&[&foreign[14..24], &[0, 0], &foreign[26..34]].concat());
+    foreign[24..26].copy_from_slice(&sum.to_be_bytes());
+    assert_pass_untouched(&mut path, &foreign);
+    assert_eq!(path.counter(Counter::PassNotAllowed).unwrap(), 1);
+    // flush_all: one generation bump kills every entry.
+    let handle = path.cache_handle().unwrap();
+    handle.flush().unwrap();
+    assert_pass_untouched(&mut path, &req);
+    assert_eq!(path.counter(Counter::PassFlushed).unwrap(), 1);
+    // Entries of the new generation are served again.
+    let e = cache_entry(b"g", 0, 2, b"w", 0, handle.gen()).unwrap();
+    handle.insert(&CacheKey::new(b"g").unwrap(), &e).unwrap();
+    let (action, out) = run(&mut path, &req);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(reply_text(&req, &out), b"VALUE g 0 1\r\nw\r\nEND\r\n");
+    // replace() only touches cached keys; remove() reports whether there was one.
+    let k2 = CacheKey::new(b"absent").unwrap();
+    assert!(!handle.replace(&k2, &e).unwrap());
+    assert!(!handle.remove(&k2).unwrap());
+    assert!(handle.remove(&CacheKey::new(b"g").unwrap()).unwrap());
+    assert_pass_untouched(&mut path, &req);
 }

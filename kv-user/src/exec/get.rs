@@ -1,26 +1,37 @@
 //! get, gets, gat, gats, touch.
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
-use super::{put_u64, reply, Ctx, Outcome};
+use super::{reply, Ctx, Outcome};
 use crate::protocol::command::Keys;
 use crate::stats::bump;
 use crate::store::{FetchOpts, ItemView};
 
-fn value_line(out: &mut BytesMut, key: &[u8], it: &ItemView, cas: bool) {
-    out.extend_from_slice(b"VALUE ");
-    out.extend_from_slice(key);
-    out.extend_from_slice(b" ");
-    put_u64(out, u64::from(it.flags));
-    out.extend_from_slice(b" ");
-    put_u64(out, it.value.len() as u64);
-    if cas {
-        out.extend_from_slice(b" ");
-        put_u64(out, it.cas);
+/// Appends `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`. Returns the length of the part before
+/// the CAS and the length of ` <cas>` (0 without it). The kernel cache entries are built with this too.
+pub fn value_line(out: &mut impl BufMut, key: &[u8], flags: u32, cas: Option<u64>, value: &[u8]) -> (usize, usize) {
+    let mut num = itoa::Buffer::new();
+    let start = out.remaining_mut();
+    out.put_slice(b"VALUE ");
+    out.put_slice(key);
+    out.put_u8(b' ');
+    out.put_slice(num.format(flags).as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(num.format(value.len()).as_bytes());
+    let hdr = start - out.remaining_mut();
+    if let Some(cas) = cas {
+        out.put_u8(b' ');
+        out.put_slice(num.format(cas).as_bytes());
     }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&it.value);
-    out.extend_from_slice(b"\r\n");
+    let cas_len = start - out.remaining_mut() - hdr;
+    out.put_slice(b"\r\n");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+    (hdr, cas_len)
+}
+
+fn item_line(out: &mut BytesMut, key: &[u8], it: &ItemView, cas: bool) {
+    value_line(out, key, it.flags, cas.then_some(it.cas), &it.value);
 }
 
 pub(super) fn get(keys: Keys<'_>, cas: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
@@ -29,7 +40,7 @@ pub(super) fn get(keys: Keys<'_>, cas: bool, ctx: &Ctx, out: &mut BytesMut) -> O
         match ctx.store.get(key) {
             Some(it) => {
                 hits += 1;
-                value_line(out, key, &it, cas);
+                item_line(out, key, &it, cas);
             }
             None => misses += 1,
         }
@@ -51,7 +62,7 @@ pub(super) fn gat(exptime: i64, keys: Keys<'_>, cas: bool, ctx: &Ctx, out: &mut 
         match f.item {
             Some(it) => {
                 hits += 1;
-                value_line(out, key, &it, cas);
+                item_line(out, key, &it, cas);
             }
             None => misses += 1,
         }

@@ -6,6 +6,7 @@
 
 mod arith;
 mod get;
+pub use get::value_line;
 mod meta;
 mod misc;
 mod stats;
@@ -34,12 +35,19 @@ pub struct Ctx {
     pub config: Arc<Config>,
     /// Set by `verbosity`, shown in `stats settings`; starts at `-v` count.
     pub verbosity: Arc<AtomicU32>,
+    /// Extra `STAT` lines (the kernel path's counters), set once the kernel path is up.
+    pub extra_stats: std::sync::OnceLock<Arc<dyn ExtraStats>>,
+}
+
+/// A source of additional general `stats` lines.
+pub trait ExtraStats: Send + Sync {
+    fn stats(&self, add: &mut dyn FnMut(&str, u64));
 }
 
 impl Ctx {
     pub fn new(store: Arc<Store>, stats: Arc<Stats>, config: Arc<Config>) -> Ctx {
         let verbosity = Arc::new(AtomicU32::new(u32::from(config.verbose)));
-        Ctx { store, stats, config, verbosity }
+        Ctx { store, stats, config, verbosity, extra_stats: std::sync::OnceLock::new() }
     }
 }
 

@@ -129,6 +129,9 @@ fn general(ctx: &Ctx, out: &mut BytesMut) {
     stat_u64(out, "evicted_unfetched", st.evicted_unfetched);
     stat_u64(out, "evictions", st.evictions);
     stat_u64(out, "reclaimed", st.reclaimed);
+    if let Some(extra) = ctx.extra_stats.get() {
+        extra.stats(&mut |name, v| stat_u64(out, name, v));
+    }
 }
 
 fn settings(ctx: &Ctx, out: &mut BytesMut) {

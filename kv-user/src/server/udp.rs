@@ -35,6 +35,7 @@ pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bo
     let mut input = BytesMut::with_capacity(64 * 1024);
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut frame = BytesMut::with_capacity(UDP_MAX_PAYLOAD);
+    let allow = shared.ctx.config.udp_allowlist();
     loop {
         let (n, peer) = tokio::select! {
             r = sock.recv_from(&mut buf) => match r {
@@ -44,6 +45,10 @@ pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bo
             _ = stop.changed() => return,
         };
         shared.ctx.stats.bytes_read.fetch_add(n as u64, Relaxed);
+        // Amplification guard: a spoofed source outside the allowlist gets nothing back.
+        if !crate::config::udp_allowed(&allow, peer.ip()) {
+            continue;
+        }
         if n < UDP_FRAME_HEADER_LEN {
             continue; // no header to answer to
         }

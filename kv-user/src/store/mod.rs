@@ -288,6 +288,24 @@ enum Lookup {
     Missing,
 }
 
+/// A read-side copy of hot items outside the store (the kernel cache), kept coherent with it.
+///
+/// Every call is made while the key's shard lock is held, so for each key the mirror sees changes in
+/// exactly the order the store applies them, and a read hit can never re-admit a value that a concurrent
+/// write already replaced. A mutation's reply is sent after the call returns, hence after the mirror
+/// dropped or replaced the old value.
+pub trait Mirror: Send + Sync {
+    /// The item now has this state (`Record::Set`): replace a mirrored copy, never add one.
+    fn changed(&self, item: &Record<'_>);
+    /// The key is gone (delete, eviction, expiry or flush reclaimed it).
+    fn removed(&self, key: &[u8]);
+    /// flush_all: everything stored before `at` (Unix seconds) is dead from `at` on; `now` is the store's time.
+    fn flushed(&self, at: u64, now: u64);
+    /// A user-space read hit; `hits` counts this item's hits since it was stored. Returns whether the mirror
+    /// now holds the item (admission is the mirror's choice).
+    fn read_hit(&self, item: &Record<'_>, hits: u32) -> bool;
+}
+
 pub struct Store {
     shards: Box<[Mutex<Shard>]>,
     shard_mask: usize,
@@ -303,6 +321,8 @@ pub struct Store {
     evict_cursor: AtomicUsize,
     journal: Arc<dyn Journal>,
     clock: Arc<dyn Clock>,
+    /// Set once the kernel path is up (after replay).
+    mirror: std::sync::OnceLock<Arc<dyn Mirror>>,
 }
 
 impl Store {
@@ -324,6 +344,18 @@ impl Store {
             evict_cursor: AtomicUsize::new(0),
             journal,
             clock,
+            mirror: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Starts mirroring hot items (once; later calls are ignored).
+    pub fn set_mirror(&self, m: Arc<dyn Mirror>) {
+        let _ = self.mirror.set(m);
+    }
+
+    fn mirror_removed(&self, key: &[u8]) {
+        if let Some(m) = self.mirror.get() {
+            m.removed(key);
         }
     }
 
@@ -381,6 +413,7 @@ impl Store {
         let e = shard.get(idx);
         if e.expired(now) {
             let unfetched = !e.fetched;
+            self.mirror_removed(&e.key);
             shard.remove(idx);
             shard.counters.get_expired += 1;
             shard.counters.reclaimed += 1;
@@ -389,6 +422,7 @@ impl Store {
             }
             Lookup::Missing
         } else if self.is_flushed(e, now) {
+            self.mirror_removed(&e.key);
             shard.remove(idx);
             shard.counters.get_flushed += 1;
             Lookup::Missing
@@ -419,6 +453,7 @@ impl Store {
     fn evict(&self, shard: &mut Shard, idx: u32, now: u64) {
         let e = shard.get(idx);
         let (dead, unfetched, expired) = (self.dead(e, now), !e.fetched, e.expired(now));
+        self.mirror_removed(&e.key);
         shard.remove(idx);
         let c = &mut shard.counters;
         if dead {
@@ -461,8 +496,18 @@ impl Store {
         }
     }
 
+    /// Journals the item's new state and updates the mirror, both under the shard lock.
     fn journal_set(&self, e: &Entry) -> u64 {
-        self.journal.record(&e.as_record())
+        let rec = e.as_record();
+        if let Some(m) = self.mirror.get() {
+            m.changed(&rec);
+        }
+        self.journal.record(&rec)
+    }
+
+    fn journal_delete(&self, key: &[u8]) -> u64 {
+        self.mirror_removed(key);
+        self.journal.record(&Record::Delete { key })
     }
 
     /// get/gets/gat/gats/touch/mg.
@@ -481,6 +526,9 @@ impl Store {
                 let view_atime = e.atime;
                 if let Some(t) = opts.touch {
                     e.exptime = abs_exptime(t, now);
+                    if let Some(m) = self.mirror.get() {
+                        m.changed(&e.as_record());
+                    }
                     out.seq = self.journal.record(&Record::Touch { key: &e.key, exptime: e.exptime, cas: e.cas });
                 }
                 if let Some(r) = opts.recache {
@@ -498,6 +546,14 @@ impl Store {
                 if opts.bump {
                     e.atime = now;
                     e.fetched = true;
+                    e.hits = e.hits.saturating_add(1);
+                    // Offer hot items to the mirror; an item already there is re-offered now and then in
+                    // case the kernel's own LRU dropped it.
+                    if let Some(m) = self.mirror.get() {
+                        if !e.in_mirror || e.hits % 64 == 0 {
+                            e.in_mirror = m.read_hit(&e.as_record(), e.hits);
+                        }
+                    }
                 }
                 out.item = Some(ItemView {
                     value: e.value.clone(),
@@ -665,7 +721,7 @@ impl Store {
                     (DeleteStatus::Deleted, seq)
                 } else {
                     let e = g.remove(idx);
-                    let seq = self.journal.record(&Record::Delete { key: &e.key });
+                    let seq = self.journal_delete(&e.key);
                     (DeleteStatus::Deleted, seq)
                 }
             }
@@ -683,7 +739,7 @@ impl Store {
         let seq = match g.find(hash, key) {
             Some(idx) => {
                 let e = g.remove(idx);
-                self.journal.record(&Record::Delete { key: &e.key })
+                self.journal_delete(&e.key)
             }
             None => 0,
         };
@@ -767,6 +823,9 @@ impl Store {
         // between taking a CAS and journaling it, so `max_cas` splits the log exactly.
         let mut guards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
         let max_cas = if immediate { self.cas.load(Ordering::Relaxed) } else { 0 };
+        if let Some(m) = self.mirror.get() {
+            m.flushed(at, now);
+        }
         let seq = self.journal.record(&Record::FlushAll { at, max_cas });
         self.flush_at.store(at, Ordering::Relaxed);
         if immediate {

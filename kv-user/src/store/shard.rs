@@ -27,6 +27,10 @@ pub(crate) struct Entry {
     pub stale: bool,
     /// A client already got the recache "win" token (mg W/Z).
     pub token_sent: bool,
+    /// User-space read hits since it was stored (the admission frequency estimate).
+    pub hits: u32,
+    /// The mirror (kernel cache) took it on its last read hit.
+    pub in_mirror: bool,
     prev: u32,
     next: u32,
 }
@@ -58,6 +62,8 @@ impl Entry {
             fetched: false,
             stale: false,
             token_sent: false,
+            hits: 0,
+            in_mirror: false,
             prev: NIL,
             next: NIL,
         }
