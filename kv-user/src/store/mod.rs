@@ -550,7 +550,7 @@ impl Store {
                     // Offer hot items to the mirror; an item already there is re-offered now and then in
                     // case the kernel's own LRU dropped it.
                     if let Some(m) = self.mirror.get() {
-                        if !e.in_mirror || e.hits % 64 == 0 {
+                        if !e.in_mirror || e.hits.is_multiple_of(64) {
                             e.in_mirror = m.read_hit(&e.as_record(), e.hits);
                         }
                     }
