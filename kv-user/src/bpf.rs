@@ -239,4 +239,4 @@ pub fn bpf_required() -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -205,3 +205,6 @@ mod tests {
         assert!(d > mono + 8_900_000_000 && d <= mono + 10_000_000_000, "{}", d - mono);
     }
 }
+
+#[cfg(test)]
+mod differential;

@@ -52,7 +52,7 @@ fn ip_checksum(h: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-fn run(path: &mut KernelPath, pkt: &[u8]) -> (u32, Vec<u8>) {
+pub(crate) fn run(path: &mut KernelPath, pkt: &[u8]) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; 4096];
     let res = path
         .program()
@@ -69,7 +69,7 @@ fn put(path: &mut KernelPath, key: &[u8], flags: u32, cas: u64, value: &[u8], ex
 }
 
 /// Checks the reply frame's headers against the request and returns the reply text.
-fn reply_text(req: &[u8], reply: &[u8]) -> Vec<u8> {
+pub(crate) fn reply_text(req: &[u8], reply: &[u8]) -> Vec<u8> {
     assert_eq!(&reply[0..6], &req[6..12], "eth dst = request src");
     assert_eq!(&reply[6..12], &req[0..6], "eth src = request dst");
     assert_eq!(&reply[12..14], &[0x08, 0x00]);
