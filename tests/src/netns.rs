@@ -132,14 +132,11 @@ impl VethPair {
     /// namespaces (never in the host's), named `veth-s`/`veth-c` there.
     pub fn new(ns_a: &Netns, ns_b: &Netns, addr_a: &str, addr_b: &str) -> Result<VethPair> {
         let (if_a, if_b) = ("veth-s".to_string(), "veth-c".to_string());
-        run_ip(&["link", "add", &if_a, "netns", &ns_a.name, "type", "veth", "peer", "name", &if_b, "netns", &ns_b.name])?;
-        let pair = VethPair {
-            addr_a: parse_cidr(addr_a)?,
-            addr_b: parse_cidr(addr_b)?,
-            if_a,
-            if_b,
-            ns_a: ns_a.name.clone(),
-        };
+        run_ip(&[
+            "link", "add", &if_a, "netns", &ns_a.name, "type", "veth", "peer", "name", &if_b, "netns", &ns_b.name,
+        ])?;
+        let pair =
+            VethPair { addr_a: parse_cidr(addr_a)?, addr_b: parse_cidr(addr_b)?, if_a, if_b, ns_a: ns_a.name.clone() };
         ns_a.ip(&["addr", "add", addr_a, "dev", &pair.if_a])?;
         ns_b.ip(&["addr", "add", addr_b, "dev", &pair.if_b])?;
         ns_a.ip(&["link", "set", &pair.if_a, "up"])?;
@@ -210,13 +207,9 @@ impl XdpBed {
         let client_ns = Netns::create(&format!("{tag}-c")).context("creating the client namespace")?;
         let (pid, n) = unique();
         let subnet = (pid.wrapping_mul(31).wrapping_add(n)) % 250 + 1;
-        let veth = VethPair::new(
-            &server_ns,
-            &client_ns,
-            &format!("10.77.{subnet}.1/24"),
-            &format!("10.77.{subnet}.2/24"),
-        )
-        .context("creating the veth pair")?;
+        let veth =
+            VethPair::new(&server_ns, &client_ns, &format!("10.77.{subnet}.1/24"), &format!("10.77.{subnet}.2/24"))
+                .context("creating the veth pair")?;
         let client_if = veth.if_b.clone();
         let client_xdp = client_ns
             .run(move || {
@@ -260,6 +253,10 @@ impl XdpBed {
     /// [`Self::start`], or None after [`unavailable`] (which panics under `KV_REQUIRE_BPF=1`).
     #[track_caller]
     pub fn start_or_skip(tag: &str, extra: &[&str]) -> Option<XdpBed> {
+        if crate::targets_memcached() {
+            eprintln!("SKIP: kv-server only (the XDP path)");
+            return None;
+        }
         match XdpBed::start(tag, extra) {
             Ok(b) => Some(b),
             Err(e) => {

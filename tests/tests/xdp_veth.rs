@@ -105,6 +105,22 @@ fn harness_kernel_replies_reach_the_client_namespace() {
     bed.kernel_cache_remove(b"probe").unwrap();
     let (r, hit) = udp.request(b"get probe\r\n");
     assert_eq!((r.body.as_slice(), hit), (&b"END\r\n"[..], false));
+    // Replies much larger than the request: the frame must grow by more than a native veth's headroom.
+    // The kernel either answers correctly or passes the request (user space has no such key: END).
+    for len in [200usize, 600, 1300] {
+        let value: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+        bed.kernel_cache_insert(b"grow", 0, 1, &value).expect("writing the kernel cache");
+        let too_big = bed.kernel_counter(Counter::PassTooBig);
+        let (r, hit) = udp.request(b"get grow\r\n");
+        if hit {
+            assert_eq!(r.body, get_reply("grow", &value), "{len}-byte value from the kernel");
+        } else {
+            assert_eq!(r.body, b"END\r\n");
+            assert_eq!(bed.kernel_counter(Counter::PassTooBig), too_big + 1, "passed as too big");
+        }
+        eprintln!("{len}-byte value for a 16-byte request: {}", if hit { "kernel" } else { "passed (too big)" });
+        bed.kernel_cache_remove(b"grow").unwrap();
+    }
 }
 
 #[test]
