@@ -1,0 +1,467 @@
+//! Network-namespace harness for the XDP end-to-end tests: a server namespace and a client namespace
+//! joined by a veth pair, `kv-server` running in the server namespace with native XDP on its veth, and
+//! sockets created inside the client namespace.
+//!
+//! Facts this relies on (see /work/shared/TOOLCHAIN.md):
+//! - native XDP_TX replies on a veth reach the peer only if the *peer* veth has an XDP program too, so
+//!   the client's veth gets the project's own program, specialised for a port nobody uses (it passes
+//!   everything);
+//! - `setns(CLONE_NEWNET)` only moves the calling thread, and a socket stays in the namespace it was
+//!   created in: sockets are created on a short-lived thread that entered the client namespace and are
+//!   then used from any thread.
+//!
+//! Everything is cleaned up by Drop guards (also when a test panics): the server is killed first, then
+//! the client's XDP program detached, then both namespaces deleted (which deletes the veth pair).
+//! Traffic only ever goes to 10.77.N.x addresses inside these namespaces.
+
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo, PerCpuArray};
+use kv_common::{CacheEntry, CacheKey, Counter};
+use kv_user::bpf::{KernelOpts, KernelPath};
+use kv_user::config::XdpMode;
+
+use crate::Client;
+
+/// Whether tests that need BPF and namespaces must fail rather than skip (`KV_REQUIRE_BPF=1`).
+pub fn bpf_required() -> bool {
+    std::env::var("KV_REQUIRE_BPF").is_ok_and(|v| v == "1")
+}
+
+/// Port the server listens on inside its namespace (TCP and UDP): the namespace is private, so a fixed
+/// port cannot collide with anything.
+pub const PORT: u16 = 11211;
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique suffix per call within this process: `<pid>-<n>`.
+fn unique() -> (u32, u32) {
+    (std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+fn run_ip(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `kvt-<tag>-<pid>-<n>` with `lo` up. Names stay within 15 bytes where possible (they are
+    /// only file names under /var/run/netns, so longer is fine too).
+    pub fn create(tag: &str) -> Result<Netns> {
+        let (pid, n) = unique();
+        let name = format!("kvt-{tag}-{pid}-{n}");
+        run_ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> <args>`; stdout on success.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        run_ip(&full)
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec` execs it, so the child's pid
+    /// is the program's).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that entered this namespace and returns its result (panics propagate).
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.name, f)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
+    }
+}
+
+/// Runs `f` on a dedicated thread that first did `setns(CLONE_NEWNET)` into namespace `name`; sockets
+/// `f` creates live in that namespace (and stay there when handed back to other threads).
+pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{name}");
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+            // SAFETY: plain syscall on a valid fd; affects only this thread.
+            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns into {name}: {}", std::io::Error::last_os_error());
+            f()
+        });
+        match h.join() {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    })
+}
+
+/// A veth pair with one end in each namespace, addressed and up.
+pub struct VethPair {
+    /// Interface name in namespace a / b.
+    pub if_a: String,
+    pub if_b: String,
+    pub addr_a: Ipv4Addr,
+    pub addr_b: Ipv4Addr,
+    ns_a: String,
+}
+
+impl VethPair {
+    /// `addr_a`/`addr_b` in CIDR form ("10.77.N.1/24"). The interfaces are created directly inside the
+    /// namespaces (never in the host's), named `veth-s`/`veth-c` there.
+    pub fn new(ns_a: &Netns, ns_b: &Netns, addr_a: &str, addr_b: &str) -> Result<VethPair> {
+        let (if_a, if_b) = ("veth-s".to_string(), "veth-c".to_string());
+        run_ip(&[
+            "link", "add", &if_a, "netns", &ns_a.name, "type", "veth", "peer", "name", &if_b, "netns", &ns_b.name,
+        ])?;
+        let pair =
+            VethPair { addr_a: parse_cidr(addr_a)?, addr_b: parse_cidr(addr_b)?, if_a, if_b, ns_a: ns_a.name.clone() };
+        ns_a.ip(&["addr", "add", addr_a, "dev", &pair.if_a])?;
+        ns_b.ip(&["addr", "add", addr_b, "dev", &pair.if_b])?;
+        ns_a.ip(&["link", "set", &pair.if_a, "up"])?;
+        ns_b.ip(&["link", "set", &pair.if_b, "up"])?;
+        Ok(pair)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        // Deleting either namespace deletes the pair too; this is for a pair whose namespaces outlive it.
+        let _ = Command::new("ip").args(["-n", &self.ns_a, "link", "del", &self.if_a]).stderr(Stdio::null()).status();
+    }
+}
+
+fn parse_cidr(s: &str) -> Result<Ipv4Addr> {
+    let ip = s.split('/').next().unwrap_or(s);
+    ip.parse().with_context(|| format!("bad address {s:?}"))
+}
+
+/// The XDP program id attached to `iface` in `ns`, from `ip -d link show` (`prog/xdp id N`).
+pub fn xdp_prog_id(ns: &Netns, iface: &str) -> Result<Option<u32>> {
+    let out = ns.ip(&["-d", "link", "show", iface])?;
+    let mut words = out.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "prog/xdp" && words.next() == Some("id") {
+            return Ok(words.next().and_then(|id| id.parse().ok()));
+        }
+    }
+    Ok(None)
+}
+
+/// Why a testbed could not be set up: the test fails under `KV_REQUIRE_BPF=1`, else it skips.
+#[track_caller]
+pub fn unavailable(why: &str) {
+    assert!(!bpf_required(), "KV_REQUIRE_BPF=1 but {why}");
+    eprintln!("SKIP: {why}");
+}
+
+/// Server namespace + client namespace + veth pair + `kv-server` with native XDP on its veth + the
+/// client veth's XDP program. Torn down in a safe order on drop.
+pub struct XdpBed {
+    pub server: Child,
+    /// The server's address (10.77.N.1:PORT), reachable from the client namespace.
+    pub addr: SocketAddr,
+    pub veth: VethPair,
+    /// The client veth's XDP program (needed for XDP_TX replies to arrive); detached on drop.
+    client_xdp: Option<KernelPath>,
+    pub server_ns: Netns,
+    pub client_ns: Netns,
+    /// Id of the server's XDP program (global, usable from any namespace).
+    pub prog_id: u32,
+    /// Ids of its COUNTERS and CACHE maps.
+    counters_id: u32,
+    cache_id: u32,
+}
+
+impl XdpBed {
+    /// Sets everything up; on failure returns why (the caller passes it to [`unavailable`]).
+    pub fn start(tag: &str, extra: &[&str]) -> Result<XdpBed> {
+        if crate::targets_memcached() {
+            bail!("the XDP path is kv-server only");
+        }
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("network namespaces and XDP need root");
+        }
+        let server_ns = Netns::create(&format!("{tag}-s")).context("creating the server namespace")?;
+        let client_ns = Netns::create(&format!("{tag}-c")).context("creating the client namespace")?;
+        let (pid, n) = unique();
+        let subnet = (pid.wrapping_mul(31).wrapping_add(n)) % 250 + 1;
+        let veth =
+            VethPair::new(&server_ns, &client_ns, &format!("10.77.{subnet}.1/24"), &format!("10.77.{subnet}.2/24"))
+                .context("creating the veth pair")?;
+        let client_if = veth.if_b.clone();
+        let client_xdp = client_ns
+            .run(move || {
+                // Port 1: nothing is served there, so this program passes every packet; it only has to exist.
+                KernelPath::attach(&client_if, XdpMode::Native, KernelOpts { port: 1, ..Default::default() })
+            })
+            .context("attaching the pass-through XDP program to the client veth")?;
+        let addr = SocketAddr::V4(SocketAddrV4::new(veth.addr_a, PORT));
+        let log = std::env::var_os("KV_TEST_LOG").is_some();
+        let port = PORT.to_string();
+        let server = server_ns
+            .command(crate::server_bin())
+            .args(["-l", &veth.addr_a.to_string(), "-p", &port, "-U", &port, "--iface", &veth.if_a])
+            .args(["--xdp-mode", "native", "--no-persist"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+            .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .context("spawning kv-server in the namespace")?;
+        let mut bed = XdpBed {
+            server,
+            addr,
+            veth,
+            client_xdp: Some(client_xdp),
+            server_ns,
+            client_ns,
+            prog_id: 0,
+            counters_id: 0,
+            cache_id: 0,
+        };
+        bed.wait_ready()?;
+        // The server attaches XDP before it serves, so by now it is attached or it never will be.
+        bed.prog_id = xdp_prog_id(&bed.server_ns, &bed.veth.if_a)?
+            .context("the server runs but has no XDP program on its veth (attach failed: no BPF?)")?;
+        bed.counters_id = bed.map_id("COUNTERS")?;
+        bed.cache_id = bed.map_id("CACHE")?;
+        Ok(bed)
+    }
+
+    /// [`Self::start`], or None after [`unavailable`] (which panics under `KV_REQUIRE_BPF=1`).
+    #[track_caller]
+    pub fn start_or_skip(tag: &str, extra: &[&str]) -> Option<XdpBed> {
+        if crate::targets_memcached() {
+            eprintln!("SKIP: kv-server only (the XDP path)");
+            return None;
+        }
+        match XdpBed::start(tag, extra) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                unavailable(&format!("no XDP testbed: {e:#}"));
+                None
+            }
+        }
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let pid = self.server.id();
+        let addr = self.addr;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.server.try_wait() {
+                bail!("kv-server exited at start ({st}); rerun with KV_TEST_LOG=1 to see why");
+            }
+            let got = self.client_ns.run(|| {
+                let mut c = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+                c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+                c.write_all(b"stats\r\n").ok()?;
+                let text = read_stats(&mut c).ok()?;
+                text.get("pid").and_then(|p| p.parse::<u32>().ok())
+            });
+            if got == Some(pid) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("kv-server in {} did not answer on {addr} within 20 s", self.server_ns.name)
+    }
+
+    /// A TCP client connected from the client namespace.
+    pub fn client(&self) -> Client {
+        let addr = self.addr;
+        self.client_ns.run(move || Client::connect(addr))
+    }
+
+    /// A UDP socket in the client namespace (bound to an ephemeral port on the client's address).
+    pub fn udp_socket(&self) -> UdpSocket {
+        let local = SocketAddr::V4(SocketAddrV4::new(self.veth.addr_b, 0));
+        self.client_ns.run(move || UdpSocket::bind(local).expect("binding a UDP socket in the client namespace"))
+    }
+
+    /// `stats` over a fresh TCP connection from the client namespace, as name → value.
+    pub fn stats(&self) -> HashMap<String, String> {
+        let mut c = self.client();
+        c.send(b"stats\r\n");
+        read_stats(&mut c.stream).expect("reading stats")
+    }
+
+    /// One numeric `STAT` line, None if the server does not report it.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        self.stats().get(name).map(|v| v.parse().unwrap_or_else(|_| panic!("STAT {name} {v:?} is not a number")))
+    }
+
+    /// One counter of the server's XDP program, read straight from its `COUNTERS` map (the kernel's own
+    /// truth, independent of what `stats` reports).
+    pub fn kernel_counter(&self, c: Counter) -> u64 {
+        let map = open_map(self.counters_id).expect("opening the server's COUNTERS map");
+        let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).expect("COUNTERS is a per-CPU array");
+        arr.get(&(c as u32), 0).expect("reading a counter").iter().sum()
+    }
+
+    /// Kernel hits so far (requests answered with XDP_TX).
+    pub fn kernel_hits(&self) -> u64 {
+        self.kernel_counter(Counter::Hits)
+    }
+
+    /// Writes an entry into the server's kernel cache behind its back (harness self-test only: proves
+    /// that kernel replies reach the client namespace, whatever user space admits).
+    pub fn kernel_cache_insert(&self, key: &[u8], flags: u32, cas: u64, value: &[u8]) -> Result<()> {
+        let map = open_map(self.cache_id)?;
+        let mut cache: BpfHashMap<MapData, CacheKey, CacheEntry> = BpfHashMap::try_from(map)?;
+        let k = CacheKey::new(key).context("bad key")?;
+        let e = kv_user::bpf::cache_entry(key, flags, cas, value, 0).context("entry too big")?;
+        cache.insert(k, e, 0)?;
+        Ok(())
+    }
+
+    /// Removes an entry inserted with [`Self::kernel_cache_insert`].
+    pub fn kernel_cache_remove(&self, key: &[u8]) -> Result<()> {
+        let map = open_map(self.cache_id)?;
+        let mut cache: BpfHashMap<MapData, CacheKey, CacheEntry> = BpfHashMap::try_from(map)?;
+        cache.remove(&CacheKey::new(key).context("bad key")?)?;
+        Ok(())
+    }
+
+    fn map_id(&self, name: &str) -> Result<u32> {
+        let prog = aya::programs::loaded_programs()
+            .filter_map(|p| p.ok())
+            .find(|p| p.id() == self.prog_id)
+            .with_context(|| format!("XDP program {} not loaded", self.prog_id))?;
+        for id in prog.map_ids()?.context("map ids unavailable")? {
+            if MapInfo::from_id(id)?.name_as_str() == Some(name) {
+                return Ok(id);
+            }
+        }
+        bail!("program {} has no map {name}", self.prog_id)
+    }
+
+    /// Whether the server process is still running.
+    pub fn server_alive(&mut self) -> bool {
+        matches!(self.server.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for XdpBed {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        self.client_xdp.take();
+        // Then the fields: veth (deleted), namespaces (deleted).
+    }
+}
+
+fn open_map(id: u32) -> Result<Map> {
+    Ok(Map::from_map_data(MapData::from_id(id)?)?)
+}
+
+/// Reads a `stats` reply (up to `END\r\n`) into name → value.
+fn read_stats(s: &mut TcpStream) -> std::io::Result<HashMap<String, String>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.ends_with(b"END\r\n") {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&buf)
+        .lines()
+        .filter_map(|l| l.strip_prefix("STAT "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect())
+}
+
+/// One memcached UDP request datagram: 8-byte frame header (id, seq 0, count 1, reserved) + payload.
+pub fn udp_frame(req_id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut pkt = Vec::with_capacity(8 + payload.len());
+    pkt.extend_from_slice(&req_id.to_be_bytes());
+    pkt.extend_from_slice(&[0, 0, 0, 1, 0, 0]);
+    pkt.extend_from_slice(payload);
+    pkt
+}
+
+/// A reassembled UDP reply and how many datagrams it came in.
+#[derive(Debug)]
+pub struct UdpReply {
+    pub body: Vec<u8>,
+    pub datagrams: usize,
+}
+
+/// Sends one request and collects its reply; datagrams with another request id (late replies to earlier
+/// requests) are skipped. None if the whole reply did not arrive within `timeout` (UDP may lose it).
+/// Panics on malformed frames.
+pub fn try_udp_request(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    req_id: u16,
+    payload: &[u8],
+    timeout: Duration,
+) -> Option<UdpReply> {
+    sock.send_to(&udp_frame(req_id, payload), to).expect("sending a UDP request");
+    let deadline = Instant::now() + timeout;
+    let mut parts: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        let n = match sock.recv_from(&mut buf) {
+            Ok((n, _)) => n,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return None,
+            Err(e) => panic!("receiving a UDP reply: {e}"),
+        };
+        assert!((8..=1400).contains(&n), "datagram of {n} bytes");
+        let id = u16::from_be_bytes([buf[0], buf[1]]);
+        if id != req_id {
+            continue;
+        }
+        let seq = u16::from_be_bytes([buf[2], buf[3]]) as usize;
+        let total = u16::from_be_bytes([buf[4], buf[5]]) as usize;
+        assert_eq!(&buf[6..8], &[0, 0], "reserved bytes");
+        assert!(seq < total, "sequence {seq} of {total}");
+        if parts.is_empty() {
+            parts.resize(total, None);
+        }
+        assert_eq!(parts.len(), total, "consistent datagram count");
+        parts[seq] = Some(buf[8..n].to_vec());
+        if parts.iter().all(Option::is_some) {
+            let datagrams = parts.len();
+            return Some(UdpReply { body: parts.into_iter().flatten().flatten().collect(), datagrams });
+        }
+    }
+}
+
+/// [`try_udp_request`] with up to 5 attempts of 1 s each; panics if every attempt is lost.
+#[track_caller]
+pub fn udp_request_retry(sock: &UdpSocket, to: SocketAddr, req_id: u16, payload: &[u8]) -> UdpReply {
+    for _ in 0..5 {
+        if let Some(r) = try_udp_request(sock, to, req_id, payload, Duration::from_secs(1)) {
+            return r;
+        }
+    }
+    panic!("no UDP reply to {:?} after 5 attempts", String::from_utf8_lossy(payload));
+}
