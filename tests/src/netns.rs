@@ -223,7 +223,7 @@ impl XdpBed {
         let server = server_ns
             .command(crate::server_bin())
             .args(["-l", &veth.addr_a.to_string(), "-p", &port, "-U", &port, "--iface", &veth.if_a])
-            .args(["--xdp-mode", "native", "--no-persist"])
+            .args(["--xdp-mode", "native", "--no-persist", "--udp-allow", "10.77.0.0/16"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
@@ -332,7 +332,7 @@ impl XdpBed {
         let map = open_map(self.cache_id)?;
         let mut cache: BpfHashMap<MapData, CacheKey, CacheEntry> = BpfHashMap::try_from(map)?;
         let k = CacheKey::new(key).context("bad key")?;
-        let e = kv_user::bpf::cache_entry(key, flags, cas, value, 0).context("entry too big")?;
+        let e = kv_user::bpf::cache_entry(key, flags, cas, value, 0, 0).context("entry too big")?;
         cache.insert(k, e, 0)?;
         Ok(())
     }
