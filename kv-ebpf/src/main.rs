@@ -25,6 +25,11 @@ mod prog {
     #[unsafe(no_mangle)]
     static KV_PORT: u16 = 11211;
 
+    /// Non-zero: log every pass with its reason through aya-log (`-vv`). Hits are never logged: a log
+    /// record costs microseconds, more than the whole kernel hit path.
+    #[unsafe(no_mangle)]
+    static KV_LOG: u8 = 0;
+
     /// The kernel cache: key bytes -> preformatted reply. User space keeps it coherent with the store.
     #[map(name = "CACHE")]
     static CACHE: LruHashMap<CacheKey, CacheEntry> = LruHashMap::with_max_entries(16384, 0);
@@ -69,6 +74,9 @@ mod prog {
             Ok(action) => action,
             Err(reason) => {
                 add(reason, 1);
+                if unsafe { core::ptr::read_volatile(&KV_LOG) } != 0 {
+                    aya_log_ebpf::debug!(&ctx, "xdp pass: reason {}", reason as u32);
+                }
                 xdp_action::XDP_PASS
             }
         }

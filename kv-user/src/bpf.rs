@@ -30,11 +30,13 @@ pub struct KernelOpts {
     pub port: u16,
     /// Capacity of the kernel cache (LRU hash map entries).
     pub cache_entries: u32,
+    /// Log every pass and its reason from the kernel (aya-log), for debugging (`-vv`).
+    pub log: bool,
 }
 
 impl Default for KernelOpts {
     fn default() -> Self {
-        Self { port: kv_common::DEFAULT_PORT, cache_entries: 16384 }
+        Self { port: kv_common::DEFAULT_PORT, cache_entries: 16384, log: false }
     }
 }
 
@@ -42,18 +44,60 @@ impl Default for KernelOpts {
 pub struct KernelPath {
     ebpf: Ebpf,
     pub iface: Option<String>,
+    /// Drains aya-log records while the program is loaded with logging on.
+    _logger: Option<LogDrain>,
+}
+
+/// A thread that forwards the program's aya-log records to the `log` crate until dropped.
+struct LogDrain {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogDrain {
+    fn start(ebpf: &mut Ebpf, sink: &'static dyn log::Log) -> Result<Self> {
+        let mut logger = aya_log::EbpfLogger::init_with_logger(ebpf, sink).context("starting aya-log")?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("kv-bpf-log".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let mut pfd = libc::pollfd { fd: logger.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd; the timeout lets the thread notice `stop`.
+                unsafe { libc::poll(&mut pfd, 1, 200) };
+                logger.flush();
+            }
+        })?;
+        Ok(LogDrain { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for LogDrain {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl KernelPath {
     /// Loads the program into the kernel without attaching it (enough for BPF_PROG_TEST_RUN).
     pub fn load(opts: KernelOpts) -> Result<Self> {
+        Self::load_with_logger(opts, log::logger())
+    }
+
+    /// As [`load`](Self::load), sending kernel log records (with `opts.log`) to `sink`.
+    pub fn load_with_logger(opts: KernelOpts, sink: &'static dyn log::Log) -> Result<Self> {
+        let log = u8::from(opts.log);
         let mut ebpf = EbpfLoader::new()
             .override_global("KV_PORT", &opts.port, true)
+            .override_global("KV_LOG", &log, true)
             .map_max_entries("CACHE", opts.cache_entries)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel")?;
+        let logger = if opts.log { Some(LogDrain::start(&mut ebpf, sink)?) } else { None };
         program(&mut ebpf)?.load().context("verifying the XDP program")?;
-        Ok(Self { ebpf, iface: None })
+        Ok(Self { ebpf, iface: None, _logger: logger })
     }
 
     /// Loads and attaches to `iface`.

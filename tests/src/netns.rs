@@ -223,7 +223,9 @@ impl XdpBed {
         let server = server_ns
             .command(crate::server_bin())
             .args(["-l", &veth.addr_a.to_string(), "-p", &port, "-U", &port, "--iface", &veth.if_a])
-            .args(["--xdp-mode", "native", "--no-persist", "--udp-allow", "10.77.0.0/16"])
+            .args(["--xdp-mode", "native", "--no-persist"])
+            // The client's prefix may use UDP unless the test sets its own allowlist.
+            .args(if extra.contains(&"--udp-allow") { &[][..] } else { &["--udp-allow", "10.77.0.0/16"][..] })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })

@@ -153,7 +153,7 @@ fn no_stale_reads_under_concurrent_writes() {
     // above only covered user space.
     assert!(
         run_hits > 0,
-        "PENDING kv-user admission: no UDP get was answered by the kernel during the run \
+        "no UDP get was answered by the kernel during the run \
          ({warm_hits} during warm-up), so only user-space reads were checked"
     );
 }

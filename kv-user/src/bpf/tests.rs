@@ -7,7 +7,7 @@ use kv_common::xdp_action::{XDP_PASS, XDP_TX};
 const PORT: u16 = 11211;
 
 fn load() -> Option<KernelPath> {
-    match KernelPath::load(KernelOpts { port: PORT, cache_entries: 1024 }) {
+    match KernelPath::load(KernelOpts { port: PORT, cache_entries: 1024, log: false }) {
         Ok(mut p) => {
             // Test packets come from 10.0.0.2.
             p.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
@@ -417,4 +417,36 @@ fn flush_generation_and_allowlist() {
     assert!(!handle.remove(&k2).unwrap());
     assert!(handle.remove(&CacheKey::new(b"g").unwrap()).unwrap());
     assert_pass_untouched(&mut path, &req);
+}
+
+/// Collects log records from the kernel side.
+struct Capture(std::sync::Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        self.0.lock().unwrap().push(r.args().to_string());
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn passes_are_logged_only_when_asked() {
+    static CAPTURE: Capture = Capture(std::sync::Mutex::new(Vec::new()));
+    let opts = KernelOpts { port: PORT, cache_entries: 64, log: true };
+    let mut path = match KernelPath::load_with_logger(opts, &CAPTURE) {
+        Ok(p) => p,
+        Err(e) if !bpf_required() => return eprintln!("SKIP: cannot load BPF here ({e:#})"),
+        Err(e) => panic!("BPF required but loading failed: {e:#}"),
+    };
+    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+    assert_pass_untouched(&mut path, &packet(PORT, 1, 0, 1, b"get nothere\r\n"));
+    let want = format!("xdp pass: reason {}", Counter::PassMiss as u32);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !CAPTURE.0.lock().unwrap().contains(&want) {
+        assert!(std::time::Instant::now() < deadline, "no kernel log record; got {:?}", CAPTURE.0.lock().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -75,7 +75,7 @@ fn random_value(rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn xdp_replies_equal_user_space_replies() {
-    let mut path = match KernelPath::load(KernelOpts { port: PORT, cache_entries: 4096 }) {
+    let mut path = match KernelPath::load(KernelOpts { port: PORT, cache_entries: 4096, log: false }) {
         Ok(p) => p,
         Err(e) if !bpf_required() => {
             eprintln!("SKIP: cannot load BPF here ({e:#}); set KV_REQUIRE_BPF=1 to make this fail");
@@ -100,7 +100,8 @@ fn xdp_replies_equal_user_space_replies() {
             0..=5 => {
                 let value = random_value(&mut rng);
                 let flags = if rng.below(4) == 0 { u32::MAX } else { rng.below(1000) as u32 };
-                let mut req = format!("set {} {flags} 0 {}\r\n", String::from_utf8_lossy(key), value.len()).into_bytes();
+                let mut req =
+                    format!("set {} {flags} 0 {}\r\n", String::from_utf8_lossy(key), value.len()).into_bytes();
                 req.extend_from_slice(&value);
                 req.extend_from_slice(b"\r\n");
                 assert_eq!(user_space(&ctx, &req), b"STORED\r\n");

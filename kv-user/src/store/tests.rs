@@ -460,3 +460,724 @@ fn concurrent_sets_are_consistent() {
     }
     assert_eq!(s.stats().curr_items, 8000);
 }
+
+/// The [`Mirror`] hooks: every change of a key reaches the mirror, under the key's shard lock, in order.
+mod mirror {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+    use super::*;
+
+    /// One mirror call, with owned data.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Ev {
+        Changed(Owned),
+        Removed(Vec<u8>),
+        Flushed { at: u64, now: u64 },
+        ReadHit(Owned, u32),
+    }
+
+    /// Records every call; `read_hit` answers `admit`. Also checks that each call is made under the lock of
+    /// the key's shard (all shards for `flushed`).
+    #[derive(Default)]
+    struct Rec {
+        events: Mutex<Vec<Ev>>,
+        admit: AtomicBool,
+        store: OnceLock<Weak<Store>>,
+        unlocked: Mutex<Vec<String>>,
+    }
+
+    impl Rec {
+        fn check_locked(&self, key: Option<&[u8]>, what: &str) {
+            let Some(s) = self.store.get().and_then(Weak::upgrade) else { return };
+            let locked = match key {
+                Some(k) => s.shards[s.locate(k).1].is_locked(),
+                None => s.shards.iter().all(|m| m.is_locked()),
+            };
+            if !locked {
+                let k = key.map(|k| String::from_utf8_lossy(k).into_owned());
+                self.unlocked.lock().unwrap().push(format!("{what} {k:?} called without the shard lock"));
+            }
+        }
+
+        fn push(&self, ev: Ev) {
+            self.events.lock().unwrap().push(ev);
+        }
+
+        /// The events since the last call; also asserts that all of them were made under the shard lock.
+        fn take(&self) -> Vec<Ev> {
+            let unlocked = std::mem::take(&mut *self.unlocked.lock().unwrap());
+            assert!(unlocked.is_empty(), "{unlocked:?}");
+            std::mem::take(&mut *self.events.lock().unwrap())
+        }
+
+        fn admit(&self, yes: bool) {
+            self.admit.store(yes, Ordering::Relaxed);
+        }
+    }
+
+    impl Mirror for Rec {
+        fn changed(&self, item: &Record<'_>) {
+            let Record::Set { key, .. } = *item else { panic!("changed with a non-Set record: {item:?}") };
+            self.check_locked(Some(key), "changed");
+            self.push(Ev::Changed(Owned::from(item)));
+        }
+
+        fn removed(&self, key: &[u8]) {
+            self.check_locked(Some(key), "removed");
+            self.push(Ev::Removed(key.to_vec()));
+        }
+
+        fn flushed(&self, at: u64, now: u64) {
+            self.check_locked(None, "flushed");
+            self.push(Ev::Flushed { at, now });
+        }
+
+        fn read_hit(&self, item: &Record<'_>, hits: u32) -> bool {
+            let Record::Set { key, .. } = *item else { panic!("read_hit with a non-Set record: {item:?}") };
+            self.check_locked(Some(key), "read_hit");
+            self.push(Ev::ReadHit(Owned::from(item), hits));
+            self.admit.load(Ordering::Relaxed)
+        }
+    }
+
+    fn st(key: &str, value: &[u8], flags: u32, cas: u64, exptime: u64, time: u64) -> Owned {
+        Owned::Set { key: key.as_bytes().to_vec(), flags, exptime, cas, time, value: value.to_vec() }
+    }
+
+    fn ch(key: &str, value: &[u8], flags: u32, cas: u64, exptime: u64, time: u64) -> Ev {
+        Ev::Changed(st(key, value, flags, cas, exptime, time))
+    }
+
+    fn rm(key: &str) -> Ev {
+        Ev::Removed(key.as_bytes().to_vec())
+    }
+
+    /// The live item's state, read without side effects (no reclaim, no bump, no hit).
+    fn peek(s: &Store, key: &[u8]) -> Option<Owned> {
+        let now = s.now();
+        let (hash, si) = s.locate(key);
+        let g = s.shards[si].lock();
+        let e = g.get(g.find(hash, key)?);
+        (!s.dead(e, now)).then(|| Owned::from(&e.as_record()))
+    }
+
+    fn cas_of(s: &Store, key: &str) -> u64 {
+        match peek(s, key.as_bytes()) {
+            Some(Owned::Set { cas, .. }) => cas,
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+
+    fn setup_with(o: StoreOptions) -> (Arc<Store>, Arc<Rec>, Arc<ManualClock>) {
+        let c = Arc::new(ManualClock::new(T0));
+        let s = Arc::new(Store::with_clock(o, Arc::new(NoJournal), c.clone()));
+        let m = Arc::new(Rec::default());
+        m.store.set(Arc::downgrade(&s)).unwrap();
+        s.set_mirror(m.clone());
+        (s, m, c)
+    }
+
+    fn setup() -> (Arc<Store>, Arc<Rec>, Arc<ManualClock>) {
+        setup_with(opts(64))
+    }
+
+    fn req<'a>(mode: SetMode, key: &'a str, value: &'a [u8], flags: u32, exptime: i64) -> SetRequest<'a> {
+        SetRequest::new(mode, key.as_bytes(), value, flags, exptime)
+    }
+
+    fn touch(t: i64, bump: bool) -> FetchOpts {
+        FetchOpts { touch: Some(t), bump, ..FetchOpts::default() }
+    }
+
+    #[test]
+    fn set_add_replace() {
+        let (s, m, c) = setup();
+        let r = s.set(&req(SetMode::Set, "a", b"1", 7, 100));
+        assert_eq!(m.take(), vec![ch("a", b"1", 7, r.cas, T0 + 100, T0)]);
+        let r2 = s.set(&req(SetMode::Set, "a", b"one", 8, 0));
+        assert_eq!(m.take(), vec![ch("a", b"one", 8, r2.cas, 0, T0)]);
+        assert_eq!(s.set(&req(SetMode::Add, "a", b"2", 0, 0)).status, SetStatus::NotStored);
+        assert_eq!(s.set(&req(SetMode::Replace, "c", b"3", 0, 0)).status, SetStatus::NotStored);
+        assert_eq!(m.take(), vec![], "failed add/replace");
+        c.advance(1);
+        let rb = s.set(&req(SetMode::Add, "b", b"2", 3, (T0 + 50) as i64));
+        let ra = s.set(&req(SetMode::Replace, "a", b"3", 4, 20));
+        assert_eq!(
+            m.take(),
+            vec![ch("b", b"2", 3, rb.cas, T0 + 50, T0 + 1), ch("a", b"3", 4, ra.cas, T0 + 21, T0 + 1)]
+        );
+        // A negative exptime stores an already expired item (exptime 1): still a change of the key.
+        let ra = s.set(&req(SetMode::Set, "a", b"x", 0, -1));
+        assert_eq!(m.take(), vec![ch("a", b"x", 0, ra.cas, 1, T0 + 1)]);
+        assert_eq!(s.get(b"a"), None);
+        assert_eq!(m.take(), vec![rm("a")]);
+    }
+
+    #[test]
+    fn append_prepend() {
+        let (s, m, c) = setup();
+        assert_eq!(s.set(&req(SetMode::Append, "k", b"x", 0, 0)).status, SetStatus::NotStored);
+        assert_eq!(s.set(&req(SetMode::Prepend, "k", b"x", 0, 0)).status, SetStatus::NotStored);
+        assert_eq!(m.take(), vec![]);
+        s.set(&req(SetMode::Set, "k", b"mid", 5, 100));
+        m.take();
+        c.advance(2);
+        let r1 = s.set(&req(SetMode::Append, "k", b"_end", 9, 0));
+        let r2 = s.set(&req(SetMode::Prepend, "k", b"start_", 9, 0));
+        // Flags and exptime are kept; the item counts as stored now.
+        assert_eq!(
+            m.take(),
+            vec![
+                ch("k", b"mid_end", 5, r1.cas, T0 + 100, T0 + 2),
+                ch("k", b"start_mid_end", 5, r2.cas, T0 + 100, T0 + 2)
+            ]
+        );
+        let mut bad = req(SetMode::Append, "k", b"!", 0, 0);
+        bad.compare_cas = r2.cas + 1;
+        assert_eq!(s.set(&bad).status, SetStatus::Exists);
+        let big = vec![b'x'; (1 << 20) - 100];
+        assert_eq!(s.set(&req(SetMode::Append, "k", &big, 0, 0)).status, SetStatus::NotStored);
+        assert_eq!(m.take(), vec![], "failed append");
+        bad.compare_cas = r2.cas;
+        let r3 = s.set(&bad);
+        assert_eq!(m.take(), vec![ch("k", b"start_mid_end!", 5, r3.cas, T0 + 100, T0 + 2)]);
+        // ms N with append: created on a miss.
+        let mut viv = req(SetMode::Append, "new", b"seed", 6, 0);
+        viv.vivify = Some(50);
+        let r4 = s.set(&viv);
+        assert_eq!(r4.status, SetStatus::Stored);
+        assert_eq!(m.take(), vec![ch("new", b"seed", 6, r4.cas, T0 + 52, T0 + 2)]);
+    }
+
+    #[test]
+    fn cas_and_ms_modes() {
+        let (s, m, _) = setup();
+        let mut cas = req(SetMode::Cas, "k", b"v", 0, 0);
+        cas.compare_cas = 1;
+        assert_eq!(s.set(&cas).status, SetStatus::NotFound);
+        assert_eq!(m.take(), vec![], "cas on a missing key");
+        // ms E: explicit CAS.
+        let mut set = req(SetMode::Set, "k", b"v1", 1, 100);
+        set.new_cas = Some(50);
+        assert_eq!(s.set(&set).cas, 50);
+        assert_eq!(m.take(), vec![ch("k", b"v1", 1, 50, T0 + 100, T0)]);
+        let mut cas = req(SetMode::Cas, "k", b"v2", 2, 200);
+        for wrong in [0, 49, 51] {
+            cas.compare_cas = wrong;
+            assert_eq!(s.set(&cas).status, SetStatus::Exists);
+        }
+        assert_eq!(m.take(), vec![], "cas mismatch");
+        cas.compare_cas = 50;
+        let r = s.set(&cas);
+        assert_eq!(r.status, SetStatus::Stored);
+        assert_eq!(m.take(), vec![ch("k", b"v2", 2, r.cas, T0 + 200, T0)]);
+        // ms I: an older CAS is accepted, the item keeps its TTL.
+        let mut stale = req(SetMode::Cas, "k", b"v3", 3, 5);
+        stale.compare_cas = 40;
+        stale.allow_stale = true;
+        let r2 = s.set(&stale);
+        assert_eq!(r2.status, SetStatus::Stored);
+        assert_eq!(m.take(), vec![ch("k", b"v3", 3, r2.cas, T0 + 200, T0)]);
+        // ms E with add/replace.
+        let mut add = req(SetMode::Add, "a", b"x", 0, 0);
+        add.new_cas = Some(1000);
+        s.set(&add);
+        let mut rep = req(SetMode::Replace, "a", b"y", 0, 0);
+        rep.new_cas = Some(2000);
+        s.set(&rep);
+        assert_eq!(m.take(), vec![ch("a", b"x", 0, 1000, 0, T0), ch("a", b"y", 0, 2000, 0, T0)]);
+    }
+
+    #[test]
+    fn incr_decr_ma() {
+        let (s, m, c) = setup();
+        assert_eq!(s.arith(b"n", &ArithOpts::new(true, 1)).status, ArithStatus::NotFound);
+        assert_eq!(m.take(), vec![]);
+        s.set(&req(SetMode::Set, "n", b"10", 4, 100));
+        m.take();
+        c.advance(3);
+        let r1 = s.arith(b"n", &ArithOpts::new(false, 1));
+        let r2 = s.arith(b"n", &ArithOpts::new(true, 12345));
+        assert_eq!(
+            m.take(),
+            vec![ch("n", b"9 ", 4, r1.cas, T0 + 100, T0 + 3), ch("n", b"12345", 4, r2.cas, T0 + 100, T0 + 3)]
+        );
+        let mut bad = ArithOpts::new(true, 1);
+        bad.compare_cas = r2.cas + 1;
+        assert_eq!(s.arith(b"n", &bad).status, ArithStatus::Exists);
+        s.set(&req(SetMode::Set, "t", b"hi", 0, 0));
+        m.take();
+        assert_eq!(s.arith(b"t", &ArithOpts::new(true, 1)).status, ArithStatus::NonNumeric);
+        assert_eq!(s.arith(b"t", &ArithOpts::new(false, 1)).status, ArithStatus::NonNumeric);
+        assert_eq!(m.take(), vec![], "failed arith");
+        // ma with C, E, T and no padding.
+        let mut ma = ArithOpts::new(false, 12300);
+        ma.compare_cas = r2.cas;
+        ma.new_cas = Some(7777);
+        ma.touch = Some(30);
+        ma.pad = false;
+        let r3 = s.arith(b"n", &ma);
+        assert_eq!((r3.status, r3.value, r3.cas), (ArithStatus::Ok, 45, 7777));
+        assert_eq!(m.take(), vec![ch("n", b"45", 4, 7777, T0 + 33, T0 + 3)]);
+        // ma N/J: created on a miss.
+        let mut viv = ArithOpts::new(true, 5);
+        viv.vivify = Some((60, 40));
+        let r4 = s.arith(b"v", &viv);
+        assert!(r4.created);
+        assert_eq!(m.take(), vec![ch("v", b"40", 0, r4.cas, T0 + 63, T0 + 3)]);
+    }
+
+    #[test]
+    fn touch_gat_mg_t() {
+        let (s, m, c) = setup();
+        let r = s.set(&req(SetMode::Set, "k", b"v", 3, 0));
+        m.take();
+        c.advance(1);
+        // gat: the new exptime is mirrored first, then the read hit is offered with it.
+        let f = s.fetch(b"k", &touch(30, true));
+        assert_eq!(f.item.unwrap().exptime, T0 + 31);
+        assert_eq!(
+            m.take(),
+            vec![ch("k", b"v", 3, r.cas, T0 + 31, T0), Ev::ReadHit(st("k", b"v", 3, r.cas, T0 + 31, T0), 1)]
+        );
+        // touch / mg u T: no hit, still a change.
+        s.fetch(b"k", &touch(0, false));
+        assert_eq!(m.take(), vec![ch("k", b"v", 3, r.cas, 0, T0)]);
+        s.fetch(b"k", &touch((T0 + 500) as i64, false));
+        assert_eq!(m.take(), vec![ch("k", b"v", 3, r.cas, T0 + 500, T0)]);
+        assert_eq!(s.fetch(b"missing", &touch(10, true)).item, None);
+        assert_eq!(m.take(), vec![], "touch of a missing key");
+        // Touched into the past: the item is expired and reclaimed on the next lookup.
+        s.fetch(b"k", &touch(-1, false));
+        assert_eq!(m.take(), vec![ch("k", b"v", 3, r.cas, 1, T0)]);
+        assert_eq!(s.get(b"k"), None);
+        assert_eq!(m.take(), vec![rm("k")]);
+    }
+
+    #[test]
+    fn delete_md_and_remove() {
+        let (s, m, _) = setup();
+        assert_eq!(s.delete(b"k", &DeleteOpts::default()).0, DeleteStatus::NotFound);
+        let r = s.set(&req(SetMode::Set, "k", b"v", 2, 0));
+        m.take();
+        let bad = DeleteOpts { compare_cas: Some(r.cas + 1), ..DeleteOpts::default() };
+        assert_eq!(s.delete(b"k", &bad).0, DeleteStatus::Exists);
+        let bad_inv = DeleteOpts { compare_cas: Some(r.cas + 1), invalidate: true, ..DeleteOpts::default() };
+        assert_eq!(s.delete(b"k", &bad_inv).0, DeleteStatus::Exists);
+        assert_eq!(m.take(), vec![], "failed delete");
+        // md I [T] [E]: a new CAS (and TTL), so a change.
+        let inv = DeleteOpts { invalidate: true, touch: Some(30), ..DeleteOpts::default() };
+        assert_eq!(s.delete(b"k", &inv).0, DeleteStatus::Deleted);
+        let cas = cas_of(&s, "k");
+        assert!(cas > r.cas);
+        assert_eq!(m.take(), vec![ch("k", b"v", 2, cas, T0 + 30, T0)]);
+        let inv = DeleteOpts { invalidate: true, new_cas: Some(999), ..DeleteOpts::default() };
+        s.delete(b"k", &inv);
+        assert_eq!(m.take(), vec![ch("k", b"v", 2, 999, T0 + 30, T0)]);
+        let ok = DeleteOpts { compare_cas: Some(999), ..DeleteOpts::default() };
+        assert_eq!(s.delete(b"k", &ok).0, DeleteStatus::Deleted);
+        assert_eq!(m.take(), vec![rm("k")]);
+        assert_eq!(s.delete(b"k", &DeleteOpts::default()).0, DeleteStatus::NotFound);
+        assert_eq!(m.take(), vec![]);
+        // An oversized set changes nothing itself; the caller then removes the old item.
+        s.set(&req(SetMode::Set, "big", b"small", 0, 0));
+        m.take();
+        let huge = vec![0u8; 1 << 20];
+        assert_eq!(s.set(&req(SetMode::Set, "big", &huge, 0, 0)).status, SetStatus::TooLarge);
+        assert_eq!(m.take(), vec![]);
+        s.remove(b"big");
+        assert_eq!(m.take(), vec![rm("big")]);
+        s.remove(b"big");
+        assert_eq!(m.take(), vec![], "remove of a missing key");
+    }
+
+    #[test]
+    fn mg_vivify() {
+        let (s, m, _) = setup();
+        let viv = FetchOpts { vivify: Some(30), new_cas: Some(77), ..FetchOpts::default() };
+        let f = s.fetch(b"k", &viv);
+        assert!(f.created);
+        // The created item is not a read hit.
+        assert_eq!(m.take(), vec![ch("k", b"", 0, 77, T0 + 30, T0)]);
+        let f = s.fetch(b"k", &viv);
+        assert!(!f.created);
+        assert_eq!(m.take(), vec![Ev::ReadHit(st("k", b"", 0, 77, T0 + 30, T0), 1)]);
+        assert_eq!(s.fetch(b"other", &FetchOpts::default()).item, None);
+        assert_eq!(m.take(), vec![], "plain miss");
+    }
+
+    #[test]
+    fn failed_operations_emit_nothing() {
+        let (s, m, _) = setup();
+        let r = s.set(&req(SetMode::Set, "k", b"v", 0, 0));
+        s.set(&req(SetMode::Set, "n", b"5", 0, 0));
+        m.take();
+        let wrong = r.cas + 1000;
+        let statuses = [
+            s.set(&req(SetMode::Add, "k", b"x", 0, 0)).status,
+            s.set(&req(SetMode::Replace, "zz", b"x", 0, 0)).status,
+            s.set(&req(SetMode::Append, "zz", b"x", 0, 0)).status,
+            s.set(&req(SetMode::Prepend, "zz", b"x", 0, 0)).status,
+            s.set(&SetRequest { compare_cas: r.cas, ..req(SetMode::Cas, "zz", b"x", 0, 0) }).status,
+            s.set(&SetRequest { compare_cas: wrong, ..req(SetMode::Cas, "k", b"x", 0, 0) }).status,
+            s.set(&SetRequest { compare_cas: wrong, ..req(SetMode::Append, "k", b"x", 0, 0) }).status,
+            s.set(&req(SetMode::Set, "k", &vec![0u8; 1 << 20], 0, 0)).status,
+        ];
+        use SetStatus::{Exists, NotFound, NotStored, TooLarge};
+        assert_eq!(statuses, [NotStored, NotStored, NotStored, NotStored, NotFound, Exists, Exists, TooLarge]);
+        let arith = [
+            s.arith(b"zz", &ArithOpts::new(true, 1)).status,
+            s.arith(b"k", &ArithOpts::new(true, 1)).status,
+            s.arith(b"k", &ArithOpts::new(false, 1)).status,
+            s.arith(b"n", &ArithOpts { compare_cas: wrong, ..ArithOpts::new(true, 1) }).status,
+        ];
+        use ArithStatus::NonNumeric;
+        assert_eq!(arith, [ArithStatus::NotFound, NonNumeric, NonNumeric, ArithStatus::Exists]);
+        let del = [
+            s.delete(b"zz", &DeleteOpts::default()).0,
+            s.delete(b"k", &DeleteOpts { compare_cas: Some(wrong), ..DeleteOpts::default() }).0,
+            s.delete(b"zz", &DeleteOpts { invalidate: true, ..DeleteOpts::default() }).0,
+        ];
+        assert_eq!(del, [DeleteStatus::NotFound, DeleteStatus::Exists, DeleteStatus::NotFound]);
+        assert_eq!(s.fetch(b"zz", &touch(10, true)).item, None);
+        assert_eq!(s.fetch(b"zz", &FetchOpts { bump: false, ..FetchOpts::default() }).item, None);
+        assert_eq!(s.remove(b"zz"), 0);
+        assert_eq!(m.take(), vec![]);
+        // Unchanged state.
+        assert_eq!(peek(&s, b"k"), Some(st("k", b"v", 0, r.cas, 0, T0)));
+    }
+
+    #[test]
+    fn read_hit_counting() {
+        let (s, m, _) = setup();
+        let r = s.set(&req(SetMode::Set, "k", b"v", 9, 0));
+        m.take();
+        let item = st("k", b"v", 9, r.cas, 0, T0);
+        // Not admitted: offered on every hit, with the running count.
+        for _ in 0..3 {
+            s.get(b"k").unwrap();
+        }
+        assert_eq!(m.take(), (1..=3).map(|h| Ev::ReadHit(item.clone(), h)).collect::<Vec<_>>());
+        // mg u: no hit at all.
+        s.fetch(b"k", &FetchOpts { bump: false, ..FetchOpts::default() });
+        assert_eq!(m.take(), vec![]);
+        // Admitted at hit 4: next offered at 64 and 128 only.
+        m.admit(true);
+        let hits_offered = |s: &Store, n: u32| {
+            for _ in 0..n {
+                s.get(b"k").unwrap();
+            }
+            m.take()
+                .into_iter()
+                .map(|e| match e {
+                    Ev::ReadHit(i, h) => {
+                        assert_eq!(i, item);
+                        h
+                    }
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(hits_offered(&s, 127 - 3), vec![4, 64]);
+        // Re-offered at 128 but refused (the kernel dropped it): offered on each hit again until taken.
+        m.admit(false);
+        assert_eq!(hits_offered(&s, 2), vec![128, 129]);
+        m.admit(true);
+        assert_eq!(hits_offered(&s, 192 - 129), vec![130, 192]);
+        // Another key counts on its own.
+        s.set(&req(SetMode::Set, "o", b"w", 0, 0));
+        m.take();
+        s.get(b"o").unwrap();
+        assert!(matches!(&m.take()[..], [Ev::ReadHit(Owned::Set { key, .. }, 1)] if key == b"o"));
+        // A new set starts a new item: count 1 and not mirrored yet.
+        let r2 = s.set(&req(SetMode::Set, "k", b"v2", 9, 0));
+        assert_eq!(m.take(), vec![ch("k", b"v2", 9, r2.cas, 0, T0)]);
+        s.get(b"k").unwrap();
+        s.get(b"k").unwrap();
+        assert_eq!(m.take(), vec![Ev::ReadHit(st("k", b"v2", 9, r2.cas, 0, T0), 1)]);
+    }
+
+    #[test]
+    fn lru_eviction() {
+        // Three 158-byte items fit.
+        let o = StoreOptions { memory_limit: 3 * 158 + 10, item_size_max: 1 << 10, shards: 1 };
+        let (s, m, _) = setup_with(o);
+        let v = vec![b'x'; 100];
+        let mut cas = Vec::new();
+        for k in ["k0", "k1", "k2"] {
+            cas.push(s.set(&req(SetMode::Set, k, &v, 0, 0)).cas);
+        }
+        m.take();
+        let r3 = s.set(&req(SetMode::Set, "k3", &v, 0, 0));
+        assert_eq!(m.take(), vec![ch("k3", &v, 0, r3.cas, 0, T0), rm("k0")]);
+        s.get(b"k1").unwrap();
+        assert_eq!(m.take(), vec![Ev::ReadHit(st("k1", &v, 0, cas[1], 0, T0), 1)]);
+        let r4 = s.set(&req(SetMode::Set, "k4", &v, 0, 0));
+        assert_eq!(m.take(), vec![ch("k4", &v, 0, r4.cas, 0, T0), rm("k2")], "k1 was bumped");
+        // Growing an item in place evicts too.
+        let r5 = s.set(&req(SetMode::Append, "k4", b"yy", 0, 0));
+        let mut v2 = v.clone();
+        v2.extend_from_slice(b"yy");
+        assert_eq!(m.take(), vec![ch("k4", &v2, 0, r5.cas, 0, T0), rm("k3")]);
+        assert_eq!(s.stats().evictions, 3);
+    }
+
+    #[test]
+    fn eviction_from_other_shards() {
+        let o = StoreOptions { memory_limit: 256 << 10, item_size_max: 200 << 10, shards: 64 };
+        let (s, m, _) = setup_with(o);
+        let v = vec![b'x'; 150 << 10];
+        let keys: Vec<String> = (0..10).map(|i| format!("big{i}")).collect();
+        for k in &keys {
+            s.set(&req(SetMode::Set, k, &v, 0, 0));
+        }
+        let mut removed = Vec::new();
+        let mut changed = Vec::new();
+        for e in m.take() {
+            match e {
+                Ev::Removed(k) => removed.push(String::from_utf8(k).unwrap()),
+                Ev::Changed(Owned::Set { key, .. }) => changed.push(String::from_utf8(key).unwrap()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(changed, keys);
+        let gone: Vec<String> = keys.iter().filter(|k| peek(&s, k.as_bytes()).is_none()).cloned().collect();
+        removed.sort();
+        assert_eq!(removed, gone, "each evicted key removed exactly once");
+        assert!(removed.len() >= 8);
+    }
+
+    #[test]
+    fn expired_items_reclaimed_on_lookup() {
+        let (s, m, c) = setup();
+        for k in ["a", "b", "c", "d", "e", "f", "g"] {
+            s.set(&req(SetMode::Set, k, b"1", 0, 10));
+        }
+        s.fetch(b"keep", &FetchOpts { vivify: Some(0), ..FetchOpts::default() });
+        m.take();
+        c.advance(9);
+        s.get(b"a").unwrap();
+        assert!(matches!(&m.take()[..], [Ev::ReadHit(..)]), "still alive");
+        c.advance(1);
+        assert_eq!(s.get(b"a"), None);
+        assert_eq!(m.take(), vec![rm("a")]);
+        // Found expired by a write: removed first, then the write's own outcome.
+        let rb = s.set(&req(SetMode::Set, "b", b"2", 0, 0));
+        assert_eq!(m.take(), vec![rm("b"), ch("b", b"2", 0, rb.cas, 0, T0 + 10)]);
+        assert_eq!(s.set(&req(SetMode::Replace, "c", b"2", 0, 0)).status, SetStatus::NotStored);
+        assert_eq!(m.take(), vec![rm("c")]);
+        assert_eq!(s.delete(b"d", &DeleteOpts::default()).0, DeleteStatus::NotFound);
+        assert_eq!(m.take(), vec![rm("d")]);
+        assert_eq!(s.arith(b"e", &ArithOpts::new(true, 1)).status, ArithStatus::NotFound);
+        assert_eq!(m.take(), vec![rm("e")]);
+        assert_eq!(s.fetch(b"f", &touch(100, true)).item, None);
+        assert_eq!(m.take(), vec![rm("f")]);
+        let rg = s.set(&req(SetMode::Add, "g", b"new", 0, 0));
+        assert_eq!(rg.status, SetStatus::Stored);
+        assert_eq!(m.take(), vec![rm("g"), ch("g", b"new", 0, rg.cas, 0, T0 + 10)]);
+        // A dead item at the LRU tail is reclaimed by eviction, also a removal.
+        let o = StoreOptions { memory_limit: 2 * 158 + 10, item_size_max: 1 << 10, shards: 1 };
+        let (s, m, c) = setup_with(o);
+        let v = vec![b'x'; 100];
+        s.set(&req(SetMode::Set, "x0", &v, 0, 5));
+        s.set(&req(SetMode::Set, "x1", &v, 0, 0));
+        m.take();
+        c.advance(5);
+        let r = s.set(&req(SetMode::Set, "x2", &v, 0, 0));
+        assert_eq!(m.take(), vec![ch("x2", &v, 0, r.cas, 0, T0 + 5), rm("x0")]);
+        assert_eq!((s.stats().reclaimed, s.stats().evictions), (1, 0));
+    }
+
+    #[test]
+    fn flush_all_immediate_and_delayed() {
+        let (s, m, c) = setup();
+        s.set(&req(SetMode::Set, "a", b"1", 0, 0));
+        s.set(&req(SetMode::Set, "b", b"2", 0, 0));
+        m.take();
+        // Immediate: one flushed call covers every item (no per-key removals).
+        s.flush_all(0);
+        assert_eq!(m.take(), vec![Ev::Flushed { at: T0, now: T0 }]);
+        assert_eq!(s.get(b"a"), None);
+        assert_eq!(m.take(), vec![]);
+        let rc = s.set(&req(SetMode::Set, "c", b"3", 0, 0));
+        assert_eq!(m.take(), vec![ch("c", b"3", 0, rc.cas, 0, T0)]);
+        c.advance(1);
+        // Delayed: at = now + delay.
+        s.flush_all(10);
+        assert_eq!(m.take(), vec![Ev::Flushed { at: T0 + 11, now: T0 + 1 }]);
+        c.advance(5);
+        let rd = s.set(&req(SetMode::Set, "d", b"4", 0, 0));
+        assert_eq!(m.take(), vec![ch("d", b"4", 0, rd.cas, 0, T0 + 6)]);
+        s.get(b"c").unwrap();
+        m.take();
+        c.advance(5);
+        // Reached: items stored before `at` are reclaimed lazily, each a removal.
+        assert_eq!(s.get(b"c"), None);
+        assert_eq!(s.get(b"d"), None);
+        assert_eq!(m.take(), vec![rm("c"), rm("d")]);
+        let re = s.set(&req(SetMode::Set, "e", b"5", 0, 0));
+        s.get(b"e").unwrap();
+        assert_eq!(
+            m.take(),
+            vec![ch("e", b"5", 0, re.cas, 0, T0 + 11), Ev::ReadHit(st("e", b"5", 0, re.cas, 0, T0 + 11), 1)]
+        );
+        // Negative delay, and an absolute time already past: immediate.
+        s.flush_all(-1);
+        s.flush_all(T0 as i64);
+        assert_eq!(m.take(), vec![Ev::Flushed { at: T0 + 11, now: T0 + 11 }; 2]);
+        // An absolute time in the future: delayed until then.
+        s.flush_all((T0 + REALTIME_MAXDELTA as u64 * 2) as i64);
+        assert_eq!(m.take(), vec![Ev::Flushed { at: T0 + REALTIME_MAXDELTA as u64 * 2, now: T0 + 11 }]);
+    }
+
+    #[test]
+    fn set_mirror_only_once() {
+        let (s, m, _) = setup();
+        let other = Arc::new(Rec::default());
+        s.set_mirror(other.clone());
+        s.set(&req(SetMode::Set, "k", b"v", 0, 0));
+        assert_eq!(m.take().len(), 1);
+        assert_eq!(other.take(), vec![]);
+    }
+
+    /// A model of the kernel cache (what `KernelSync` does): entries are only added by an accepted read
+    /// hit, `changed` replaces an existing entry only, flush drops everything and a delayed one blocks
+    /// admissions until its moment; an entry is served until its exptime.
+    struct Model {
+        clock: Arc<ManualClock>,
+        copies: Mutex<HashMap<Vec<u8>, Owned>>,
+        admit_after: AtomicU64,
+        admit_hits: u32,
+    }
+
+    impl Mirror for Model {
+        fn changed(&self, item: &Record<'_>) {
+            let Record::Set { key, .. } = *item else { panic!("{item:?}") };
+            if let Some(c) = self.copies.lock().unwrap().get_mut(key) {
+                *c = Owned::from(item);
+            }
+        }
+
+        fn removed(&self, key: &[u8]) {
+            self.copies.lock().unwrap().remove(key);
+        }
+
+        fn flushed(&self, at: u64, now: u64) {
+            if at > now {
+                self.admit_after.fetch_max(at, Ordering::Relaxed);
+            }
+            self.copies.lock().unwrap().clear();
+        }
+
+        fn read_hit(&self, item: &Record<'_>, hits: u32) -> bool {
+            let Record::Set { key, .. } = *item else { panic!("{item:?}") };
+            if hits < self.admit_hits || self.clock.now() < self.admit_after.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.copies.lock().unwrap().insert(key.to_vec(), Owned::from(item));
+            true
+        }
+    }
+
+    /// Random operations against a small store (evictions, expiry, flushes) with a model kernel cache:
+    /// after every operation, everything the model would still serve equals the store's live item.
+    #[test]
+    fn random_ops_keep_the_model_coherent() {
+        for seed in 1..=4u64 {
+            let c = Arc::new(ManualClock::new(T0));
+            let o = StoreOptions { memory_limit: 900, item_size_max: 200, shards: 2 };
+            let s = Store::with_clock(o, Arc::new(NoJournal), c.clone());
+            let model = Arc::new(Model {
+                clock: c.clone(),
+                copies: Mutex::new(HashMap::new()),
+                admit_after: AtomicU64::new(0),
+                admit_hits: 1 + seed as u32 % 2,
+            });
+            s.set_mirror(model.clone());
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut rnd = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let keys: Vec<String> = (0..8).map(|i| format!("key{i}")).collect();
+            let mut served = 0u64;
+            for step in 0..20_000 {
+                let k = keys[rnd(keys.len() as u64) as usize].as_str();
+                let kb = k.as_bytes();
+                let value = if rnd(2) == 0 { format!("{}", rnd(1000)) } else { "v".repeat(rnd(40) as usize) };
+                let v = value.as_bytes();
+                let ttl = [0, 0, 0, 1, 2, 5, -1, 100][rnd(8) as usize];
+                let live_cas = match peek(&s, kb) {
+                    Some(Owned::Set { cas, .. }) => cas,
+                    _ => 0,
+                };
+                let some_cas = if rnd(2) == 0 { live_cas } else { live_cas + 1 };
+                let flags = rnd(4) as u32;
+                let op = rnd(26);
+                match op {
+                    0..=2 => drop(s.set(&req(SetMode::Set, k, v, flags, ttl))),
+                    3 => drop(s.set(&req(SetMode::Add, k, v, flags, ttl))),
+                    4 => drop(s.set(&req(SetMode::Replace, k, v, flags, ttl))),
+                    5 => drop(s.set(&req(SetMode::Append, k, v, flags, 0))),
+                    6 => drop(s.set(&SetRequest { vivify: Some(ttl), ..req(SetMode::Prepend, k, v, flags, 0) })),
+                    7 => drop(s.set(&SetRequest { compare_cas: some_cas, ..req(SetMode::Cas, k, v, flags, ttl) })),
+                    8 => drop(s.set(&SetRequest {
+                        compare_cas: live_cas.saturating_sub(rnd(2)),
+                        allow_stale: true,
+                        ..req(SetMode::Cas, k, v, flags, ttl)
+                    })),
+                    9 => drop(s.arith(kb, &ArithOpts::new(true, rnd(100)))),
+                    10 => drop(s.arith(kb, &ArithOpts::new(false, rnd(100)))),
+                    11 => {
+                        let o = ArithOpts {
+                            compare_cas: if rnd(2) == 0 { 0 } else { some_cas },
+                            vivify: (rnd(2) == 0).then_some((ttl, rnd(50))),
+                            touch: (rnd(2) == 0).then_some(ttl),
+                            pad: false,
+                            ..ArithOpts::new(rnd(2) == 0, rnd(100))
+                        };
+                        drop(s.arith(kb, &o))
+                    }
+                    12..=15 => drop(s.get(kb)),
+                    16 => drop(s.fetch(kb, &touch(ttl, rnd(2) == 0))),
+                    17 => drop(s.fetch(kb, &FetchOpts { vivify: Some(ttl), ..FetchOpts::default() })),
+                    18 => drop(s.delete(kb, &DeleteOpts::default())),
+                    19 => drop(s.delete(
+                        kb,
+                        &DeleteOpts {
+                            compare_cas: (rnd(2) == 0).then_some(some_cas),
+                            invalidate: true,
+                            touch: (rnd(2) == 0).then_some(ttl),
+                            new_cas: None,
+                        },
+                    )),
+                    20 => drop(s.remove(kb)),
+                    21 if rnd(20) == 0 => drop(s.flush_all(0)),
+                    22 if rnd(20) == 0 => drop(s.flush_all(1 + rnd(3) as i64)),
+                    23 | 24 => c.advance(rnd(2)),
+                    _ => {}
+                }
+                let now = c.now();
+                for (key, copy) in model.copies.lock().unwrap().iter() {
+                    let Owned::Set { exptime, .. } = copy else { unreachable!() };
+                    if *exptime != 0 && *exptime <= now {
+                        continue;
+                    }
+                    served += 1;
+                    assert_eq!(
+                        peek(&s, key).as_ref(),
+                        Some(copy),
+                        "seed {seed} step {step} op {op}: the kernel would serve {:?}",
+                        String::from_utf8_lossy(key)
+                    );
+                }
+            }
+            assert!(served > 1000, "the model served too little to mean anything ({served})");
+            assert!(s.stats().evictions > 0);
+        }
+    }
+}
