@@ -22,10 +22,10 @@ pub const XDP_REPLY_MAX: usize = UDP_MAX_PAYLOAD - UDP_FRAME_HEADER_LEN;
 /// leaving room for `END\r\n`.
 pub const CACHE_ENTRY_BUF: usize = XDP_REPLY_MAX - 5 - 3; // 1384, a multiple of 8
 
-/// Bytes of key storage in [`CacheKey`] (≥ 250, a multiple of 8).
+/// Bytes of key storage (≥ 250, a multiple of 8).
 pub const CACHE_KEY_BUF: usize = 256;
 
-/// Key of the kernel cache map: the key bytes, zero-padded, so that equal keys hash equally.
+/// A key, zero-padded to whole 8-byte words, so that it can be hashed and compared word by word.
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 pub struct CacheKey {
@@ -44,13 +44,41 @@ impl CacheKey {
         k.data[..key.len()].copy_from_slice(key);
         Some(k)
     }
+
+    /// The key's hash, as the XDP program computes it (see [`hash_step`]).
+    pub fn hash(&self) -> u64 {
+        let words = (self.len as usize).div_ceil(8);
+        let mut h = hash_init(self.len);
+        for i in 0..words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&self.data[i * 8..i * 8 + 8]);
+            h = hash_step(h, u64::from_le_bytes(w));
+        }
+        h
+    }
 }
 
-/// Value of the kernel cache map: the reply for one key, preformatted by user space with the same code
-/// that formats user-space replies, so the XDP reply is byte-identical.
+/// Start of the key hash (seeded with the length).
+#[inline(always)]
+pub const fn hash_init(len: u32) -> u64 {
+    0x243f_6a88_85a3_08d3 ^ len as u64
+}
+
+/// One 8-byte little-endian word of the zero-padded key into the hash.
+#[inline(always)]
+pub const fn hash_step(h: u64, w: u64) -> u64 {
+    let h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    h ^ (h >> 32)
+}
+
+/// One slot of the kernel cache: an array map, direct-mapped by key hash (as in BMC). An array never
+/// frees or reuses its elements, so the XDP program can copy a slot while user space rewrites it and
+/// detect that with the slot's sequence number in `SEQS` (odd while a write is in progress), instead of
+/// risking a hash map element being recycled under it.
 ///
-/// `buf[..hdr_len]` is `VALUE <key> <flags> <bytes>`, `buf[hdr_len..hdr_len + cas_len]` is ` <cas>`, and
-/// `buf[hdr_len + cas_len..total_len]` is `\r\n<data>\r\n`. A `get` reply skips the CAS part.
+/// The slot holds the reply for one key, preformatted by user space with the same code that formats
+/// user-space replies: `buf[..hdr_len]` is `VALUE <key> <flags> <bytes>`, `buf[hdr_len..hdr_len + cas_len]`
+/// is ` <cas>`, and `buf[hdr_len + cas_len..total_len]` is `\r\n<data>\r\n`. A `get` reply skips the CAS.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CacheEntry {
@@ -63,8 +91,13 @@ pub struct CacheEntry {
     pub cas_len: u16,
     pub total_len: u16,
     pub _pad: u16,
+    /// The key this slot answers for (its length is `key.len`; 0 = empty slot).
+    pub key: CacheKey,
     pub buf: [u8; CACHE_ENTRY_BUF],
 }
+
+/// Bytes of a slot before `buf`: copied whole by the XDP program.
+pub const CACHE_ENTRY_HEAD: usize = 24 + core::mem::size_of::<CacheKey>();
 
 /// Size of the scratch buffer the reply is assembled in: a power of two (indices are masked with
 /// `OUT_BUF - 1`, which the verifier can follow) and more than twice the largest frame, so that
@@ -108,6 +141,8 @@ pub struct ScanState {
 pub struct Scratch {
     pub scan: ScanState,
     pub key: CacheKey,
+    /// A consistent copy of the slot being read (taken between two equal, even sequence numbers).
+    pub slot: CacheEntry,
     pub req: [u8; XDP_REQ_MAX],
     /// The whole reply frame: Ethernet, IPv4, UDP and frame headers, then the reply text.
     pub out: [u8; OUT_BUF],
@@ -145,6 +180,8 @@ pub enum Counter {
     PassFlushed,
     /// Passed: the source address is not in the UDP allowlist (user space ignores it too).
     PassNotAllowed,
+    /// Passed: the key's slot was being rewritten by user space while it was read.
+    PassBusy,
 }
 
 /// Slots of the `CONFIG` array map.
@@ -155,7 +192,7 @@ pub const CONFIG_SLOTS: u32 = 1;
 pub const ALLOW_MAX: u32 = 64;
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 14;
+pub const COUNTER_SLOTS: u32 = 15;
 
 /// All counters with their stat names, for `stats`.
 pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
@@ -173,6 +210,7 @@ pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
     (Counter::PassTooBig, "xdp_pass_too_big"),
     (Counter::PassFlushed, "xdp_pass_flushed"),
     (Counter::PassNotAllowed, "xdp_pass_not_allowed"),
+    (Counter::PassBusy, "xdp_pass_busy"),
 ];
 
 /// XDP verdicts (linux/bpf.h `enum xdp_action`), for user-space code that inspects test runs.

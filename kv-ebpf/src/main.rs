@@ -12,13 +12,14 @@ mod prog {
         bindings::xdp_action,
         helpers::{bpf_ktime_get_ns, generated as h},
         macros::{map, xdp},
-        maps::{lpm_trie::Key as LpmKey, Array, LpmTrie, LruHashMap, PerCpuArray},
+        maps::{lpm_trie::Key as LpmKey, Array, LpmTrie, PerCpuArray},
         programs::XdpContext,
     };
     use core::ffi::c_void;
     use kv_common::{
-        CacheEntry, CacheKey, Counter, ScanState, Scratch, ALLOW_MAX, CACHE_ENTRY_BUF, CONFIG_FLUSH_GEN, CONFIG_SLOTS,
-        COUNTER_SLOTS, MAX_KEY_LEN, OUT_BUF, XDP_MAX_KEYS, XDP_REPLY_MAX, XDP_REQ_MAX,
+        hash_init, hash_step, CacheEntry, CacheKey, Counter, ScanState, Scratch, ALLOW_MAX, CACHE_ENTRY_BUF,
+        CACHE_ENTRY_HEAD, CACHE_KEY_BUF, CONFIG_FLUSH_GEN, CONFIG_SLOTS, COUNTER_SLOTS, MAX_KEY_LEN, OUT_BUF,
+        XDP_MAX_KEYS, XDP_REPLY_MAX, XDP_REQ_MAX,
     };
 
     /// UDP port of the server; the loader overrides it (`EbpfLoader::override_global`).
@@ -30,9 +31,18 @@ mod prog {
     #[unsafe(no_mangle)]
     static KV_LOG: u8 = 0;
 
-    /// The kernel cache: key bytes -> preformatted reply. User space keeps it coherent with the store.
+    /// The kernel cache: slots indexed by key hash, each a preformatted reply. User space keeps it
+    /// coherent with the store.
     #[map(name = "CACHE")]
-    static CACHE: LruHashMap<CacheKey, CacheEntry> = LruHashMap::with_max_entries(16384, 0);
+    static CACHE: Array<CacheEntry> = Array::with_max_entries(16384, 0);
+
+    /// Per-slot sequence numbers of CACHE (odd while user space rewrites the slot).
+    #[map(name = "SEQS")]
+    static SEQS: Array<u64> = Array::with_max_entries(16384, 0);
+
+    /// Number of CACHE slots minus one (a power of two); the loader overrides it.
+    #[unsafe(no_mangle)]
+    static KV_SLOT_MASK: u32 = 16383;
 
     /// Per-CPU counters, indexed by `kv_common::Counter`.
     #[map(name = "COUNTERS")]
@@ -219,6 +229,35 @@ mod prog {
         if r[(text_len - 2) & REQ_MASK] != b'\r' || r[(text_len - 1) & REQ_MASK] != b'\n' {
             return Err(Counter::PassNotGet);
         }
+        let now = unsafe { bpf_ktime_get_ns() };
+        // Fast path, the common request: one key, the rest of the line. A plain bounded loop checks it
+        // has no delimiter, and the key is looked up directly, without the general scan.
+        let body_end = text_len - 2;
+        let first = pos as usize;
+        if body_end > first && body_end - first <= MAX_KEY_LEN {
+            let mut single = true;
+            for i in 0..MAX_KEY_LEN {
+                let at = first + i;
+                if at >= body_end {
+                    break;
+                }
+                let c = s.req[at & REQ_MASK];
+                if c < 0x21 || c == 0x7f {
+                    single = false;
+                    break;
+                }
+            }
+            if single {
+                let out = append_entry(s, first, body_end - first, cas != 0, now, TEXT_OFF)?;
+                if out < TEXT_OFF || out + 5 > TEXT_OFF + XDP_REPLY_MAX {
+                    return Err(Counter::PassTooBig);
+                }
+                for (i, b) in b"END\r\n".iter().enumerate() {
+                    s.out[(out + i) & OUT_MASK] = *b;
+                }
+                return Ok((out + 5 - TEXT_OFF, 1));
+            }
+        }
         // Volatile: the callback writes `s.scan` through its own map pointer, behind this `&mut`'s back.
         let init = ScanState {
             base: pos,
@@ -227,7 +266,7 @@ mod prog {
             body_end: (text_len - 2) as u64,
             out: TEXT_OFF as u64,
             keys: 0,
-            now: unsafe { bpf_ktime_get_ns() },
+            now,
             cas,
             err: 0,
         };
@@ -260,6 +299,7 @@ mod prog {
             x if x == Counter::PassExpired as u64 => Counter::PassExpired,
             x if x == Counter::PassTooBig as u64 => Counter::PassTooBig,
             x if x == Counter::PassFlushed as u64 => Counter::PassFlushed,
+            x if x == Counter::PassBusy as u64 => Counter::PassBusy,
             x if x == Counter::PassMalformed as u64 => Counter::PassMalformed,
             _ => Counter::PassNotGet,
         }
@@ -354,7 +394,62 @@ mod prog {
                 s.req.as_ptr().add(start) as *const c_void,
             );
         }
-        let e = unsafe { CACHE.get(&*key) }.ok_or(Counter::PassMiss)?;
+        let words = klen.div_ceil(8);
+        let mut hash = hash_init(klen as u32);
+        for i in 0..CACHE_KEY_BUF / 8 {
+            if i >= words {
+                break;
+            }
+            hash = hash_step(hash, key_word(&s.key, i));
+        }
+        let idx = hash as u32 & unsafe { core::ptr::read_volatile(&KV_SLOT_MASK) };
+        let seq = SEQS.get_ptr(idx).ok_or(Counter::PassMiss)?;
+        let slot = CACHE.get_ptr(idx).ok_or(Counter::PassMiss)?;
+        // Seqlock read: user space makes the sequence odd, rewrites the slot, makes it even again. An even
+        // number that is the same before and after the copy means the copy is one consistent state.
+        let seq1 = unsafe { core::ptr::read_volatile(seq) };
+        if seq1 & 1 != 0 {
+            return Err(Counter::PassBusy);
+        }
+        let copy_ok = unsafe {
+            h::bpf_probe_read_kernel(
+                &mut s.slot as *mut CacheEntry as *mut c_void,
+                CACHE_ENTRY_HEAD as u32,
+                slot as *const c_void,
+            ) == 0
+        };
+        let total = s.slot.total_len as usize;
+        if !copy_ok || total > CACHE_ENTRY_BUF {
+            return Err(Counter::PassBusy);
+        }
+        let n = (total & 2047) as u32;
+        if n > 0
+            && unsafe {
+                h::bpf_probe_read_kernel(
+                    s.slot.buf.as_mut_ptr() as *mut c_void,
+                    n,
+                    (slot as *const u8).add(CACHE_ENTRY_HEAD) as *const c_void,
+                )
+            } != 0
+        {
+            return Err(Counter::PassBusy);
+        }
+        if unsafe { core::ptr::read_volatile(seq) } != seq1 {
+            return Err(Counter::PassBusy);
+        }
+        // The slot may hold another key with the same index, or none.
+        if s.slot.key.len as usize != klen {
+            return Err(Counter::PassMiss);
+        }
+        for i in 0..CACHE_KEY_BUF / 8 {
+            if i >= words {
+                break;
+            }
+            if key_word(&s.slot.key, i) != key_word(&s.key, i) {
+                return Err(Counter::PassMiss);
+            }
+        }
+        let e = &s.slot;
         if e.expire_ns != 0 && now >= e.expire_ns {
             return Err(Counter::PassExpired);
         }
@@ -363,18 +458,25 @@ mod prog {
         }
         let hdr = e.hdr_len as usize;
         let cas_len = e.cas_len as usize;
-        let total = e.total_len as usize;
-        if total > CACHE_ENTRY_BUF || hdr + cas_len > total {
+        if hdr + cas_len > total {
             return Err(Counter::PassMalformed);
         }
+        let buf = e.buf.as_ptr();
         let out = if cas {
-            copy(s, out, e.buf.as_ptr(), total)?
+            copy(s, out, buf, total)?
         } else {
-            let out = copy(s, out, e.buf.as_ptr(), hdr)?;
+            let out = copy(s, out, buf, hdr)?;
             let rest = hdr + cas_len;
-            copy(s, out, unsafe { e.buf.as_ptr().add(rest & 2047) }, total - rest)?
+            copy(s, out, unsafe { buf.add(rest & 2047) }, total - rest)?
         };
         Ok(out)
+    }
+
+    /// Word `i` of a zero-padded key (aligned: `CacheKey` is 8-byte aligned and `data` starts at 8).
+    #[inline(always)]
+    fn key_word(k: &CacheKey, i: usize) -> u64 {
+        let i = i & (CACHE_KEY_BUF / 8 - 1);
+        unsafe { core::ptr::read(k.data.as_ptr().add(i * 8) as *const u64) }
     }
 
     /// Appends `len` bytes from kernel memory `src` to `s.out` at `out`.
@@ -384,8 +486,10 @@ mod prog {
         if out + len + 5 > TEXT_OFF + XDP_REPLY_MAX {
             return Err(Counter::PassTooBig);
         }
-        let off = out & (OUT_BUF / 2 - 1);
-        let n = len & (OUT_BUF / 2 - 1);
+        // Volatile reads keep the masks: the compiler can prove them redundant from the check above, but
+        // the verifier tracks `out` and `len` separately and needs each bounded.
+        let off = unsafe { core::ptr::read_volatile(&out) } & (OUT_BUF / 2 - 1);
+        let n = unsafe { core::ptr::read_volatile(&len) } & (OUT_BUF / 2 - 1);
         if n == 0 {
             return Ok(out);
         }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Context as _, Result};
 use aya::{
-    maps::{lpm_trie::Key as LpmKey, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray},
+    maps::{lpm_trie::Key as LpmKey, LpmTrie, Map, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -28,7 +28,7 @@ pub const XDP_PROGRAM: &str = "kv_xdp";
 pub struct KernelOpts {
     /// UDP port whose requests the program answers.
     pub port: u16,
-    /// Capacity of the kernel cache (LRU hash map entries).
+    /// Slots of the kernel cache (rounded up to a power of two).
     pub cache_entries: u32,
     /// Log every pass and its reason from the kernel (aya-log), for debugging (`-vv`).
     pub log: bool,
@@ -46,6 +46,8 @@ pub struct KernelPath {
     pub iface: Option<String>,
     /// Drains aya-log records while the program is loaded with logging on.
     _logger: Option<LogDrain>,
+    /// The one writer of the kernel cache (its shadow must see every write).
+    cache: std::sync::OnceLock<std::sync::Arc<KernelCache>>,
 }
 
 /// A thread that forwards the program's aya-log records to the `log` crate until dropped.
@@ -89,15 +91,19 @@ impl KernelPath {
     /// As [`load`](Self::load), sending kernel log records (with `opts.log`) to `sink`.
     pub fn load_with_logger(opts: KernelOpts, sink: &'static dyn log::Log) -> Result<Self> {
         let log = u8::from(opts.log);
+        let slots = slots_for(opts.cache_entries);
+        let mask = slots - 1;
         let mut ebpf = EbpfLoader::new()
             .override_global("KV_PORT", &opts.port, true)
             .override_global("KV_LOG", &log, true)
-            .map_max_entries("CACHE", opts.cache_entries)
+            .override_global("KV_SLOT_MASK", &mask, true)
+            .map_max_entries("CACHE", slots)
+            .map_max_entries("SEQS", slots)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel")?;
         let logger = if opts.log { Some(LogDrain::start(&mut ebpf, sink)?) } else { None };
         program(&mut ebpf)?.load().context("verifying the XDP program")?;
-        Ok(Self { ebpf, iface: None, _logger: logger })
+        Ok(Self { ebpf, iface: None, _logger: logger, cache: std::sync::OnceLock::new() })
     }
 
     /// Loads and attaches to `iface`.
@@ -126,12 +132,6 @@ impl KernelPath {
         Ok(arr.get(&(c as u32), 0)?.iter().sum())
     }
 
-    /// The kernel cache map.
-    pub fn cache(&mut self) -> Result<BpfHashMap<&mut MapData, CacheKey, CacheEntry>> {
-        let map = self.ebpf.map_mut("CACHE").context("CACHE map missing")?;
-        Ok(BpfHashMap::try_from(map)?)
-    }
-
     /// Lets UDP from `addr/prefix` (IPv4) be answered.
     pub fn allow(&mut self, addr: std::net::Ipv4Addr, prefix: u32) -> Result<()> {
         let map = self.ebpf.map_mut("ALLOW").context("ALLOW map missing")?;
@@ -146,14 +146,34 @@ impl KernelPath {
         Ok(KernelCounters { arr: PerCpuArray::try_from(Map::PerCpuArray(data))? })
     }
 
-    /// A handle that writes the kernel cache from any thread.
-    pub fn cache_handle(&self) -> Result<KernelCache> {
+    /// The handle that writes the kernel cache, from any thread (always the same one).
+    pub fn cache_handle(&self) -> Result<std::sync::Arc<KernelCache>> {
+        if let Some(c) = self.cache.get() {
+            return Ok(c.clone());
+        }
+        let c = std::sync::Arc::new(self.new_cache_handle()?);
+        Ok(self.cache.get_or_init(|| c).clone())
+    }
+
+    fn new_cache_handle(&self) -> Result<KernelCache> {
+        let slots = match self.ebpf.map("CACHE") {
+            Some(Map::Array(d)) => d.info()?.max_entries(),
+            _ => bail!("CACHE map missing"),
+        };
         Ok(KernelCache {
             cache: map_fd(&self.ebpf, "CACHE")?,
+            seqs: map_fd(&self.ebpf, "SEQS")?,
             config: map_fd(&self.ebpf, "CONFIG")?,
             gen: AtomicU64::new(0),
+            mask: slots - 1,
+            shadow: (0..slots).map(|_| parking_lot::Mutex::new(Shadow::default())).collect(),
         })
     }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog = ebpf.program_mut(XDP_PROGRAM).context("XDP program missing from the object")?;
+    Ok(prog.try_into()?)
 }
 
 /// The XDP program's per-CPU counters, summed over CPUs.
@@ -167,6 +187,11 @@ impl KernelCounters {
     }
 }
 
+/// Cache slots for a requested capacity: a power of two, at least 64.
+pub fn slots_for(entries: u32) -> u32 {
+    entries.clamp(64, 1 << 24).next_power_of_two()
+}
+
 fn map_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd> {
     let data: &MapData = match ebpf.map(name).with_context(|| format!("{name} map missing"))? {
         Map::LruHashMap(d) | Map::HashMap(d) | Map::Array(d) | Map::LpmTrie(d) | Map::PerCpuArray(d) => d,
@@ -175,20 +200,34 @@ fn map_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd> {
     Ok(data.fd().as_fd().try_clone_to_owned()?)
 }
 
-/// Writes to the kernel cache with plain `bpf(2)` calls on its map fds. aya's typed maps need `&mut`,
-/// which would put one lock around every writer; the syscalls themselves are thread-safe, and each
-/// key's writes are already ordered by its store shard lock.
+/// Writes the kernel cache with plain `bpf(2)` calls on its map fds (aya's typed maps need `&mut`).
+///
+/// The cache is direct-mapped: a key lives in slot `hash & mask` or nowhere. Each slot has a sequence
+/// number in `SEQS` that a write makes odd, then rewrites the slot, then makes even again; the XDP program
+/// only uses a copy taken between two equal even numbers (a seqlock: no torn reads, and array slots are
+/// never freed or recycled). User space is the only writer: a per-slot lock orders writers of one slot
+/// (keys of different store shards can share a slot) and a shadow records which key each slot holds, so
+/// invalidating a key that is not cached costs no syscall.
 pub struct KernelCache {
     cache: OwnedFd,
+    seqs: OwnedFd,
     config: OwnedFd,
     /// Current flush generation, mirrored in `CONFIG[CONFIG_FLUSH_GEN]`.
     gen: AtomicU64,
+    mask: u32,
+    shadow: Box<[parking_lot::Mutex<Shadow>]>,
+}
+
+#[derive(Default)]
+struct Shadow {
+    /// The slot's sequence number as last written.
+    seq: u64,
+    /// The key the slot answers for, and the flush generation it was written in.
+    key: Option<(Box<[u8]>, u64)>,
 }
 
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_ANY: u64 = 0;
-const BPF_EXIST: u64 = 2;
 
 /// The `bpf_attr` layout of the map element commands.
 #[repr(C)]
@@ -200,11 +239,17 @@ struct ElemAttr {
     flags: u64,
 }
 
-fn bpf_elem(cmd: libc::c_long, fd: &OwnedFd, key: *const u8, value: *const u8, flags: u64) -> std::io::Result<()> {
-    let attr = ElemAttr { map_fd: fd.as_raw_fd() as u32, _pad: 0, key: key as u64, value: value as u64, flags };
+fn update(fd: &OwnedFd, key: *const u8, value: *const u8) -> std::io::Result<()> {
+    let attr =
+        ElemAttr { map_fd: fd.as_raw_fd() as u32, _pad: 0, key: key as u64, value: value as u64, flags: BPF_ANY };
     // SAFETY: `attr` points at live key/value buffers of the map's key/value sizes for the call's duration.
     let r = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, &attr as *const ElemAttr, std::mem::size_of::<ElemAttr>() as libc::c_uint)
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &attr as *const ElemAttr,
+            std::mem::size_of::<ElemAttr>() as libc::c_uint,
+        )
     };
     if r < 0 {
         Err(std::io::Error::last_os_error())
@@ -214,27 +259,74 @@ fn bpf_elem(cmd: libc::c_long, fd: &OwnedFd, key: *const u8, value: *const u8, f
 }
 
 impl KernelCache {
-    /// Inserts or replaces the entry.
-    pub fn insert(&self, key: &CacheKey, entry: &CacheEntry) -> std::io::Result<()> {
-        bpf_elem(BPF_MAP_UPDATE_ELEM, &self.cache, key as *const _ as _, entry as *const _ as _, BPF_ANY)
+    fn slot(&self, key: &CacheKey) -> u32 {
+        key.hash() as u32 & self.mask
     }
 
-    /// Replaces the entry only if the key is cached; Ok(false) if it was not.
-    pub fn replace(&self, key: &CacheKey, entry: &CacheEntry) -> std::io::Result<bool> {
-        match bpf_elem(BPF_MAP_UPDATE_ELEM, &self.cache, key as *const _ as _, entry as *const _ as _, BPF_EXIST) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
-        }
+    fn set_seq(&self, idx: u32, seq: u64) -> std::io::Result<()> {
+        update(&self.seqs, &idx as *const u32 as _, &seq as *const u64 as _)
     }
 
-    /// Removes the key; Ok(false) if it was not cached.
-    pub fn remove(&self, key: &CacheKey) -> std::io::Result<bool> {
-        match bpf_elem(BPF_MAP_DELETE_ELEM, &self.cache, key as *const _ as _, std::ptr::null(), 0) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
+    /// Makes the slot unreadable (odd sequence number).
+    fn begin(&self, idx: u32, sh: &mut Shadow) -> std::io::Result<()> {
+        if sh.seq.is_multiple_of(2) {
+            sh.seq += 1;
+            self.set_seq(idx, sh.seq)?;
         }
+        Ok(())
+    }
+
+    /// Writes `entry` into the key's slot. On error the slot stays unreadable.
+    fn write(&self, idx: u32, sh: &mut Shadow, key: &[u8], entry: &CacheEntry) -> std::io::Result<()> {
+        sh.key = None;
+        self.begin(idx, sh)?;
+        update(&self.cache, &idx as *const u32 as _, entry as *const CacheEntry as _)?;
+        sh.seq += 1;
+        self.set_seq(idx, sh.seq)?;
+        sh.key = Some((key.into(), entry.gen));
+        Ok(())
+    }
+
+    fn holds(&self, sh: &Shadow, key: &[u8]) -> bool {
+        sh.key.as_ref().is_some_and(|(k, gen)| &**k == key && *gen == self.gen())
+    }
+
+    /// Puts the entry (built by [`cache_entry`] for `key`) into its slot, displacing whatever key was there.
+    pub fn insert(&self, key: &[u8], entry: &CacheEntry) -> std::io::Result<()> {
+        let k = CacheKey::new(key).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let idx = self.slot(&k);
+        let mut sh = self.shadow[idx as usize].lock();
+        self.write(idx, &mut sh, key, entry)
+    }
+
+    /// Whether the key's slot currently answers for it.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        CacheKey::new(key).is_some_and(|k| self.holds(&self.shadow[self.slot(&k) as usize].lock(), key))
+    }
+
+    /// Rewrites the key's entry only if it is cached; Ok(false) if it was not.
+    pub fn replace(&self, key: &[u8], entry: &CacheEntry) -> std::io::Result<bool> {
+        let Some(k) = CacheKey::new(key) else { return Ok(false) };
+        let idx = self.slot(&k);
+        let mut sh = self.shadow[idx as usize].lock();
+        if !self.holds(&sh, key) {
+            return Ok(false);
+        }
+        self.write(idx, &mut sh, key, entry)?;
+        Ok(true)
+    }
+
+    /// Stops the kernel answering for the key; Ok(false) if it was not cached.
+    pub fn remove(&self, key: &[u8]) -> std::io::Result<bool> {
+        let Some(k) = CacheKey::new(key) else { return Ok(false) };
+        let idx = self.slot(&k);
+        let mut sh = self.shadow[idx as usize].lock();
+        if !self.holds(&sh, key) {
+            return Ok(false);
+        }
+        sh.key = None;
+        self.begin(idx, &mut sh)?;
+        Ok(true)
     }
 
     /// The generation new entries must carry.
@@ -246,13 +338,8 @@ impl KernelCache {
     pub fn flush(&self) -> std::io::Result<()> {
         let next = self.gen.fetch_add(1, Ordering::AcqRel) + 1;
         let idx: u32 = CONFIG_FLUSH_GEN;
-        bpf_elem(BPF_MAP_UPDATE_ELEM, &self.config, &idx as *const u32 as _, &next as *const u64 as _, BPF_ANY)
+        update(&self.config, &idx as *const u32 as _, &next as *const u64 as _)
     }
-}
-
-fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    let prog = ebpf.program_mut(XDP_PROGRAM).context("XDP program missing from the object")?;
-    Ok(prog.try_into()?)
 }
 
 /// Builds the kernel cache entry for an item from the same formatting code as user-space replies
@@ -269,6 +356,7 @@ pub fn cache_entry(key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u6
     Some(CacheEntry {
         expire_ns,
         gen,
+        key: CacheKey::new(key)?,
         hdr_len: hdr_len as u16,
         cas_len: cas_len as u16,
         total_len: v.len() as u16,

@@ -5,23 +5,29 @@
 //! Why a client can then never read, through XDP, a value older than an acknowledged write:
 //!
 //! 1. A write to key K (any command that changes or removes K) updates the store and, still under K's
-//!    shard lock, replaces the kernel entry in place (`BPF_EXIST`: never adds one) or deletes it. The reply
-//!    is sent only after that `bpf(2)` call returned, so the map holds the new state (or nothing) first.
-//! 2. The map is an RCU hash map: an update swaps the whole element, so XDP sees the old or the new entry,
-//!    never a mix. An XDP run that could still see the old one started before the syscall returned, hence
-//!    before the acknowledgement left — it was concurrent with the write, not after it.
+//!    shard lock, rewrites K's kernel slot if it holds K, or makes it unreadable. The reply is sent only
+//!    after those `bpf(2)` calls returned.
+//! 2. The kernel cache is an array of slots (never freed or recycled, unlike hash map elements) with a
+//!    sequence number each: a writer makes it odd, rewrites the slot, makes it even. XDP copies a slot and
+//!    uses the copy only if it read the same even number before and after, so it never serves a mix of two
+//!    states. A copy that could still be the old state was taken before the writer's first syscall
+//!    returned, hence before the acknowledgement left: that read was concurrent with the write.
 //! 3. Entries are only added on a user-space read hit, under the same shard lock, with the item's state as
-//!    of that moment: a read cannot race a write into admitting a value the write already replaced.
+//!    of that moment: a read cannot race a write into admitting a value the write already replaced. Keys of
+//!    other shards that share K's slot can only replace it with themselves (XDP checks the key it copied).
 //! 4. flush_all moves every entry to a dead generation with one array-map store before replying; a delayed
 //!    flush also stops admissions until its deadline, so nothing stored before it survives it in the kernel.
 //! 5. Expiry is enforced in the kernel by a monotonic deadline computed so that it falls no later than the
 //!    moment the store considers the item expired; evictions and lazy reclaims remove the entry too.
 //!
+//! (2) relies on x86-64's store and load ordering (stores become visible in program order across the
+//! writer's syscalls; the reader's loads are not reordered): the machines this runs on.
+//!
 //! If a kernel update ever fails, the whole kernel cache is flushed (one array write), which is always safe.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use kv_common::{CacheKey, CACHE_ENTRY_BUF};
+use kv_common::CACHE_ENTRY_BUF;
 
 use crate::bpf::{cache_entry, KernelCache, KernelCounters};
 use crate::exec::ExtraStats;
@@ -39,7 +45,7 @@ pub struct SyncStats {
 }
 
 pub struct KernelSync {
-    cache: KernelCache,
+    cache: std::sync::Arc<KernelCache>,
     /// Largest value the kernel serves; larger ones stay in user space.
     value_max: usize,
     /// User-space hits before an item is admitted.
@@ -50,7 +56,7 @@ pub struct KernelSync {
 }
 
 impl KernelSync {
-    pub fn new(cache: KernelCache, value_max: usize, admit_hits: u32) -> Self {
+    pub fn new(cache: std::sync::Arc<KernelCache>, value_max: usize, admit_hits: u32) -> Self {
         KernelSync {
             cache,
             value_max: value_max.min(CACHE_ENTRY_BUF),
@@ -61,7 +67,7 @@ impl KernelSync {
     }
 
     /// The kernel entry for an item's state, if the kernel should serve it.
-    fn entry_for(&self, rec: &Record<'_>) -> Option<(CacheKey, kv_common::CacheEntry)> {
+    fn entry_for(&self, rec: &Record<'_>) -> Option<kv_common::CacheEntry> {
         let Record::Set { key, flags, exptime, cas, value, .. } = *rec else { return None };
         if value.len() > self.value_max {
             return None;
@@ -70,7 +76,7 @@ impl KernelSync {
             0 => 0,
             t => deadline_ns(t)?,
         };
-        Some((CacheKey::new(key)?, cache_entry(key, flags, cas, value, expire_ns, self.cache.gen())?))
+        cache_entry(key, flags, cas, value, expire_ns, self.cache.gen())
     }
 
     /// Something went wrong with a single entry: dropping everything is always coherent.
@@ -85,8 +91,7 @@ impl KernelSync {
     }
 
     fn remove_key(&self, key: &[u8]) {
-        let Some(k) = CacheKey::new(key) else { return };
-        match self.cache.remove(&k) {
+        match self.cache.remove(key) {
             Ok(true) => {
                 self.stats.invalidations.fetch_add(1, Relaxed);
             }
@@ -100,7 +105,7 @@ impl Mirror for KernelSync {
     fn changed(&self, item: &Record<'_>) {
         let Record::Set { key, .. } = *item else { return };
         match self.entry_for(item) {
-            Some((k, e)) => match self.cache.replace(&k, &e) {
+            Some(e) => match self.cache.replace(key, &e) {
                 Ok(true) => {
                     self.stats.updates.fetch_add(1, Relaxed);
                 }
@@ -130,8 +135,13 @@ impl Mirror for KernelSync {
         if hits < self.admit_hits || unix_now_ns() / 1_000_000_000 < self.admit_after.load(Relaxed) {
             return false;
         }
-        let Some((k, e)) = self.entry_for(item) else { return false };
-        match self.cache.insert(&k, &e) {
+        let Record::Set { key, .. } = *item else { return false };
+        // Cached already (and kept current by `changed`): nothing to write.
+        if self.cache.contains(key) {
+            return true;
+        }
+        let Some(e) = self.entry_for(item) else { return false };
+        match self.cache.insert(key, &e) {
             Ok(()) => {
                 self.stats.admissions.fetch_add(1, Relaxed);
                 true

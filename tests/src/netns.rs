@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo, PerCpuArray};
+use aya::maps::{Array, Map, MapData, MapInfo, PerCpuArray};
 use kv_common::{CacheEntry, CacheKey, Counter};
 use kv_user::bpf::{KernelOpts, KernelPath};
 use kv_user::config::XdpMode;
@@ -329,21 +329,26 @@ impl XdpBed {
     }
 
     /// Writes an entry into the server's kernel cache behind its back (harness self-test only: proves
-    /// that kernel replies reach the client namespace, whatever user space admits).
+    /// that kernel replies reach the client namespace, whatever user space admits). The slot's sequence
+    /// number is set even, as a completed write leaves it.
     pub fn kernel_cache_insert(&self, key: &[u8], flags: u32, cas: u64, value: &[u8]) -> Result<()> {
-        let map = open_map(self.cache_id)?;
-        let mut cache: BpfHashMap<MapData, CacheKey, CacheEntry> = BpfHashMap::try_from(map)?;
-        let k = CacheKey::new(key).context("bad key")?;
+        let mut cache: Array<MapData, CacheEntry> = Array::try_from(open_map(self.cache_id)?)?;
+        let mut seqs: Array<MapData, u64> = Array::try_from(open_map(self.map_id("SEQS")?)?)?;
+        let idx = CacheKey::new(key).context("bad key")?.hash() as u32 & (cache.len() - 1);
         let e = kv_user::bpf::cache_entry(key, flags, cas, value, 0, 0).context("entry too big")?;
-        cache.insert(k, e, 0)?;
+        let seq = seqs.get(&idx, 0)?;
+        seqs.set(idx, seq | 1, 0)?;
+        cache.set(idx, e, 0)?;
+        seqs.set(idx, (seq | 1) + 1, 0)?;
         Ok(())
     }
 
-    /// Removes an entry inserted with [`Self::kernel_cache_insert`].
+    /// Makes the slot of an entry inserted with [`Self::kernel_cache_insert`] unreadable.
     pub fn kernel_cache_remove(&self, key: &[u8]) -> Result<()> {
-        let map = open_map(self.cache_id)?;
-        let mut cache: BpfHashMap<MapData, CacheKey, CacheEntry> = BpfHashMap::try_from(map)?;
-        cache.remove(&CacheKey::new(key).context("bad key")?)?;
+        let mut seqs: Array<MapData, u64> = Array::try_from(open_map(self.map_id("SEQS")?)?)?;
+        let idx = CacheKey::new(key).context("bad key")?.hash() as u32 & (seqs.len() - 1);
+        let seq = seqs.get(&idx, 0)?;
+        seqs.set(idx, seq | 1, 0)?;
         Ok(())
     }
 

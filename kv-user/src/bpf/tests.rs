@@ -65,7 +65,7 @@ pub(crate) fn run(path: &mut KernelPath, pkt: &[u8]) -> (u32, Vec<u8>) {
 
 fn put(path: &mut KernelPath, key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u64) {
     let e = cache_entry(key, flags, cas, value, expire_ns, 0).expect("fits");
-    path.cache().unwrap().insert(CacheKey::new(key).unwrap(), e, 0).unwrap();
+    path.cache_handle().unwrap().insert(key, &e).unwrap();
 }
 
 /// Checks the reply frame's headers against the request and returns the reply text.
@@ -407,16 +407,41 @@ fn flush_generation_and_allowlist() {
     assert_eq!(path.counter(Counter::PassFlushed).unwrap(), 1);
     // Entries of the new generation are served again.
     let e = cache_entry(b"g", 0, 2, b"w", 0, handle.gen()).unwrap();
-    handle.insert(&CacheKey::new(b"g").unwrap(), &e).unwrap();
+    handle.insert(b"g", &e).unwrap();
     let (action, out) = run(&mut path, &req);
     assert_eq!(action, XDP_TX);
     assert_eq!(reply_text(&req, &out), b"VALUE g 0 1\r\nw\r\nEND\r\n");
     // replace() only touches cached keys; remove() reports whether there was one.
-    let k2 = CacheKey::new(b"absent").unwrap();
-    assert!(!handle.replace(&k2, &e).unwrap());
-    assert!(!handle.remove(&k2).unwrap());
-    assert!(handle.remove(&CacheKey::new(b"g").unwrap()).unwrap());
+    assert!(!handle.replace(b"absent", &e).unwrap());
+    assert!(!handle.remove(b"absent").unwrap());
+    assert!(handle.remove(b"g").unwrap());
+    // A removed key's slot keeps an odd sequence number: the kernel never reads it.
+    let busy = path.counter(Counter::PassBusy).unwrap();
     assert_pass_untouched(&mut path, &req);
+    assert_eq!(path.counter(Counter::PassBusy).unwrap(), busy + 1);
+}
+
+#[test]
+fn keys_sharing_a_slot_displace_each_other() {
+    let Some(mut path) = load() else { return };
+    let slots = crate::bpf::slots_for(1024);
+    let slot = |k: &[u8]| CacheKey::new(k).unwrap().hash() as u32 & (slots - 1);
+    let a = b"a0".to_vec();
+    let b = (1..).map(|i| format!("b{i}").into_bytes()).find(|k| slot(k) == slot(&a)).unwrap();
+    put(&mut path, &a, 0, 1, b"A", 0);
+    let get_a = packet(PORT, 1, 0, 1, &[b"get ", &a[..], b"\r\n"].concat());
+    assert_eq!(run(&mut path, &get_a).0, XDP_TX);
+    put(&mut path, &b, 0, 2, b"B", 0);
+    // The slot now answers for b only; a is a miss the kernel leaves to user space.
+    let misses = path.counter(Counter::PassMiss).unwrap();
+    assert_pass_untouched(&mut path, &get_a);
+    assert_eq!(path.counter(Counter::PassMiss).unwrap(), misses + 1);
+    let get_b = packet(PORT, 2, 0, 1, &[b"get ", &b[..], b"\r\n"].concat());
+    let (action, out) = run(&mut path, &get_b);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(reply_text(&get_b, &out), [b"VALUE ", &b[..], b" 0 1\r\nB\r\nEND\r\n"].concat());
+    let h = path.cache_handle().unwrap();
+    assert!(!h.contains(&a) && h.contains(&b));
 }
 
 /// Collects log records from the kernel side.
