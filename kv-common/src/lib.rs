@@ -45,6 +45,19 @@ impl CacheKey {
         Some(k)
     }
 
+    /// The key bytes as 8-byte words (`data` is 8-aligned).
+    #[inline(always)]
+    pub fn data_words(&mut self) -> &mut [u64; CACHE_KEY_BUF / 8] {
+        // SAFETY: `data` is at offset 8 of an 8-aligned struct and 256 bytes long.
+        unsafe { &mut *(self.data.as_mut_ptr() as *mut [u64; CACHE_KEY_BUF / 8]) }
+    }
+
+    #[inline(always)]
+    pub fn data_words_ref(&self) -> &[u64; CACHE_KEY_BUF / 8] {
+        // SAFETY: as above.
+        unsafe { &*(self.data.as_ptr() as *const [u64; CACHE_KEY_BUF / 8]) }
+    }
+
     /// The key's hash, as the XDP program computes it (see [`hash_step`]).
     pub fn hash(&self) -> u64 {
         let words = (self.len as usize).div_ceil(8);
@@ -96,9 +109,6 @@ pub struct CacheEntry {
     pub buf: [u8; CACHE_ENTRY_BUF],
 }
 
-/// Bytes of a slot before `buf`: copied whole by the XDP program.
-pub const CACHE_ENTRY_HEAD: usize = 24 + core::mem::size_of::<CacheKey>();
-
 /// Size of the scratch buffer the reply is assembled in: a power of two (indices are masked with
 /// `OUT_BUF - 1`, which the verifier can follow) and more than twice the largest frame, so that
 /// `offset + length` can never leave it even though the verifier tracks the two bounds separately.
@@ -141,8 +151,6 @@ pub struct ScanState {
 pub struct Scratch {
     pub scan: ScanState,
     pub key: CacheKey,
-    /// A consistent copy of the slot being read (taken between two equal, even sequence numbers).
-    pub slot: CacheEntry,
     pub req: [u8; XDP_REQ_MAX],
     /// The whole reply frame: Ethernet, IPv4, UDP and frame headers, then the reply text.
     pub out: [u8; OUT_BUF],

@@ -17,9 +17,8 @@ mod prog {
     };
     use core::ffi::c_void;
     use kv_common::{
-        hash_init, hash_step, CacheEntry, CacheKey, Counter, ScanState, Scratch, ALLOW_MAX, CACHE_ENTRY_BUF,
-        CACHE_ENTRY_HEAD, CACHE_KEY_BUF, CONFIG_FLUSH_GEN, CONFIG_SLOTS, COUNTER_SLOTS, MAX_KEY_LEN, OUT_BUF,
-        XDP_MAX_KEYS, XDP_REPLY_MAX, XDP_REQ_MAX,
+        hash_init, hash_step, CacheEntry, Counter, ScanState, Scratch, ALLOW_MAX, CACHE_ENTRY_BUF, CACHE_KEY_BUF,
+        CONFIG_FLUSH_GEN, CONFIG_SLOTS, COUNTER_SLOTS, MAX_KEY_LEN, OUT_BUF, XDP_MAX_KEYS, XDP_REPLY_MAX, XDP_REQ_MAX,
     };
 
     /// UDP port of the server; the loader overrides it (`EbpfLoader::override_global`).
@@ -248,7 +247,11 @@ mod prog {
                 }
             }
             if single {
-                let out = append_entry(s, first, body_end - first, cas != 0, now, TEXT_OFF)?;
+                // Through memory: leaving the loop told the verifier the exact key length on each of its
+                // exit paths, which would have it check the lookup once per possible length.
+                unsafe { core::ptr::write_volatile(&mut s.scan.body_end, (body_end - first) as u64) };
+                let klen = unsafe { core::ptr::read_volatile(&s.scan.body_end) } as usize;
+                let out = append_entry(s, first, klen, cas != 0, now, TEXT_OFF)?;
                 if out < TEXT_OFF || out + 5 > TEXT_OFF + XDP_REPLY_MAX {
                     return Err(Counter::PassTooBig);
                 }
@@ -365,9 +368,6 @@ mod prog {
         Ok(false)
     }
 
-    /// Zero bytes to clear a key buffer with one helper call.
-    static ZERO: [u8; kv_common::CACHE_KEY_BUF] = [0; kv_common::CACHE_KEY_BUF];
-
     /// Looks up one key (bytes `s.req[start..start+klen]`) and appends its reply to `s.out` at `out`.
     #[inline(always)]
     fn append_entry(
@@ -378,88 +378,78 @@ mod prog {
         now: u64,
         out: usize,
     ) -> Result<usize, Counter> {
-        let key = &mut s.key;
-        key.len = klen as u32;
         let start = start & REQ_MASK;
         let klen = klen & 0xff;
-        unsafe {
-            h::bpf_probe_read_kernel(
-                key.data.as_mut_ptr() as *mut c_void,
-                kv_common::CACHE_KEY_BUF as u32,
-                ZERO.as_ptr() as *const c_void,
-            );
-            h::bpf_probe_read_kernel(
-                key.data.as_mut_ptr() as *mut c_void,
-                klen as u32,
-                s.req.as_ptr().add(start) as *const c_void,
-            );
+        if klen == 0 || klen > MAX_KEY_LEN {
+            return Err(Counter::PassNotGet);
         }
+        unsafe { core::ptr::write_volatile(&mut s.key.len, klen as u32) };
+        // The key as zero-padded little-endian words, hashed on the way (the same hash user space uses).
         let words = klen.div_ceil(8);
         let mut hash = hash_init(klen as u32);
         for i in 0..CACHE_KEY_BUF / 8 {
             if i >= words {
                 break;
             }
-            hash = hash_step(hash, key_word(&s.key, i));
+            let at = start + i * 8;
+            let mut w = u64::from_le_bytes([
+                s.req[at & REQ_MASK],
+                s.req[(at + 1) & REQ_MASK],
+                s.req[(at + 2) & REQ_MASK],
+                s.req[(at + 3) & REQ_MASK],
+                s.req[(at + 4) & REQ_MASK],
+                s.req[(at + 5) & REQ_MASK],
+                s.req[(at + 6) & REQ_MASK],
+                s.req[(at + 7) & REQ_MASK],
+            ]);
+            let tail = klen - i * 8;
+            if tail < 8 {
+                w &= (1u64 << (tail * 8)) - 1;
+            }
+            s.key.data_words()[i & (CACHE_KEY_BUF / 8 - 1)] = w;
+            hash = hash_step(hash, w);
         }
+        // Re-read the length from memory: the loop's exit taught the verifier a different exact word count
+        // on each exit path; an unknown value lets those paths merge here instead of multiplying.
+        let klen = unsafe { core::ptr::read_volatile(&s.key.len) } as usize & 0xff;
+        let words = klen.div_ceil(8);
         let idx = hash as u32 & unsafe { core::ptr::read_volatile(&KV_SLOT_MASK) };
         let seq = SEQS.get_ptr(idx).ok_or(Counter::PassMiss)?;
         let slot = CACHE.get_ptr(idx).ok_or(Counter::PassMiss)?;
-        // Seqlock read: user space makes the sequence odd, rewrites the slot, makes it even again. An even
-        // number that is the same before and after the copy means the copy is one consistent state.
+        // Seqlock read: user space makes the sequence odd, rewrites the slot, makes it even again. What is
+        // read between two equal even numbers is one consistent state; anything read here may be torn
+        // until that final check, so every length is bounded before use.
         let seq1 = unsafe { core::ptr::read_volatile(seq) };
         if seq1 & 1 != 0 {
             return Err(Counter::PassBusy);
         }
-        let copy_ok = unsafe {
-            h::bpf_probe_read_kernel(
-                &mut s.slot as *mut CacheEntry as *mut c_void,
-                CACHE_ENTRY_HEAD as u32,
-                slot as *const c_void,
-            ) == 0
+        let e = unsafe { &*slot };
+        let (slot_klen, hdr, cas_len, total, expire_ns, gen) = unsafe {
+            (
+                core::ptr::read_volatile(&e.key.len) as usize,
+                core::ptr::read_volatile(&e.hdr_len) as usize,
+                core::ptr::read_volatile(&e.cas_len) as usize,
+                core::ptr::read_volatile(&e.total_len) as usize,
+                core::ptr::read_volatile(&e.expire_ns),
+                core::ptr::read_volatile(&e.gen),
+            )
         };
-        let total = s.slot.total_len as usize;
-        if !copy_ok || total > CACHE_ENTRY_BUF {
-            return Err(Counter::PassBusy);
-        }
-        let n = (total & 2047) as u32;
-        if n > 0
-            && unsafe {
-                h::bpf_probe_read_kernel(
-                    s.slot.buf.as_mut_ptr() as *mut c_void,
-                    n,
-                    (slot as *const u8).add(CACHE_ENTRY_HEAD) as *const c_void,
-                )
-            } != 0
-        {
-            return Err(Counter::PassBusy);
-        }
-        if unsafe { core::ptr::read_volatile(seq) } != seq1 {
-            return Err(Counter::PassBusy);
-        }
         // The slot may hold another key with the same index, or none.
-        if s.slot.key.len as usize != klen {
+        if slot_klen != klen {
             return Err(Counter::PassMiss);
         }
         for i in 0..CACHE_KEY_BUF / 8 {
             if i >= words {
                 break;
             }
-            if key_word(&s.slot.key, i) != key_word(&s.key, i) {
+            let i = i & (CACHE_KEY_BUF / 8 - 1);
+            let theirs = unsafe { core::ptr::read_volatile(&e.key.data_words_ref()[i]) };
+            if theirs != s.key.data_words()[i] {
                 return Err(Counter::PassMiss);
             }
         }
-        let e = &s.slot;
-        if e.expire_ns != 0 && now >= e.expire_ns {
-            return Err(Counter::PassExpired);
-        }
-        if CONFIG.get(CONFIG_FLUSH_GEN).is_none_or(|g| *g != e.gen) {
-            return Err(Counter::PassFlushed);
-        }
-        let hdr = e.hdr_len as usize;
-        let cas_len = e.cas_len as usize;
-        if hdr + cas_len > total {
-            return Err(Counter::PassMalformed);
+        if total > CACHE_ENTRY_BUF || hdr + cas_len > total {
+            return Err(Counter::PassBusy);
         }
         let buf = e.buf.as_ptr();
         let out = if cas {
@@ -469,14 +459,16 @@ mod prog {
             let rest = hdr + cas_len;
             copy(s, out, unsafe { buf.add(rest & 2047) }, total - rest)?
         };
+        if unsafe { core::ptr::read_volatile(seq) } != seq1 {
+            return Err(Counter::PassBusy);
+        }
+        if expire_ns != 0 && now >= expire_ns {
+            return Err(Counter::PassExpired);
+        }
+        if CONFIG.get(CONFIG_FLUSH_GEN).is_none_or(|g| *g != gen) {
+            return Err(Counter::PassFlushed);
+        }
         Ok(out)
-    }
-
-    /// Word `i` of a zero-padded key (aligned: `CacheKey` is 8-byte aligned and `data` starts at 8).
-    #[inline(always)]
-    fn key_word(k: &CacheKey, i: usize) -> u64 {
-        let i = i & (CACHE_KEY_BUF / 8 - 1);
-        unsafe { core::ptr::read(k.data.as_ptr().add(i * 8) as *const u64) }
     }
 
     /// Appends `len` bytes from kernel memory `src` to `s.out` at `out`.
