@@ -312,11 +312,7 @@ pub fn attach_reflector(iface: &str, mode: ModeArg, port: u16) -> Result<Reflect
 impl Reflector {
     /// The kernel's id of the attached program (to find its run statistics).
     pub fn prog_id(&self) -> Result<u32> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(REFLECT_PROGRAM)
-            .context("reflector program missing")?
-            .try_into()?;
+        let prog: &Xdp = self.ebpf.program(REFLECT_PROGRAM).context("reflector program missing")?.try_into()?;
         Ok(prog.info()?.id())
     }
 }

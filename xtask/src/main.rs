@@ -134,7 +134,11 @@ fn bench(_root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
     }
     if let Some(out) = out {
         // Relative to where the user ran cargo, not to the workspace root this process moved to.
-        let out = if out.is_absolute() { out } else { std::env::var_os("PWD").map(PathBuf::from).unwrap_or_default().join(out) };
+        let out = if out.is_absolute() {
+            out
+        } else {
+            std::env::var_os("PWD").map(PathBuf::from).unwrap_or_default().join(out)
+        };
         cmd.arg("--out").arg(out);
     }
     // exec: Ctrl-C then reaches the benchmark itself, which cleans up.

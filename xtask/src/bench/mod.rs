@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
-use netns::{Bed, SERVER_IP, SERVER_IF, SUBNET};
+use netns::{Bed, SERVER_IF, SERVER_IP, SUBNET};
 use procs::{check_interrupted, ns_command, Proc, Sample, INTERRUPTED};
 
 /// Port of every server (TCP and UDP), inside the private server namespace.
@@ -24,6 +24,8 @@ const PORT: u16 = 11211;
 const KEYS: u32 = 10_000;
 const VALUE_SIZE: u32 = 32;
 const THREADS: u32 = 2;
+/// kv-load's default key popularity (a few hot keys, a long tail).
+const ZIPF: f64 = 0.99;
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +60,8 @@ enum Proto {
 struct Workload {
     name: &'static str,
     proto: Proto,
+    /// kv-load threads (its --conns is per thread).
+    threads: u32,
     args: Vec<String>,
     /// Load the key set over TCP before the run (GET workloads).
     preload: bool,
@@ -84,6 +88,7 @@ fn plan(quick: bool) -> Vec<Workload> {
     let w = |name, proto, a: &[&str], servers: &Vec<Server>| Workload {
         name,
         proto,
+        threads: THREADS,
         args: args(a),
         preload: true,
         servers: servers.clone(),
@@ -92,31 +97,37 @@ fn plan(quick: bool) -> Vec<Workload> {
         idle: 0,
         bpf_stats: false,
     };
-    let udp = ["--conns", "8", "--depth", "64"];
+    // kv-load's --conns is per thread: 2 threads x 4 UDP sockets x 64 requests in flight.
+    let udp = ["--conns", "4", "--depth", "64"];
     let cat = |a: &[&'static str], b: &[&'static str]| -> Vec<&'static str> { a.iter().chain(b).copied().collect() };
     let mut udp_get = w("udp-get", Proto::Udp, &cat(&udp, &["--get-ratio", "1"]), &all);
     udp_get.bpf_stats = true;
-    let tcp_d1 = Workload { skip_note: no_reflector, ..w("tcp-depth-1", Proto::Tcp, &["--conns", "4", "--depth", "1"], &real) };
+    let tcp_d1 =
+        Workload { skip_note: no_reflector, ..w("tcp-depth-1", Proto::Tcp, &["--conns", "2", "--depth", "1"], &real) };
     if quick {
         return vec![udp_get, tcp_d1];
     }
     let mut v = vec![udp_get];
-    for (name, extra) in [("udp-get90-set10", &["--get-ratio", "0.9"][..]), ("udp-multiget-10", &["--get-ratio", "1", "--multiget", "10"][..])] {
+    for (name, extra) in [
+        ("udp-get90-set10", &["--get-ratio", "0.9"][..]),
+        ("udp-multiget-10", &["--get-ratio", "1", "--multiget", "10"][..]),
+    ] {
         v.push(Workload { skip_note: no_reflector, ..w(name, Proto::Udp, &cat(&udp, extra), &real) });
     }
     v.push(tcp_d1);
-    for (name, a) in [
-        ("tcp-depth-16", &["--conns", "4", "--depth", "16"][..]),
-        ("tcp-conns-1", &["--conns", "1", "--depth", "1"][..]),
-        ("tcp-conns-50", &["--conns", "50", "--depth", "1"][..]),
-        ("tcp-conns-1000", &["--conns", "1000", "--depth", "1"][..]),
+    // Connection counts are totals: threads x per-thread conns.
+    for (name, threads, a) in [
+        ("tcp-depth-16", 2, &["--conns", "2", "--depth", "16"][..]),
+        ("tcp-conns-1", 1, &["--conns", "1", "--depth", "1"][..]),
+        ("tcp-conns-50", 2, &["--conns", "25", "--depth", "1"][..]),
+        ("tcp-conns-1000", 2, &["--conns", "500", "--depth", "1"][..]),
     ] {
-        v.push(Workload { skip_note: no_reflector, ..w(name, Proto::Tcp, a, &real) });
+        v.push(Workload { skip_note: no_reflector, threads, ..w(name, Proto::Tcp, a, &real) });
     }
     v.push(Workload {
         preload: false,
         skip_note: "kv-server: measured with persistence on (xdp,fsync); reflector: no SETs",
-        ..w("tcp-set-100", Proto::Tcp, &["--conns", "4", "--depth", "1", "--get-ratio", "0"], &vec![Memcached, KvFsync])
+        ..w("tcp-set-100", Proto::Tcp, &["--conns", "2", "--depth", "1", "--get-ratio", "0"], &vec![Memcached, KvFsync])
     });
     v.push(Workload {
         open_half_mc: true,
@@ -124,7 +135,11 @@ fn plan(quick: bool) -> Vec<Workload> {
     });
     for idle in [10_000, 50_000] {
         let name = if idle == 10_000 { "tcp-c10k-idle-10k" } else { "tcp-c10k-idle-50k" };
-        v.push(Workload { idle, skip_note: no_reflector, ..w(name, Proto::Tcp, &["--conns", "50", "--depth", "1"], &real) });
+        v.push(Workload {
+            idle,
+            skip_note: no_reflector,
+            ..w(name, Proto::Tcp, &["--conns", "25", "--depth", "1"], &real)
+        });
     }
     v
 }
@@ -205,13 +220,26 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
     let hard = procs::nofile_hard();
     let conn_limit = 60_000.min(hard.saturating_sub(500));
     let bed = Bed::create().context("creating the namespaces")?;
-    let mut ctx = Ctx { opts, release, kv_load, out, logs, duration, warmup, conn_limit, bed, rows: Vec::new(), skips: Vec::new() };
+    let mut ctx = Ctx {
+        opts,
+        release,
+        kv_load,
+        out,
+        logs,
+        duration,
+        warmup,
+        conn_limit,
+        bed,
+        rows: Vec::new(),
+        skips: Vec::new(),
+    };
     let result = ctx.run_all();
     // Whatever happened, report what was measured.
     let written = report::write(&ctx.out, &ctx.rows, &ctx.skips, &machine(), ctx.opts.quick, FONT);
     let cleanup = ctx.bed.server_ns.clone();
     drop(ctx);
-    let left = Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let left =
+        Command::new("ip").args(["netns", "list"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     if left.is_ok_and(|l| l.contains(&cleanup)) {
         eprintln!("bench: warning: namespace {cleanup} still exists");
     }
@@ -323,11 +351,12 @@ impl Ctx {
         let mut a = args(&["--server", &format!("{SERVER_IP}:{PORT}")]);
         a.extend(args(&["--proto", if w.proto == Proto::Udp { "udp" } else { "tcp" }]));
         for (k, v) in [
-            ("--threads", THREADS.to_string()),
+            ("--threads", w.threads.to_string()),
             ("--duration", duration.to_string()),
             ("--warmup", self.warmup.to_string()),
             ("--keys", KEYS.to_string()),
             ("--value-size", VALUE_SIZE.to_string()),
+            ("--zipf", ZIPF.to_string()),
             ("--seed", "1".to_string()),
         ] {
             a.push(k.to_string());
@@ -370,7 +399,8 @@ impl Ctx {
             extra_args.extend(args(&["--idle-conns", &w.idle.to_string()]));
         }
         if w.open_half_mc {
-            let mc = self.rows.iter().find(|r| r.server == Server::Memcached && r.workload == "udp-get" && r.load.is_some());
+            let mc =
+                self.rows.iter().find(|r| r.server == Server::Memcached && r.workload == "udp-get" && r.load.is_some());
             let Some(mc) = mc else {
                 return Ok(Self::skipped(server, w, "no memcached udp-get peak to take half of".into()));
             };
@@ -416,8 +446,11 @@ impl Ctx {
         if requests == 0.0 {
             bail!("{head}: kv-load completed no requests (is the server answering?)");
         }
-        if errors > 0.0 || timeouts > 0.0 {
-            notes.push(format!("{errors:.0} errors, {timeouts:.0} timeouts"));
+        if errors > 0.0 {
+            notes.push(format!("{errors:.0} errors"));
+        }
+        if timeouts > 0.0 {
+            notes.push(format!("{timeouts:.0} timeouts"));
         }
         // The measured window is the last `duration` seconds before kv-load exited.
         let (cpu, all) = window_cpu(&samples, self.duration as f64, row.rps);
@@ -435,7 +468,7 @@ impl Ctx {
             let (hits, pkts) = (d("xdp_hits"), d("xdp_packets"));
             row.extra.insert("xdp_hits".into(), json!(hits));
             row.extra.insert("xdp_packets".into(), json!(pkts));
-            if pkts > 0.0 {
+            if pkts > 0.0 && w.proto == Proto::Udp {
                 notes.push(format!("XDP answered {:.0}% of {pkts:.0} packets", 100.0 * hits / pkts));
             }
         }
@@ -453,7 +486,7 @@ impl Ctx {
                 }
             }
         }
-        if server == Server::Reflector || server == Server::KvXdp {
+        if matches!(server, Server::Reflector | Server::KvXdp | Server::KvFsync) && w.proto == Proto::Udp {
             notes.push("XDP CPU is charged to the client on veth".into());
         }
         row.load = Some(load);
@@ -471,7 +504,14 @@ impl Ctx {
         let fd = kv_user::bpf::enable_run_stats()?;
         let before = kv_user::bpf::program_stats_by_id(prog_id)?.context("program vanished")?;
         let a = self.common_args(w, 2);
-        self.kv_load(&format!("{tag}-bpfstats"), &a, None, Duration::from_secs(60), &format!("{head} (bpf stats)"), true)?;
+        self.kv_load(
+            &format!("{tag}-bpfstats"),
+            &a,
+            None,
+            Duration::from_secs(60),
+            &format!("{head} (bpf stats)"),
+            true,
+        )?;
         let after = kv_user::bpf::program_stats_by_id(prog_id)?.context("program vanished")?;
         drop(fd);
         let runs = after.run_cnt.saturating_sub(before.run_cnt);
@@ -596,7 +636,13 @@ impl Ctx {
         if let Some(t) = countdown {
             let _ = t.join();
         }
-        let (samples, out) = res.map_err(|e| anyhow::anyhow!("{e:#}; kv-load's output ({}):\n{}", log.display(), tail(&log)))?;
+        let (samples, out) = res.map_err(|e| {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                e
+            } else {
+                anyhow::anyhow!("{head}: {e:#}; kv-load's output ({}):\n{}", log.display(), tail(&log))
+            }
+        })?;
         if !json {
             return Ok((None, samples));
         }
@@ -638,6 +684,7 @@ fn shallow(w: &Workload) -> Workload {
     Workload {
         name: w.name,
         proto: w.proto,
+        threads: THREADS,
         args: vec![],
         preload: false,
         servers: vec![],
@@ -650,7 +697,10 @@ fn shallow(w: &Workload) -> Workload {
 
 fn which(bin: &Path) -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join(bin)).find(|p| p.is_file()).with_context(|| format!("{} not found on PATH", bin.display()))
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{} not found on PATH", bin.display()))
 }
 
 fn tail(log: &Path) -> String {

@@ -31,7 +31,13 @@ pub fn table(rows: &[Row]) -> String {
     s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
         if r.load.is_none() {
-            let _ = writeln!(s, "| {} | {} | - | - | - | - | - | - | - | - | skipped: {} |", r.server.label(), r.workload, r.note);
+            let _ = writeln!(
+                s,
+                "| {} | {} | - | - | - | - | - | - | - | - | skipped: {} |",
+                r.server.label(),
+                r.workload,
+                r.note
+            );
             continue;
         }
         let _ = writeln!(
@@ -81,7 +87,14 @@ pub fn write(
     }
     let c10k: Vec<String> = rows
         .iter()
-        .filter_map(|r| Some(format!("- {} {}: {:.0} bytes of RSS per idle connection", r.server.label(), r.workload, rss_per_conn(rows, r)?)))
+        .filter_map(|r| {
+            Some(format!(
+                "- {} {}: {:.0} bytes of RSS per idle connection",
+                r.server.label(),
+                r.workload,
+                rss_per_conn(rows, r)?
+            ))
+        })
         .collect();
     if !c10k.is_empty() {
         t.push('\n');
@@ -143,7 +156,8 @@ fn color(s: Server) -> RGBColor {
 pub fn chart(rows: &[Row], png: &Path, font: &str) -> Result<()> {
     let bytes = std::fs::read(font).with_context(|| format!("reading font {font}"))?;
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| anyhow::anyhow!("bad font {font}"))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| anyhow::anyhow!("bad font {font}"))?;
     let measured: Vec<&Row> = rows.iter().filter(|r| r.load.is_some()).collect();
     let mut workloads: Vec<&str> = Vec::new();
     for r in &measured {
@@ -168,9 +182,13 @@ pub fn chart(rows: &[Row], png: &Path, font: &str) -> Result<()> {
             r.get("p99_us")
         }
     };
-    for (area, which, title) in [(&top, "rps", "throughput (thousand requests/s)"), (&bottom, "p99", "p99 latency (us, log scale)")] {
+    for (area, which, title) in
+        [(&top, "rps", "throughput (thousand requests/s)"), (&bottom, "p99", "p99 latency (us, log scale)")]
+    {
         let vals: Vec<f64> = measured.iter().filter_map(|r| value(r, which)).filter(|v| v.is_finite()).collect();
-        let max = vals.iter().cloned().fold(1.0, f64::max) * 1.15;
+        // Headroom above the bars for the legend.
+        let max = vals.iter().cloned().fold(1.0, f64::max);
+        let max = if which == "rps" { max * 1.45 } else { max * 20.0 };
         let x = -0.5f64..n as f64 - 0.5;
         macro_rules! draw {
             ($chart:expr, $lo:expr) => {{
@@ -180,6 +198,7 @@ pub fn chart(rows: &[Row], png: &Path, font: &str) -> Result<()> {
                     .disable_x_mesh()
                     .x_labels(0)
                     .y_desc(title)
+                    .y_label_formatter(&|v| format!("{v:.0}"))
                     .y_label_style(("sans-serif", 13))
                     .draw()?;
                 for (si, s) in servers.iter().enumerate() {
