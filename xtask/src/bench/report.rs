@@ -79,12 +79,6 @@ pub fn write(
         return Ok(());
     }
     let mut t = table(rows);
-    if !skips.is_empty() {
-        t.push_str("\nNot run:\n");
-        for (w, why) in skips {
-            let _ = writeln!(t, "- {w}: {why}");
-        }
-    }
     let c10k: Vec<String> = rows
         .iter()
         .filter_map(|r| {
@@ -100,6 +94,12 @@ pub fn write(
         t.push('\n');
         t.push_str(&c10k.join("\n"));
         t.push('\n');
+    }
+    if !skips.is_empty() {
+        t.push_str("\nNot run:\n");
+        for (w, why) in skips {
+            let _ = writeln!(t, "- {w}: {why}");
+        }
     }
     println!("\n{t}");
     println!("server CPU: utime+stime of the server process over the measured window / requests. On veth, XDP runs in");
