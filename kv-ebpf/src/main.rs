@@ -542,6 +542,56 @@ mod prog {
         o[42..50].copy_from_slice(&frame);
     }
 
+    /// UDP port the benchmark reflector answers; the loader overrides it. 0: reflect nothing (a pure
+    /// pass-through program, as the peer veth needs for native XDP_TX replies to arrive).
+    #[unsafe(no_mangle)]
+    static KV_REFLECT_PORT: u16 = 0;
+
+    /// Benchmark-only reflector: the physical ceiling of answering from XDP on this path. Every IPv4 UDP
+    /// datagram to `KV_REFLECT_PORT` goes back to its sender unchanged but for swapped MAC addresses, IP
+    /// addresses and UDP ports and a UDP checksum of 0 (legal over IPv4; veth's offload would otherwise
+    /// leave a partial one). Lengths do not change, and the IPv4 header checksum is invariant under
+    /// swapping its two address words, so nothing else needs fixing. Everything else passes.
+    #[xdp]
+    pub fn kv_reflect(ctx: XdpContext) -> u32 {
+        reflect(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    }
+
+    #[inline(always)]
+    fn reflect(ctx: &XdpContext) -> Option<u32> {
+        let port = unsafe { core::ptr::read_volatile(&KV_REFLECT_PORT) };
+        if port == 0 {
+            return None;
+        }
+        let eth = ptr_at(ctx, 0, ETH_HLEN + IP_HLEN + UDP_HLEN)? as *mut u8;
+        if be16(eth, 12) != 0x0800 {
+            return None;
+        }
+        let ip = unsafe { eth.add(ETH_HLEN) };
+        // No IP options (the UDP header is then at a fixed offset), not a fragment, UDP.
+        if unsafe { *ip } != 0x45 || be16(ip, 6) & 0x3fff != 0 || unsafe { *ip.add(9) } != 17 {
+            return None;
+        }
+        let udp = unsafe { ip.add(IP_HLEN) };
+        if be16(udp, 2) != port {
+            return None;
+        }
+        unsafe {
+            for i in 0..6 {
+                core::ptr::swap(eth.add(i), eth.add(6 + i));
+            }
+            for i in 0..4 {
+                core::ptr::swap(ip.add(12 + i), ip.add(16 + i));
+            }
+            for i in 0..2 {
+                core::ptr::swap(udp.add(i), udp.add(2 + i));
+            }
+            *udp.add(6) = 0;
+            *udp.add(7) = 0;
+        }
+        Some(xdp_action::XDP_TX)
+    }
+
     #[panic_handler]
     fn panic(_info: &core::panic::PanicInfo) -> ! {
         loop {}

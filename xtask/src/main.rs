@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask run` starts the server, `cargo xtask test` runs everything CI runs.
-//! Both first install what a fresh machine lacks (rust-src for nightly, bpf-linker, test peers).
+//! Project tasks: `cargo xtask run` starts the server, `cargo xtask test` runs everything CI runs,
+//! `cargo xtask bench` compares it with memcached (docs/bench.md).
+//! All first install what a fresh machine lacks (rust-src for nightly, bpf-linker, test peers).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -7,6 +8,8 @@ use std::process::{Command, ExitStatus};
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "bench")]
+mod bench;
 mod setup;
 
 #[derive(Parser)]
@@ -32,6 +35,16 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmark memcached, kv-server (user space / XDP) and a bare XDP_TX reflector in network
+    /// namespaces with kv-load; prints a table, writes results.json and a chart (root needed).
+    Bench {
+        /// Short smoke run (under a minute): UDP GET and TCP depth 1 only, 2 s windows.
+        #[arg(long)]
+        quick: bool,
+        /// Output directory (default: target/bench).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +53,7 @@ fn main() -> std::process::ExitCode {
     let result = std::env::set_current_dir(&root).map_err(anyhow::Error::from).and_then(|()| match cli.task {
         Task::Run { args } => run(&root, &args),
         Task::Test { no_lint, args } => test(&root, no_lint, &args),
+        Task::Bench { quick, out } => bench(&root, quick, out),
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -105,6 +119,35 @@ fn test(root: &Path, no_lint: bool, args: &[String]) -> Result<()> {
         bail!("tests failed");
     }
     Ok(())
+}
+
+/// Plain xtask has no dependency on kv-user (whose build needs the eBPF toolchain this very binary
+/// installs), so it sets the toolchain up and re-runs itself, in release, with the `bench` feature.
+#[cfg(not(feature = "bench"))]
+fn bench(_root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    setup::ebpf_toolchain()?;
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["run", "--quiet", "--release", "-p", "xtask", "--features", "bench", "--", "bench"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    if let Some(out) = out {
+        // Relative to where the user ran cargo, not to the workspace root this process moved to.
+        let out = if out.is_absolute() {
+            out
+        } else {
+            std::env::var_os("PWD").map(PathBuf::from).unwrap_or_default().join(out)
+        };
+        cmd.arg("--out").arg(out);
+    }
+    // exec: Ctrl-C then reaches the benchmark itself, which cleans up.
+    Err(cmd.exec()).context("running the benchmark")
+}
+
+#[cfg(feature = "bench")]
+fn bench(root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
+    bench::run(root, bench::Opts { quick, out })
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
