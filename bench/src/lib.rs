@@ -79,6 +79,9 @@ pub fn new_histogram() -> Histogram<u64> {
 pub struct Stats {
     /// Latency in microseconds.
     pub hist: Histogram<u64>,
+    /// Open loop: how far behind its intended time each request was actually sent, in microseconds (diagnostic: a
+    /// generator that cannot keep up shows here, not as lower latency).
+    pub lag: Histogram<u64>,
     pub requests: u64,
     /// Keys asked for or written by the counted requests (a multiget of K counts K).
     pub keys: u64,
@@ -96,6 +99,7 @@ impl Default for Stats {
     fn default() -> Self {
         Stats {
             hist: new_histogram(),
+            lag: new_histogram(),
             requests: 0,
             keys: 0,
             timeouts: 0,
@@ -136,8 +140,16 @@ impl Stats {
         }
     }
 
+    /// Open loop: note a request sent at `sent_ns` that was intended for `intended_ns`.
+    pub fn record_lag(&mut self, timing: &Timing, intended_ns: u64, sent_ns: u64) {
+        if timing.in_window(sent_ns) {
+            self.lag.saturating_record(sent_ns.saturating_sub(intended_ns) / 1000);
+        }
+    }
+
     pub fn merge(&mut self, o: &Stats) {
         self.hist.add(&o.hist).expect("same histogram bounds");
+        self.lag.add(&o.lag).expect("same histogram bounds");
         self.requests += o.requests;
         self.keys += o.keys;
         self.timeouts += o.timeouts;

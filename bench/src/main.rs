@@ -339,6 +339,15 @@ fn run(args: Args) -> Result<()> {
         report.timeouts,
         args.rate.map(|r| format!("; offered {r:.0} req/s")).unwrap_or_default(),
     );
+    if mode == Mode::Open && !total.lag.is_empty() {
+        let l = &total.lag;
+        eprintln!(
+            "[kv-load] open loop: sends behind schedule (us) p50 {} p99 {} max {}",
+            l.value_at_quantile(0.5),
+            l.value_at_quantile(0.99),
+            l.max()
+        );
+    }
     if total.stray > 0 || total.send_errors > 0 {
         eprintln!("[kv-load] diagnostics: {} stray/late datagrams, {} send errors", total.stray, total.send_errors);
     }

@@ -140,6 +140,9 @@ pub fn run(cfg: &Config, thread: usize, timing: &Timing, shared: &Shared) -> Res
                     None => now,
                 };
                 let (is_get, nkeys) = c.gen.next(&mut c.wbuf);
+                if c.sched.is_some() {
+                    stats.record_lag(timing, intended, now);
+                }
                 c.inflight.push_back(Pending { intended_ns: intended, is_get, nkeys });
                 if let Some(sc) = &mut c.sched {
                     sc.next += 1;
