@@ -181,7 +181,7 @@ fn run(args: Args) -> Result<()> {
 
     let want_fds = (args.idle_conns + args.threads * args.conns + 256) as u64;
     let nofile = raise_nofile(want_fds);
-    if (args.idle_conns as u64) + 64 > nofile {
+    if want_fds - 200 > nofile {
         eprintln!("[kv-load] note: open-file limit is {nofile}; not all {} idle connections can open", args.idle_conns);
     }
 
@@ -285,7 +285,7 @@ fn run(args: Args) -> Result<()> {
     if !idle.is_empty() && alive < idle.len() {
         eprintln!("[kv-load] note: the server closed {} of the {} idle connections", idle.len() - alive, idle.len());
     }
-    drop(idle);
+    tcp::close_abortively(idle);
 
     let secs = args.duration;
     let h = &total.hist;
