@@ -171,7 +171,10 @@ fn run(args: Args) -> Result<()> {
     let rate = match (mode, args.rate) {
         (Mode::Open, Some(r)) if r > 0.0 && r.is_finite() => r,
         (Mode::Open, _) => bail!("--mode open needs --rate REQS_PER_SEC > 0"),
-        (Mode::Closed, Some(_)) => bail!("--rate applies to --mode open only"),
+        (Mode::Closed, Some(r)) => {
+            eprintln!("[kv-load] note: --rate {r} is ignored in closed loop (use --mode open)");
+            0.0
+        }
         (Mode::Closed, None) => 0.0,
     };
     let max_req = ReqGen::max_request_len(args.keys, args.multiget, args.value_size);
@@ -314,7 +317,7 @@ fn run(args: Args) -> Result<()> {
         hits: total.hits,
         other: total.other,
         idle_conns_opened: idle_opened,
-        offered_rps: args.rate,
+        offered_rps: (mode == Mode::Open).then_some(rate),
     };
     let human = format!(
         "[kv-load] {} {} {}x{}x{}: {} requests in {:.1} s = {:.0} req/s ({:.0} keys/s); latency us p50 {} p99 {} \
@@ -337,7 +340,7 @@ fn run(args: Args) -> Result<()> {
         report.other,
         report.errors,
         report.timeouts,
-        args.rate.map(|r| format!("; offered {r:.0} req/s")).unwrap_or_default(),
+        report.offered_rps.map(|r| format!("; offered {r:.0} req/s")).unwrap_or_default(),
     );
     if mode == Mode::Open && !total.lag.is_empty() {
         let l = &total.lag;
