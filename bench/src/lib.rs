@@ -1,0 +1,277 @@
+//! kv-load internals: a memcached-protocol load generator (UDP with sendmmsg/recvmmsg, pipelined TCP), closed loop
+//! (peak throughput) and open loop (latency at an offered rate, measured from intended send times).
+
+pub mod proto;
+pub mod sched;
+pub mod sys;
+pub mod tcp;
+pub mod udp;
+pub mod zipf;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+use crate::proto::Outcome;
+use crate::zipf::{Rng, Zipf};
+
+/// A request not answered within this long is counted as a timeout and its slot reused (UDP).
+pub const TIMEOUT_NS: u64 = 1_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Closed,
+    Open,
+}
+
+/// Everything a load thread needs (shared read-only).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: SocketAddr,
+    pub mode: Mode,
+    /// Total offered rate (open loop).
+    pub rate: f64,
+    pub threads: usize,
+    pub conns: usize,
+    pub depth: usize,
+    pub zipf: Arc<Zipf>,
+    pub value: Arc<Vec<u8>>,
+    pub get_ratio: f64,
+    pub multiget: usize,
+    pub seed: u64,
+}
+
+/// Run clock: all times are nanoseconds since `base`.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub base: Instant,
+    /// Completions before this (warm-up) are not counted.
+    pub measure_ns: u64,
+    /// The run stops here.
+    pub end_ns: u64,
+}
+
+impl Timing {
+    pub fn in_window(&self, t_ns: u64) -> bool {
+        t_ns >= self.measure_ns && t_ns < self.end_ns
+    }
+}
+
+/// Live counters for the progress line, and a stop flag.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Completions so far, warm-up included.
+    pub completed: AtomicU64,
+    /// Timeouts inside the measurement window.
+    pub timeouts: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
+}
+
+/// Per-thread results, merged at the end.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Latency in microseconds.
+    pub hist: Histogram<u64>,
+    /// Open loop: how far behind its intended time each request was actually sent, in microseconds (diagnostic: a
+    /// generator that cannot keep up shows here, not as lower latency).
+    pub lag: Histogram<u64>,
+    pub requests: u64,
+    /// Keys asked for or written by the counted requests (a multiget of K counts K).
+    pub keys: u64,
+    pub timeouts: u64,
+    pub errors: u64,
+    pub misses: u64,
+    pub hits: u64,
+    pub other: u64,
+    /// Diagnostics (stderr only): datagrams that matched no outstanding request, send errors.
+    pub stray: u64,
+    pub send_errors: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            hist: new_histogram(),
+            lag: new_histogram(),
+            requests: 0,
+            keys: 0,
+            timeouts: 0,
+            errors: 0,
+            misses: 0,
+            hits: 0,
+            other: 0,
+            stray: 0,
+            send_errors: 0,
+        }
+    }
+}
+
+impl Stats {
+    /// Count one completed request if it completed inside the measurement window.
+    pub fn record(
+        &mut self,
+        timing: &Timing,
+        outcome: Outcome,
+        is_get: bool,
+        nkeys: u32,
+        intended_ns: u64,
+        done_ns: u64,
+    ) {
+        if !timing.in_window(done_ns) {
+            return;
+        }
+        self.requests += 1;
+        self.keys += nkeys as u64;
+        let us = (done_ns.saturating_sub(intended_ns) / 1000).max(1);
+        self.hist.saturating_record(us);
+        match (outcome, is_get) {
+            (Outcome::Error, _) => self.errors += 1,
+            (Outcome::Hit, true) => self.hits += 1,
+            (Outcome::Miss, true) => self.misses += 1,
+            (Outcome::Stored, false) => {}
+            _ => self.other += 1,
+        }
+    }
+
+    /// Open loop: note a request sent at `sent_ns` that was intended for `intended_ns`.
+    pub fn record_lag(&mut self, timing: &Timing, intended_ns: u64, sent_ns: u64) {
+        if timing.in_window(sent_ns) {
+            self.lag.saturating_record(sent_ns.saturating_sub(intended_ns) / 1000);
+        }
+    }
+
+    pub fn merge(&mut self, o: &Stats) {
+        self.hist.add(&o.hist).expect("same histogram bounds");
+        self.lag.add(&o.lag).expect("same histogram bounds");
+        self.requests += o.requests;
+        self.keys += o.keys;
+        self.timeouts += o.timeouts;
+        self.errors += o.errors;
+        self.misses += o.misses;
+        self.hits += o.hits;
+        self.other += o.other;
+        self.stray += o.stray;
+        self.send_errors += o.send_errors;
+    }
+}
+
+/// Draws operations and keys and writes request bytes.
+#[derive(Clone, Debug)]
+pub struct ReqGen {
+    rng: Rng,
+    zipf: Arc<Zipf>,
+    value: Arc<Vec<u8>>,
+    get_ratio: f64,
+    multiget: usize,
+    ranks: Vec<u64>,
+}
+
+impl ReqGen {
+    pub fn new(cfg: &Config, stream_seed: u64) -> Self {
+        ReqGen {
+            rng: Rng::new(cfg.seed ^ stream_seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            zipf: cfg.zipf.clone(),
+            value: cfg.value.clone(),
+            get_ratio: cfg.get_ratio,
+            multiget: cfg.multiget,
+            ranks: Vec::with_capacity(cfg.multiget),
+        }
+    }
+
+    /// Append one request to `out`; returns (is_get, keys in it).
+    pub fn next(&mut self, out: &mut Vec<u8>) -> (bool, u32) {
+        let is_get = self.get_ratio >= 1.0 || self.rng.next_f64() < self.get_ratio;
+        if is_get {
+            self.ranks.clear();
+            for _ in 0..self.multiget {
+                let r = self.zipf.sample(&mut self.rng);
+                self.ranks.push(r);
+            }
+            proto::build_get(out, &self.ranks);
+            (true, self.multiget as u32)
+        } else {
+            let r = self.zipf.sample(&mut self.rng);
+            proto::build_set(out, r, &self.value);
+            (false, 1)
+        }
+    }
+
+    /// Largest request this generator can produce, in bytes.
+    pub fn max_request_len(keys: u64, multiget: usize, value_size: usize) -> usize {
+        let key = 4 + (keys.max(1) - 1).to_string().len();
+        let get = 3 + multiget * (1 + key) + 2;
+        let set = 4 + key + 5 + value_size.to_string().len() + 2 + value_size + 2;
+        get.max(set)
+    }
+}
+
+pub fn value_bytes(size: usize) -> Vec<u8> {
+    (0..size).map(proto::value_byte).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(get_ratio: f64, multiget: usize) -> Config {
+        Config {
+            server: "127.0.0.1:1".parse().unwrap(),
+            mode: Mode::Closed,
+            rate: 0.0,
+            threads: 1,
+            conns: 1,
+            depth: 1,
+            zipf: Arc::new(Zipf::new(1000, 0.99)),
+            value: Arc::new(value_bytes(100)),
+            get_ratio,
+            multiget,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn reqgen_mix_and_max_len() {
+        let c = cfg(0.9, 3);
+        let mut g = ReqGen::new(&c, 0);
+        let max = ReqGen::max_request_len(1000, 3, 100);
+        let mut gets = 0;
+        for _ in 0..10_000 {
+            let mut out = Vec::new();
+            let (is_get, n) = g.next(&mut out);
+            assert!(out.len() <= max, "{} > {max}", out.len());
+            if is_get {
+                gets += 1;
+                assert_eq!(n, 3);
+                assert!(out.starts_with(b"get key:"));
+            } else {
+                assert!(out.starts_with(b"set key:"));
+            }
+        }
+        assert!((8_700..9_300).contains(&gets), "{gets}");
+        // The worst case is reached exactly.
+        let mut out = Vec::new();
+        proto::build_set(&mut out, 999, &c.value);
+        assert_eq!(out.len(), max);
+    }
+
+    #[test]
+    fn record_counts_only_inside_window() {
+        let t = Timing { base: Instant::now(), measure_ns: 1000, end_ns: 2000 };
+        let mut s = Stats::default();
+        s.record(&t, Outcome::Hit, true, 1, 0, 999);
+        s.record(&t, Outcome::Hit, true, 2, 0, 1000);
+        s.record(&t, Outcome::Miss, true, 1, 0, 1500);
+        s.record(&t, Outcome::Stored, false, 1, 0, 1500);
+        s.record(&t, Outcome::Error, false, 1, 0, 1500);
+        s.record(&t, Outcome::Other, true, 1, 0, 1999);
+        s.record(&t, Outcome::Hit, true, 1, 0, 2000);
+        assert_eq!((s.requests, s.keys, s.hits, s.misses, s.errors, s.other), (5, 6, 1, 1, 1, 1));
+    }
+}
