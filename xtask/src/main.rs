@@ -31,6 +31,9 @@ enum Task {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the benchmark smoke test (`cargo xtask bench --quick`).
+        #[arg(long)]
+        no_bench: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -52,7 +55,7 @@ fn main() -> std::process::ExitCode {
     let root = workspace_root();
     let result = std::env::set_current_dir(&root).map_err(anyhow::Error::from).and_then(|()| match cli.task {
         Task::Run { args } => run(&root, &args),
-        Task::Test { no_lint, args } => test(&root, no_lint, &args),
+        Task::Test { no_lint, no_bench, args } => test(&root, no_lint, no_bench, &args),
         Task::Bench { quick, out } => bench(&root, quick, out),
     });
     match result {
@@ -77,12 +80,13 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
     exit_with(status)
 }
 
-fn test(root: &Path, no_lint: bool, args: &[String]) -> Result<()> {
+fn test(root: &Path, no_lint: bool, no_bench: bool, args: &[String]) -> Result<()> {
     setup::ebpf_toolchain()?;
     let python = setup::test_peers(root)?;
     if !no_lint {
         cargo(&["fmt", "--all", "--check"])?;
-        cargo(&["clippy", "--workspace", "--release", "--all-targets", "--", "-D", "warnings"])?;
+        // --all-features also lints the benchmark harness (xtask's `bench` feature).
+        cargo(&["clippy", "--workspace", "--release", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
     }
     // One profile (release) for everything: the eBPF object is built once, and the end-to-end tests
     // measure the binary users run.
@@ -114,9 +118,23 @@ fn test(root: &Path, no_lint: bool, args: &[String]) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    // The benchmark's quick form as a smoke test: it must run end to end; its numbers are printed, not
+    // asserted (they depend on the machine).
+    let smoke = if status.success() && !no_bench {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["run", "--quiet", "--release", "-p", "xtask", "--features", "bench", "--", "bench", "--quick"]);
+        cmd.arg("--out").arg(root.join("target/bench-smoke"));
+        cmd.status().context("running the benchmark smoke test")?.success()
+    } else {
+        true
+    };
+    // Last, so it is the closing line of the run.
     println!("summary: {passed} passed, {failed} failed, {ignored} skipped");
     if !status.success() {
         bail!("tests failed");
+    }
+    if !smoke {
+        bail!("benchmark smoke test (cargo xtask bench --quick) failed");
     }
     Ok(())
 }
