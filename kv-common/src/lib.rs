@@ -67,7 +67,7 @@ impl CacheKey {
             w.copy_from_slice(&self.data[i * 8..i * 8 + 8]);
             h = hash_step(h, u64::from_le_bytes(w));
         }
-        h
+        hash_finish(h)
     }
 }
 
@@ -75,6 +75,15 @@ impl CacheKey {
 #[inline(always)]
 pub const fn hash_init(len: u32) -> u64 {
     0x243f_6a88_85a3_08d3 ^ len as u64
+}
+
+/// Final avalanche (murmur3's fmix64): the slot index uses the low bits, and a multiply only carries
+/// low bits upwards, so without it keys differing in their last bytes would crowd a few slots.
+#[inline(always)]
+pub const fn hash_finish(h: u64) -> u64 {
+    let h = (h ^ (h >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    let h = (h ^ (h >> 33)).wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// One 8-byte little-endian word of the zero-padded key into the hash.

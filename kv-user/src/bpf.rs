@@ -167,6 +167,7 @@ impl KernelPath {
             gen: AtomicU64::new(0),
             mask: slots - 1,
             shadow: (0..slots).map(|_| parking_lot::Mutex::new(Shadow::default())).collect(),
+            stamp: AtomicU64::new(0),
         })
     }
 }
@@ -202,7 +203,8 @@ fn map_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd> {
 
 /// Writes the kernel cache with plain `bpf(2)` calls on its map fds (aya's typed maps need `&mut`).
 ///
-/// The cache is direct-mapped: a key lives in slot `hash & mask` or nowhere. Each slot has a sequence
+/// The cache is two-way set associative: a key lives in one of the two slots at `hash & mask & !1`, or
+/// nowhere. Each slot has a sequence
 /// number in `SEQS` that a write makes odd, then rewrites the slot, then makes even again; the XDP program
 /// only uses a copy taken between two equal even numbers (a seqlock: no torn reads, and array slots are
 /// never freed or recycled). User space is the only writer: a per-slot lock orders writers of one slot
@@ -216,12 +218,15 @@ pub struct KernelCache {
     gen: AtomicU64,
     mask: u32,
     shadow: Box<[parking_lot::Mutex<Shadow>]>,
+    stamp: AtomicU64,
 }
 
 #[derive(Default)]
 struct Shadow {
     /// The slot's sequence number as last written.
     seq: u64,
+    /// When it was last written (a counter): the older of a full pair is replaced.
+    stamp: u64,
     /// The key the slot answers for, and the flush generation it was written in.
     key: Option<(Box<[u8]>, u64)>,
 }
@@ -259,16 +264,18 @@ fn update(fd: &OwnedFd, key: *const u8, value: *const u8) -> std::io::Result<()>
 }
 
 impl KernelCache {
-    fn slot(&self, key: &CacheKey) -> u32 {
-        key.hash() as u32 & self.mask
+    /// The pair of slots a key may live in (two-way set associative): `base` and `base + 1`.
+    fn pair(&self, key: &CacheKey) -> usize {
+        (key.hash() as u32 & self.mask & !1) as usize
     }
 
-    fn set_seq(&self, idx: u32, seq: u64) -> std::io::Result<()> {
+    fn set_seq(&self, idx: usize, seq: u64) -> std::io::Result<()> {
+        let idx = idx as u32;
         update(&self.seqs, &idx as *const u32 as _, &seq as *const u64 as _)
     }
 
     /// Makes the slot unreadable (odd sequence number).
-    fn begin(&self, idx: u32, sh: &mut Shadow) -> std::io::Result<()> {
+    fn begin(&self, idx: usize, sh: &mut Shadow) -> std::io::Result<()> {
         if sh.seq.is_multiple_of(2) {
             sh.seq += 1;
             self.set_seq(idx, sh.seq)?;
@@ -276,14 +283,16 @@ impl KernelCache {
         Ok(())
     }
 
-    /// Writes `entry` into the key's slot. On error the slot stays unreadable.
-    fn write(&self, idx: u32, sh: &mut Shadow, key: &[u8], entry: &CacheEntry) -> std::io::Result<()> {
+    /// Writes `entry` into slot `idx`. On error the slot stays unreadable.
+    fn write(&self, idx: usize, sh: &mut Shadow, key: &[u8], entry: &CacheEntry) -> std::io::Result<()> {
         sh.key = None;
         self.begin(idx, sh)?;
-        update(&self.cache, &idx as *const u32 as _, entry as *const CacheEntry as _)?;
+        let i = idx as u32;
+        update(&self.cache, &i as *const u32 as _, entry as *const CacheEntry as _)?;
         sh.seq += 1;
         self.set_seq(idx, sh.seq)?;
         sh.key = Some((key.into(), entry.gen));
+        sh.stamp = self.stamp.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -291,42 +300,64 @@ impl KernelCache {
         sh.key.as_ref().is_some_and(|(k, gen)| &**k == key && *gen == self.gen())
     }
 
-    /// Puts the entry (built by [`cache_entry`] for `key`) into its slot, displacing whatever key was there.
-    pub fn insert(&self, key: &[u8], entry: &CacheEntry) -> std::io::Result<()> {
-        let k = CacheKey::new(key).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        let idx = self.slot(&k);
-        let mut sh = self.shadow[idx as usize].lock();
-        self.write(idx, &mut sh, key, entry)
+    /// Locks the key's pair of slots (always the lower one first).
+    fn lock_pair(&self, key: &[u8]) -> Option<(usize, [parking_lot::MutexGuard<'_, Shadow>; 2])> {
+        let base = self.pair(&CacheKey::new(key)?);
+        Some((base, [self.shadow[base].lock(), self.shadow[base + 1].lock()]))
     }
 
-    /// Whether the key's slot currently answers for it.
+    /// Puts the entry (built by [`cache_entry`] for `key`) into one of its two slots: the one holding the
+    /// key, else an empty one, else the one written longest ago.
+    pub fn insert(&self, key: &[u8], entry: &CacheEntry) -> std::io::Result<()> {
+        let (base, mut g) =
+            self.lock_pair(key).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let way = if self.holds(&g[0], key) {
+            0
+        } else if self.holds(&g[1], key) {
+            1
+        } else if !self.live(&g[0]) {
+            0
+        } else if !self.live(&g[1]) {
+            1
+        } else {
+            usize::from(g[1].stamp < g[0].stamp)
+        };
+        self.write(base + way, &mut g[way], key, entry)
+    }
+
+    /// Whether the slot answers for some key of the current generation.
+    fn live(&self, sh: &Shadow) -> bool {
+        sh.key.as_ref().is_some_and(|(_, gen)| *gen == self.gen())
+    }
+
+    /// Whether one of the key's slots currently answers for it.
     pub fn contains(&self, key: &[u8]) -> bool {
-        CacheKey::new(key).is_some_and(|k| self.holds(&self.shadow[self.slot(&k) as usize].lock(), key))
+        self.lock_pair(key).is_some_and(|(_, g)| g.iter().any(|sh| self.holds(sh, key)))
     }
 
     /// Rewrites the key's entry only if it is cached; Ok(false) if it was not.
     pub fn replace(&self, key: &[u8], entry: &CacheEntry) -> std::io::Result<bool> {
-        let Some(k) = CacheKey::new(key) else { return Ok(false) };
-        let idx = self.slot(&k);
-        let mut sh = self.shadow[idx as usize].lock();
-        if !self.holds(&sh, key) {
-            return Ok(false);
+        let Some((base, mut g)) = self.lock_pair(key) else { return Ok(false) };
+        for way in 0..2 {
+            if self.holds(&g[way], key) {
+                self.write(base + way, &mut g[way], key, entry)?;
+                return Ok(true);
+            }
         }
-        self.write(idx, &mut sh, key, entry)?;
-        Ok(true)
+        Ok(false)
     }
 
     /// Stops the kernel answering for the key; Ok(false) if it was not cached.
     pub fn remove(&self, key: &[u8]) -> std::io::Result<bool> {
-        let Some(k) = CacheKey::new(key) else { return Ok(false) };
-        let idx = self.slot(&k);
-        let mut sh = self.shadow[idx as usize].lock();
-        if !self.holds(&sh, key) {
-            return Ok(false);
+        let Some((base, mut g)) = self.lock_pair(key) else { return Ok(false) };
+        for way in 0..2 {
+            if self.holds(&g[way], key) {
+                g[way].key = None;
+                self.begin(base + way, &mut g[way])?;
+                return Ok(true);
+            }
         }
-        sh.key = None;
-        self.begin(idx, &mut sh)?;
-        Ok(true)
+        Ok(false)
     }
 
     /// The generation new entries must carry.

@@ -161,3 +161,49 @@ fn xdp_replies_equal_user_space_replies() {
     assert!(tx > 200, "too few kernel answers to mean anything: {tx}");
     assert!(passed > 200, "too few passes: {passed}");
 }
+
+#[test]
+fn keys_admitted_through_the_store_are_found_by_xdp() {
+    let Ok(mut path) = KernelPath::load(KernelOpts { port: PORT, cache_entries: 16384, log: false }) else {
+        assert!(!bpf_required(), "BPF required");
+        return;
+    };
+    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+    let cfg = Arc::new(Config::parse_from(["kv-server"]));
+    let store = Arc::new(Store::new(StoreOptions::from_config(&cfg), Arc::new(NoJournal)));
+    let sync = Arc::new(KernelSync::new(path.cache_handle().unwrap(), 1024, 2));
+    store.set_mirror(sync.clone());
+    let ctx = Ctx::new(store, Arc::new(Stats::new()), cfg);
+    let n = 300;
+    for i in 0..n {
+        let req = format!("set key:{i} 0 0 32\r\n{}\r\n", "x".repeat(32));
+        assert_eq!(user_space(&ctx, req.as_bytes()), b"STORED\r\n");
+    }
+    for _ in 0..2 {
+        for i in 0..n {
+            user_space(&ctx, format!("get key:{i}\r\n").as_bytes());
+        }
+    }
+    let h = path.cache_handle().unwrap();
+    let held = (0..n).filter(|i| h.contains(format!("key:{i}").as_bytes())).count();
+    assert!(held >= n * 98 / 100, "only {held} of {n} hot keys are in the kernel cache");
+    let mut lost = Vec::new();
+    for i in (0..n).filter(|i| h.contains(format!("key:{i}").as_bytes())) {
+        let text = format!("get key:{i}\r\n");
+        let (action, _) = run(&mut path, &packet(PORT, i as u16, 0, 1, text.as_bytes()));
+        if action != XDP_TX {
+            lost.push(i);
+        }
+    }
+    let reasons: Vec<(&str, u64)> = kv_common::COUNTERS
+        .iter()
+        .map(|(c, name)| (*name, path.counter(*c).unwrap()))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} admitted keys missed by XDP: {:?} {reasons:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+}

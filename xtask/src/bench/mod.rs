@@ -470,6 +470,19 @@ impl Ctx {
             row.extra.insert("xdp_packets".into(), json!(pkts));
             if pkts > 0.0 && w.proto == Proto::Udp {
                 notes.push(format!("XDP answered {:.0}% of {pkts:.0} packets", 100.0 * hits / pkts));
+                // Why the rest went to user space: every pass reason above 2% of the packets.
+                let mut reasons: Vec<(String, f64)> = after
+                    .keys()
+                    .filter(|k| k.starts_with("xdp_pass_"))
+                    .map(|k| (k.trim_start_matches("xdp_pass_").to_string(), d(k)))
+                    .filter(|(_, n)| *n > 0.02 * pkts)
+                    .collect();
+                reasons.sort_by(|a, b| b.1.total_cmp(&a.1));
+                if !reasons.is_empty() {
+                    let list: Vec<String> =
+                        reasons.iter().map(|(r, n)| format!("{r} {:.0}%", 100.0 * n / pkts)).collect();
+                    notes.push(format!("passed: {}", list.join(", ")));
+                }
             }
         }
         if w.bpf_stats {
