@@ -338,9 +338,9 @@ impl KernelCache {
     /// Rewrites the key's entry only if it is cached; Ok(false) if it was not.
     pub fn replace(&self, key: &[u8], entry: &CacheEntry) -> std::io::Result<bool> {
         let Some((base, mut g)) = self.lock_pair(key) else { return Ok(false) };
-        for way in 0..2 {
-            if self.holds(&g[way], key) {
-                self.write(base + way, &mut g[way], key, entry)?;
+        for (way, sh) in g.iter_mut().enumerate() {
+            if self.holds(sh, key) {
+                self.write(base + way, sh, key, entry)?;
                 return Ok(true);
             }
         }
@@ -350,10 +350,10 @@ impl KernelCache {
     /// Stops the kernel answering for the key; Ok(false) if it was not cached.
     pub fn remove(&self, key: &[u8]) -> std::io::Result<bool> {
         let Some((base, mut g)) = self.lock_pair(key) else { return Ok(false) };
-        for way in 0..2 {
-            if self.holds(&g[way], key) {
-                g[way].key = None;
-                self.begin(base + way, &mut g[way])?;
+        for (way, sh) in g.iter_mut().enumerate() {
+            if self.holds(sh, key) {
+                sh.key = None;
+                self.begin(base + way, sh)?;
                 return Ok(true);
             }
         }
