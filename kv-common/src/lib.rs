@@ -93,14 +93,15 @@ pub const fn hash_step(h: u64, w: u64) -> u64 {
     h ^ (h >> 32)
 }
 
-/// One slot of the kernel cache: an array map, direct-mapped by key hash (as in BMC). An array never
+/// One slot of the kernel cache: an array map, two-way set associative by key hash. An array never
 /// frees or reuses its elements, so the XDP program can copy a slot while user space rewrites it and
 /// detect that with the slot's sequence number in `SEQS` (odd while a write is in progress), instead of
 /// risking a hash map element being recycled under it.
 ///
 /// The slot holds the reply for one key, preformatted by user space with the same code that formats
-/// user-space replies: `buf[..hdr_len]` is `VALUE <key> <flags> <bytes>`, `buf[hdr_len..hdr_len + cas_len]`
-/// is ` <cas>`, and `buf[hdr_len + cas_len..total_len]` is `\r\n<data>\r\n`. A `get` reply skips the CAS.
+/// user-space replies: `buf[..total_len]` is the `get` reply `VALUE <key> <flags> <bytes>\r\n<data>\r\n`
+/// (one copy for the common command), and a `gets` reply inserts `cas[..cas_len]` (` <cas>`) at
+/// `hdr_len`, before the first `\r\n`.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CacheEntry {
@@ -113,6 +114,8 @@ pub struct CacheEntry {
     pub cas_len: u16,
     pub total_len: u16,
     pub _pad: u16,
+    /// ` <cas>` for `gets`.
+    pub cas: [u8; 24],
     /// The key this slot answers for (its length is `key.len`; 0 = empty slot).
     pub key: CacheKey,
     pub buf: [u8; CACHE_ENTRY_BUF],
@@ -146,8 +149,6 @@ pub struct ScanState {
     pub out: u64,
     /// Keys appended so far.
     pub keys: u64,
-    /// bpf_ktime_get_ns() at the start of the request.
-    pub now: u64,
     /// 1 for `gets` (reply with CAS), 0 for `get`.
     pub cas: u64,
     /// 0 while fine, else the `Counter` to pass with.

@@ -229,7 +229,6 @@ mod prog {
         if r[(text_len - 2) & REQ_MASK] != b'\r' || r[(text_len - 1) & REQ_MASK] != b'\n' {
             return Err(Counter::PassNotGet);
         }
-        let now = unsafe { bpf_ktime_get_ns() };
         // Fast path, the common request: one key, the rest of the line. A plain bounded loop checks it
         // has no delimiter, and the key is looked up directly, without the general scan.
         let body_end = text_len - 2;
@@ -252,7 +251,7 @@ mod prog {
                 // exit paths, which would have it check the lookup once per possible length.
                 unsafe { core::ptr::write_volatile(&mut s.scan.body_end, (body_end - first) as u64) };
                 let klen = unsafe { core::ptr::read_volatile(&s.scan.body_end) } as usize;
-                let out = append_entry(s, first, klen, cas != 0, now, TEXT_OFF)?;
+                let out = append_entry(s, first, klen, cas != 0, TEXT_OFF)?;
                 if out < TEXT_OFF || out + 5 > TEXT_OFF + XDP_REPLY_MAX {
                     return Err(Counter::PassTooBig);
                 }
@@ -270,7 +269,6 @@ mod prog {
             body_end: (text_len - 2) as u64,
             out: TEXT_OFF as u64,
             keys: 0,
-            now,
             cas,
             err: 0,
         };
@@ -358,8 +356,8 @@ mod prog {
         if !(TEXT_OFF as u64..=(TEXT_OFF + XDP_REPLY_MAX) as u64).contains(&out) {
             return Err(Counter::PassMalformed);
         }
-        let (cas, now) = (s.scan.cas != 0, s.scan.now);
-        let out = append_entry(s, key_start as usize, klen as usize, cas, now, out as usize)?;
+        let cas = s.scan.cas != 0;
+        let out = append_entry(s, key_start as usize, klen as usize, cas, out as usize)?;
         s.scan.out = out as u64;
         s.scan.keys = keys + 1;
         if at_end {
@@ -371,14 +369,7 @@ mod prog {
 
     /// Looks up one key (bytes `s.req[start..start+klen]`) and appends its reply to `s.out` at `out`.
     #[inline(always)]
-    fn append_entry(
-        s: &mut Scratch,
-        start: usize,
-        klen: usize,
-        cas: bool,
-        now: u64,
-        out: usize,
-    ) -> Result<usize, Counter> {
+    fn append_entry(s: &mut Scratch, start: usize, klen: usize, cas: bool, out: usize) -> Result<usize, Counter> {
         let start = start & REQ_MASK;
         let klen = klen & 0xff;
         if klen == 0 || klen > MAX_KEY_LEN {
@@ -461,27 +452,34 @@ mod prog {
                 return Err(Counter::PassMiss);
             }
         }
-        if total > CACHE_ENTRY_BUF || hdr + cas_len > total {
+        if total > CACHE_ENTRY_BUF || hdr > total || cas_len > 24 {
             return Err(Counter::PassBusy);
         }
         let buf = e.buf.as_ptr();
         let out = if cas {
-            copy(s, out, buf, total)?
-        } else {
             let out = copy(s, out, buf, hdr)?;
-            let rest = hdr + cas_len;
-            copy(s, out, unsafe { buf.add(rest & 2047) }, total - rest)?
+            let out = copy(s, out, e.cas.as_ptr(), cas_len)?;
+            copy(s, out, unsafe { buf.add(hdr & 2047) }, total - hdr)?
+        } else {
+            copy(s, out, buf, total)?
         };
         if unsafe { core::ptr::read_volatile(seq) } != seq1 {
             return Err(Counter::PassBusy);
         }
-        if expire_ns != 0 && now >= expire_ns {
+        // The clock only for items that can expire.
+        if expire_ns != 0 && now() >= expire_ns {
             return Err(Counter::PassExpired);
         }
         if CONFIG.get(CONFIG_FLUSH_GEN).is_none_or(|g| *g != gen) {
             return Err(Counter::PassFlushed);
         }
         Ok(out)
+    }
+
+    /// The kernel's monotonic clock, which user space converts item expiry times to.
+    #[inline(always)]
+    fn now() -> u64 {
+        unsafe { bpf_ktime_get_ns() }
     }
 
     /// Appends `len` bytes from kernel memory `src` to `s.out` at `out`.

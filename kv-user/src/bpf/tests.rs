@@ -212,13 +212,7 @@ fn malformed_truncated_fragmented_and_foreign_packets_pass() {
 fn expected(path_items: &[(&[u8], u32, u64, &[u8])], cas: bool) -> Vec<u8> {
     let mut want = Vec::new();
     for &(key, flags, c, value) in path_items {
-        let e = cache_entry(key, flags, c, value, 0, 0).unwrap();
-        let (hdr, cas_len, total) = (e.hdr_len as usize, e.cas_len as usize, e.total_len as usize);
-        want.extend_from_slice(&e.buf[..hdr]);
-        if cas {
-            want.extend_from_slice(&e.buf[hdr..hdr + cas_len]);
-        }
-        want.extend_from_slice(&e.buf[hdr + cas_len..total]);
+        crate::exec::value_line(&mut want, key, flags, cas.then_some(c), value);
     }
     want.extend_from_slice(b"END\r\n");
     want
@@ -270,7 +264,7 @@ fn reply_that_exactly_fits_is_sent_one_byte_more_passes() {
     let Some(mut path) = load() else { return };
     let get_len = |key: &[u8], n: usize| {
         let e = cache_entry(key, 0, 1, &vec![b'v'; n], 0, 0).unwrap();
-        (e.total_len - e.cas_len) as usize
+        e.total_len as usize
     };
     let a = vec![b'A'; 1000];
     // Value size of `b` that makes `VALUE a ..` + `VALUE b ..` + `END\r\n` exactly one datagram's text.
