@@ -30,8 +30,8 @@
 //! - `No`: resolves once written; the OS decides when it reaches the disk.
 //!
 //! For `Everysec` and `No` the waiting task writes the buffer itself (a page-cache write; no hop to the writer
-//! thread and back): the first waiter to take the I/O lock writes everything pending, later ones find their
-//! record already written. The writer thread then only picks up records nobody waits for, every few ms.
+//! thread and back): a waiter first yields once so the other tasks ready on its runtime thread append theirs,
+//! then the first to take the I/O lock writes everything pending and later ones find their record written. The writer thread then only picks up records nobody waits for, every few ms.
 //!
 //! A failed write or fsync poisons the log: every record not yet durable, and every later one, gets an error
 //! (the server replies `SERVER_ERROR`). After a failed fsync the kernel may have dropped the dirty pages, so
@@ -866,9 +866,16 @@ impl Log {
     pub async fn wait_durable(&self, seq: u64) -> io::Result<()> {
         let sh = &*self.shared;
         let lead = sh.policy != FsyncPolicy::Always;
+        let mut yielded = !lead;
         loop {
             if let Some(r) = sh.check(seq) {
                 return r;
+            }
+            if !yielded {
+                // Let the other tasks ready on this runtime thread append theirs first: one write covers them all.
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
             }
             // Everysec/No: write it ourselves rather than waking the writer thread and waiting to be woken.
             if lead && sh.lead(seq, false) {
