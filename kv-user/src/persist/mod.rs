@@ -22,12 +22,16 @@
 //!
 //! # Durability
 //! [`Journal::record`] only encodes into an in-memory buffer and returns a sequence number (cheap enough to call
-//! under a shard lock). A writer thread drains the whole buffer with one `write(2)` per batch. The server awaits
-//! [`Log::wait_durable`] before replying:
-//! - `Always`: resolves once the record is written *and* `fdatasync`ed. Records appended while one fsync is in
-//!   flight all go out in the next batch and share its fsync (group commit).
+//! under a shard lock). Whoever holds the I/O lock drains the whole buffer with one `write(2)` per batch. The
+//! server awaits [`Log::wait_durable`] before replying:
+//! - `Always`: resolves once the record is written *and* `fdatasync`ed. A writer thread does both; records
+//!   appended while one fsync is in flight all go out in the next batch and share its fsync (group commit).
 //! - `Everysec`: resolves once the record has been written to the file; a background thread fsyncs once a second.
 //! - `No`: resolves once written; the OS decides when it reaches the disk.
+//!
+//! For `Everysec` and `No` the waiting task writes the buffer itself (a page-cache write; no hop to the writer
+//! thread and back): a waiter first yields once so the other tasks ready on its runtime thread append theirs,
+//! then the first to take the I/O lock writes everything pending and later ones find their record written. The writer thread then only picks up records nobody waits for, every few ms.
 //!
 //! A failed write or fsync poisons the log: every record not yet durable, and every later one, gets an error
 //! (the server replies `SERVER_ERROR`). After a failed fsync the kernel may have dropped the dirty pages, so
@@ -37,7 +41,7 @@
 //! [`Log::compact`] writes the store's live items ([`Snapshot`]) to `kv.log.tmp`, then copies every byte the log
 //! received after the snapshot started (records are state-based, so replaying them over the snapshot converges),
 //! fsyncs, renames over `kv.log` and fsyncs the directory. The final copy and the switch happen under the I/O lock,
-//! which pauses the writer thread but not [`Journal::record`]; records appended meanwhile go to the new file.
+//! which pauses the writers but not [`Journal::record`]; records appended meanwhile go to the new file.
 //! Until the rename the old file is complete, so a crash at any point loses nothing acknowledged.
 //! Trigger ([`Log::needs_compaction`]): the log is larger than a minimum (64 MiB by default) and more than twice
 //! its size right after the last compaction (or after start-up).
@@ -58,7 +62,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -77,6 +81,8 @@ pub const DEFAULT_COMPACT_MIN_BYTES: u64 = 64 << 20;
 pub const REJECTED_SEQ: u64 = u64::MAX;
 
 const IO_CHUNK: usize = 1 << 20;
+/// `Everysec`/`No`: how often the writer thread writes records nobody is waiting for (waiters write their own).
+const FLUSH_TICK: Duration = Duration::from_millis(10);
 
 /// What start-up found in the log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -141,9 +147,12 @@ struct Shared {
     policy: FsyncPolicy,
     state: Mutex<Pending>,
     wake_writer: Condvar,
-    /// The live log file. Held by the writer for a whole batch and by compaction for the swap; lock order is
-    /// `io` before `state`.
+    /// The live log file. Held by whoever writes a batch (the writer thread, or for `Everysec`/`No` a waiting
+    /// task) and by compaction for the swap; lock order is `io` before `state`.
     io: Mutex<Arc<File>>,
+    /// A compaction holds (or is about to take) `io` for its swap, which can take milliseconds: async waiters
+    /// wait for its publish instead of blocking a runtime thread on the lock.
+    swapping: AtomicBool,
     /// Highest seq written (and for `Always` fsynced).
     done: AtomicU64,
     failed: AtomicBool,
@@ -383,6 +392,8 @@ fn repair_tail(
 thread_local! {
     /// Encoding happens outside the append lock; this avoids an allocation per record.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Swapped with the pending buffer by a waiter that writes it itself (`Everysec`/`No`).
+    static BATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Opens (or creates) the log in `dir`, replays it into `apply`, repairs a torn or corrupt tail and starts the
@@ -443,6 +454,7 @@ pub fn open(
         state: Mutex::new(Pending { buf: Vec::new(), next_seq: 1, pos: len, records: 0, closing: false }),
         wake_writer: Condvar::new(),
         io: Mutex::new(Arc::new(file)),
+        swapping: AtomicBool::new(false),
         done: AtomicU64::new(0),
         failed: AtomicBool::new(false),
         failure: Mutex::new(String::new()),
@@ -549,12 +561,67 @@ impl Shared {
             if s.capacity() > IO_CHUNK {
                 *s = Vec::new();
             }
-            // The writer only sleeps when the buffer is empty.
-            if wake {
+            // The writer only sleeps (untimed) when the buffer is empty. For `Everysec`/`No` the waiters write
+            // their records themselves, so no wake-up (a futex syscall) is spent on it.
+            if wake && self.policy == FsyncPolicy::Always {
                 self.wake_writer.notify_one();
             }
             seq
         })
+    }
+
+    /// Writes everything pending (and for `Always` fsyncs it) and publishes it; the caller holds `io` (`file`).
+    /// `batch` is an empty buffer to swap with the pending one; it comes back empty.
+    fn write_pending(&self, file: &File, batch: &mut Vec<u8>) {
+        let last = {
+            let mut st = lock(&self.state);
+            std::mem::swap(&mut st.buf, batch);
+            st.next_seq - 1
+        };
+        if batch.is_empty() || self.failed.load(Ordering::Acquire) {
+            // Drained by a compaction or another writer, or nothing can be made durable any more.
+            batch.clear();
+            return;
+        }
+        let res = (&*file).write_all(batch).map_err(|e| ("write", e)).and_then(|()| {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            match self.policy {
+                FsyncPolicy::Always => self.sync(file).map_err(|e| ("fsync", e)),
+                FsyncPolicy::Everysec => {
+                    self.unsynced.store(true, Ordering::Release);
+                    Ok(())
+                }
+                FsyncPolicy::No => Ok(()),
+            }
+        });
+        match res {
+            Ok(()) => self.publish(last),
+            Err((what, e)) => self.poison(&format!("{what} {}", self.path.display()), &e),
+        }
+        batch.clear();
+        if batch.capacity() > 16 * IO_CHUNK {
+            *batch = Vec::new();
+        }
+    }
+
+    /// `Everysec`/`No`: makes `seq` written by writing the pending buffer from this thread ("leader" group
+    /// write: one `write(2)` covers every record pending, whoever appended it). Waits for a batch in progress
+    /// (one page-cache write) on the lock. During a compaction swap it returns false unless `block`.
+    fn lead(&self, seq: u64, block: bool) -> bool {
+        let file = match self.io.try_lock() {
+            Ok(f) => f,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                if !block && self.swapping.load(Ordering::Acquire) {
+                    return false;
+                }
+                lock(&self.io)
+            }
+        };
+        if self.done.load(Ordering::Acquire) < seq {
+            BATCH.with(|b| self.write_pending(&file, &mut b.borrow_mut()));
+        }
+        true
     }
 
     fn writer_loop(&self) {
@@ -562,48 +629,33 @@ impl Shared {
         loop {
             {
                 let mut st = lock(&self.state);
-                while st.buf.is_empty() && !st.closing {
-                    st = self.wake_writer.wait(st).unwrap_or_else(|e| e.into_inner());
+                if self.policy == FsyncPolicy::Always {
+                    while st.buf.is_empty() && !st.closing {
+                        st = self.wake_writer.wait(st).unwrap_or_else(|e| e.into_inner());
+                    }
+                } else {
+                    // Waiters write their own records; this only catches records nobody waits for.
+                    st = self
+                        .wake_writer
+                        .wait_timeout_while(st, FLUSH_TICK, |st| st.buf.is_empty() && !st.closing)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                if st.closing {
+                    break;
                 }
                 if st.buf.is_empty() {
-                    break; // closing and drained
+                    continue;
                 }
             }
             let file = lock(&self.io);
-            let last = {
-                let mut st = lock(&self.state);
-                std::mem::swap(&mut st.buf, &mut batch);
-                st.next_seq - 1
-            };
-            if batch.is_empty() || self.failed.load(Ordering::Acquire) {
-                // Drained by a compaction, or nothing can be made durable any more.
-                batch.clear();
-                continue;
-            }
-            let res = (&**file).write_all(&batch).map_err(|e| ("write", e)).and_then(|()| {
-                self.writes.fetch_add(1, Ordering::Relaxed);
-                match self.policy {
-                    FsyncPolicy::Always => self.sync(&file).map_err(|e| ("fsync", e)),
-                    FsyncPolicy::Everysec => {
-                        self.unsynced.store(true, Ordering::Release);
-                        Ok(())
-                    }
-                    FsyncPolicy::No => Ok(()),
-                }
-            });
-            drop(file);
-            match res {
-                Ok(()) => self.publish(last),
-                Err((what, e)) => self.poison(&format!("{what} {}", self.path.display()), &e),
-            }
-            batch.clear();
-            if batch.capacity() > 16 * IO_CHUNK {
-                batch = Vec::new();
-            }
+            self.write_pending(&file, &mut batch);
         }
-        // Clean shutdown: whatever the policy, what was written reaches the disk.
+        // Closing: drain, and whatever the policy, what was written reaches the disk. Holding `io` keeps waiters
+        // from writing after the final fsync; once `failed` is set they no longer try.
+        let file = lock(&self.io);
+        self.write_pending(&file, &mut batch);
         if !self.failed.load(Ordering::Acquire) && self.policy != FsyncPolicy::Always {
-            let file = lock(&self.io).clone();
             if let Err(e) = self.sync(&file) {
                 self.poison(&format!("fsync {}", self.path.display()), &e);
             }
@@ -616,6 +668,7 @@ impl Shared {
             }
         }
         self.failed.store(true, Ordering::Release);
+        drop(file);
         self.notify.notify_waiters();
     }
 
@@ -721,7 +774,8 @@ impl Shared {
         w.flush()?;
         self.sync(&tmp)?;
 
-        // The swap. Holding `io` waits out the current batch and keeps the writer off the old file.
+        // The swap. Holding `io` waits out the current batch and keeps writers off the old file.
+        let _swapping = SwapGuard::new(self);
         let mut live = lock(&self.io);
         if self.failed.load(Ordering::Acquire) {
             return Err(self.failure());
@@ -781,6 +835,24 @@ impl Shared {
     }
 }
 
+/// Marks a compaction swap for the duration; on the way out (success or not) wakes the waiters that stood
+/// aside for it, so they write their records themselves.
+struct SwapGuard<'a>(&'a Shared);
+
+impl<'a> SwapGuard<'a> {
+    fn new(sh: &'a Shared) -> Self {
+        sh.swapping.store(true, Ordering::Release);
+        SwapGuard(sh)
+    }
+}
+
+impl Drop for SwapGuard<'_> {
+    fn drop(&mut self) {
+        self.0.swapping.store(false, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+}
+
 impl Journal for Log {
     fn record(&self, rec: &Record<'_>) -> u64 {
         self.shared.record(rec)
@@ -792,16 +864,33 @@ impl Log {
     /// for `Everysec` and `No`. `seq == 0` returns at once. Errors if the log failed or was closed first, or for
     /// [`REJECTED_SEQ`]. Lock-free when already durable; otherwise waiters share one `Notify`.
     pub async fn wait_durable(&self, seq: u64) -> io::Result<()> {
+        let sh = &*self.shared;
+        let lead = sh.policy != FsyncPolicy::Always;
+        let mut yielded = !lead;
         loop {
-            if let Some(r) = self.shared.check(seq) {
+            if let Some(r) = sh.check(seq) {
                 return r;
             }
-            let notified = self.shared.notify.notified();
+            if !yielded {
+                // Let the other tasks ready on this runtime thread append theirs first: one write covers them all.
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
+            }
+            // Everysec/No: write it ourselves rather than waking the writer thread and waiting to be woken.
+            if lead && sh.lead(seq, false) {
+                continue;
+            }
+            let notified = sh.notify.notified();
             tokio::pin!(notified);
             // Register before re-checking so a publish in between is not missed.
             notified.as_mut().enable();
-            if let Some(r) = self.shared.check(seq) {
+            if let Some(r) = sh.check(seq) {
                 return r;
+            }
+            // A compaction clears `swapping` before its final notify: if it is over, write ourselves.
+            if lead && !sh.swapping.load(Ordering::Acquire) {
+                continue;
             }
             notified.await;
         }
@@ -813,7 +902,11 @@ impl Log {
             if let Some(r) = self.shared.check(seq) {
                 return r;
             }
-            std::thread::sleep(Duration::from_micros(200));
+            if self.shared.policy == FsyncPolicy::Always {
+                std::thread::sleep(Duration::from_micros(200));
+            } else {
+                self.shared.lead(seq, true);
+            }
         }
     }
 
