@@ -27,8 +27,10 @@ fn main() -> Result<()> {
         .context("starting the runtime")?;
 
     let shared = server::start(cfg.clone())?;
+    // Signal handlers before the XDP attach, so a SIGTERM right after start still shuts down cleanly.
+    let shutdown = runtime.block_on(async { server::shutdown_signals() }).context("installing signal handlers")?;
     let kernel = attach_kernel_path(&cfg, &shared.ctx);
-    let result = runtime.block_on(server::serve(cfg.clone(), shared.clone()));
+    let result = runtime.block_on(server::serve(cfg.clone(), shared.clone(), shutdown));
     // Detach XDP before anything else: from here on the kernel must not answer for a dying store.
     drop(kernel);
     if let Some(log) = &shared.log {

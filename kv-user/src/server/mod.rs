@@ -34,8 +34,8 @@ impl Shared {
     }
 }
 
-/// Runs the server until SIGINT/SIGTERM. `ready` is called with the bound TCP/UDP addresses.
-pub async fn serve(cfg: Arc<Config>, shared: Shared) -> Result<()> {
+/// Runs the server until `shutdown` completes (see [`shutdown_signals`]).
+pub async fn serve(cfg: Arc<Config>, shared: Shared, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     if cfg.port != 0 {
@@ -53,7 +53,7 @@ pub async fn serve(cfg: Arc<Config>, shared: Shared) -> Result<()> {
             tasks.spawn(udp::serve(s, shared.clone(), stop_rx.clone()));
         }
     }
-    shutdown_signal().await;
+    shutdown.await;
     log::info!("shutting down");
     let _ = stop_tx.send(true);
     // Front ends finish the batch in hand; don't wait forever for a stuck peer.
@@ -63,13 +63,18 @@ pub async fn serve(cfg: Arc<Config>, shared: Shared) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM. Call it (inside the runtime) before anything that must be undone on
+/// exit, such as attaching XDP: from then on these signals no longer kill the process outright.
+pub fn shutdown_signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// Builds the store, replays the log into it and wires the journal; returns what the front ends share.
