@@ -31,9 +31,7 @@ use kv_user::config::XdpMode;
 use crate::Client;
 
 /// Whether tests that need BPF and namespaces must fail rather than skip (`KV_REQUIRE_BPF=1`).
-pub fn bpf_required() -> bool {
-    std::env::var("KV_REQUIRE_BPF").is_ok_and(|v| v == "1")
-}
+pub use kv_user::bpf::bpf_required;
 
 /// Port the server listens on inside its namespace (TCP and UDP): the namespace is private, so a fixed
 /// port cannot collide with anything.

@@ -2,63 +2,30 @@
 //! on SIGTERM and on SIGKILL. Runs inside a network namespace of its own (its `lo`), so it neither
 //! touches the host's interfaces nor collides with other tests.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn bpf_required() -> bool {
-    std::env::var("KV_REQUIRE_BPF").is_ok_and(|v| v == "1")
+use kv_tests::netns::Netns;
+use kv_user::bpf::bpf_required;
+
+/// Whether an XDP program is attached to the namespace's lo (`ip link` shows `xdpgeneric`/`prog/xdp`).
+fn xdp_attached(ns: &Netns) -> bool {
+    ns.ip(&["link", "show", "lo"]).expect("ip link show lo").contains("xdp")
 }
 
-struct Netns(String);
-
-impl Netns {
-    fn create(tag: &str) -> Option<Netns> {
-        let name = format!("kvt-{tag}-{}", std::process::id());
-        let ok =
-            Command::new("ip").args(["netns", "add", &name]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-        if !ok {
-            return None;
+fn wait_for(ns: &Netns, attached: bool, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if xdp_attached(ns) == attached {
+            return true;
         }
-        let ns = Netns(name);
-        assert!(ns.ip(&["link", "set", "lo", "up"]).1, "bringing lo up in {}", ns.0);
-        Some(ns)
+        std::thread::sleep(Duration::from_millis(50));
     }
-
-    fn ip(&self, args: &[&str]) -> (String, bool) {
-        let out = Command::new("ip").arg("-n").arg(&self.0).args(args).output().expect("running ip");
-        (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.success())
-    }
-
-    /// Whether an XDP program is attached to the namespace's lo (`ip link` shows `xdpgeneric`/`prog/xdp`).
-    fn xdp_attached(&self) -> bool {
-        let (out, ok) = self.ip(&["link", "show", "lo"]);
-        assert!(ok);
-        out.contains("xdp")
-    }
-
-    fn wait_for(&self, attached: bool, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.xdp_attached() == attached {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
+    false
 }
 
 fn start_in(ns: &Netns) -> std::process::Child {
-    // `ip netns exec` execs the server, so the child's pid is the server's.
-    Command::new("ip")
-        .args(["netns", "exec", &ns.0])
-        .arg(kv_tests::server_bin())
+    ns.command(kv_tests::server_bin())
         .args(["-l", "127.0.0.1", "--iface", "lo", "--xdp-mode", "generic", "--no-persist"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -69,14 +36,14 @@ fn start_in(ns: &Netns) -> std::process::Child {
 
 fn lifecycle(tag: &str, signal: i32) {
     kv_tests::kv_only!();
-    let Some(ns) = Netns::create(tag) else {
+    let Ok(ns) = Netns::create(tag) else {
         assert!(!bpf_required(), "KV_REQUIRE_BPF=1 but network namespaces are unavailable (need root and iproute2)");
         eprintln!("SKIP: cannot create a network namespace (not root?)");
         return;
     };
-    assert!(!ns.xdp_attached(), "fresh namespace has no XDP program");
+    assert!(!xdp_attached(&ns), "fresh namespace has no XDP program");
     let mut child = start_in(&ns);
-    if !ns.wait_for(true, Duration::from_secs(20)) {
+    if !wait_for(&ns, true, Duration::from_secs(20)) {
         let _ = child.kill();
         let _ = child.wait();
         assert!(!bpf_required(), "KV_REQUIRE_BPF=1 but the server did not attach XDP to lo within 20 s");
@@ -88,7 +55,7 @@ fn lifecycle(tag: &str, signal: i32) {
     if signal == libc::SIGTERM {
         assert!(status.success(), "clean exit on SIGTERM, got {status:?}");
     }
-    assert!(ns.wait_for(false, Duration::from_secs(5)), "XDP still attached after the server exited ({signal})");
+    assert!(wait_for(&ns, false, Duration::from_secs(5)), "XDP still attached after the server exited ({signal})");
 }
 
 #[test]

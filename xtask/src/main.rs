@@ -121,8 +121,7 @@ fn test(root: &Path, no_lint: bool, no_bench: bool, args: &[String]) -> Result<(
     // The benchmark's quick form as a smoke test: it must run end to end; its numbers are printed, not
     // asserted (they depend on the machine).
     let smoke = if status.success() && !no_bench {
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["run", "--quiet", "--release", "-p", "xtask", "--features", "bench", "--", "bench", "--quick"]);
+        let mut cmd = bench_command(true);
         cmd.arg("--out").arg(root.join("target/bench-smoke"));
         cmd.status().context("running the benchmark smoke test")?.success()
     } else {
@@ -139,17 +138,23 @@ fn test(root: &Path, no_lint: bool, no_bench: bool, args: &[String]) -> Result<(
     Ok(())
 }
 
+/// xtask itself, rebuilt in release with the `bench` feature, running `bench [--quick]`.
+fn bench_command(quick: bool) -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["run", "--quiet", "--release", "-p", "xtask", "--features", "bench", "--", "bench"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd
+}
+
 /// Plain xtask has no dependency on kv-user (whose build needs the eBPF toolchain this very binary
 /// installs), so it sets the toolchain up and re-runs itself, in release, with the `bench` feature.
 #[cfg(not(feature = "bench"))]
 fn bench(_root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
     setup::ebpf_toolchain()?;
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["run", "--quiet", "--release", "-p", "xtask", "--features", "bench", "--", "bench"]);
-    if quick {
-        cmd.arg("--quick");
-    }
+    let mut cmd = bench_command(quick);
     if let Some(out) = out {
         // Relative to where the user ran cargo, not to the workspace root this process moved to.
         let out = if out.is_absolute() {
