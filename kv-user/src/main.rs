@@ -20,11 +20,8 @@ fn main() -> Result<()> {
     }))
     .init();
     let cfg = Arc::new(cfg);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.threads.max(1))
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    // The acceptor, signals and shutdown; requests are served by server::serve's worker threads.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
 
     let shared = server::start(cfg.clone())?;
     // Signal handlers before the XDP attach, so a SIGTERM right after start still shuts down cleanly.

@@ -35,32 +35,103 @@ impl Shared {
 }
 
 /// Runs the server until `shutdown` completes (see [`shutdown_signals`]).
+///
+/// memcached's thread model: `cfg.threads` worker threads, each running its own single-threaded
+/// runtime with its own epoll, its own SO_REUSEPORT UDP socket, and the TCP connections handed to it
+/// round-robin by the acceptor (the caller's runtime). A connection never moves between threads, so a
+/// request wakes exactly one thread; with one shared work-stealing runtime, every readable socket also
+/// woke an idle worker (futex and eventfd writes), which cost more than the request itself at depth 1.
 pub async fn serve(cfg: Arc<Config>, shared: Shared, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    if cfg.port != 0 {
-        let listener = tokio::net::TcpListener::bind((cfg.listen, cfg.port))
+    let listener = if cfg.port != 0 {
+        let l = tokio::net::TcpListener::bind((cfg.listen, cfg.port))
             .await
             .with_context(|| format!("binding TCP {}:{}", cfg.listen, cfg.port))?;
-        log::info!("listening on tcp://{}", listener.local_addr()?);
-        tasks.spawn(tcp::accept_loop(listener, shared.clone(), stop_rx.clone()));
-    }
-    if cfg.udp_port != 0 {
-        let sockets = udp::bind(cfg.listen, cfg.udp_port, cfg.threads)
+        log::info!("listening on tcp://{}", l.local_addr()?);
+        Some(l)
+    } else {
+        None
+    };
+    let n = cfg.threads.max(1);
+    let mut udp_sockets: Vec<Option<std::net::UdpSocket>> = if cfg.udp_port != 0 {
+        let s = udp::bind(cfg.listen, cfg.udp_port, n)
             .with_context(|| format!("binding UDP {}:{}", cfg.listen, cfg.udp_port))?;
-        log::info!("listening on udp://{}:{} ({} sockets)", cfg.listen, cfg.udp_port, sockets.len());
-        for s in sockets {
-            tasks.spawn(udp::serve(s, shared.clone(), stop_rx.clone()));
-        }
+        log::info!("listening on udp://{}:{} ({} sockets)", cfg.listen, cfg.udp_port, s.len());
+        s.into_iter().map(Some).collect()
+    } else {
+        (0..n).map(|_| None).collect()
+    };
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(n);
+    let mut conns = Vec::with_capacity(n);
+    for (i, udp) in udp_sockets.iter_mut().enumerate() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        conns.push(tx);
+        let w =
+            Worker { conns: rx, udp: udp.take(), shared: shared.clone(), stop: stop_rx.clone(), done: done_tx.clone() };
+        std::thread::Builder::new()
+            .name(format!("kv-worker-{i}"))
+            .spawn(move || w.run())
+            .context("starting a worker thread")?;
     }
+    drop(done_tx);
+    let acceptor = listener.map(|l| tokio::spawn(tcp::accept_loop(l, shared.clone(), conns, stop_rx.clone())));
     shutdown.await;
     log::info!("shutting down");
     let _ = stop_tx.send(true);
-    // Front ends finish the batch in hand; don't wait forever for a stuck peer.
-    let _ =
-        tokio::time::timeout(std::time::Duration::from_secs(2), async { while tasks.join_next().await.is_some() {} })
-            .await;
+    if let Some(a) = acceptor {
+        let _ = a.await;
+    }
+    // Workers finish the batch in hand; don't wait forever for a stuck peer.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async { while done_rx.recv().await.is_some() {} })
+        .await;
     Ok(())
+}
+
+/// One worker thread: a current-thread runtime serving the connections handed to it and its UDP socket.
+struct Worker {
+    conns: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    udp: Option<std::net::UdpSocket>,
+    shared: Shared,
+    stop: watch::Receiver<bool>,
+    /// Dropped when the thread is done, which is what `serve` waits for.
+    done: tokio::sync::mpsc::Sender<()>,
+}
+
+impl Worker {
+    fn run(self) {
+        let Worker { mut conns, udp, shared, mut stop, done } = self;
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                log::error!("worker runtime: {e}");
+                return;
+            }
+        };
+        rt.block_on(async {
+            if let Some(s) = udp {
+                match tokio::net::UdpSocket::from_std(s) {
+                    Ok(s) => {
+                        tokio::spawn(udp::serve(s, shared.clone(), stop.clone()));
+                    }
+                    Err(e) => log::error!("udp socket: {e}"),
+                }
+            }
+            loop {
+                tokio::select! {
+                    c = conns.recv() => match c {
+                        Some(c) => tcp::spawn_connection(c, &shared),
+                        None => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+            // Let the UDP task see the stop and finish its datagram.
+            tokio::task::yield_now().await;
+        });
+        // Dropping the runtime drops the connection tasks; what they acknowledged is already logged.
+        drop(rt);
+        drop(done);
+    }
 }
 
 /// Completes on SIGINT or SIGTERM. Call it (inside the runtime) before anything that must be undone on

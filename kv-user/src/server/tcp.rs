@@ -1,5 +1,5 @@
-//! TCP front end: one tokio task per connection (no thread per connection), each owning a read
-//! buffer and a write buffer that are reused for the connection's whole life.
+//! TCP front end: an acceptor handing connections to the worker threads, and one tokio task per
+//! connection on its worker, owning a read buffer and a write buffer reused for the connection's life.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
 use super::conn::Pipeline;
@@ -16,8 +17,15 @@ use super::Shared;
 const OUT_SOFT_LIMIT: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
-pub async fn accept_loop(listener: TcpListener, shared: Shared, mut stop: watch::Receiver<bool>) {
+/// Accepts connections and hands them to the workers round-robin, as memcached's dispatcher does.
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Shared,
+    workers: Vec<UnboundedSender<std::net::TcpStream>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let max_conns = shared.ctx.config.max_connections;
+    let mut next = 0usize;
     loop {
         let (stream, _peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -41,17 +49,34 @@ pub async fn accept_loop(listener: TcpListener, shared: Shared, mut stop: watch:
             });
             continue;
         }
+        let _ = stream.set_nodelay(true);
+        // Moves the socket from this runtime's epoll to the worker's (into_std deregisters it).
+        let Ok(std_stream) = stream.into_std() else { continue };
         stats.curr_connections.fetch_add(1, Relaxed);
         stats.total_connections.fetch_add(1, Relaxed);
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, &shared).await {
-                log::debug!("connection: {e}");
-            }
-            shared.ctx.stats.curr_connections.fetch_sub(1, Relaxed);
-        });
+        if workers[next % workers.len()].send(std_stream).is_err() {
+            // The worker is gone: only during shutdown.
+            stats.curr_connections.fetch_sub(1, Relaxed);
+            return;
+        }
+        next = next.wrapping_add(1);
     }
+}
+
+/// Serves one connection on the calling worker's runtime.
+pub fn spawn_connection(stream: std::net::TcpStream, shared: &Shared) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => {
+                if let Err(e) = handle(stream, &shared).await {
+                    log::debug!("connection: {e}");
+                }
+            }
+            Err(e) => log::warn!("registering a connection: {e}"),
+        }
+        shared.ctx.stats.curr_connections.fetch_sub(1, Relaxed);
+    });
 }
 
 async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {

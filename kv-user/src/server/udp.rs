@@ -14,7 +14,8 @@ use super::conn::Pipeline;
 use super::Shared;
 
 /// One SO_REUSEPORT socket per worker thread, so the kernel spreads datagrams across them.
-pub fn bind(ip: IpAddr, port: u16, n: usize) -> std::io::Result<Vec<UdpSocket>> {
+/// Plain std sockets: each is registered with the runtime of the worker that serves it.
+pub fn bind(ip: IpAddr, port: u16, n: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(ip, port);
     let mut out = Vec::new();
@@ -25,7 +26,7 @@ pub fn bind(ip: IpAddr, port: u16, n: usize) -> std::io::Result<Vec<UdpSocket>> 
         // Bursty clients (multigets, benchmarks) overrun the default buffer long before we fall behind.
         let _ = s.set_recv_buffer_size(4 << 20);
         s.bind(&addr.into())?;
-        out.push(UdpSocket::from_std(s.into())?);
+        out.push(s.into());
     }
     Ok(out)
 }
