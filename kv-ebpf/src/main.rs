@@ -17,9 +17,9 @@ mod prog {
     };
     use core::ffi::c_void;
     use kv_common::{
-        hash_finish, hash_init, hash_step, CacheEntry, Counter, ScanState, Scratch, ALLOW_MAX, CACHE_ENTRY_BUF,
-        CACHE_KEY_BUF, CONFIG_FLUSH_GEN, CONFIG_SLOTS, COUNTER_SLOTS, MAX_KEY_LEN, OUT_BUF, XDP_MAX_KEYS,
-        XDP_REPLY_MAX, XDP_REQ_MAX,
+        hash_finish, hash_init, hash_step, slot_pairs, CacheEntry, Counter, ScanState, Scratch, ALLOW_MAX,
+        CACHE_ENTRY_BUF, CACHE_KEY_BUF, CONFIG_FLUSH_GEN, CONFIG_SLOTS, COUNTER_SLOTS, MAX_KEY_LEN, OUT_BUF,
+        XDP_MAX_KEYS, XDP_REPLY_MAX, XDP_REQ_MAX,
     };
 
     /// UDP port of the server; the loader overrides it (`EbpfLoader::override_global`).
@@ -405,19 +405,14 @@ mod prog {
         // on each exit path; an unknown value lets those paths merge here instead of multiplying.
         let klen = unsafe { core::ptr::read_volatile(&s.key.len) } as usize & 0xff;
         let words = klen.div_ceil(8);
-        // Two-way set associative: the key lives in one slot of the pair at `base`. A cheap look at each
-        // slot's key length and first word picks the way; the full check below decides.
-        let hash = hash_finish(hash);
-        let base = hash as u32 & unsafe { core::ptr::read_volatile(&KV_SLOT_MASK) } & !1;
+        // The key lives in one of the four slots of its two pairs, or nowhere. A cheap look at each slot's
+        // key length and first word picks the slot; the full check under the seqlock below decides.
+        let (a, b) = slot_pairs(hash_finish(hash), unsafe { core::ptr::read_volatile(&KV_SLOT_MASK) });
         let first = s.key.data_words()[0];
-        let e0 = CACHE.get_ptr(base).ok_or(Counter::PassMiss)?;
-        let (len0, word0) = unsafe {
-            (
-                core::ptr::read_volatile(&(*e0).key.len) as usize,
-                core::ptr::read_volatile(&(*e0).key.data_words_ref()[0]),
-            )
+        let idx = match way(a, klen, first) {
+            Some(i) => i,
+            None => way(b, klen, first).ok_or(Counter::PassMiss)?,
         };
-        let idx = if len0 == klen && word0 == first { base } else { base | 1 };
         let seq = SEQS.get_ptr(idx).ok_or(Counter::PassMiss)?;
         let slot = CACHE.get_ptr(idx).ok_or(Counter::PassMiss)?;
         // Seqlock read: user space makes the sequence odd, rewrites the slot, makes it even again. What is
@@ -474,6 +469,24 @@ mod prog {
             return Err(Counter::PassFlushed);
         }
         Ok(out)
+    }
+
+    /// The slot of the pair at `base` whose key has this length and first word, if any.
+    #[inline(always)]
+    fn way(base: u32, klen: usize, first: u64) -> Option<u32> {
+        for idx in [base, base | 1] {
+            let e = CACHE.get_ptr(idx)?;
+            let (len, word) = unsafe {
+                (
+                    core::ptr::read_volatile(&(*e).key.len) as usize,
+                    core::ptr::read_volatile(&(*e).key.data_words_ref()[0]),
+                )
+            };
+            if len == klen && word == first {
+                return Some(idx);
+            }
+        }
+        None
     }
 
     /// The kernel's monotonic clock, which user space converts item expiry times to.

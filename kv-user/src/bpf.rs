@@ -203,8 +203,8 @@ fn map_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd> {
 
 /// Writes the kernel cache with plain `bpf(2)` calls on its map fds (aya's typed maps need `&mut`).
 ///
-/// The cache is two-way set associative: a key lives in one of the two slots at `hash & mask & !1`, or
-/// nowhere. Each slot has a sequence
+/// A key lives in one of the four slots of its two pairs ([`kv_common::slot_pairs`]), or nowhere.
+/// Each slot has a sequence
 /// number in `SEQS` that a write makes odd, then rewrites the slot, then makes even again; the XDP program
 /// only uses a copy taken between two equal even numbers (a seqlock: no torn reads, and array slots are
 /// never freed or recycled). User space is the only writer: a per-slot lock orders writers of one slot
@@ -231,6 +231,33 @@ struct Shadow {
     key: Option<(Box<[u8]>, u64)>,
 }
 
+/// A key's candidate slot indexes (2 or 4, ascending).
+struct Slots {
+    idx: [usize; 4],
+    n: usize,
+}
+
+/// A key's candidate slots with their shadows locked.
+struct Locked<'a> {
+    slots: Slots,
+    g: [Option<parking_lot::MutexGuard<'a, Shadow>>; 4],
+}
+
+impl Locked<'_> {
+    fn iter(&self) -> impl Iterator<Item = (usize, &Shadow)> {
+        self.slots.idx[..self.slots.n].iter().zip(&self.g).filter_map(|(&i, g)| Some((i, &**g.as_ref()?)))
+    }
+
+    fn get(&self, i: usize) -> &Shadow {
+        self.g[i].as_ref().expect("locked candidate")
+    }
+
+    fn get_mut(&mut self, i: usize) -> (usize, &mut Shadow) {
+        (self.slots.idx[i], self.g[i].as_mut().expect("locked candidate"))
+    }
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_ANY: u64 = 0;
 
@@ -245,16 +272,19 @@ struct ElemAttr {
 }
 
 fn update(fd: &OwnedFd, key: *const u8, value: *const u8) -> std::io::Result<()> {
+    elem_cmd(BPF_MAP_UPDATE_ELEM, fd, key, value)
+}
+
+fn lookup(fd: &OwnedFd, key: *const u8, value: *mut u8) -> std::io::Result<()> {
+    elem_cmd(BPF_MAP_LOOKUP_ELEM, fd, key, value)
+}
+
+fn elem_cmd(cmd: libc::c_long, fd: &OwnedFd, key: *const u8, value: *const u8) -> std::io::Result<()> {
     let attr =
         ElemAttr { map_fd: fd.as_raw_fd() as u32, _pad: 0, key: key as u64, value: value as u64, flags: BPF_ANY };
     // SAFETY: `attr` points at live key/value buffers of the map's key/value sizes for the call's duration.
     let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
-            &attr as *const ElemAttr,
-            std::mem::size_of::<ElemAttr>() as libc::c_uint,
-        )
+        libc::syscall(libc::SYS_bpf, cmd, &attr as *const ElemAttr, std::mem::size_of::<ElemAttr>() as libc::c_uint)
     };
     if r < 0 {
         Err(std::io::Error::last_os_error())
@@ -264,9 +294,15 @@ fn update(fd: &OwnedFd, key: *const u8, value: *const u8) -> std::io::Result<()>
 }
 
 impl KernelCache {
-    /// The pair of slots a key may live in (two-way set associative): `base` and `base + 1`.
-    fn pair(&self, key: &CacheKey) -> usize {
-        (key.hash() as u32 & self.mask & !1) as usize
+    /// The distinct slots a key may live in, ascending (the lock order): its two pairs.
+    fn slots(&self, key: &CacheKey) -> Slots {
+        let (a, b) = kv_common::slot_pairs(key.hash(), self.mask);
+        let (lo, hi) = (a.min(b) as usize, a.max(b) as usize);
+        if lo == hi {
+            Slots { idx: [lo, lo + 1, 0, 0], n: 2 }
+        } else {
+            Slots { idx: [lo, lo + 1, hi, hi + 1], n: 4 }
+        }
     }
 
     fn set_seq(&self, idx: usize, seq: u64) -> std::io::Result<()> {
@@ -300,29 +336,69 @@ impl KernelCache {
         sh.key.as_ref().is_some_and(|(k, gen)| &**k == key && *gen == self.gen())
     }
 
-    /// Locks the key's pair of slots (always the lower one first).
-    fn lock_pair(&self, key: &[u8]) -> Option<(usize, [parking_lot::MutexGuard<'_, Shadow>; 2])> {
-        let base = self.pair(&CacheKey::new(key)?);
-        Some((base, [self.shadow[base].lock(), self.shadow[base + 1].lock()]))
+    /// Locks the key's candidate slots, in ascending order (so writers of overlapping sets never deadlock).
+    fn lock_slots(&self, key: &[u8]) -> Option<Locked<'_>> {
+        let slots = self.slots(&CacheKey::new(key)?);
+        let mut g: [Option<parking_lot::MutexGuard<'_, Shadow>>; 4] = Default::default();
+        for (i, &idx) in slots.idx[..slots.n].iter().enumerate() {
+            g[i] = Some(self.shadow[idx].lock());
+        }
+        Some(Locked { slots, g })
     }
 
-    /// Puts the entry (built by [`cache_entry`] for `key`) into one of its two slots: the one holding the
-    /// key, else an empty one, else the one written longest ago.
+    /// Puts the entry (built by [`cache_entry`] for `key`) into one of its slots: the one holding the key,
+    /// else a free one in the emptier pair, else one freed by moving its key to a free slot of that key's
+    /// other pair (one cuckoo step: at 60% load this leaves ~0.1% of keys out instead of ~2%), else the
+    /// slot written longest ago.
     pub fn insert(&self, key: &[u8], entry: &CacheEntry) -> std::io::Result<()> {
-        let (base, mut g) =
-            self.lock_pair(key).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        let way = if self.holds(&g[0], key) {
-            0
-        } else if self.holds(&g[1], key) {
-            1
-        } else if !self.live(&g[0]) {
-            0
-        } else if !self.live(&g[1]) {
-            1
-        } else {
-            usize::from(g[1].stamp < g[0].stamp)
+        let mut l = self.lock_slots(key).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let held = l.iter().position(|(_, sh)| self.holds(sh, key));
+        let free = || {
+            let used = |pair: usize| l.iter().skip(pair * 2).take(2).filter(|(_, sh)| self.live(sh)).count();
+            let pairs: &[usize] = if l.slots.n == 4 && used(1) < used(0) { &[1, 0] } else { &[0, 1] };
+            pairs.iter().flat_map(|p| p * 2..p * 2 + 2).find(|&i| i < l.slots.n && !self.live(l.get(i)))
         };
-        self.write(base + way, &mut g[way], key, entry)
+        let pick = match held.or_else(free) {
+            Some(i) => i,
+            None => match self.relocate_one(&l)? {
+                Some(i) => i,
+                None => l.iter().enumerate().min_by_key(|(_, (_, sh))| sh.stamp).map_or(0, |(i, _)| i),
+            },
+        };
+        let (idx, sh) = l.get_mut(pick);
+        self.write(idx, sh, key, entry)
+    }
+
+    /// Moves the key of one of the locked (full) slots to a free slot of its other pair, returning the
+    /// freed candidate. The moved key is answered from its new slot before its old one is overwritten, and
+    /// its own writers are held off by the old slot's lock meanwhile. Slots outside the locked set are
+    /// only try-locked: waiting for them could deadlock against a writer locking in ascending order.
+    fn relocate_one(&self, l: &Locked<'_>) -> std::io::Result<Option<usize>> {
+        for i in 0..l.slots.n {
+            let (from, sh) = (l.slots.idx[i], l.get(i));
+            let Some((k, _)) = sh.key.clone() else { continue };
+            let Some(ck) = CacheKey::new(&k) else { continue };
+            let theirs = self.slots(&ck);
+            for &to in &theirs.idx[..theirs.n] {
+                if to / 2 == from / 2 || l.slots.idx[..l.slots.n].contains(&to) {
+                    continue;
+                }
+                let Some(mut dst) = self.shadow[to].try_lock() else { continue };
+                if self.live(&dst) {
+                    continue;
+                }
+                let mut entry = std::mem::MaybeUninit::<CacheEntry>::uninit();
+                let fi = from as u32;
+                lookup(&self.cache, &fi as *const u32 as _, entry.as_mut_ptr() as *mut u8)?;
+                // SAFETY: the lookup filled the whole value (the map's value size is CacheEntry's).
+                let entry = unsafe { entry.assume_init() };
+                self.write(to, &mut dst, &k, &entry)?;
+                // Keep the moved key's age, so that eviction order is unchanged by the move.
+                dst.stamp = sh.stamp;
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether the slot answers for some key of the current generation.
@@ -332,32 +408,36 @@ impl KernelCache {
 
     /// Whether one of the key's slots currently answers for it.
     pub fn contains(&self, key: &[u8]) -> bool {
-        self.lock_pair(key).is_some_and(|(_, g)| g.iter().any(|sh| self.holds(sh, key)))
+        self.lock_slots(key).is_some_and(|l| l.iter().any(|(_, sh)| self.holds(sh, key)))
     }
 
     /// Rewrites the key's entry only if it is cached; Ok(false) if it was not.
     pub fn replace(&self, key: &[u8], entry: &CacheEntry) -> std::io::Result<bool> {
-        let Some((base, mut g)) = self.lock_pair(key) else { return Ok(false) };
-        for (way, sh) in g.iter_mut().enumerate() {
-            if self.holds(sh, key) {
-                self.write(base + way, sh, key, entry)?;
-                return Ok(true);
+        let Some(mut l) = self.lock_slots(key) else { return Ok(false) };
+        let found = l.iter().position(|(_, sh)| self.holds(sh, key));
+        match found {
+            Some(i) => {
+                let (idx, sh) = l.get_mut(i);
+                self.write(idx, sh, key, entry)?;
+                Ok(true)
             }
+            None => Ok(false),
         }
-        Ok(false)
     }
 
     /// Stops the kernel answering for the key; Ok(false) if it was not cached.
     pub fn remove(&self, key: &[u8]) -> std::io::Result<bool> {
-        let Some((base, mut g)) = self.lock_pair(key) else { return Ok(false) };
-        for (way, sh) in g.iter_mut().enumerate() {
-            if self.holds(sh, key) {
+        let Some(mut l) = self.lock_slots(key) else { return Ok(false) };
+        let found = l.iter().position(|(_, sh)| self.holds(sh, key));
+        match found {
+            Some(i) => {
+                let (idx, sh) = l.get_mut(i);
                 sh.key = None;
-                self.begin(base + way, sh)?;
-                return Ok(true);
+                self.begin(idx, sh)?;
+                Ok(true)
             }
+            None => Ok(false),
         }
-        Ok(false)
     }
 
     /// The generation new entries must carry.

@@ -416,32 +416,41 @@ fn flush_generation_and_allowlist() {
 }
 
 #[test]
-fn keys_sharing_a_slot_pair_displace_the_oldest() {
+fn keys_sharing_all_their_slots_displace_the_oldest() {
     let Some(mut path) = load() else { return };
     let slots = crate::bpf::slots_for(1024);
-    let pair = |k: &[u8]| CacheKey::new(k).unwrap().hash() as u32 & (slots - 1) & !1;
-    let a = b"a0".to_vec();
-    let mut same = (1..).map(|i| format!("b{i}").into_bytes()).filter(|k| pair(k) == pair(&a));
-    let (b, c) = (same.next().unwrap(), same.next().unwrap());
+    // A key's four candidate slots: its two pairs (ordered, so keys with the same set compare equal).
+    let set = |k: &[u8]| {
+        let (a, b) = kv_common::slot_pairs(CacheKey::new(k).unwrap().hash(), slots - 1);
+        (a.min(b), a.max(b))
+    };
+    let first = (0..).map(|i| format!("a{i}").into_bytes()).find(|k| set(k).0 != set(k).1).unwrap();
+    let same: Vec<Vec<u8>> =
+        (1..).map(|i| format!("b{i}").into_bytes()).filter(|k| set(k) == set(&first)).take(4).collect();
+    let mut keys = vec![first];
+    keys.extend(same);
     let get = |k: &[u8], id: u16| packet(PORT, id, 0, 1, &[b"get ", k, b"\r\n"].concat());
-    put(&mut path, &a, 0, 1, b"A", 0);
-    put(&mut path, &b, 0, 2, b"B", 0);
-    // Both ways of the pair are used.
-    assert_eq!(run(&mut path, &get(&a, 1)).0, XDP_TX);
-    assert_eq!(run(&mut path, &get(&b, 2)).0, XDP_TX);
-    // A third key takes the way written longest ago (a's); a becomes a miss left to user space.
-    put(&mut path, &c, 0, 3, b"C", 0);
+    for (i, k) in keys[..4].iter().enumerate() {
+        put(&mut path, k, 0, i as u64 + 1, &[b'A' + i as u8], 0);
+    }
+    // All four slots are used.
+    for (i, k) in keys[..4].iter().enumerate() {
+        assert_eq!(run(&mut path, &get(k, i as u16)).0, XDP_TX, "key {i}");
+    }
+    // A fifth key takes the slot written longest ago (the first key's), which becomes a miss.
+    put(&mut path, &keys[4], 0, 5, b"E", 0);
     let misses = path.counter(Counter::PassMiss).unwrap();
-    assert_pass_untouched(&mut path, &get(&a, 3));
+    assert_pass_untouched(&mut path, &get(&keys[0], 9));
     assert_eq!(path.counter(Counter::PassMiss).unwrap(), misses + 1);
-    for (k, v, id) in [(&b, b"B", 4), (&c, b"C", 5)] {
-        let req = get(k, id);
+    for (i, k) in keys.iter().enumerate().skip(1) {
+        let req = get(k, 10 + i as u16);
         let (action, out) = run(&mut path, &req);
         assert_eq!(action, XDP_TX);
-        assert_eq!(reply_text(&req, &out), [b"VALUE ", &k[..], b" 0 1\r\n", v, b"\r\nEND\r\n"].concat());
+        let v = [b'A' + i as u8];
+        assert_eq!(reply_text(&req, &out), [b"VALUE ", &k[..], b" 0 1\r\n", &v, b"\r\nEND\r\n"].concat());
     }
     let h = path.cache_handle().unwrap();
-    assert!(!h.contains(&a) && h.contains(&b) && h.contains(&c));
+    assert!(!h.contains(&keys[0]) && keys[1..].iter().all(|k| h.contains(k)));
 }
 
 #[test]
@@ -449,19 +458,29 @@ fn every_admitted_key_is_found() {
     let mut path = KernelPath::load(KernelOpts { port: PORT, cache_entries: 16384, log: false }).unwrap();
     path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
     let h = path.cache_handle().unwrap();
-    let keys: Vec<Vec<u8>> = (0..600).map(|i| format!("key:{i}").into_bytes()).collect();
+    // The benchmark's load: 10,000 keys in 16,384 slots. Each key's value names it, so a key served from
+    // a slot it was moved to (one cuckoo step) is checked byte for byte.
+    let keys: Vec<Vec<u8>> = (0..10000).map(|i| format!("key:{i}").into_bytes()).collect();
+    let value = |k: &[u8]| [k, b"-value"].concat();
     for k in &keys {
-        h.insert(k, &cache_entry(k, 0, 1 + k.len() as u64 * 37, &[b'x'; 32], 0, h.gen()).unwrap()).unwrap();
+        h.insert(k, &cache_entry(k, 0, 1 + k.len() as u64 * 37, &value(k), 0, h.gen()).unwrap()).unwrap();
     }
-    // Two-way sets: only a key whose pair got two later keys is displaced; the hash spreads them.
+    // Four candidate slots per key and one cuckoo step: ~0.1% of keys are left out (~2% without the
+    // step, ~14% with a single two-way set); more means the hash crowds slots.
     let absent = keys.iter().filter(|k| !h.contains(k)).count();
-    assert!(absent <= keys.len() / 50, "{absent} of {} inserted keys displaced: the hash crowds slots", keys.len());
+    assert!(absent <= keys.len() / 200, "{absent} of {} inserted keys displaced: the hash crowds slots", keys.len());
     let mut lost = Vec::new();
     for (i, k) in keys.iter().enumerate() {
         let found = h.contains(k);
-        let (action, _) = run(&mut path, &packet(PORT, i as u16, 0, 1, &[b"get ", &k[..], b"\r\n"].concat()));
+        let req = packet(PORT, i as u16, 0, 1, &[b"get ", &k[..], b"\r\n"].concat());
+        let (action, out) = run(&mut path, &req);
         if found && action != XDP_TX {
             lost.push(String::from_utf8_lossy(k).into_owned());
+        }
+        if action == XDP_TX {
+            let v = value(k);
+            let want = [b"VALUE ", &k[..], format!(" 0 {}\r\n", v.len()).as_bytes(), &v, b"\r\nEND\r\n"].concat();
+            assert_eq!(reply_text(&req, &out), want, "reply for {}", String::from_utf8_lossy(k));
         }
     }
     assert!(lost.is_empty(), "{} cached keys missed by XDP, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
