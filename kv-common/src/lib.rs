@@ -171,6 +171,8 @@ pub struct Scratch {
     pub scan: ScanState,
     pub key: CacheKey,
     pub req: [u8; XDP_REQ_MAX],
+    /// The request's Ethernet, IPv4, UDP and frame headers, to restore a request whose reply was torn.
+    pub orig: [u8; 64],
     /// The whole reply frame: Ethernet, IPv4, UDP and frame headers, then the reply text.
     pub out: [u8; OUT_BUF],
 }
@@ -209,6 +211,9 @@ pub enum Counter {
     PassNotAllowed,
     /// Passed: the key's slot was being rewritten by user space while it was read.
     PassBusy,
+    /// Passed: the slot was rewritten while its reply was copied into the packet; the request was
+    /// restored byte for byte first.
+    PassTorn,
 }
 
 /// Slots of the `CONFIG` array map.
@@ -219,7 +224,7 @@ pub const CONFIG_SLOTS: u32 = 1;
 pub const ALLOW_MAX: u32 = 64;
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 15;
+pub const COUNTER_SLOTS: u32 = 16;
 
 /// All counters with their stat names, for `stats`.
 pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
@@ -238,6 +243,7 @@ pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
     (Counter::PassFlushed, "xdp_pass_flushed"),
     (Counter::PassNotAllowed, "xdp_pass_not_allowed"),
     (Counter::PassBusy, "xdp_pass_busy"),
+    (Counter::PassTorn, "xdp_pass_torn"),
 ];
 
 /// XDP verdicts (linux/bpf.h `enum xdp_action`), for user-space code that inspects test runs.

@@ -31,6 +31,11 @@ mod prog {
     #[unsafe(no_mangle)]
     static KV_LOG: u8 = 0;
 
+    /// Tests only (`KernelOpts::test_tear`): treat every direct reply as torn, to exercise the restore
+    /// path. Read-only data, so the verifier removes the check when it is 0.
+    #[unsafe(no_mangle)]
+    static KV_TEST_TEAR: u8 = 0;
+
     /// The kernel cache: slots indexed by key hash, each a preformatted reply. User space keeps it
     /// coherent with the store.
     #[map(name = "CACHE")]
@@ -130,7 +135,13 @@ mod prog {
         if unsafe { h::bpf_xdp_load_bytes(ctx.ctx, TEXT_OFF as u32, scratch.req.as_mut_ptr() as *mut c_void, n) } != 0 {
             return Err(Counter::PassMalformed);
         }
-        let (reply_len, keys) = build_reply(scratch, text_len)?;
+        // A frame with nothing after the datagram (no Ethernet padding) can be restored from what was
+        // saved, so its reply may be copied straight from the slot into the packet.
+        let exact = ctx.data_end() - ctx.data() == TEXT_OFF + text_len;
+        let (reply_len, keys) = match build_reply(scratch, text_len, exact)? {
+            Reply::Direct(hit) => return serve_direct(ctx, &req, scratch, &hit),
+            Reply::Scratch { len, keys } => (len, keys),
+        };
         let frame_len = TEXT_OFF + reply_len;
         resize(ctx, frame_len)?;
         write_headers(&req, scratch, frame_len);
@@ -146,6 +157,90 @@ mod prog {
         add(Counter::Hits, 1);
         add(Counter::HitKeys, keys);
         Ok(xdp_action::XDP_TX)
+    }
+
+    /// A 1-key `get` hit whose slot was checked (key, lengths, expiry, generation) under a sequence
+    /// number read before; the copy into the packet is only valid if the number is unchanged after it.
+    struct Hit {
+        slot: *const CacheEntry,
+        seq: *const u64,
+        seq1: u64,
+        /// `get` reply length, and where a `gets` reply inserts the CAS (`cas_len` bytes).
+        total: usize,
+        hdr: usize,
+        cas_len: usize,
+    }
+
+    enum Reply {
+        /// Copy the slot's reply straight into the packet (no copy through scratch).
+        Direct(Hit),
+        /// The reply text was assembled in `scratch.out` after room for the headers.
+        Scratch { len: usize, keys: u64 },
+    }
+
+    /// Answers a 1-key `get` hit: resize, headers, then the slot's reply and `END` copied from the map
+    /// into the packet. If user space rewrote the slot meanwhile (the sequence number moved), the reply
+    /// may be torn: the request is put back byte for byte and passed, as if it had never been touched.
+    fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch, hit: &Hit) -> Result<u32, Counter> {
+        let text = hit.total + 5;
+        if text > XDP_REPLY_MAX {
+            return Err(Counter::PassTooBig);
+        }
+        // Save the headers before anything moves (the text is already in `s.req`). Plain loads and stores
+        // here and below: a helper call costs more than copying 50 bytes.
+        let p = ptr_at(ctx, 0, TEXT_OFF).ok_or(Counter::PassMalformed)?;
+        unsafe { core::ptr::copy_nonoverlapping(p, s.orig.as_mut_ptr(), TEXT_OFF) };
+        let frame_len = TEXT_OFF + text;
+        let grown = resize(ctx, frame_len)?;
+        write_headers(req, s, frame_len);
+        // In [1, CACHE_ENTRY_BUF]: the verifier checks the copy against the slot's bounds.
+        let total = unsafe { core::ptr::read_volatile(&hit.total) };
+        let ok = total >= 1
+            && total <= CACHE_ENTRY_BUF
+            && match ptr_at(ctx, 0, TEXT_OFF) {
+                Some(p) => {
+                    unsafe { core::ptr::copy_nonoverlapping(s.out.as_ptr(), p as *mut u8, TEXT_OFF) };
+                    true
+                }
+                None => false,
+            }
+            && unsafe {
+                h::bpf_xdp_store_bytes(ctx.ctx, TEXT_OFF as u32, (*hit.slot).buf.as_ptr() as *mut c_void, total as u32)
+            } == 0
+            && match ptr_at(ctx, TEXT_OFF + total, 5) {
+                Some(p) => {
+                    unsafe { core::ptr::copy_nonoverlapping(b"END\r\n".as_ptr(), p as *mut u8, 5) };
+                    true
+                }
+                None => false,
+            };
+        let torn = unsafe { core::ptr::read_volatile(hit.seq) } != hit.seq1
+            || unsafe { core::ptr::read_volatile(&KV_TEST_TEAR) } != 0;
+        if ok && !torn {
+            add(Counter::Hits, 1);
+            add(Counter::HitKeys, 1);
+            return Ok(xdp_action::XDP_TX);
+        }
+        // Undo: the original length, then the saved headers and request text.
+        let text_len = req.text_len;
+        let undone = unsafe {
+            match grown {
+                Grown::Head(d) => h::bpf_xdp_adjust_head(ctx.ctx, d),
+                Grown::Tail(d) => h::bpf_xdp_adjust_tail(ctx.ctx, -d),
+                Grown::No => 0,
+            }
+        } == 0;
+        let n = ((text_len as u32).wrapping_sub(1) & (XDP_REQ_MAX as u32 - 1)) + 1;
+        if undone
+            && n as usize == text_len
+            && unsafe {
+                h::bpf_xdp_store_bytes(ctx.ctx, 0, s.orig.as_mut_ptr() as *mut c_void, TEXT_OFF as u32) == 0
+                    && h::bpf_xdp_store_bytes(ctx.ctx, TEXT_OFF as u32, s.req.as_mut_ptr() as *mut c_void, n) == 0
+            }
+        {
+            return Err(Counter::PassTorn);
+        }
+        Ok(xdp_action::XDP_ABORTED)
     }
 
     fn parse_headers(ctx: &XdpContext) -> Result<Req, Counter> {
@@ -216,7 +311,7 @@ mod prog {
     /// The byte scan runs in a `bpf_loop` callback (verified once, whatever the key count and lengths: an
     /// open-coded loop over bytes and keys explodes the verifier's path count). All its mutable state is
     /// in `s.scan`, in the scratch map, not on the stack: see `kv_common::ScanState` for why.
-    fn build_reply(s: &mut Scratch, text_len: usize) -> Result<(usize, u64), Counter> {
+    fn build_reply(s: &mut Scratch, text_len: usize, exact: bool) -> Result<Reply, Counter> {
         let r = &s.req;
         let (pos, cas) = if r[0] == b'g' && r[1] == b'e' && r[2] == b't' && r[3] == b' ' {
             (4u64, 0u64)
@@ -251,6 +346,9 @@ mod prog {
                 // exit paths, which would have it check the lookup once per possible length.
                 unsafe { core::ptr::write_volatile(&mut s.scan.body_end, (body_end - first) as u64) };
                 let klen = unsafe { core::ptr::read_volatile(&s.scan.body_end) } as usize;
+                if cas == 0 && exact {
+                    return Ok(Reply::Direct(find_entry(s, first, klen)?));
+                }
                 let out = append_entry(s, first, klen, cas != 0, TEXT_OFF)?;
                 if out < TEXT_OFF || out + 5 > TEXT_OFF + XDP_REPLY_MAX {
                     return Err(Counter::PassTooBig);
@@ -258,7 +356,7 @@ mod prog {
                 for (i, b) in b"END\r\n".iter().enumerate() {
                     s.out[(out + i) & OUT_MASK] = *b;
                 }
-                return Ok((out + 5 - TEXT_OFF, 1));
+                return Ok(Reply::Scratch { len: out + 5 - TEXT_OFF, keys: 1 });
             }
         }
         // Volatile: the callback writes `s.scan` through its own map pointer, behind this `&mut`'s back.
@@ -292,7 +390,7 @@ mod prog {
         for (i, b) in b"END\r\n".iter().enumerate() {
             s.out[(out + i) & OUT_MASK] = *b;
         }
-        Ok((out + 5 - TEXT_OFF, st.keys))
+        Ok(Reply::Scratch { len: out + 5 - TEXT_OFF, keys: st.keys })
     }
 
     fn counter_from(v: u64) -> Counter {
@@ -370,6 +468,27 @@ mod prog {
     /// Looks up one key (bytes `s.req[start..start+klen]`) and appends its reply to `s.out` at `out`.
     #[inline(always)]
     fn append_entry(s: &mut Scratch, start: usize, klen: usize, cas: bool, out: usize) -> Result<usize, Counter> {
+        let hit = find_entry(s, start, klen)?;
+        let e = unsafe { &*hit.slot };
+        let buf = e.buf.as_ptr();
+        let (hdr, total) = (hit.hdr, hit.total);
+        let out = if cas {
+            let out = copy(s, out, buf, hdr)?;
+            let out = copy(s, out, e.cas.as_ptr(), hit.cas_len)?;
+            copy(s, out, unsafe { buf.add(hdr & 2047) }, total - hdr)?
+        } else {
+            copy(s, out, buf, total)?
+        };
+        if unsafe { core::ptr::read_volatile(hit.seq) } != hit.seq1 {
+            return Err(Counter::PassBusy);
+        }
+        Ok(out)
+    }
+
+    /// Finds the slot answering for one key (bytes `s.req[start..start+klen]`) and checks it is live. What
+    /// it reads may be torn: only a copy made before the sequence number is found unchanged counts.
+    #[inline(always)]
+    fn find_entry(s: &mut Scratch, start: usize, klen: usize) -> Result<Hit, Counter> {
         let start = start & REQ_MASK;
         let klen = klen & 0xff;
         if klen == 0 || klen > MAX_KEY_LEN {
@@ -450,17 +569,6 @@ mod prog {
         if total > CACHE_ENTRY_BUF || hdr > total || cas_len > 24 {
             return Err(Counter::PassBusy);
         }
-        let buf = e.buf.as_ptr();
-        let out = if cas {
-            let out = copy(s, out, buf, hdr)?;
-            let out = copy(s, out, e.cas.as_ptr(), cas_len)?;
-            copy(s, out, unsafe { buf.add(hdr & 2047) }, total - hdr)?
-        } else {
-            copy(s, out, buf, total)?
-        };
-        if unsafe { core::ptr::read_volatile(seq) } != seq1 {
-            return Err(Counter::PassBusy);
-        }
         // The clock only for items that can expire.
         if expire_ns != 0 && now() >= expire_ns {
             return Err(Counter::PassExpired);
@@ -468,7 +576,7 @@ mod prog {
         if CONFIG.get(CONFIG_FLUSH_GEN).is_none_or(|g| *g != gen) {
             return Err(Counter::PassFlushed);
         }
-        Ok(out)
+        Ok(Hit { slot, seq, seq1, hdr, cas_len, total })
     }
 
     /// The slot of the pair at `base` whose key has this length and first word, if any.
@@ -518,19 +626,27 @@ mod prog {
         Ok(out + n)
     }
 
-    /// Makes the frame exactly `frame_len` bytes: grow at the tail where the driver has tailroom
-    /// (generic mode), else at the head (native veth has no tailroom but 256 bytes of headroom).
-    fn resize(ctx: &XdpContext, frame_len: usize) -> Result<(), Counter> {
+    /// How `resize` changed the frame, to undo it.
+    #[derive(Clone, Copy)]
+    enum Grown {
+        No,
+        Head(i32),
+        Tail(i32),
+    }
+
+    /// Makes the frame exactly `frame_len` bytes: grow at the head where the driver has headroom (native
+    /// veth has 256 bytes and no tailroom; generic mode guarantees the same headroom), else at the tail.
+    fn resize(ctx: &XdpContext, frame_len: usize) -> Result<Grown, Counter> {
         let cur = unsafe { h::bpf_xdp_get_buff_len(ctx.ctx) } as i64;
-        let delta = frame_len as i64 - cur;
+        let delta = (frame_len as i64 - cur) as i32;
         if delta == 0 {
-            return Ok(());
+            return Ok(Grown::No);
         }
-        if unsafe { h::bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } == 0 {
-            return Ok(());
+        if delta > 0 && unsafe { h::bpf_xdp_adjust_head(ctx.ctx, -delta) } == 0 {
+            return Ok(Grown::Head(delta));
         }
-        if delta > 0 && unsafe { h::bpf_xdp_adjust_head(ctx.ctx, -(delta as i32)) } == 0 {
-            return Ok(());
+        if unsafe { h::bpf_xdp_adjust_tail(ctx.ctx, delta) } == 0 {
+            return Ok(Grown::Tail(delta));
         }
         Err(Counter::PassTooBig)
     }

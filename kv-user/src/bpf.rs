@@ -32,11 +32,14 @@ pub struct KernelOpts {
     pub cache_entries: u32,
     /// Log every pass and its reason from the kernel (aya-log), for debugging (`-vv`).
     pub log: bool,
+    /// Tests only: the program treats every reply it copies straight from a slot as torn, exercising
+    /// the path that restores the request and passes it.
+    pub test_tear: bool,
 }
 
 impl Default for KernelOpts {
     fn default() -> Self {
-        Self { port: kv_common::DEFAULT_PORT, cache_entries: 16384, log: false }
+        Self { port: kv_common::DEFAULT_PORT, cache_entries: 16384, log: false, test_tear: false }
     }
 }
 
@@ -91,12 +94,14 @@ impl KernelPath {
     /// As [`load`](Self::load), sending kernel log records (with `opts.log`) to `sink`.
     pub fn load_with_logger(opts: KernelOpts, sink: &'static dyn log::Log) -> Result<Self> {
         let log = u8::from(opts.log);
+        let tear = u8::from(opts.test_tear);
         let slots = slots_for(opts.cache_entries);
         let mask = slots - 1;
         let mut ebpf = EbpfLoader::new()
             .override_global("KV_PORT", &opts.port, true)
             .override_global("KV_LOG", &log, true)
             .override_global("KV_SLOT_MASK", &mask, true)
+            .override_global("KV_TEST_TEAR", &tear, true)
             .map_max_entries("CACHE", slots)
             .map_max_entries("SEQS", slots)
             .load(EBPF_OBJECT)

@@ -43,7 +43,12 @@ fn attach_kernel_path(cfg: &Config, ctx: &kv_user::exec::Ctx) -> Option<KernelPa
         log::info!("BPF disabled (--no-bpf): serving everything from user space");
         return None;
     }
-    let opts = KernelOpts { port: cfg.udp_port, cache_entries: cfg.kcache_entries, log: cfg.verbose >= 2 };
+    let opts = KernelOpts {
+        port: cfg.udp_port,
+        cache_entries: cfg.kcache_entries,
+        log: cfg.verbose >= 2,
+        ..Default::default()
+    };
     let wire = || -> anyhow::Result<KernelPath> {
         let mut k = KernelPath::attach(&cfg.iface, cfg.xdp_mode, opts)?;
         for c in cfg.udp_allowlist() {

@@ -75,14 +75,15 @@ fn random_value(rng: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn xdp_replies_equal_user_space_replies() {
-    let mut path = match KernelPath::load(KernelOpts { port: PORT, cache_entries: 4096, log: false }) {
-        Ok(p) => p,
-        Err(e) if !bpf_required() => {
-            eprintln!("SKIP: cannot load BPF here ({e:#}); set KV_REQUIRE_BPF=1 to make this fail");
-            return;
-        }
-        Err(e) => panic!("BPF required but loading failed: {e:#}"),
-    };
+    let mut path =
+        match KernelPath::load(KernelOpts { port: PORT, cache_entries: 4096, log: false, ..Default::default() }) {
+            Ok(p) => p,
+            Err(e) if !bpf_required() => {
+                eprintln!("SKIP: cannot load BPF here ({e:#}); set KV_REQUIRE_BPF=1 to make this fail");
+                return;
+            }
+            Err(e) => panic!("BPF required but loading failed: {e:#}"),
+        };
     path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
     let cfg = Arc::new(Config::parse_from(["kv-server"]));
     let store = Arc::new(Store::new(StoreOptions::from_config(&cfg), Arc::new(NoJournal)));
@@ -164,7 +165,9 @@ fn xdp_replies_equal_user_space_replies() {
 
 #[test]
 fn keys_admitted_through_the_store_are_found_by_xdp() {
-    let Ok(mut path) = KernelPath::load(KernelOpts { port: PORT, cache_entries: 16384, log: false }) else {
+    let Ok(mut path) =
+        KernelPath::load(KernelOpts { port: PORT, cache_entries: 16384, log: false, ..Default::default() })
+    else {
         assert!(!bpf_required(), "BPF required");
         return;
     };
