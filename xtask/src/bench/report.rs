@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 use super::{Row, Server};
 
-const SERVERS: [Server; 5] = [Server::Memcached, Server::KvNoBpf, Server::KvXdp, Server::KvFsync, Server::Reflector];
+const SERVERS: [Server; 6] =
+    [Server::Memcached, Server::KvNoBpf, Server::KvXdp, Server::KvNoBpfFsync, Server::KvFsync, Server::Reflector];
 
 fn ratio(rows: &[Row], r: &Row) -> Option<f64> {
     let mc = rows.iter().find(|m| m.server == Server::Memcached && m.workload == r.workload && m.load.is_some())?;
@@ -148,6 +149,7 @@ fn color(s: Server) -> RGBColor {
         Server::KvNoBpf => RGBColor(31, 119, 180),
         Server::KvXdp => RGBColor(255, 127, 14),
         Server::KvFsync => RGBColor(148, 103, 189),
+        Server::KvNoBpfFsync => RGBColor(23, 190, 207),
         Server::Reflector => RGBColor(44, 160, 44),
     }
 }
