@@ -13,6 +13,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The reliability suite's long form (`cargo xtask test --long` sets KV_LONG=1): tests scale their rounds
+/// and counts with `long_or(short, long)`.
+pub fn long() -> bool {
+    std::env::var("KV_LONG").is_ok_and(|v| v == "1")
+}
+
+/// `short` normally, `long` under `cargo xtask test --long`.
+pub fn long_or<T>(short: T, long_form: T) -> T {
+    if long() {
+        long_form
+    } else {
+        short
+    }
+}
+
 /// True when the tests target the system's memcached (`KV_TEST_PEER=memcached`) instead of kv-server.
 pub fn targets_memcached() -> bool {
     match std::env::var("KV_TEST_PEER") {

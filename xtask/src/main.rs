@@ -34,6 +34,9 @@ enum Task {
         /// Skip the benchmark smoke test (`cargo xtask bench --quick`).
         #[arg(long)]
         no_bench: bool,
+        /// The reliability suite's long form (KV_LONG=1): more crash rounds, packets and fuzzing time.
+        #[arg(long)]
+        long: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -55,7 +58,7 @@ fn main() -> std::process::ExitCode {
     let root = workspace_root();
     let result = std::env::set_current_dir(&root).map_err(anyhow::Error::from).and_then(|()| match cli.task {
         Task::Run { args } => run(&root, &args),
-        Task::Test { no_lint, no_bench, args } => test(&root, no_lint, no_bench, &args),
+        Task::Test { no_lint, no_bench, long, args } => test(&root, no_lint, no_bench, long, &args),
         Task::Bench { quick, out } => bench(&root, quick, out),
     });
     match result {
@@ -80,7 +83,7 @@ fn run(root: &Path, args: &[String]) -> Result<()> {
     exit_with(status)
 }
 
-fn test(root: &Path, no_lint: bool, no_bench: bool, args: &[String]) -> Result<()> {
+fn test(root: &Path, no_lint: bool, no_bench: bool, long: bool, args: &[String]) -> Result<()> {
     setup::ebpf_toolchain()?;
     let python = setup::test_peers(root)?;
     if !no_lint {
@@ -95,6 +98,9 @@ fn test(root: &Path, no_lint: bool, no_bench: bool, args: &[String]) -> Result<(
     cmd.args(["test", "--release", "--workspace", "--no-fail-fast"]).args(args);
     cmd.env("KV_SERVER_BIN", root.join("target/release/kv-server"));
     cmd.env("KV_PYTHON", &python);
+    if long {
+        cmd.env("KV_LONG", "1");
+    }
     cmd.stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn().context("running cargo test")?;
     // Echo cargo's output and add up its per-binary results into one closing line.
