@@ -218,3 +218,5 @@ mod tests {
 
 #[cfg(test)]
 mod differential;
+#[cfg(test)]
+mod fuzz;

@@ -16,7 +16,11 @@ use kv_tests::netns::{try_udp_request, XdpBed};
 const KEYS: [&str; 4] = ["ck0", "ck1", "ck2", "ck3"];
 const WRITERS: usize = 2;
 const READERS: usize = 2;
-const RUN: Duration = Duration::from_secs(3);
+
+/// How long writers and readers run: 3 s, or 60 s in the long form (KV_LONG=1).
+fn run_time() -> Duration {
+    Duration::from_secs(kv_tests::long_or(3, 60))
+}
 
 fn value(key: &str, n: u64) -> String {
     format!("{key}:{n}")
@@ -124,15 +128,16 @@ fn no_stale_reads_under_concurrent_writes() {
                 }
             });
         }
-        std::thread::sleep(RUN);
+        std::thread::sleep(run_time());
         stop.store(true, Ordering::Relaxed);
     });
     let elapsed = started.elapsed();
     let run_hits = bed.kernel_hits() - hits_before;
     let (writes, reads, lost, stale) = (writes.into_inner(), reads.into_inner(), lost.into_inner(), stale.into_inner());
     eprintln!(
-        "{elapsed:.1?}: {writes} writes, {reads} reads ({lost} lost and retried), {stale} stale; \
-         kernel hits: {warm_hits} during warm-up, {run_hits} during the run"
+        "coherence{}: {elapsed:.1?}: {writes} writes, {reads} reads ({run_hits} answered by the kernel, \
+         {lost} lost and retried), {stale} stale; {warm_hits} kernel hits during warm-up",
+        if kv_tests::long() { " (long form)" } else { "" }
     );
     // Final state: every key holds its last acknowledged value, over UDP too.
     let sock = bed.udp_socket();

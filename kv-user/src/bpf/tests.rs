@@ -44,7 +44,7 @@ pub(crate) fn packet(dport: u16, req_id: u16, seq: u16, total: u16, text: &[u8])
     p
 }
 
-fn ip_checksum(h: &[u8]) -> u16 {
+pub(crate) fn ip_checksum(h: &[u8]) -> u16 {
     let mut sum: u32 = h.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -66,6 +66,35 @@ pub(crate) fn run(path: &mut KernelPath, pkt: &[u8]) -> (u32, Vec<u8>) {
 fn put(path: &mut KernelPath, key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u64) {
     let e = cache_entry(key, flags, cas, value, expire_ns, 0).expect("fits");
     path.cache_handle().unwrap().insert(key, &e).unwrap();
+}
+
+/// Like [`reply_text`], but reports the first wrong header field instead of panicking (fuzzing counts
+/// mismatches and goes on).
+pub(crate) fn try_reply_text(req: &[u8], reply: &[u8]) -> Result<Vec<u8>, String> {
+    if req.len() < 50 || reply.len() < 50 {
+        return Err(format!("request of {} bytes, reply of {} bytes", req.len(), reply.len()));
+    }
+    let be = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]) as usize;
+    let checks: [(&str, bool); 14] = [
+        ("eth dst = request src", reply[0..6] == req[6..12]),
+        ("eth src = request dst", reply[6..12] == req[0..6]),
+        ("ethertype IPv4", reply[12..14] == [0x08, 0x00]),
+        ("IPv4 without options", reply[14] == 0x45),
+        ("valid IPv4 header checksum", ip_checksum(&reply[14..34]) == 0),
+        ("IP total length", be(reply, 16) == reply.len() - 14),
+        ("not a fragment, UDP", be(reply, 20) & 0x3fff == 0 && reply[23] == 17),
+        ("ip src = request dst", reply[26..30] == req[30..34]),
+        ("ip dst = request src", reply[30..34] == req[26..30]),
+        ("ports swapped", reply[34..36] == req[36..38] && reply[36..38] == req[34..36]),
+        ("UDP length", be(reply, 38) == reply.len() - 34),
+        ("UDP checksum none", reply[40..42] == [0, 0]),
+        ("request id echoed", reply[42..44] == req[42..44]),
+        ("seq 0 of 1", reply[44..50] == [0, 0, 0, 1, 0, 0]),
+    ];
+    match checks.iter().find(|(_, ok)| !ok) {
+        Some((what, _)) => Err(format!("reply header: {what}")),
+        None => Ok(reply[50..].to_vec()),
+    }
 }
 
 /// Checks the reply frame's headers against the request and returns the reply text.
