@@ -193,7 +193,7 @@ pub enum Counter {
     PassIpOptionsOrFragment,
     /// Passed: not UDP.
     PassNotUdp,
-    /// Passed: UDP to another port.
+    /// Passed: UDP to another port, or to an address other than the one the server listens on.
     PassOtherPort,
     /// Passed: lengths that do not add up, truncated, or a multi-datagram frame.
     PassMalformed,

@@ -26,6 +26,11 @@ mod prog {
     #[unsafe(no_mangle)]
     static KV_PORT: u16 = 11211;
 
+    /// IPv4 address the server listens on, as it appears in the packet (network order read as a native
+    /// u32); 0 = any. The loader overrides it.
+    #[unsafe(no_mangle)]
+    static KV_LISTEN_IP: u32 = 0;
+
     /// Non-zero: log every pass with its reason through aya-log (`-vv`). Hits are never logged: a log
     /// record costs microseconds, more than the whole kernel hit path.
     #[unsafe(no_mangle)]
@@ -258,6 +263,21 @@ mod prog {
         }
         if unsafe { *ip.add(9) } != 17 {
             return Err(Counter::PassNotUdp);
+        }
+        // The stack drops a header with a bad checksum; so must we, by leaving it to the stack.
+        let mut sum = 0u32;
+        for i in 0..10 {
+            sum += be16(ip, 2 * i) as u32;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        if sum != 0xffff {
+            return Err(Counter::PassMalformed);
+        }
+        // Only datagrams to the address the server listens on (0: any), as its socket would receive.
+        let listen = unsafe { core::ptr::read_volatile(&KV_LISTEN_IP) };
+        if listen != 0 && unsafe { core::ptr::read_unaligned(ip.add(16) as *const u32) } != listen {
+            return Err(Counter::PassOtherPort);
         }
         let udp = ptr_at(ctx, ETH_HLEN + IP_HLEN, UDP_HLEN).ok_or(Counter::PassMalformed)?;
         let port = unsafe { core::ptr::read_volatile(&KV_PORT) };

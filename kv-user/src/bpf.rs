@@ -32,6 +32,8 @@ pub struct KernelOpts {
     pub cache_entries: u32,
     /// Log every pass and its reason from the kernel (aya-log), for debugging (`-vv`).
     pub log: bool,
+    /// The address the server listens on: datagrams to other addresses are left to the stack. None: any.
+    pub listen: Option<std::net::Ipv4Addr>,
     /// Tests only: the program treats every reply it copies straight from a slot as torn, exercising
     /// the path that restores the request and passes it.
     pub test_tear: bool,
@@ -39,7 +41,7 @@ pub struct KernelOpts {
 
 impl Default for KernelOpts {
     fn default() -> Self {
-        Self { port: kv_common::DEFAULT_PORT, cache_entries: 16384, log: false, test_tear: false }
+        Self { port: kv_common::DEFAULT_PORT, cache_entries: 16384, log: false, listen: None, test_tear: false }
     }
 }
 
@@ -95,6 +97,8 @@ impl KernelPath {
     pub fn load_with_logger(opts: KernelOpts, sink: &'static dyn log::Log) -> Result<Self> {
         let log = u8::from(opts.log);
         let tear = u8::from(opts.test_tear);
+        // The packet's bytes read as a native integer, as the program compares them.
+        let listen = opts.listen.map_or(0, |a| u32::from_ne_bytes(a.octets()));
         let slots = slots_for(opts.cache_entries);
         let mask = slots - 1;
         let mut ebpf = EbpfLoader::new()
@@ -102,6 +106,7 @@ impl KernelPath {
             .override_global("KV_LOG", &log, true)
             .override_global("KV_SLOT_MASK", &mask, true)
             .override_global("KV_TEST_TEAR", &tear, true)
+            .override_global("KV_LISTEN_IP", &listen, true)
             .map_max_entries("CACHE", slots)
             .map_max_entries("SEQS", slots)
             .load(EBPF_OBJECT)

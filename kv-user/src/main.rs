@@ -43,10 +43,15 @@ fn attach_kernel_path(cfg: &Config, ctx: &kv_user::exec::Ctx) -> Option<KernelPa
         log::info!("BPF disabled (--no-bpf): serving everything from user space");
         return None;
     }
+    let listen = match cfg.listen {
+        std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
+        _ => None,
+    };
     let opts = KernelOpts {
         port: cfg.udp_port,
         cache_entries: cfg.kcache_entries,
         log: cfg.verbose >= 2,
+        listen,
         ..Default::default()
     };
     let wire = || -> anyhow::Result<KernelPath> {

@@ -168,6 +168,32 @@ fn torn_direct_reply_restores_the_request() {
     assert_eq!(path.counter(Counter::Hits).unwrap(), 1);
 }
 
+/// The program answers only what the stack would deliver to the server's socket: a valid IPv4 header
+/// checksum, and the listening address when the server is bound to one.
+#[test]
+fn bad_ip_checksum_and_other_addresses_pass() {
+    let Some(_) = load() else { return };
+    let listen = std::net::Ipv4Addr::new(10, 0, 0, 1);
+    let mut path =
+        KernelPath::load(KernelOpts { port: PORT, cache_entries: 1024, listen: Some(listen), ..Default::default() })
+            .unwrap();
+    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+    put(&mut path, b"foo", 0, 1, b"bar", 0);
+    let req = packet(PORT, 1, 0, 1, b"get foo\r\n");
+    assert_eq!(run(&mut path, &req).0, XDP_TX, "to the listening address");
+    let mut bad = req.clone();
+    bad[24] ^= 0x40;
+    assert_pass_untouched(&mut path, &bad);
+    assert_eq!(path.counter(Counter::PassMalformed).unwrap(), 1);
+    // Another destination, with a valid checksum.
+    let mut other = req.clone();
+    other[33] = 9;
+    let sum = ip_checksum(&[&other[14..24], &[0, 0], &other[26..34]].concat());
+    other[24..26].copy_from_slice(&sum.to_be_bytes());
+    assert_pass_untouched(&mut path, &other);
+    assert_eq!(path.counter(Counter::PassOtherPort).unwrap(), 1);
+}
+
 #[test]
 fn gets_returns_cas_and_multi_key_hits() {
     let Some(mut path) = load() else { return };
