@@ -147,8 +147,9 @@ fn bpf_fds(pid: u32) -> BpfFds {
     out
 }
 
-/// Ids of every loaded program named `kv_xdp` and every map named `CACHE`, system-wide (other test
-/// processes may hold some: these are reported, while assertions use the server's own ids).
+/// Ids of every loaded program named `kv_xdp` and every map named `CACHE`, system-wide. Reported only:
+/// other processes on the machine (other test runs) load and unload their own at any time, so the
+/// assertions use the ids the server and this process held.
 fn loaded_kv_objects() -> (BTreeSet<u32>, BTreeSet<u32>) {
     let progs = aya::programs::loaded_programs()
         .filter_map(Result::ok)
@@ -274,10 +275,4 @@ fn no_bpf_objects_left_after_sigterm_or_sigkill() {
         progs2.len(),
         maps2.len()
     );
-    // Other processes may load their own meanwhile; none of the ones that existed only with the bed
-    // may survive it.
-    let ours: BTreeSet<u32> = progs1.difference(&progs0).copied().collect();
-    assert!(ours.is_disjoint(&progs2), "programs of the bed still loaded: {:?}", ours.intersection(&progs2));
-    let ours: BTreeSet<u32> = maps1.difference(&maps0).copied().collect();
-    assert!(ours.is_disjoint(&maps2), "maps of the bed still loaded: {:?}", ours.intersection(&maps2));
 }
