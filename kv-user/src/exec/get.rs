@@ -34,9 +34,25 @@ fn item_line(out: &mut BytesMut, key: &[u8], it: &ItemView, cas: bool) {
     value_line(out, key, it.flags, cas.then_some(it.cas), &it.value);
 }
 
-pub(super) fn get(keys: Keys<'_>, cas: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+/// get/gets from byte `from` of the keys on, stopping before a key once `out` holds `stop_at` bytes:
+/// then returns the offset to resume from, and END is written only by the call that finishes. This
+/// lets a connection send a multiget's reply as it goes (memcached sends it straight from the items)
+/// instead of holding all of it: `get big big big ...` could otherwise ask for gigabytes.
+pub(super) fn get(
+    keys: Keys<'_>,
+    from: usize,
+    cas: bool,
+    ctx: &Ctx,
+    out: &mut BytesMut,
+    stop_at: usize,
+) -> (Outcome, Option<usize>) {
     let (mut hits, mut misses) = (0, 0);
-    for key in keys.iter() {
+    let mut resume = None;
+    for (at, key) in keys.iter_from(from) {
+        if out.len() >= stop_at {
+            resume = Some(at);
+            break;
+        }
         match ctx.store.get(key) {
             Some(it) => {
                 hits += 1;
@@ -49,14 +65,31 @@ pub(super) fn get(keys: Keys<'_>, cas: bool, ctx: &Ctx, out: &mut BytesMut) -> O
     bump(&ctx.stats.cmd_get, hits + misses);
     bump(&ctx.stats.get_hits, hits);
     bump(&ctx.stats.get_misses, misses);
-    out.extend_from_slice(b"END\r\n");
-    Outcome::default()
+    if resume.is_none() {
+        out.extend_from_slice(b"END\r\n");
+    }
+    (Outcome::default(), resume)
 }
 
-pub(super) fn gat(exptime: i64, keys: Keys<'_>, cas: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+/// gat/gats, resumable as [`get`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gat(
+    exptime: i64,
+    keys: Keys<'_>,
+    from: usize,
+    cas: bool,
+    ctx: &Ctx,
+    out: &mut BytesMut,
+    stop_at: usize,
+) -> (Outcome, Option<usize>) {
     let opts = FetchOpts { touch: Some(exptime), ..FetchOpts::default() };
     let (mut hits, mut misses, mut seq) = (0, 0, 0);
-    for key in keys.iter() {
+    let mut resume = None;
+    for (at, key) in keys.iter_from(from) {
+        if out.len() >= stop_at {
+            resume = Some(at);
+            break;
+        }
         let f = ctx.store.fetch(key, &opts);
         seq = seq.max(f.seq);
         match f.item {
@@ -71,8 +104,10 @@ pub(super) fn gat(exptime: i64, keys: Keys<'_>, cas: bool, ctx: &Ctx, out: &mut 
     bump(&ctx.stats.cmd_touch, hits + misses);
     bump(&ctx.stats.touch_hits, hits);
     bump(&ctx.stats.touch_misses, misses);
-    out.extend_from_slice(b"END\r\n");
-    Outcome::seq(seq)
+    if resume.is_none() {
+        out.extend_from_slice(b"END\r\n");
+    }
+    (Outcome::seq(seq), resume)
 }
 
 pub(super) fn touch(key: &[u8], exptime: i64, noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {

@@ -69,9 +69,22 @@ impl Outcome {
 
 /// Executes one command, appending the reply (possibly nothing, for noreply/quiet) to `out`.
 pub fn execute(cmd: &Command<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
-    match *cmd {
-        Command::Get { keys, cas } => get::get(keys, cas, ctx, out),
-        Command::Gat { exptime, keys, cas } => get::gat(exptime, keys, cas, ctx, out),
+    execute_from(cmd, 0, ctx, out, usize::MAX).0
+}
+
+/// [`execute`], except that a multi-key get/gat starts at byte `from` of its keys and stops before a
+/// key once `out` holds `stop_at` bytes, returning the offset to resume from (see [`get::get`]).
+/// Other commands run whole and return None.
+pub fn execute_from(
+    cmd: &Command<'_>,
+    from: usize,
+    ctx: &Ctx,
+    out: &mut BytesMut,
+    stop_at: usize,
+) -> (Outcome, Option<usize>) {
+    let o = match *cmd {
+        Command::Get { keys, cas } => return get::get(keys, from, cas, ctx, out, stop_at),
+        Command::Gat { exptime, keys, cas } => return get::gat(exptime, keys, from, cas, ctx, out, stop_at),
         Command::Store { mode, key, flags, exptime, cas_unique, data, noreply } => {
             storage::store(mode, key, flags, exptime, cas_unique, data, noreply, ctx, out)
         }
@@ -97,7 +110,8 @@ pub fn execute(cmd: &Command<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
             out.extend_from_slice(b"EN\r\n");
             Outcome::default()
         }
-    }
+    };
+    (o, None)
 }
 
 /// For a storage command the parser refused as too large: memcached replies

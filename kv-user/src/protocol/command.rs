@@ -23,6 +23,21 @@ impl<'a> Keys<'a> {
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.raw.split(|b| *b == b' ').filter(|k| !k.is_empty())
     }
+
+    /// The keys from byte `from` of `raw` on, each with its start offset (to resume a multiget there).
+    pub fn iter_from(&self, from: usize) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
+        let raw = self.raw;
+        let mut pos = from.min(raw.len());
+        std::iter::from_fn(move || {
+            pos += raw[pos..].iter().take_while(|&&b| b == b' ').count();
+            if pos >= raw.len() {
+                return None;
+            }
+            let start = pos;
+            pos += raw[pos..].iter().position(|&b| b == b' ').unwrap_or(raw.len() - pos);
+            Some((start, &raw[start..pos]))
+        })
+    }
 }
 
 /// Meta command flags (doc/protocol.txt, "Meta Commands"). Flags that carry a token keep it as raw bytes
