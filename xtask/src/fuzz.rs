@@ -24,6 +24,8 @@ pub struct FuzzRun {
     pub executions: u64,
     /// Inputs that crashed, leaked or hung (libFuzzer's artifacts); empty on success.
     pub findings: Vec<PathBuf>,
+    /// What went wrong: the panic message or the sanitizer's/libFuzzer's error line.
+    pub reason: Option<String>,
     /// Wall time of the run, start-up included.
     pub seconds: f64,
 }
@@ -79,6 +81,9 @@ pub fn run(root: &Path, seconds_per_target: u64) -> Result<Vec<FuzzRun>> {
     if !failed.is_empty() {
         let mut msg = String::from("fuzzing found crashes:");
         for r in failed {
+            if let Some(reason) = &r.reason {
+                msg += &format!("\n  {}: {reason}", r.target);
+            }
             for f in &r.findings {
                 msg += &format!(
                     "\n  {}: {} (reproduce: cargo +nightly fuzz run {} {})",
@@ -182,7 +187,7 @@ fn run_target(root: &Path, target: &str, corpus: &Path, log: &Path, seconds: u64
         None if !findings.is_empty() => 0, // crashed on a seed, before the first progress line
         None => bail!("no execution count in libFuzzer's output; see {}", log.display()),
     };
-    Ok(FuzzRun { target: target.to_string(), executions, findings, seconds })
+    Ok(FuzzRun { target: target.to_string(), executions, findings, reason: stats.reason, seconds })
 }
 
 /// The numbers in libFuzzer's output.
@@ -190,10 +195,21 @@ fn run_target(root: &Path, target: &str, corpus: &Path, log: &Path, seconds: u64
 struct Stats {
     executions: Option<u64>,
     artifacts: Vec<String>,
+    reason: Option<String>,
+    /// The previous line was a Rust panic's header; its message follows.
+    panic_header: Option<String>,
 }
 
 impl Stats {
     fn line(&mut self, line: &str) {
+        if let Some(header) = self.panic_header.take() {
+            self.reason.get_or_insert(format!("{header}: {}", line.trim()));
+        }
+        if let Some((_, at)) = line.split_once("panicked at ") {
+            self.panic_header = Some(format!("panicked at {}", at.trim_end_matches(':')));
+        } else if line.starts_with("==") && line.contains("ERROR:") {
+            self.reason.get_or_insert(line.to_string());
+        }
         // Final stats win over progress lines; progress lines ("#1234\tpulse ...") cover a crash.
         if let Some(n) = line.strip_prefix("stat::number_of_executed_units:") {
             self.executions = n.trim().parse().ok().or(self.executions);
@@ -226,11 +242,16 @@ mod tests {
         }
         assert_eq!(s.executions, Some(650_443));
         assert!(s.artifacts.is_empty());
+        assert_eq!(s.reason, None);
 
         let mut s = Stats::default();
         s.line("#1000\tNEW    cov: 10 ft: 10 corp: 1/1b exec/s: 0 rss: 30Mb");
+        s.line("thread '<unnamed>' (32127) panicked at fuzz_targets/parse.rs:91:13:");
+        s.line("get without keys");
+        s.line("==32127== ERROR: libFuzzer: deadly signal");
         s.line("artifact_prefix='/r/fuzz/artifacts/parse/'; Test unit written to /r/fuzz/artifacts/parse/crash-66a0");
         assert_eq!(s.executions, Some(1000));
         assert_eq!(s.artifacts, ["/r/fuzz/artifacts/parse/crash-66a0"]);
+        assert_eq!(s.reason.as_deref(), Some("panicked at fuzz_targets/parse.rs:91:13: get without keys"));
     }
 }
