@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 #[cfg(feature = "bench")]
 mod bench;
+mod fuzz;
 mod setup;
 
 #[derive(Parser)]
@@ -51,6 +52,12 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run every cargo-fuzz target (fuzz/) for a bounded time on a copy of its seed corpus (nightly).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +67,13 @@ fn main() -> std::process::ExitCode {
         Task::Run { args } => run(&root, &args),
         Task::Test { no_lint, no_bench, long, args } => test(&root, no_lint, no_bench, long, &args),
         Task::Bench { quick, out } => bench(&root, quick, out),
+        Task::Fuzz { seconds } => fuzz::run(&root, seconds).map(|runs| {
+            println!("{:<12} {:>12} {:>10} {:>8} {:>9}", "target", "executions", "exec/s", "seconds", "findings");
+            for r in &runs {
+                let (execs, rate, secs) = (r.executions, r.execs_per_sec(), r.seconds);
+                println!("{:<12} {execs:>12} {rate:>10.0} {secs:>8.1} {:>9}", r.target, r.findings.len());
+            }
+        }),
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

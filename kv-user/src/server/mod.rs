@@ -3,7 +3,7 @@
 
 mod conn;
 mod tcp;
-mod udp;
+pub mod udp;
 
 use std::sync::Arc;
 

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::conn::Pipeline;
 use super::Shared;
+use crate::exec::Ctx;
 
 /// One SO_REUSEPORT socket per worker thread, so the kernel spreads datagrams across them.
 /// Plain std sockets: each is registered with the runtime of the worker that serves it.
@@ -50,66 +51,97 @@ pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bo
         if !crate::config::udp_allowed(&allow, peer.ip()) {
             continue;
         }
-        if n < UDP_FRAME_HEADER_LEN {
+        let Some(req) = handle(&buf[..n], &shared.ctx, &mut input, &mut out) else {
             continue; // no header to answer to
+        };
+        if let Err(e) = shared.durable(req.seq).await {
+            log::error!("log write failed: {e}");
+            out.clear();
+            out.extend_from_slice(b"SERVER_ERROR failed to persist\r\n");
         }
-        let header = &buf[..UDP_FRAME_HEADER_LEN];
-        let req_id = u16::from_be_bytes([header[0], header[1]]);
-        let seq = u16::from_be_bytes([header[2], header[3]]);
-        let total = u16::from_be_bytes([header[4], header[5]]);
-        out.clear();
-        if seq != 0 || total != 1 {
-            out.extend_from_slice(b"SERVER_ERROR multi-packet request not supported\r\n");
-        } else {
-            input.clear();
-            input.extend_from_slice(&buf[UDP_FRAME_HEADER_LEN..n]);
-            let mut pipeline = Pipeline::new(shared.ctx.config.item_size_max);
-            let batch = pipeline.run(&mut input, &shared.ctx, &mut out, usize::MAX);
-            if let Err(e) = shared.durable(batch.seq).await {
-                log::error!("log write failed: {e}");
-                out.clear();
-                out.extend_from_slice(b"SERVER_ERROR failed to persist\r\n");
+        let mut frames = Frames::new(req.req_id, &out);
+        while frames.next_into(&mut frame) {
+            match sock.send_to(&frame, peer).await {
+                Ok(n) => {
+                    shared.ctx.stats.bytes_written.fetch_add(n as u64, Relaxed);
+                }
+                Err(e) => {
+                    log::debug!("udp send to {peer}: {e}");
+                    break;
+                }
             }
         }
-        send_reply(&sock, peer, req_id, &out, &mut frame, &shared).await;
     }
 }
 
-/// Splits `reply` into framed datagrams. Nothing is sent for an empty reply (noreply).
-pub async fn send_reply(
-    sock: &UdpSocket,
-    peer: SocketAddr,
-    req_id: u16,
-    reply: &[u8],
-    frame: &mut BytesMut,
-    shared: &Shared,
-) {
-    const CHUNK: usize = UDP_MAX_PAYLOAD - UDP_FRAME_HEADER_LEN;
-    if reply.is_empty() {
-        return;
+/// A request datagram after [`handle`]: whom to answer, and which journal record must be durable first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub req_id: u16,
+    /// Highest journal sequence number of the executed requests (0: nothing logged).
+    pub seq: u64,
+}
+
+/// Runs one request datagram: parses the frame header and executes the payload, leaving the reply
+/// in `out` (empty for noreply). `input` is scratch space. None when there is no header to answer to.
+/// Pure apart from the store, so the fuzzer runs exactly what [`serve`] runs.
+pub fn handle(datagram: &[u8], ctx: &Ctx, input: &mut BytesMut, out: &mut BytesMut) -> Option<Request> {
+    let header = datagram.get(..UDP_FRAME_HEADER_LEN)?;
+    let req_id = u16::from_be_bytes([header[0], header[1]]);
+    let seq = u16::from_be_bytes([header[2], header[3]]);
+    let total = u16::from_be_bytes([header[4], header[5]]);
+    out.clear();
+    if seq != 0 || total != 1 {
+        out.extend_from_slice(b"SERVER_ERROR multi-packet request not supported\r\n");
+        return Some(Request { req_id, seq: 0 });
     }
-    let count = reply.len().div_ceil(CHUNK);
-    let Ok(total) = u16::try_from(count) else {
-        // More than 65535 datagrams cannot be numbered; memcached errors out the same way.
-        let mut f = BytesMut::new();
-        put_header(&mut f, req_id, 0, 1);
-        f.extend_from_slice(b"SERVER_ERROR out of memory writing get response\r\n");
-        let _ = sock.send_to(&f, peer).await;
-        return;
-    };
-    for (i, chunk) in reply.chunks(CHUNK).enumerate() {
-        frame.clear();
-        put_header(frame, req_id, i as u16, total);
-        frame.extend_from_slice(chunk);
-        match sock.send_to(frame, peer).await {
-            Ok(n) => {
-                shared.ctx.stats.bytes_written.fetch_add(n as u64, Relaxed);
-            }
-            Err(e) => {
-                log::debug!("udp send to {peer}: {e}");
-                return;
-            }
+    input.clear();
+    input.extend_from_slice(&datagram[UDP_FRAME_HEADER_LEN..]);
+    let mut pipeline = Pipeline::new(ctx.config.item_size_max);
+    let batch = pipeline.run(input, ctx, out, usize::MAX);
+    Some(Request { req_id, seq: batch.seq })
+}
+
+/// Splits a reply into framed datagrams of at most `UDP_MAX_PAYLOAD` bytes. Nothing for an empty
+/// reply (noreply).
+pub struct Frames<'a> {
+    req_id: u16,
+    chunks: std::slice::Chunks<'a, u8>,
+    seq: u16,
+    /// None: more than 65535 datagrams, which cannot be numbered; one error datagram instead.
+    total: Option<u16>,
+    done: bool,
+}
+
+const CHUNK: usize = UDP_MAX_PAYLOAD - UDP_FRAME_HEADER_LEN;
+
+impl<'a> Frames<'a> {
+    pub fn new(req_id: u16, reply: &'a [u8]) -> Self {
+        let total = u16::try_from(reply.len().div_ceil(CHUNK)).ok();
+        Frames { req_id, chunks: reply.chunks(CHUNK), seq: 0, total, done: reply.is_empty() }
+    }
+
+    /// Writes the next datagram into `frame`; false when there are no more.
+    pub fn next_into(&mut self, frame: &mut BytesMut) -> bool {
+        if self.done {
+            return false;
         }
+        frame.clear();
+        let Some(total) = self.total else {
+            // memcached errors out the same way.
+            self.done = true;
+            put_header(frame, self.req_id, 0, 1);
+            frame.extend_from_slice(b"SERVER_ERROR out of memory writing get response\r\n");
+            return true;
+        };
+        let Some(chunk) = self.chunks.next() else {
+            self.done = true;
+            return false;
+        };
+        put_header(frame, self.req_id, self.seq, total);
+        frame.extend_from_slice(chunk);
+        self.seq = self.seq.wrapping_add(1);
+        true
     }
 }
 
@@ -118,4 +150,48 @@ fn put_header(f: &mut BytesMut, req_id: u16, seq: u16, total: u16) {
     f.put_u16(seq);
     f.put_u16(total);
     f.put_u16(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(req_id: u16, reply: &[u8]) -> Vec<Vec<u8>> {
+        let mut f = Frames::new(req_id, reply);
+        let mut frame = BytesMut::new();
+        let mut out = Vec::new();
+        while f.next_into(&mut frame) {
+            out.push(frame.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn reply_split_at_chunk_boundaries() {
+        assert!(frames(1, b"").is_empty());
+        for len in [1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK] {
+            let reply: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let got = frames(0xabcd, &reply);
+            assert_eq!(got.len(), len.div_ceil(CHUNK), "len {len}");
+            let mut joined = Vec::new();
+            for (i, d) in got.iter().enumerate() {
+                assert!(d.len() <= UDP_MAX_PAYLOAD);
+                let h: Vec<u16> = d[..8].chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+                assert_eq!(h, [0xabcd, i as u16, got.len() as u16, 0]);
+                joined.extend_from_slice(&d[8..]);
+            }
+            assert_eq!(joined, reply);
+        }
+    }
+
+    #[test]
+    fn reply_too_many_datagrams_is_one_error() {
+        let reply = vec![b'x'; CHUNK * 65536];
+        let got = frames(9, &reply);
+        assert_eq!(got.len(), 1);
+        assert_eq!(&got[0][..8], &[0, 9, 0, 0, 0, 1, 0, 0]);
+        assert!(got[0][8..].starts_with(b"SERVER_ERROR"));
+        // The largest numberable reply is still sent in full.
+        assert_eq!(frames(9, &reply[..CHUNK * 65535]).len(), 65535);
+    }
 }
