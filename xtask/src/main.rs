@@ -67,13 +67,7 @@ fn main() -> std::process::ExitCode {
         Task::Run { args } => run(&root, &args),
         Task::Test { no_lint, no_bench, long, args } => test(&root, no_lint, no_bench, long, &args),
         Task::Bench { quick, out } => bench(&root, quick, out),
-        Task::Fuzz { seconds } => fuzz::run(&root, seconds).map(|runs| {
-            println!("{:<12} {:>12} {:>10} {:>8} {:>9}", "target", "executions", "exec/s", "seconds", "findings");
-            for r in &runs {
-                let (execs, rate, secs) = (r.executions, r.execs_per_sec(), r.seconds);
-                println!("{:<12} {execs:>12} {rate:>10.0} {secs:>8.1} {:>9}", r.target, r.findings.len());
-            }
-        }),
+        Task::Fuzz { seconds } => fuzz::run(&root, seconds).map(|runs| print_fuzz(&runs)),
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -83,6 +77,17 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+fn print_fuzz(runs: &[fuzz::FuzzRun]) {
+    println!("{:<12} {:>12} {:>10} {:>8} {:>9}", "target", "executions", "exec/s", "seconds", "findings");
+    for r in runs {
+        let (execs, rate, secs) = (r.executions, r.execs_per_sec(), r.seconds);
+        println!("{:<12} {execs:>12} {rate:>10.0} {secs:>8.1} {:>9}", r.target, r.findings.len());
+    }
+}
+
+/// Seconds per fuzz target in `cargo xtask test` (short form) and `cargo xtask test --long`.
+const FUZZ_SECONDS: (u64, u64) = (15, 600);
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
@@ -138,9 +143,22 @@ fn test(root: &Path, no_lint: bool, no_bench: bool, long: bool, args: &[String])
         }
     }
     let status = child.wait()?;
+    // The fuzzing suite's short (or long) form: a finding fails the run.
+    let fuzzed = if status.success() {
+        let secs = if long { FUZZ_SECONDS.1 } else { FUZZ_SECONDS.0 };
+        match fuzz::run(root, secs) {
+            Ok(runs) => {
+                print_fuzz(&runs);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        Ok(())
+    };
     // The benchmark's quick form as a smoke test: it must run end to end; its numbers are printed, not
     // asserted (they depend on the machine).
-    let smoke = if status.success() && !no_bench {
+    let smoke = if status.success() && fuzzed.is_ok() && !no_bench {
         let mut cmd = bench_command(true);
         cmd.arg("--out").arg(root.join("target/bench-smoke"));
         cmd.status().context("running the benchmark smoke test")?.success()
@@ -152,6 +170,7 @@ fn test(root: &Path, no_lint: bool, no_bench: bool, long: bool, args: &[String])
     if !status.success() {
         bail!("tests failed");
     }
+    fuzzed.context("fuzzing")?;
     if !smoke {
         bail!("benchmark smoke test (cargo xtask bench --quick) failed");
     }

@@ -71,8 +71,15 @@ pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bo
                 }
             }
         }
+        // One huge multiget must not pin its reply's memory for the worker's lifetime.
+        if out.capacity() > OUT_KEEP {
+            out = BytesMut::with_capacity(64 * 1024);
+        }
     }
 }
+
+/// Reply buffer capacity kept between datagrams; a larger one is released after its reply is sent.
+const OUT_KEEP: usize = 1 << 20;
 
 /// A request datagram after [`handle`]: whom to answer, and which journal record must be durable first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
