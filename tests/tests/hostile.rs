@@ -167,8 +167,18 @@ fn connection_limit_slots_come_back() {
     let rounds = long_or(3, 20);
     let mut slots = None;
     let mut refused_total = 0;
+    // Held for the whole test (it takes one slot every round): a connection that closes is released
+    // asynchronously, so counting the server's connections with a fresh one would race with itself.
+    let mut watcher = s.client();
+    std::thread::sleep(Duration::from_millis(300));
+    let at_rest = stat(&stats(&mut watcher), "curr_connections");
     for round in 0..rounds {
-        // The server may take a moment to notice the previous round's closes.
+        // Start each round from rest: closes of the start-up probe or of the previous round are
+        // released asynchronously, and a slot freed late would look like a leak or an over-admission.
+        let t0 = Instant::now();
+        while stat(&stats(&mut watcher), "curr_connections") > at_rest && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let t0 = Instant::now();
         let (mut accepted, refused) = loop {
             let (acc, refused) = fill(&s, 48);
