@@ -7,9 +7,14 @@ use anyhow::{bail, Context as _, Result};
 
 /// The bpf-linker release known to build against the nightly's LLVM 22 on this machine kind.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests drive: memcached (peer), memccapable (conformance checker), ip (netns tests).
-const DEBIAN_PACKAGES: &[(&str, &str)] =
-    &[("memcached", "memcached"), ("memccapable", "libmemcached-tools"), ("ip", "iproute2")];
+/// Debian packages the tests drive: memcached (peer), memccapable (conformance checker), ip (netns tests),
+/// nutcracker (twemproxy scale-out test).
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("memcached", "memcached"),
+    ("memccapable", "libmemcached-tools"),
+    ("ip", "iproute2"),
+    ("nutcracker", "nutcracker"),
+];
 const PYMEMCACHE: &str = "pymemcache==4.0.0";
 
 /// nightly + rust-src + bpf-linker, needed by kv-user's build script to build kv-ebpf.
