@@ -82,6 +82,9 @@ pub struct Config {
     /// (amplification guard). Loopback (127.0.0.0/8, ::1) is always allowed. Repeatable.
     #[arg(long = "udp-allow", value_parser = parse_cidr)]
     pub udp_allow: Vec<Cidr>,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (e.g. 127.0.0.1:9150). Off by default.
+    #[arg(long = "metrics-addr", value_name = "IP:PORT")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// An IPv4 prefix.

@@ -5,6 +5,7 @@ pub mod bpf;
 pub mod config;
 pub mod exec;
 pub mod kcache;
+pub mod metrics;
 pub mod persist;
 pub mod protocol;
 pub mod record;

@@ -139,3 +139,62 @@ pub fn bump(counter: &AtomicU64, n: u64) {
 pub fn read(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
+
+/// The numeric general `stats` lines from `max_connections` on, in memcached's order, then the kernel
+/// path's lines. `stats` prints them and `/metrics` exports them: one source, so the two never disagree.
+pub fn general_numbers(ctx: &crate::exec::Ctx, add: &mut dyn FnMut(&str, u64)) {
+    let s = &*ctx.stats;
+    let st = ctx.store.stats();
+    add("max_connections", ctx.config.max_connections as u64);
+    add("curr_connections", read(&s.curr_connections));
+    add("total_connections", read(&s.total_connections));
+    add("rejected_connections", read(&s.rejected_connections));
+    add("connection_structures", read(&s.connection_structures));
+    add("cmd_get", read(&s.cmd_get));
+    add("cmd_set", read(&s.cmd_set));
+    add("cmd_flush", read(&s.cmd_flush));
+    add("cmd_touch", read(&s.cmd_touch));
+    add("cmd_meta", read(&s.cmd_meta));
+    add("get_hits", read(&s.get_hits));
+    add("get_misses", read(&s.get_misses));
+    add("get_expired", st.get_expired);
+    add("get_flushed", st.get_flushed);
+    add("delete_misses", read(&s.delete_misses));
+    add("delete_hits", read(&s.delete_hits));
+    add("incr_misses", read(&s.incr_misses));
+    add("incr_hits", read(&s.incr_hits));
+    add("decr_misses", read(&s.decr_misses));
+    add("decr_hits", read(&s.decr_hits));
+    add("cas_misses", read(&s.cas_misses));
+    add("cas_hits", read(&s.cas_hits));
+    add("cas_badval", read(&s.cas_badval));
+    add("touch_hits", read(&s.touch_hits));
+    add("touch_misses", read(&s.touch_misses));
+    add("store_too_large", read(&s.store_too_large));
+    add("store_no_memory", read(&s.store_no_memory));
+    // No SASL: these are truly zero.
+    add("auth_cmds", 0);
+    add("auth_errors", 0);
+    add("bytes_read", read(&s.bytes_read));
+    add("bytes_written", read(&s.bytes_written));
+    add("limit_maxbytes", st.limit_maxbytes);
+    // Over the limit the acceptor rejects (maxconns_fast) but never stops accepting, so also no
+    // listen_disabled_num: memcached's counter of listener pauses has no equivalent to report.
+    add("accepting_conns", 1);
+    add("threads", ctx.config.threads as u64);
+    add("conn_yields", read(&s.conn_yields));
+    add("bytes", st.bytes);
+    add("curr_items", st.curr_items);
+    add("total_items", st.total_items);
+    add("expired_unfetched", st.expired_unfetched);
+    add("evicted_unfetched", st.evicted_unfetched);
+    add("evictions", st.evictions);
+    add("reclaimed", st.reclaimed);
+    // Not reported (no meaning here): the slab mover, LRU crawler and segmented-LRU counters
+    // (slab_reassign_*, lru_crawler_*, crawler_*, moves_*, evicted_active), hash table internals
+    // (hash_power_level, hash_bytes), memcached's buffer pools (read_buf_*, response_obj_*), and
+    // malloc_fails (Rust aborts on allocation failure).
+    if let Some(extra) = ctx.extra_stats.get() {
+        extra.stats(add);
+    }
+}

@@ -52,6 +52,15 @@ pub async fn serve(cfg: Arc<Config>, shared: Shared, shutdown: impl std::future:
     } else {
         None
     };
+    let metrics = match cfg.metrics_addr {
+        Some(a) => {
+            let l =
+                tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding the metrics endpoint {a}"))?;
+            log::info!("metrics on http://{}/metrics", l.local_addr()?);
+            Some(tokio::spawn(crate::metrics::serve(l, shared.ctx.clone(), stop_rx.clone())))
+        }
+        None => None,
+    };
     let n = cfg.threads.max(1);
     let mut udp_sockets: Vec<Option<std::net::UdpSocket>> = if cfg.udp_port != 0 {
         let s = udp::bind(cfg.listen, cfg.udp_port, n)
@@ -80,6 +89,9 @@ pub async fn serve(cfg: Arc<Config>, shared: Shared, shutdown: impl std::future:
     let _ = stop_tx.send(true);
     if let Some(a) = acceptor {
         let _ = a.await;
+    }
+    if let Some(m) = metrics {
+        let _ = m.await;
     }
     // Workers finish the batch in hand; don't wait forever for a stuck peer.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async { while done_rx.recv().await.is_some() {} })
