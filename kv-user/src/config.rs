@@ -1,9 +1,13 @@
-//! Command-line configuration. Flag names follow memcached's where memcached has one.
+//! Configuration: command-line flags (names follow memcached's where memcached has one), optionally on
+//! top of a TOML file (`--config`) whose keys are the long flag names. Precedence: built-in defaults <
+//! config file < command-line flags; a list given on the command line (`--udp-allow`) replaces the
+//! file's list rather than extending it.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory as _, Parser, ValueEnum};
 
 /// When the append-only log is flushed to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -23,9 +27,15 @@ pub enum XdpMode {
 }
 
 /// memcached-compatible key-value cache with an in-kernel (XDP) GET path.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, PartialEq, Parser)]
 #[command(name = "kv-server", version, about)]
 pub struct Config {
+    /// Read settings from this TOML file first (keys = the long flag names; flags given here win).
+    #[arg(long = "config", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit (with no other flags: the built-in defaults).
+    #[arg(long = "print-config")]
+    pub print_config: bool,
     /// TCP port to listen on (0 = off).
     #[arg(short = 'p', long = "port", default_value_t = 11211)]
     pub port: u16,
@@ -48,7 +58,7 @@ pub struct Config {
     #[arg(short = 'I', long = "max-item-size", default_value = "1m", value_parser = parse_size)]
     pub item_size_max: usize,
     /// Verbosity (-v, -vv).
-    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Directory for the append-only log.
     #[arg(long = "data-dir", default_value = "kv-data")]
@@ -121,6 +131,131 @@ impl Config {
     }
 }
 
+/// Flags about the configuration itself (or clap's own): not settings, so not config-file keys.
+const NOT_FILE_KEYS: &[&str] = &["config", "print-config", "help", "version"];
+
+/// Why the configuration could not be loaded.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The command line itself (also `--help` / `--version`): clap prints and exits.
+    Cli(clap::Error),
+    /// The config file: unreadable, not TOML, an unknown key, or a bad value.
+    File(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Cli(e) => write!(f, "{e}"),
+            ConfigError::File(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Config {
+    /// Parses `args` (argv, program name first) on top of the `--config` file, if one is given.
+    pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let cli = Config::command().try_get_matches_from(&args).map_err(ConfigError::Cli)?;
+        let Some(path) = cli.get_one::<PathBuf>("config") else {
+            return Config::try_parse_from(&args).map_err(ConfigError::Cli);
+        };
+        let err = |m: String| ConfigError::File(format!("config file {}: {m}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string().trim_end().into()))?;
+        let synthetic = file_args(&table, |id| cli.value_source(id) == Some(ValueSource::CommandLine)).map_err(err)?;
+        // Check the file's arguments alone first, so a bad value is reported against the file.
+        let prog = args.first().cloned().unwrap_or_else(|| "kv-server".into());
+        let file_only = std::iter::once(prog.clone()).chain(synthetic.iter().map(Into::into));
+        if let Err(e) = Config::command().try_get_matches_from(file_only) {
+            let msg = e.render().to_string();
+            let first = msg.lines().next().unwrap_or_default();
+            return Err(err(first.trim_start_matches("error: ").to_string()));
+        }
+        // The file's settings go before the real arguments; keys the command line sets were left out.
+        let all = std::iter::once(prog).chain(synthetic.into_iter().map(Into::into)).chain(args.into_iter().skip(1));
+        Config::try_parse_from(all).map_err(ConfigError::Cli)
+    }
+
+    /// The effective settings as a config file (every key; an unset optional one as a comment).
+    pub fn to_toml(&self) -> String {
+        use toml::Value;
+        let s = |v: &str| Value::String(v.to_string()).to_string();
+        let name = |p: Option<clap::builder::PossibleValue>| s(p.as_ref().map_or("", |p| p.get_name()));
+        let allow: Vec<String> = self.udp_allow.iter().map(|c| s(&format!("{}/{}", c.addr, c.prefix))).collect();
+        let mut lines: Vec<String> = Vec::new();
+        let mut put = |k: &str, v: String| lines.push(format!("{k} = {v}"));
+        put("port", self.port.to_string());
+        put("udp-port", self.udp_port.to_string());
+        put("listen", s(&self.listen.to_string()));
+        put("memory-limit", self.memory_limit_mb.to_string());
+        put("conn-limit", self.max_connections.to_string());
+        put("threads", self.threads.to_string());
+        put("max-item-size", self.item_size_max.to_string());
+        put("verbose", self.verbose.to_string());
+        put("data-dir", s(&self.data_dir.to_string_lossy()));
+        put("fsync", name(self.fsync.to_possible_value()));
+        put("no-persist", self.no_persist.to_string());
+        put("no-bpf", self.no_bpf.to_string());
+        put("iface", s(&self.iface));
+        put("xdp-mode", name(self.xdp_mode.to_possible_value()));
+        put("kcache-entries", self.kcache_entries.to_string());
+        put("kcache-value-max", self.kcache_value_max.to_string());
+        put("kcache-admit-hits", self.kcache_admit_hits.to_string());
+        put("udp-allow", format!("[{}]", allow.join(", ")));
+        match self.metrics_addr {
+            Some(a) => put("metrics-addr", s(&a.to_string())),
+            None => lines.push("# metrics-addr = \"127.0.0.1:9150\"  # unset: no metrics endpoint".into()),
+        }
+        lines.join("\n") + "\n"
+    }
+}
+
+/// Turns config-file keys into `--key=value` arguments. Keys for which `on_cli(id)` holds are skipped:
+/// the command line overrides them (for a list, replaces it).
+fn file_args(table: &toml::Table, on_cli: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
+    let cmd = Config::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && !NOT_FILE_KEYS.contains(&key.as_str()))
+            .ok_or_else(|| {
+                format!("unknown key `{key}` (keys are the long flag names, see kv-server --print-config)")
+            })?;
+        if on_cli(arg.get_id().as_str()) {
+            continue;
+        }
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            other => Err(format!("key `{key}`: expected a string or an integer, got {}", other.type_str())),
+        };
+        match (arg.get_action(), value) {
+            (ArgAction::SetTrue, toml::Value::Boolean(b)) => out.extend(b.then(|| format!("--{key}"))),
+            (ArgAction::SetTrue, v) => {
+                return Err(format!("key `{key}`: expected true or false, got {}", v.type_str()))
+            }
+            (ArgAction::Count, toml::Value::Integer(n @ 0..=255)) => {
+                out.extend(std::iter::repeat_n(format!("--{key}"), *n as usize))
+            }
+            (ArgAction::Count, _) => return Err(format!("key `{key}`: expected an integer 0..=255")),
+            (ArgAction::Append, toml::Value::Array(items)) => {
+                for v in items {
+                    out.push(format!("--{key}={}", scalar(v)?));
+                }
+            }
+            (ArgAction::Append, v) => return Err(format!("key `{key}`: expected an array, got {}", v.type_str())),
+            (_, v) => out.push(format!("--{key}={}", scalar(v)?)),
+        }
+    }
+    Ok(out)
+}
+
 /// Whether UDP from `ip` may be answered under `allow` (from [`Config::udp_allowlist`]).
 pub fn udp_allowed(allow: &[Cidr], ip: std::net::IpAddr) -> bool {
     match ip {
@@ -182,5 +317,92 @@ mod tests {
         let c = Config::parse_from(["kv-server"]);
         assert_eq!((c.port, c.udp_port, c.memory_limit_mb, c.max_connections), (11211, 11211, 64, 1024));
         assert_eq!(c.item_size_max, 1 << 20);
+    }
+
+    const DEPLOY_TOML: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kv-server.toml");
+
+    fn file_keys() -> Vec<String> {
+        let cmd = Config::command();
+        let keys = cmd.get_arguments().filter_map(|a| a.get_long()).filter(|l| !NOT_FILE_KEYS.contains(l));
+        keys.map(String::from).collect()
+    }
+
+    fn write(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("kv.toml");
+        std::fs::write(&p, text).unwrap();
+        (dir, p.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn deploy_toml_is_the_defaults_and_documents_every_key() {
+        let mut c = Config::load_from(["kv-server", "--config", DEPLOY_TOML]).unwrap();
+        assert_eq!(c.config.take().as_deref(), Some(std::path::Path::new(DEPLOY_TOML)));
+        assert_eq!(c, Config::parse_from(["kv-server"]));
+        let text = std::fs::read_to_string(DEPLOY_TOML).unwrap();
+        for k in file_keys() {
+            let documented =
+                text.lines().any(|l| l.starts_with(&format!("{k} =")) || l.starts_with(&format!("# {k} =")));
+            assert!(documented, "deploy/kv-server.toml lacks key {k}");
+        }
+    }
+
+    #[test]
+    fn print_config_round_trips_with_every_key() {
+        let args = ["kv-server", "-p", "1234", "--udp-allow", "10.1.0.0/16", "--udp-allow", "10.2.0.0/16"];
+        let c = Config::parse_from(args.iter().chain(&["--no-bpf", "-vv", "--metrics-addr", "127.0.0.1:9"]));
+        let printed = c.to_toml();
+        let table: toml::Table = printed.parse().unwrap();
+        let mut keys: Vec<&String> = table.keys().collect();
+        let mut want = file_keys();
+        keys.sort();
+        want.sort();
+        assert_eq!(keys, want.iter().collect::<Vec<_>>());
+        let (_d, p) = write(&printed);
+        let mut back = Config::load_from(["kv-server", "--config", &p]).unwrap();
+        back.config = None;
+        assert_eq!(back, c);
+        // Defaults: the optional key is a comment, the rest still parses back to the defaults.
+        let (_d, p) = write(&Config::parse_from(["kv-server"]).to_toml());
+        let mut back = Config::load_from(["kv-server", "--config", &p]).unwrap();
+        back.config = None;
+        assert_eq!(back, Config::parse_from(["kv-server"]));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_lists_are_replaced() {
+        let (_d, p) =
+            write("port = 2000\nthreads = 2\nno-persist = true\nudp-allow = [\"10.1.0.0/16\"]\nverbose = 1\n");
+        let c = Config::load_from(["kv-server", "--config", &p]).unwrap();
+        assert_eq!((c.port, c.threads, c.no_persist, c.verbose, c.udp_allow.len()), (2000, 2, true, 1, 1));
+        let c =
+            Config::load_from(["kv-server", "-p", "3000", "--config", &p, "--udp-allow", "10.9.0.0/16", "-v", "-v"])
+                .unwrap();
+        assert_eq!((c.port, c.threads, c.verbose), (3000, 2, 2));
+        assert_eq!(c.udp_allow, vec![parse_cidr("10.9.0.0/16").unwrap()]);
+    }
+
+    #[test]
+    fn bad_files_name_the_key_and_the_file() {
+        for (text, needle) in [
+            ("prot = 1\n", "unknown key `prot`"),
+            ("config = \"x\"\n", "unknown key `config`"),
+            ("port = \"many\"\n", "--port"),
+            ("port = 1.5\n", "key `port`: expected a string or an integer, got float"),
+            ("no-bpf = \"yes\"\n", "key `no-bpf`: expected true or false"),
+            ("udp-allow = \"10.0.0.0/8\"\n", "key `udp-allow`: expected an array"),
+            ("udp-allow = [\"10.0.0.0/99\"]\n", "prefix length over 32"),
+            ("port = \n", "config file"),
+        ] {
+            let (_d, p) = write(text);
+            match Config::load_from(["kv-server", "--config", &p]) {
+                Err(ConfigError::File(m)) => {
+                    assert!(m.contains(&p) && m.contains(needle), "{text:?}: {m:?} lacks {needle:?}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        let err = Config::load_from(["kv-server", "--config", "/nonexistent/kv.toml"]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/kv.toml"), "{err}");
     }
 }

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use clap::Parser as _;
 use kv_user::{
     bpf::{KernelOpts, KernelPath},
     config::Config,
@@ -12,13 +11,27 @@ use kv_user::{
 };
 
 fn main() -> Result<()> {
-    let cfg = Config::parse();
+    let cfg = match Config::load_from(std::env::args_os()) {
+        Ok(c) => c,
+        Err(kv_user::config::ConfigError::Cli(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("kv-server: {e}");
+            std::process::exit(2);
+        }
+    };
+    if cfg.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(match cfg.verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     }))
     .init();
+    if let Some(path) = &cfg.config {
+        log::info!("configuration file: {}", path.display());
+    }
     let cfg = Arc::new(cfg);
     // The acceptor, signals and shutdown; requests are served by server::serve's worker threads.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
