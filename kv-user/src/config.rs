@@ -78,7 +78,7 @@ pub struct Config {
     /// XDP attach mode (lo only supports generic).
     #[arg(long = "xdp-mode", value_enum, default_value_t = XdpMode::Generic)]
     pub xdp_mode: XdpMode,
-    /// Slots of the kernel cache (direct-mapped by key hash, rounded up to a power of two; about 1.7 KB each).
+    /// Slots of the kernel cache (four candidate slots per key, rounded up to a power of two; about 1.7 KB each).
     #[arg(long = "kcache-entries", default_value_t = 16384)]
     pub kcache_entries: u32,
     /// Largest value the kernel answers for; larger ones are served by user space.
