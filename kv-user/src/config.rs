@@ -20,6 +20,15 @@ pub enum FsyncPolicy {
     No,
 }
 
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2026-11-25T10:00:00Z  INFO kv_server: message key=value`
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and fields.
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum XdpMode {
     Native,
@@ -60,6 +69,9 @@ pub struct Config {
     /// Verbosity (-v, -vv).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Log lines as human-readable text, or as one JSON object per line (for log shippers).
+    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Directory for the append-only log.
     #[arg(long = "data-dir", default_value = "kv-data")]
     pub data_dir: PathBuf,
@@ -197,6 +209,7 @@ impl Config {
         put("threads", self.threads.to_string());
         put("max-item-size", self.item_size_max.to_string());
         put("verbose", self.verbose.to_string());
+        put("log-format", name(self.log_format.to_possible_value()));
         put("data-dir", s(&self.data_dir.to_string_lossy()));
         put("fsync", name(self.fsync.to_possible_value()));
         put("no-persist", self.no_persist.to_string());

@@ -23,12 +23,8 @@ fn main() -> Result<()> {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(match cfg.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
-    }))
-    .init();
+    init_logging(&cfg);
+    tracing::debug!("effective configuration:\n{}", cfg.to_toml());
     if let Some(path) = &cfg.config {
         log::info!("configuration file: {}", path.display());
     }
@@ -47,6 +43,25 @@ fn main() -> Result<()> {
         log.close();
     }
     result
+}
+
+/// tracing with levels, text or JSON; `RUST_LOG` overrides the level from `-v`. Records of the `log`
+/// crate (the library's modules, aya-log's kernel records) are forwarded into it.
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let level = match cfg.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Colours only for a terminal: piped into a file or journald, escape codes are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match cfg.log_format {
+        kv_user::config::LogFormat::Text => fmt.init(),
+        kv_user::config::LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
 }
 
 /// Loads and attaches the XDP program and starts keeping its cache coherent with the store. Without
@@ -79,13 +94,24 @@ fn attach_kernel_path(cfg: &Config, ctx: &kv_user::exec::Ctx) -> Option<KernelPa
     };
     match wire() {
         Ok(k) => {
-            log::info!(
-                "XDP attached to {} ({:?} mode): UDP GET hits on port {} served in the kernel from a {}-entry cache \
-                 (values up to {} bytes, admitted after {} user-space hits)",
+            let slots = kv_user::bpf::slots_for(cfg.kcache_entries);
+            let cache_mb = slots as usize * std::mem::size_of::<kv_common::CacheEntry>() >> 20;
+            // One line that says what is attached where and what the kernel answers; as fields too,
+            // for JSON logs.
+            tracing::info!(
+                iface = %cfg.iface,
+                xdp_mode = ?cfg.xdp_mode,
+                udp_port = cfg.udp_port,
+                cache_slots = slots,
+                cache_mb,
+                value_max = cfg.kcache_value_max,
+                admit_hits = cfg.kcache_admit_hits,
+                "XDP attached to {} ({:?} mode): UDP GET hits on port {} are answered in the kernel from a cache \
+                 of {slots} slots ({cache_mb} MB), empty at start and filled with values up to {} bytes after {} \
+                 user-space hits each",
                 cfg.iface,
                 cfg.xdp_mode,
                 cfg.udp_port,
-                cfg.kcache_entries,
                 cfg.kcache_value_max,
                 cfg.kcache_admit_hits
             );
