@@ -95,7 +95,7 @@ fn attach_kernel_path(cfg: &Config, ctx: &kv_user::exec::Ctx) -> Option<KernelPa
     match wire() {
         Ok(k) => {
             let slots = kv_user::bpf::slots_for(cfg.kcache_entries);
-            let cache_mb = slots as usize * std::mem::size_of::<kv_common::CacheEntry>() >> 20;
+            let cache_mb = (slots as usize * std::mem::size_of::<kv_common::CacheEntry>()) >> 20;
             // One line that says what is attached where and what the kernel answers; as fields too,
             // for JSON logs.
             tracing::info!(
