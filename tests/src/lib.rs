@@ -239,6 +239,23 @@ pub struct Client {
 }
 
 impl Client {
+    /// Closes with an RST instead of a FIN (SO_LINGER 0), as a crashed client's kernel would.
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd as _;
+        let l = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt on a valid socket with a correctly sized option.
+        let r = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &l as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    }
+
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -141,22 +141,6 @@ fn fill(s: &Server, n: usize) -> (Vec<Client>, usize) {
     (accepted, refused)
 }
 
-/// Closes with an RST instead of a FIN (SO_LINGER 0), as a crashed client's kernel would.
-fn reset(c: Client) {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt on a valid socket with a correctly sized option.
-    let r = unsafe {
-        libc::setsockopt(
-            c.stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
-}
-
 /// errors.rs checks the limit's reply once; this checks that slots come back whichever way a client
 /// leaves (FIN, RST, mid-request), round after round, and that connections accepted before the limit
 /// keep working while new ones are refused.
@@ -210,7 +194,7 @@ fn connection_limit_slots_come_back() {
         for (i, mut c) in accepted.into_iter().enumerate() {
             match i % 3 {
                 0 => drop(c),
-                1 => reset(c),
+                1 => c.reset(),
                 _ => c.send(b"set half 0 0 100\r\npart"),
             }
         }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
-use std::os::fd::AsRawFd as _;
 use std::time::{Duration, Instant};
 
 use kv_tests::netns::{unavailable, xdp_prog_id, XdpBed};
@@ -25,20 +24,6 @@ fn settle_fds(pid: u32, want: usize, within: Duration) -> usize {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn rst(c: &Client) {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt on a valid socket with a correctly sized option.
-    unsafe {
-        libc::setsockopt(
-            c.stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
 }
 
 #[test]
@@ -81,8 +66,8 @@ fn fds_return_to_rest_after_connection_churn() {
             }
             // Leave by FIN, by RST, or half-way through a value.
             match j % 3 {
-                0 => {}
-                1 => rst(&c),
+                0 => drop(c),
+                1 => c.reset(),
                 _ => c.send(b"set k 0 0 10\r\nabc"),
             }
         }

@@ -7,7 +7,13 @@ use kv_common::xdp_action::{XDP_PASS, XDP_TX};
 const PORT: u16 = 11211;
 
 fn load() -> Option<KernelPath> {
-    match KernelPath::load(KernelOpts { port: PORT, cache_entries: 1024, log: false, ..Default::default() }) {
+    load_with(1024)
+}
+
+/// Loads the program with a cache of `cache_entries` slots, allowing the test source 10.0.0.2; None
+/// (skip) when BPF is unavailable and not required.
+pub(crate) fn load_with(cache_entries: u32) -> Option<KernelPath> {
+    match KernelPath::load(KernelOpts { port: PORT, cache_entries, log: false, ..Default::default() }) {
         Ok(mut p) => {
             // Test packets come from 10.0.0.2.
             p.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();

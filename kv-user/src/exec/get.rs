@@ -34,10 +34,37 @@ fn item_line(out: &mut BytesMut, key: &[u8], it: &ItemView, cas: bool) {
     value_line(out, key, it.flags, cas.then_some(it.cas), &it.value);
 }
 
-/// get/gets from byte `from` of the keys on, stopping before a key once `out` holds `stop_at` bytes:
-/// then returns the offset to resume from, and END is written only by the call that finishes. This
-/// lets a connection send a multiget's reply as it goes (memcached sends it straight from the items)
-/// instead of holding all of it: `get big big big ...` could otherwise ask for gigabytes.
+/// Appends the `VALUE` line of each key `fetch` finds, from byte `from` of the keys on, stopping before
+/// a key once `out` holds `stop_at` bytes: then returns the offset to resume from, and END is written
+/// only by the call that finishes. This lets a connection send a multiget's reply as it goes (memcached
+/// sends it straight from the items) instead of holding all of it: `get big big big ...` could
+/// otherwise ask for gigabytes. Returns (hits, misses, resume offset).
+fn value_lines(
+    keys: Keys<'_>,
+    from: usize,
+    cas: bool,
+    out: &mut BytesMut,
+    stop_at: usize,
+    mut fetch: impl FnMut(&[u8]) -> Option<ItemView>,
+) -> (u64, u64, Option<usize>) {
+    let (mut hits, mut misses) = (0, 0);
+    for (at, key) in keys.iter_from(from) {
+        if out.len() >= stop_at {
+            return (hits, misses, Some(at));
+        }
+        match fetch(key) {
+            Some(it) => {
+                hits += 1;
+                item_line(out, key, &it, cas);
+            }
+            None => misses += 1,
+        }
+    }
+    out.extend_from_slice(b"END\r\n");
+    (hits, misses, None)
+}
+
+/// get/gets, resumable (see [`value_lines`]).
 pub(super) fn get(
     keys: Keys<'_>,
     from: usize,
@@ -46,28 +73,11 @@ pub(super) fn get(
     out: &mut BytesMut,
     stop_at: usize,
 ) -> (Outcome, Option<usize>) {
-    let (mut hits, mut misses) = (0, 0);
-    let mut resume = None;
-    for (at, key) in keys.iter_from(from) {
-        if out.len() >= stop_at {
-            resume = Some(at);
-            break;
-        }
-        match ctx.store.get(key) {
-            Some(it) => {
-                hits += 1;
-                item_line(out, key, &it, cas);
-            }
-            None => misses += 1,
-        }
-    }
+    let (hits, misses, resume) = value_lines(keys, from, cas, out, stop_at, |key| ctx.store.get(key));
     // memcached counts cmd_get per key.
     bump(&ctx.stats.cmd_get, hits + misses);
     bump(&ctx.stats.get_hits, hits);
     bump(&ctx.stats.get_misses, misses);
-    if resume.is_none() {
-        out.extend_from_slice(b"END\r\n");
-    }
     (Outcome::default(), resume)
 }
 
@@ -83,30 +93,16 @@ pub(super) fn gat(
     stop_at: usize,
 ) -> (Outcome, Option<usize>) {
     let opts = FetchOpts { touch: Some(exptime), ..FetchOpts::default() };
-    let (mut hits, mut misses, mut seq) = (0, 0, 0);
-    let mut resume = None;
-    for (at, key) in keys.iter_from(from) {
-        if out.len() >= stop_at {
-            resume = Some(at);
-            break;
-        }
+    let mut seq = 0;
+    let (hits, misses, resume) = value_lines(keys, from, cas, out, stop_at, |key| {
         let f = ctx.store.fetch(key, &opts);
         seq = seq.max(f.seq);
-        match f.item {
-            Some(it) => {
-                hits += 1;
-                item_line(out, key, &it, cas);
-            }
-            None => misses += 1,
-        }
-    }
+        f.item
+    });
     // memcached counts gat as touches, not gets.
     bump(&ctx.stats.cmd_touch, hits + misses);
     bump(&ctx.stats.touch_hits, hits);
     bump(&ctx.stats.touch_misses, misses);
-    if resume.is_none() {
-        out.extend_from_slice(b"END\r\n");
-    }
     (Outcome::seq(seq), resume)
 }
 

@@ -27,8 +27,8 @@ use kv_common::xdp_action::{XDP_PASS, XDP_TX};
 use kv_common::{CACHE_ENTRY_BUF, COUNTERS};
 
 use super::KernelSync;
-use crate::bpf::tests::{ip_checksum, packet, run, try_reply_text};
-use crate::bpf::{bpf_required, KernelOpts, KernelPath};
+use crate::bpf::tests::{ip_checksum, load_with, packet, run, try_reply_text};
+use crate::bpf::KernelPath;
 use crate::config::Config;
 use crate::exec::{execute, reject_too_large_noreply, Ctx};
 use crate::protocol::{parse, Limits, Parsed};
@@ -459,21 +459,6 @@ struct Report {
     examples: Vec<String>,
 }
 
-/// Loads the program, or None (skip) when BPF is unavailable and not required.
-fn load() -> Option<KernelPath> {
-    match KernelPath::load(KernelOpts { port: PORT, cache_entries: 512, log: false, ..Default::default() }) {
-        Ok(mut p) => {
-            p.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
-            Some(p)
-        }
-        Err(e) if !bpf_required() => {
-            eprintln!("SKIP: cannot load BPF here ({e:#}); set KV_REQUIRE_BPF=1 to make this fail");
-            None
-        }
-        Err(e) => panic!("BPF required but loading failed: {e:#}"),
-    }
-}
-
 /// Runs `packets` generated packets. `plant_every`: every that many packets, write a wrong value for a
 /// cached key straight into the kernel cache, behind the store's back (the checker's own test).
 fn fuzz(path: &mut KernelPath, packets: u64, seed: u64, plant_every: Option<u64>) -> Report {
@@ -585,7 +570,7 @@ fn seed() -> u64 {
 
 #[test]
 fn xdp_fuzz_matches_user_space() {
-    let Some(mut path) = load() else { return };
+    let Some(mut path) = load_with(512) else { return };
     let long = std::env::var("KV_LONG").is_ok_and(|v| v == "1");
     let packets: u64 = match std::env::var("KV_FUZZ_PACKETS") {
         Ok(n) => n.parse().expect("KV_FUZZ_PACKETS"),
@@ -603,7 +588,7 @@ fn xdp_fuzz_matches_user_space() {
 /// The checker itself: values planted in the kernel cache behind the store's back are caught.
 #[test]
 fn xdp_fuzz_flags_planted_stale_entries() {
-    let Some(mut path) = load() else { return };
+    let Some(mut path) = load_with(512) else { return };
     let seed = seed();
     let r = fuzz(&mut path, 20_000, seed, Some(50));
     assert!(r.mismatches > 0, "no mismatch reported with wrong values planted in the kernel cache (seed {seed})");
