@@ -29,10 +29,20 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum XdpMode {
-    Native,
-    Generic,
+pub use crate::kernel::XdpMode;
+
+/// `--xdp-mode native|generic`: the kernel path's own type, parsed here so it needs no CLI code.
+impl ValueEnum for XdpMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[XdpMode::Native, XdpMode::Generic]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }))
+    }
 }
 
 /// memcached-compatible key-value cache with an in-kernel (XDP) GET path.
@@ -140,6 +150,41 @@ impl Config {
     /// The UDP allowlist: loopback plus `--udp-allow`.
     pub fn udp_allowlist(&self) -> Vec<Cidr> {
         std::iter::once(Cidr::LOOPBACK).chain(self.udp_allow.iter().copied()).collect()
+    }
+}
+
+/// `-m`/`-I`/`-t`: shards = 4 × threads rounded up to a power of two, at least 64.
+impl From<&Config> for crate::store::StoreOptions {
+    fn from(c: &Config) -> Self {
+        crate::store::StoreOptions {
+            memory_limit: c.memory_limit_mb.saturating_mul(1 << 20),
+            item_size_max: c.item_size_max,
+            shards: c.threads.saturating_mul(4).clamp(64, 4096),
+        }
+    }
+}
+
+impl From<&Config> for crate::kernel::KernelOptions {
+    fn from(c: &Config) -> Self {
+        // Datagrams to other addresses are left to the stack when the server listens on one address.
+        let listen = match c.listen {
+            IpAddr::V4(a) if !a.is_unspecified() => Some(a),
+            _ => None,
+        };
+        crate::kernel::KernelOptions {
+            iface: c.iface.clone(),
+            mode: c.xdp_mode,
+            load: crate::kernel::KernelOpts {
+                port: c.udp_port,
+                cache_entries: c.kcache_entries,
+                log: c.verbose >= 2,
+                listen,
+                ..Default::default()
+            },
+            allow: c.udp_allowlist().iter().map(|a| (a.addr, a.prefix)).collect(),
+            value_max: c.kcache_value_max,
+            admit_hits: c.kcache_admit_hits,
+        }
     }
 }
 

@@ -1,14 +1,17 @@
-//! kv-server: start-up (config, recovery, kernel path), serving, and clean shutdown.
+//! kv-server: the composition root. Builds the kernel path, the store, the log and the stats from the
+//! configuration, wires them together once, serves, and shuts down cleanly.
 
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use kv_user::{
-    bpf::{KernelOpts, KernelPath},
-    config::Config,
-    kcache::{KernelStats, KernelSync},
-    server,
-};
+use kv_user::config::Config;
+use kv_user::exec::Ctx;
+use kv_user::kernel::{Kernel, KernelOptions};
+use kv_user::persist::Log;
+use kv_user::record::{Journal, NoJournal, Record};
+use kv_user::server::{self, Shared};
+use kv_user::stats::Stats;
+use kv_user::store::{Store, StoreOptions};
 
 fn main() -> Result<()> {
     let cfg = match Config::load_from(std::env::args_os()) {
@@ -31,11 +34,10 @@ fn main() -> Result<()> {
     let cfg = Arc::new(cfg);
     // The acceptor, signals and shutdown; requests are served by server::serve's worker threads.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-
-    let shared = server::start(cfg.clone())?;
     // Signal handlers before the XDP attach, so a SIGTERM right after start still shuts down cleanly.
     let shutdown = runtime.block_on(async { server::shutdown_signals() }).context("installing signal handlers")?;
-    let kernel = attach_kernel_path(&cfg, &shared.ctx);
+    let kernel = start_kernel_path(&cfg);
+    let shared = build(cfg.clone(), kernel.as_ref())?;
     let result = runtime.block_on(server::serve(cfg.clone(), shared.clone(), shutdown));
     // Detach XDP before anything else: from here on the kernel must not answer for a dying store.
     drop(kernel);
@@ -43,6 +45,54 @@ fn main() -> Result<()> {
         log.close();
     }
     result
+}
+
+/// The store (observed by the kernel path when it is up), the log it journals to and replays from, and
+/// the command context over both.
+fn build(cfg: Arc<Config>, kernel: Option<&Kernel>) -> Result<Shared> {
+    /// The store needs its journal at construction, but the log can only be opened (and replayed into
+    /// the store) afterwards; replay itself is never journaled.
+    struct Deferred(std::sync::OnceLock<Arc<Log>>);
+    impl Journal for Deferred {
+        fn record(&self, rec: &Record<'_>) -> u64 {
+            self.0.get().map_or(0, |l| l.record(rec))
+        }
+    }
+
+    let journal: Arc<Deferred> = Arc::new(Deferred(std::sync::OnceLock::new()));
+    let mut store =
+        Store::new(StoreOptions::from(&*cfg), if cfg.no_persist { Arc::new(NoJournal) } else { journal.clone() });
+    if let Some(k) = kernel {
+        store = store.observed_by(k.sync.clone());
+    }
+    let store = Arc::new(store);
+    let log = if cfg.no_persist {
+        log::info!("persistence disabled (--no-persist)");
+        None
+    } else {
+        let t = std::time::Instant::now();
+        let (log, rec) = kv_user::persist::open(&cfg.data_dir, cfg.fsync, &mut |r| store.apply(r))
+            .with_context(|| format!("opening the log in {}", cfg.data_dir.display()))?;
+        log::info!(
+            "recovered {} records ({} bytes) from {} in {:?}; {} items live",
+            rec.records,
+            rec.bytes,
+            cfg.data_dir.display(),
+            t.elapsed(),
+            store.stats().curr_items
+        );
+        if let Some(reason) = &rec.dropped_reason {
+            log::warn!("dropped {} bytes at the log tail: {reason}", rec.dropped_bytes);
+        }
+        let _ = journal.0.set(log.clone());
+        log.start_compactor(store.clone()).context("starting the log compactor")?;
+        Some(log)
+    };
+    let mut ctx = Ctx::new(store, Arc::new(Stats::new()), cfg);
+    if let Some(k) = kernel {
+        ctx = ctx.with_extra_stats(k.stats.clone());
+    }
+    Ok(Shared { ctx: Arc::new(ctx), log })
 }
 
 /// tracing with levels, text or JSON; `RUST_LOG` overrides the level from `-v`. Records of the `log`
@@ -64,37 +114,16 @@ fn init_logging(cfg: &Config) {
     }
 }
 
-/// Loads and attaches the XDP program and starts keeping its cache coherent with the store. Without
-/// BPF privileges (or with `--no-bpf`) the server runs in user space only.
-fn attach_kernel_path(cfg: &Config, ctx: &kv_user::exec::Ctx) -> Option<KernelPath> {
+/// Loads and attaches the XDP program, with an empty cache. Without BPF privileges (or with `--no-bpf`)
+/// the server runs in user space only.
+fn start_kernel_path(cfg: &Config) -> Option<Kernel> {
     if cfg.no_bpf {
         log::info!("BPF disabled (--no-bpf): serving everything from user space");
         return None;
     }
-    let listen = match cfg.listen {
-        std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
-        _ => None,
-    };
-    let opts = KernelOpts {
-        port: cfg.udp_port,
-        cache_entries: cfg.kcache_entries,
-        log: cfg.verbose >= 2,
-        listen,
-        ..Default::default()
-    };
-    let wire = || -> anyhow::Result<KernelPath> {
-        let mut k = KernelPath::attach(&cfg.iface, cfg.xdp_mode, opts)?;
-        for c in cfg.udp_allowlist() {
-            k.allow(c.addr, c.prefix)?;
-        }
-        let sync = Arc::new(KernelSync::new(k.cache_handle()?, cfg.kcache_value_max, cfg.kcache_admit_hits));
-        ctx.store.set_mirror(sync.clone());
-        let _ = ctx.extra_stats.set(Arc::new(KernelStats { counters: k.counters_handle()?, sync }));
-        Ok(k)
-    };
-    match wire() {
+    match Kernel::start(&KernelOptions::from(cfg)) {
         Ok(k) => {
-            let slots = kv_user::bpf::slots_for(cfg.kcache_entries);
+            let slots = kv_user::kernel::slots_for(cfg.kcache_entries);
             let cache_mb = (slots as usize * std::mem::size_of::<kv_common::CacheEntry>()) >> 20;
             // One line that says what is attached where and what the kernel answers; as fields too,
             // for JSON logs.

@@ -177,7 +177,7 @@ pub fn general_numbers(ctx: &crate::exec::Ctx, add: &mut dyn FnMut(&str, u64)) {
     add("auth_errors", 0);
     add("bytes_read", read(&s.bytes_read));
     add("bytes_written", read(&s.bytes_written));
-    add("limit_maxbytes", st.limit_maxbytes);
+    add("limit_maxbytes", ctx.store.limit_maxbytes());
     // Over the limit the acceptor rejects (maxconns_fast) but never stops accepting, so also no
     // listen_disabled_num: memcached's counter of listener pauses has no equivalent to report.
     add("accepting_conns", 1);
@@ -194,7 +194,7 @@ pub fn general_numbers(ctx: &crate::exec::Ctx, add: &mut dyn FnMut(&str, u64)) {
     // (slab_reassign_*, lru_crawler_*, crawler_*, moves_*, evicted_active), hash table internals
     // (hash_power_level, hash_bytes), memcached's buffer pools (read_buf_*, response_obj_*), and
     // malloc_fails (Rust aborts on allocation failure).
-    if let Some(extra) = ctx.extra_stats.get() {
+    if let Some(extra) = &ctx.extra_stats {
         extra.stats(add);
     }
 }

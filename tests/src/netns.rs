@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{Array, Map, MapData, MapInfo, PerCpuArray};
 use kv_common::{CacheEntry, CacheKey, Counter};
-use kv_user::bpf::{KernelOpts, KernelPath};
 use kv_user::config::XdpMode;
+use kv_user::kernel::{KernelOpts, KernelPath};
 
 use crate::Client;
 
 /// Whether tests that need BPF and namespaces must fail rather than skip (`KV_REQUIRE_BPF=1`).
-pub use kv_user::bpf::bpf_required;
+pub use kv_user::kernel::bpf_required;
 
 /// Port the server listens on inside its namespace (TCP and UDP): the namespace is private, so a fixed
 /// port cannot collide with anything.
@@ -333,7 +333,7 @@ impl XdpBed {
         let mut cache: Array<MapData, CacheEntry> = Array::try_from(open_map(self.cache_id)?)?;
         let mut seqs: Array<MapData, u64> = Array::try_from(open_map(self.map_id("SEQS")?)?)?;
         let idx = CacheKey::new(key).context("bad key")?.hash() as u32 & (cache.len() - 1);
-        let e = kv_user::bpf::cache_entry(key, flags, cas, value, 0, 0).context("entry too big")?;
+        let e = kv_user::kernel::cache_entry(key, flags, cas, value, 0, 0).context("entry too big")?;
         let seq = seqs.get(&idx, 0)?;
         seqs.set(idx, seq | 1, 0)?;
         cache.set(idx, e, 0)?;

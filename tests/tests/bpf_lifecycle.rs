@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kv_tests::netns::Netns;
-use kv_user::bpf::bpf_required;
+use kv_user::kernel::bpf_required;
 
 /// Whether an XDP program is attached to the namespace's lo (`ip link` shows `xdpgeneric`/`prog/xdp`).
 fn xdp_attached(ns: &Netns) -> bool {

@@ -35,8 +35,8 @@ pub struct Ctx {
     pub config: Arc<Config>,
     /// Set by `verbosity`, shown in `stats settings`; starts at `-v` count.
     pub verbosity: Arc<AtomicU32>,
-    /// Extra `STAT` lines (the kernel path's counters), set once the kernel path is up.
-    pub extra_stats: std::sync::OnceLock<Arc<dyn ExtraStats>>,
+    /// Extra `STAT` lines (the kernel path's counters), when the kernel path is up.
+    pub extra_stats: Option<Arc<dyn ExtraStats>>,
 }
 
 /// A source of additional general `stats` lines.
@@ -47,7 +47,13 @@ pub trait ExtraStats: Send + Sync {
 impl Ctx {
     pub fn new(store: Arc<Store>, stats: Arc<Stats>, config: Arc<Config>) -> Ctx {
         let verbosity = Arc::new(AtomicU32::new(u32::from(config.verbose)));
-        Ctx { store, stats, config, verbosity, extra_stats: std::sync::OnceLock::new() }
+        Ctx { store, stats, config, verbosity, extra_stats: None }
+    }
+
+    /// The context with `extra` adding `stats` lines (set before the context is shared).
+    pub fn with_extra_stats(mut self, extra: Arc<dyn ExtraStats>) -> Ctx {
+        self.extra_stats = Some(extra);
+        self
     }
 }
 

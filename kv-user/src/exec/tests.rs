@@ -18,7 +18,7 @@ struct T {
 fn t() -> T {
     let config = Config::parse_from(["kv-server"]);
     let clock = Arc::new(ManualClock::new(T0));
-    let store = Store::with_clock(StoreOptions::from_config(&config), Arc::new(NoJournal), clock.clone());
+    let store = Store::with_clock(StoreOptions::from(&config), Arc::new(NoJournal), clock.clone());
     T { ctx: Ctx::new(Arc::new(store), Arc::new(Stats::new()), Arc::new(config)), clock }
 }
 
@@ -497,7 +497,7 @@ fn execute_reports_journal_seq() {
         }
     }
     let config = Config::parse_from(["kv-server"]);
-    let store = Store::new(StoreOptions::from_config(&config), Arc::new(Count(AtomicU64::new(0))));
+    let store = Store::new(StoreOptions::from(&config), Arc::new(Count(AtomicU64::new(0))));
     let ctx = Ctx::new(Arc::new(store), Arc::new(Stats::new()), Arc::new(config));
     let mut out = BytesMut::new();
     assert_eq!(execute(&store_cmd(StoreMode::Set, "k", "v", 0, false), &ctx, &mut out).seq, 1);

@@ -120,7 +120,7 @@ mod tests {
 
     fn ctx() -> Ctx {
         let config = Config::parse_from(["kv-server"]);
-        let store = Store::new(StoreOptions::from_config(&config), Arc::new(NoJournal));
+        let store = Store::new(StoreOptions::from(&config), Arc::new(NoJournal));
         Ctx::new(Arc::new(store), Arc::new(Stats::new()), Arc::new(config))
     }
 

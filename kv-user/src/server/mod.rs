@@ -1,5 +1,5 @@
-//! Network front ends: TCP connections and the UDP socket, both feeding `protocol::parse` into
-//! `exec::execute`, and the process lifecycle (start-up, recovery, signals, clean shutdown).
+//! Network front ends: TCP connections and the UDP sockets, both feeding `protocol::parse` into
+//! `exec::execute`, the worker threads, and signals and clean shutdown. main.rs builds what they serve.
 
 mod conn;
 mod tcp;
@@ -158,47 +158,4 @@ pub fn shutdown_signals() -> std::io::Result<impl std::future::Future<Output = (
             _ = int.recv() => {}
         }
     })
-}
-
-/// Builds the store, replays the log into it and wires the journal; returns what the front ends share.
-pub fn start(cfg: Arc<Config>) -> Result<Shared> {
-    use crate::record::Journal;
-    use std::sync::OnceLock;
-
-    /// The store needs its journal at construction, but the log can only be opened (and replayed into
-    /// the store) afterwards; replay itself is never journaled.
-    struct Deferred(OnceLock<Arc<Log>>);
-    impl Journal for Deferred {
-        fn record(&self, rec: &crate::record::Record<'_>) -> u64 {
-            self.0.get().map_or(0, |l| l.record(rec))
-        }
-    }
-
-    let journal = Arc::new(Deferred(OnceLock::new()));
-    let store = Arc::new(crate::store::Store::new(crate::store::StoreOptions::from_config(&cfg), journal.clone()));
-    let log = if cfg.no_persist {
-        log::info!("persistence disabled (--no-persist)");
-        None
-    } else {
-        let t = std::time::Instant::now();
-        let (log, rec) = crate::persist::open(&cfg.data_dir, cfg.fsync, &mut |r| store.apply(r))
-            .with_context(|| format!("opening the log in {}", cfg.data_dir.display()))?;
-        log::info!(
-            "recovered {} records ({} bytes) from {} in {:?}; {} items live",
-            rec.records,
-            rec.bytes,
-            cfg.data_dir.display(),
-            t.elapsed(),
-            store.stats().curr_items
-        );
-        if let Some(reason) = &rec.dropped_reason {
-            log::warn!("dropped {} bytes at the log tail: {reason}", rec.dropped_bytes);
-        }
-        let _ = journal.0.set(log.clone());
-        log.start_compactor(store.clone()).context("starting the log compactor")?;
-        Some(log)
-    };
-    let stats = Arc::new(crate::stats::Stats::new());
-    let ctx = Arc::new(Ctx::new(store, stats, cfg));
-    Ok(Shared { ctx, log })
 }

@@ -27,10 +27,8 @@ pub(crate) struct Entry {
     pub stale: bool,
     /// A client already got the recache "win" token (mg W/Z).
     pub token_sent: bool,
-    /// User-space read hits since it was stored (the admission frequency estimate).
-    pub hits: u32,
-    /// The mirror (kernel cache) took it on its last read hit.
-    pub in_mirror: bool,
+    /// The observer's word for this item (see `Change::ReadHit`); zero for a new item.
+    pub mark: std::cell::Cell<u32>,
     prev: u32,
     next: u32,
 }
@@ -62,8 +60,7 @@ impl Entry {
             fetched: false,
             stale: false,
             token_sent: false,
-            hits: 0,
-            in_mirror: false,
+            mark: std::cell::Cell::new(0),
             prev: NIL,
             next: NIL,
         }
@@ -82,9 +79,9 @@ pub fn item_size(klen: usize, vlen: usize) -> u64 {
     (ITEM_OVERHEAD + klen + vlen) as u64
 }
 
-/// Per-shard counters, read under the shard lock by `Store::stats`.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ShardCounters {
+/// Item counters (memcached's `stats` names): kept per shard under its lock, summed by `Store::stats`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ItemCounters {
     pub curr_items: u64,
     pub bytes: u64,
     pub total_items: u64,
@@ -96,6 +93,31 @@ pub struct ShardCounters {
     pub get_flushed: u64,
 }
 
+impl std::ops::AddAssign for ItemCounters {
+    fn add_assign(&mut self, o: ItemCounters) {
+        let ItemCounters {
+            curr_items,
+            bytes,
+            total_items,
+            evictions,
+            reclaimed,
+            expired_unfetched,
+            evicted_unfetched,
+            get_expired,
+            get_flushed,
+        } = o;
+        self.curr_items += curr_items;
+        self.bytes += bytes;
+        self.total_items += total_items;
+        self.evictions += evictions;
+        self.reclaimed += reclaimed;
+        self.expired_unfetched += expired_unfetched;
+        self.evicted_unfetched += evicted_unfetched;
+        self.get_expired += get_expired;
+        self.get_flushed += get_flushed;
+    }
+}
+
 pub(crate) struct Shard {
     table: HashTable<u32>,
     slots: Vec<Option<Entry>>,
@@ -104,7 +126,7 @@ pub(crate) struct Shard {
     head: u32,
     /// Least recently used: evicted first.
     tail: u32,
-    pub counters: ShardCounters,
+    pub counters: ItemCounters,
 }
 
 impl Shard {
@@ -115,7 +137,7 @@ impl Shard {
             free: Vec::new(),
             head: NIL,
             tail: NIL,
-            counters: ShardCounters::default(),
+            counters: ItemCounters::default(),
         }
     }
 

@@ -461,15 +461,14 @@ fn concurrent_sets_are_consistent() {
     assert_eq!(s.stats().curr_items, 8000);
 }
 
-/// The [`Mirror`] hooks: every change of a key reaches the mirror, under the key's shard lock, in order.
+/// The change stream: every change of a key reaches the [`Observer`], under the key's shard lock, in order.
 mod mirror {
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex, OnceLock, Weak};
 
     use super::*;
 
-    /// One mirror call, with owned data.
+    /// One change, with owned data.
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Ev {
         Changed(Owned),
@@ -478,12 +477,11 @@ mod mirror {
         ReadHit(Owned, u32),
     }
 
-    /// Records every call; `read_hit` answers `admit`. Also checks that each call is made under the lock of
-    /// the key's shard (all shards for `flushed`).
+    /// Records every change, counting each item's read hits in its mark. Also checks that each change is
+    /// emitted under the lock of the key's shard (all shards for `Flushed`).
     #[derive(Default)]
     struct Rec {
         events: Mutex<Vec<Ev>>,
-        admit: AtomicBool,
         store: OnceLock<Weak<Store>>,
         unlocked: Mutex<Vec<String>>,
     }
@@ -511,34 +509,31 @@ mod mirror {
             assert!(unlocked.is_empty(), "{unlocked:?}");
             std::mem::take(&mut *self.events.lock().unwrap())
         }
-
-        fn admit(&self, yes: bool) {
-            self.admit.store(yes, Ordering::Relaxed);
-        }
     }
 
-    impl Mirror for Rec {
-        fn changed(&self, item: &Record<'_>) {
-            let Record::Set { key, .. } = *item else { panic!("changed with a non-Set record: {item:?}") };
-            self.check_locked(Some(key), "changed");
-            self.push(Ev::Changed(Owned::from(item)));
-        }
-
-        fn removed(&self, key: &[u8]) {
-            self.check_locked(Some(key), "removed");
-            self.push(Ev::Removed(key.to_vec()));
-        }
-
-        fn flushed(&self, at: u64, now: u64) {
-            self.check_locked(None, "flushed");
-            self.push(Ev::Flushed { at, now });
-        }
-
-        fn read_hit(&self, item: &Record<'_>, hits: u32) -> bool {
-            let Record::Set { key, .. } = *item else { panic!("read_hit with a non-Set record: {item:?}") };
-            self.check_locked(Some(key), "read_hit");
-            self.push(Ev::ReadHit(Owned::from(item), hits));
-            self.admit.load(Ordering::Relaxed)
+    impl Observer for Rec {
+        fn observe(&self, change: &Change<'_>) {
+            match *change {
+                Change::Stored(ref item) | Change::Touched(ref item) => {
+                    let Record::Set { key, .. } = *item else { panic!("a non-Set state: {item:?}") };
+                    self.check_locked(Some(key), "changed");
+                    self.push(Ev::Changed(Owned::from(item)));
+                }
+                Change::Removed { key, .. } => {
+                    self.check_locked(Some(key), "removed");
+                    self.push(Ev::Removed(key.to_vec()));
+                }
+                Change::Flushed { at, now, .. } => {
+                    self.check_locked(None, "flushed");
+                    self.push(Ev::Flushed { at, now });
+                }
+                Change::ReadHit { ref item, mark, .. } => {
+                    let Record::Set { key, .. } = *item else { panic!("read_hit with a non-Set record: {item:?}") };
+                    self.check_locked(Some(key), "read_hit");
+                    mark.set(mark.get() + 1);
+                    self.push(Ev::ReadHit(Owned::from(item), mark.get()));
+                }
+            }
         }
     }
 
@@ -572,10 +567,9 @@ mod mirror {
 
     fn setup_with(o: StoreOptions) -> (Arc<Store>, Arc<Rec>, Arc<ManualClock>) {
         let c = Arc::new(ManualClock::new(T0));
-        let s = Arc::new(Store::with_clock(o, Arc::new(NoJournal), c.clone()));
         let m = Arc::new(Rec::default());
+        let s = Arc::new(Store::with_clock(o, Arc::new(NoJournal), c.clone()).observed_by(m.clone()));
         m.store.set(Arc::downgrade(&s)).unwrap();
-        s.set_mirror(m.clone());
         (s, m, c)
     }
 
@@ -849,13 +843,14 @@ mod mirror {
         assert_eq!(peek(&s, b"k"), Some(st("k", b"v", 0, r.cas, 0, T0)));
     }
 
+    /// Every read hit is emitted with the item's state and its mark (counted here by the recorder); the
+    /// admission policy that reads the count is `kernel::admission`'s, tested there.
     #[test]
     fn read_hit_counting() {
         let (s, m, _) = setup();
         let r = s.set(&req(SetMode::Set, "k", b"v", 9, 0));
         m.take();
         let item = st("k", b"v", 9, r.cas, 0, T0);
-        // Not admitted: offered on every hit, with the running count.
         for _ in 0..3 {
             s.get(b"k").unwrap();
         }
@@ -863,40 +858,21 @@ mod mirror {
         // mg u: no hit at all.
         s.fetch(b"k", &FetchOpts { bump: false, ..FetchOpts::default() });
         assert_eq!(m.take(), vec![]);
-        // Admitted at hit 4: next offered at 64 and 128 only.
-        m.admit(true);
-        let hits_offered = |s: &Store, n: u32| {
-            for _ in 0..n {
-                s.get(b"k").unwrap();
-            }
-            m.take()
-                .into_iter()
-                .map(|e| match e {
-                    Ev::ReadHit(i, h) => {
-                        assert_eq!(i, item);
-                        h
-                    }
-                    other => panic!("{other:?}"),
-                })
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(hits_offered(&s, 127 - 3), vec![4, 64]);
-        // Re-offered at 128 but refused (the kernel dropped it): offered on each hit again until taken.
-        m.admit(false);
-        assert_eq!(hits_offered(&s, 2), vec![128, 129]);
-        m.admit(true);
-        assert_eq!(hits_offered(&s, 192 - 129), vec![130, 192]);
+        // The mark lives with the item: the count goes on.
+        s.get(b"k").unwrap();
+        assert_eq!(m.take(), vec![Ev::ReadHit(item.clone(), 4)]);
         // Another key counts on its own.
         s.set(&req(SetMode::Set, "o", b"w", 0, 0));
         m.take();
         s.get(b"o").unwrap();
         assert!(matches!(&m.take()[..], [Ev::ReadHit(Owned::Set { key, .. }, 1)] if key == b"o"));
-        // A new set starts a new item: count 1 and not mirrored yet.
+        // A new set starts a new item: its mark is zero again.
         let r2 = s.set(&req(SetMode::Set, "k", b"v2", 9, 0));
         assert_eq!(m.take(), vec![ch("k", b"v2", 9, r2.cas, 0, T0)]);
         s.get(b"k").unwrap();
         s.get(b"k").unwrap();
-        assert_eq!(m.take(), vec![Ev::ReadHit(st("k", b"v2", 9, r2.cas, 0, T0), 1)]);
+        let item2 = st("k", b"v2", 9, r2.cas, 0, T0);
+        assert_eq!(m.take(), vec![Ev::ReadHit(item2.clone(), 1), Ev::ReadHit(item2, 2)]);
     }
 
     #[test]
@@ -1032,52 +1008,39 @@ mod mirror {
         assert_eq!(m.take(), vec![Ev::Flushed { at: T0 + REALTIME_MAXDELTA as u64 * 2, now: T0 + 11 }]);
     }
 
-    #[test]
-    fn set_mirror_only_once() {
-        let (s, m, _) = setup();
-        let other = Arc::new(Rec::default());
-        s.set_mirror(other.clone());
-        s.set(&req(SetMode::Set, "k", b"v", 0, 0));
-        assert_eq!(m.take().len(), 1);
-        assert_eq!(other.take(), vec![]);
-    }
-
-    /// A model of the kernel cache (what `KernelSync` does): entries are only added by an accepted read
-    /// hit, `changed` replaces an existing entry only, flush drops everything and a delayed one blocks
-    /// admissions until its moment; an entry is served until its exptime.
+    /// A model of the kernel cache (what `KernelSync` does, with the real admission policy): entries are
+    /// only added by an admitted read hit, a change replaces an existing entry only, flush drops
+    /// everything and a delayed one blocks admissions until its moment; an entry is served until its
+    /// exptime.
     struct Model {
-        clock: Arc<ManualClock>,
         copies: Mutex<HashMap<Vec<u8>, Owned>>,
-        admit_after: AtomicU64,
-        admit_hits: u32,
+        admission: crate::kernel::Admission,
     }
 
-    impl Mirror for Model {
-        fn changed(&self, item: &Record<'_>) {
-            let Record::Set { key, .. } = *item else { panic!("{item:?}") };
-            if let Some(c) = self.copies.lock().unwrap().get_mut(key) {
-                *c = Owned::from(item);
+    impl Observer for Model {
+        fn observe(&self, change: &Change<'_>) {
+            match *change {
+                Change::Stored(ref item) | Change::Touched(ref item) => {
+                    let Record::Set { key, .. } = *item else { panic!("{item:?}") };
+                    if let Some(c) = self.copies.lock().unwrap().get_mut(key) {
+                        *c = Owned::from(item);
+                    }
+                }
+                Change::Removed { key, .. } => {
+                    self.copies.lock().unwrap().remove(key);
+                }
+                Change::Flushed { at, now, .. } => {
+                    self.admission.flushed(at, now);
+                    self.copies.lock().unwrap().clear();
+                }
+                Change::ReadHit { ref item, now, mark } => {
+                    let Record::Set { key, .. } = *item else { panic!("{item:?}") };
+                    self.admission.on_hit(mark, now, || {
+                        self.copies.lock().unwrap().insert(key.to_vec(), Owned::from(item));
+                        true
+                    });
+                }
             }
-        }
-
-        fn removed(&self, key: &[u8]) {
-            self.copies.lock().unwrap().remove(key);
-        }
-
-        fn flushed(&self, at: u64, now: u64) {
-            if at > now {
-                self.admit_after.fetch_max(at, Ordering::Relaxed);
-            }
-            self.copies.lock().unwrap().clear();
-        }
-
-        fn read_hit(&self, item: &Record<'_>, hits: u32) -> bool {
-            let Record::Set { key, .. } = *item else { panic!("{item:?}") };
-            if hits < self.admit_hits || self.clock.now() < self.admit_after.load(Ordering::Relaxed) {
-                return false;
-            }
-            self.copies.lock().unwrap().insert(key.to_vec(), Owned::from(item));
-            true
         }
     }
 
@@ -1090,14 +1053,11 @@ mod mirror {
         for seed in 1..=4u64 {
             let c = Arc::new(ManualClock::new(T0));
             let o = StoreOptions { memory_limit: 500, item_size_max: 200, shards: 2 };
-            let s = Store::with_clock(o, Arc::new(NoJournal), c.clone());
             let model = Arc::new(Model {
-                clock: c.clone(),
                 copies: Mutex::new(HashMap::new()),
-                admit_after: AtomicU64::new(0),
-                admit_hits: 1 + seed as u32 % 2,
+                admission: crate::kernel::Admission::new(1 + seed as u32 % 2),
             });
-            s.set_mirror(model.clone());
+            let s = Store::with_clock(o, Arc::new(NoJournal), c.clone()).observed_by(model.clone());
             let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
             let mut rnd = move |n: u64| {
                 x ^= x << 13;

@@ -420,7 +420,7 @@ impl Ctx {
         let (mut proc, reflector) = match server {
             Server::Reflector => {
                 let r = netns::in_netns(&self.bed.server_ns, || {
-                    kv_user::bpf::attach_reflector(SERVER_IF, kv_user::config::XdpMode::Native, PORT)
+                    kv_user::kernel::bench::attach_reflector(SERVER_IF, kv_user::kernel::XdpMode::Native, PORT)
                 })
                 .context("attaching the reflector to the server veth")?;
                 (None, Some(r))
@@ -523,8 +523,8 @@ impl Ctx {
 
     /// A short extra run with the kernel's BPF run-time statistics on: the program's ns per run.
     fn bpf_stats_run(&self, head: &str, tag: &str, w: &Workload, prog_id: u32) -> Result<Option<f64>> {
-        let fd = kv_user::bpf::enable_run_stats()?;
-        let before = kv_user::bpf::program_stats_by_id(prog_id)?.context("program vanished")?;
+        let fd = kv_user::kernel::bench::enable_run_stats()?;
+        let before = kv_user::kernel::bench::program_stats_by_id(prog_id)?.context("program vanished")?;
         let a = self.common_args(w, 2);
         self.kv_load(
             &format!("{tag}-bpfstats"),
@@ -534,7 +534,7 @@ impl Ctx {
             &format!("{head} (bpf stats)"),
             true,
         )?;
-        let after = kv_user::bpf::program_stats_by_id(prog_id)?.context("program vanished")?;
+        let after = kv_user::kernel::bench::program_stats_by_id(prog_id)?.context("program vanished")?;
         drop(fd);
         let runs = after.run_cnt.saturating_sub(before.run_cnt);
         Ok((runs > 0).then(|| after.run_time_ns.saturating_sub(before.run_time_ns) as f64 / runs as f64))

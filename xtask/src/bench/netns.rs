@@ -8,8 +8,8 @@ use std::os::fd::AsRawFd as _;
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
-use kv_user::bpf::Reflector;
-use kv_user::config::XdpMode;
+use kv_user::kernel::bench::Reflector;
+use kv_user::kernel::XdpMode;
 
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 2);
@@ -59,7 +59,7 @@ impl Bed {
         bed.sysctl(&s, "net.core.somaxconn", "65535")?;
         bed.sysctl(&s, "net.ipv4.tcp_max_syn_backlog", "65535")?;
         // Port 0: the reflector program passes every packet; it only has to exist on the peer.
-        let xdp = in_netns(&c, || kv_user::bpf::attach_reflector(CLIENT_IF, XdpMode::Native, 0))
+        let xdp = in_netns(&c, || kv_user::kernel::bench::attach_reflector(CLIENT_IF, XdpMode::Native, 0))
             .context("attaching the pass-through XDP program to the client veth")?;
         bed.client_xdp = Some(xdp);
         Ok(bed)

@@ -1,6 +1,6 @@
 //! Keeps the kernel cache (the XDP program's `CACHE` map) coherent with the store.
 //!
-//! The store calls this [`Mirror`] under the key's shard lock, so for each key the kernel map changes in
+//! The store hands every change to this [`Observer`] under the key's shard lock, so for each key the kernel map changes in
 //! the store's order, and every write has updated or removed the kernel entry before its reply is sent.
 //! Why a client can then never read, through XDP, a value older than an acknowledged write:
 //!
@@ -26,13 +26,15 @@
 //! If a kernel update ever fails, the whole kernel cache is flushed (one array write), which is always safe.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use kv_common::CACHE_ENTRY_BUF;
 
-use crate::bpf::{cache_entry, KernelCache, KernelCounters};
-use crate::exec::ExtraStats;
+use super::admission::Admission;
+use super::entry::{cache_entry, deadline_ns};
+use super::slots::KernelCache;
 use crate::record::Record;
-use crate::store::Mirror;
+use crate::store::{Change, Observer};
 
 /// Counters surfaced in `stats`.
 #[derive(Default)]
@@ -45,23 +47,19 @@ pub struct SyncStats {
 }
 
 pub struct KernelSync {
-    cache: std::sync::Arc<KernelCache>,
+    cache: Arc<KernelCache>,
     /// Largest value the kernel serves; larger ones stay in user space.
     value_max: usize,
-    /// User-space hits before an item is admitted.
-    admit_hits: u32,
-    /// No admissions before this Unix time (a delayed flush_all is pending).
-    admit_after: AtomicU64,
+    admission: Admission,
     pub stats: SyncStats,
 }
 
 impl KernelSync {
-    pub fn new(cache: std::sync::Arc<KernelCache>, value_max: usize, admit_hits: u32) -> Self {
+    pub fn new(cache: Arc<KernelCache>, value_max: usize, admit_hits: u32) -> Self {
         KernelSync {
             cache,
             value_max: value_max.min(CACHE_ENTRY_BUF),
-            admit_hits: admit_hits.max(1),
-            admit_after: AtomicU64::new(0),
+            admission: Admission::new(admit_hits),
             stats: SyncStats::default(),
         }
     }
@@ -83,6 +81,10 @@ impl KernelSync {
     fn fail_safe(&self, what: &str, e: std::io::Error) {
         self.stats.errors.fetch_add(1, Relaxed);
         log::error!("kernel cache {what} failed ({e}); flushing the kernel cache");
+        self.flush_or_abort();
+    }
+
+    fn flush_or_abort(&self) {
         if let Err(e) = self.cache.flush() {
             // Without the generation bump the kernel could serve stale data: stop the process rather.
             log::error!("kernel cache flush failed ({e}); aborting to stay coherent");
@@ -90,18 +92,7 @@ impl KernelSync {
         }
     }
 
-    fn remove_key(&self, key: &[u8]) {
-        match self.cache.remove(key) {
-            Ok(true) => {
-                self.stats.invalidations.fetch_add(1, Relaxed);
-            }
-            Ok(false) => {}
-            Err(e) => self.fail_safe("delete", e),
-        }
-    }
-}
-
-impl Mirror for KernelSync {
+    /// The item has a new state: replace a cached copy, never add one.
     fn changed(&self, item: &Record<'_>) {
         let Record::Set { key, .. } = *item else { return };
         match self.entry_for(item) {
@@ -112,29 +103,22 @@ impl Mirror for KernelSync {
                 Ok(false) => {}
                 Err(err) => self.fail_safe("update", err),
             },
-            None => self.remove_key(key),
+            None => self.removed(key),
         }
     }
 
     fn removed(&self, key: &[u8]) {
-        self.remove_key(key);
-    }
-
-    fn flushed(&self, at: u64, now: u64) {
-        if at > now {
-            self.admit_after.fetch_max(at, Relaxed);
-        }
-        self.stats.flushes.fetch_add(1, Relaxed);
-        if let Err(e) = self.cache.flush() {
-            log::error!("kernel cache flush failed ({e}); aborting to stay coherent");
-            std::process::abort();
+        match self.cache.remove(key) {
+            Ok(true) => {
+                self.stats.invalidations.fetch_add(1, Relaxed);
+            }
+            Ok(false) => {}
+            Err(e) => self.fail_safe("delete", e),
         }
     }
 
-    fn read_hit(&self, item: &Record<'_>, hits: u32) -> bool {
-        if hits < self.admit_hits || unix_now_ns() / 1_000_000_000 < self.admit_after.load(Relaxed) {
-            return false;
-        }
+    /// Offers a hot item (admission decided to): true if the cache holds it now.
+    fn admit(&self, item: &Record<'_>) -> bool {
         let Record::Set { key, .. } = *item else { return false };
         // Cached already (and kept current by `changed`): nothing to write.
         if self.cache.contains(key) {
@@ -156,67 +140,17 @@ impl Mirror for KernelSync {
     }
 }
 
-/// `stats` lines of the kernel path: the XDP counters and the synchronisation counters.
-pub struct KernelStats {
-    pub counters: KernelCounters,
-    pub sync: std::sync::Arc<KernelSync>,
-}
-
-impl ExtraStats for KernelStats {
-    fn stats(&self, add: &mut dyn FnMut(&str, u64)) {
-        for (c, name) in kv_common::COUNTERS {
-            add(name, self.counters.get(c));
+impl Observer for KernelSync {
+    fn observe(&self, change: &Change<'_>) {
+        match *change {
+            Change::Stored(ref item) | Change::Touched(ref item) => self.changed(item),
+            Change::Removed { key, .. } => self.removed(key),
+            Change::Flushed { at, now, .. } => {
+                self.admission.flushed(at, now);
+                self.stats.flushes.fetch_add(1, Relaxed);
+                self.flush_or_abort();
+            }
+            Change::ReadHit { ref item, now, mark } => self.admission.on_hit(mark, now, || self.admit(item)),
         }
-        let s = &self.sync.stats;
-        add("kcache_admissions", s.admissions.load(Relaxed));
-        add("kcache_updates", s.updates.load(Relaxed));
-        add("kcache_invalidations", s.invalidations.load(Relaxed));
-        add("kcache_flushes", s.flushes.load(Relaxed));
-        add("kcache_errors", s.errors.load(Relaxed));
     }
 }
-
-fn unix_now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Safety margin between the kernel deadline and the store's: the two clocks are read a few instructions
-/// apart, and the kernel must stop serving first.
-const DEADLINE_MARGIN_NS: u64 = 5_000_000;
-
-/// The monotonic instant at which Unix time reaches `exptime` (when the store starts calling the item
-/// expired), minus a margin. None if that is already past.
-fn deadline_ns(exptime: u64) -> Option<u64> {
-    let mono = monotonic_ns();
-    let left = exptime.checked_mul(1_000_000_000)?.checked_sub(unix_now_ns())?;
-    let left = left.checked_sub(DEADLINE_MARGIN_NS)?;
-    Some(mono + left)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadlines_fall_before_the_store_expiry() {
-        let now_s = unix_now_ns() / 1_000_000_000;
-        assert_eq!(deadline_ns(now_s), None, "already expired");
-        assert_eq!(deadline_ns(1), None);
-        let d = deadline_ns(now_s + 10).unwrap();
-        let mono = monotonic_ns();
-        // Between 9 and 10 seconds from now, never past the store's expiry.
-        assert!(d > mono + 8_900_000_000 && d <= mono + 10_000_000_000, "{}", d - mono);
-    }
-}
-
-#[cfg(test)]
-mod differential;
-#[cfg(test)]
-mod fuzz;

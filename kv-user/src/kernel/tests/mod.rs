@@ -3,6 +3,7 @@
 use super::*;
 use aya::programs::{TestRun as _, TestRunOptions};
 use kv_common::xdp_action::{XDP_PASS, XDP_TX};
+use kv_common::{CacheKey, Counter};
 
 const PORT: u16 = 11211;
 
@@ -511,7 +512,7 @@ fn flush_generation_and_allowlist() {
 #[test]
 fn keys_sharing_all_their_slots_displace_the_oldest() {
     let Some(mut path) = load() else { return };
-    let slots = crate::bpf::slots_for(1024);
+    let slots = crate::kernel::slots_for(1024);
     // A key's four candidate slots: its two pairs (ordered, so keys with the same set compare equal).
     let set = |k: &[u8]| {
         let (a, b) = kv_common::slot_pairs(CacheKey::new(k).unwrap().hash(), slots - 1);
@@ -579,3 +580,6 @@ fn every_admitted_key_is_found() {
     }
     assert!(lost.is_empty(), "{} cached keys missed by XDP, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
 }
+
+mod differential;
+mod fuzz;

@@ -9,11 +9,10 @@ use bytes::BytesMut;
 use clap::Parser as _;
 use kv_common::xdp_action::{XDP_PASS, XDP_TX};
 
-use super::KernelSync;
-use crate::bpf::tests::{packet, reply_text, run};
-use crate::bpf::{bpf_required, KernelOpts, KernelPath};
+use super::{packet, reply_text, run};
 use crate::config::Config;
 use crate::exec::{execute, Ctx};
+use crate::kernel::{bpf_required, KernelOpts, KernelPath, KernelSync};
 use crate::protocol::{parse, Limits, Parsed};
 use crate::record::NoJournal;
 use crate::stats::Stats;
@@ -86,10 +85,9 @@ fn xdp_replies_equal_user_space_replies() {
         };
     path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
     let cfg = Arc::new(Config::parse_from(["kv-server"]));
-    let store = Arc::new(Store::new(StoreOptions::from_config(&cfg), Arc::new(NoJournal)));
     // Admit on the first user-space hit, so the kernel holds much of the key pool.
     let sync = Arc::new(KernelSync::new(path.cache_handle().unwrap(), 1024, 1));
-    store.set_mirror(sync.clone());
+    let store = Arc::new(Store::new(StoreOptions::from(&*cfg), Arc::new(NoJournal)).observed_by(sync.clone()));
     let ctx = Ctx::new(store, Arc::new(Stats::new()), cfg);
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -173,9 +171,8 @@ fn keys_admitted_through_the_store_are_found_by_xdp() {
     };
     path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
     let cfg = Arc::new(Config::parse_from(["kv-server"]));
-    let store = Arc::new(Store::new(StoreOptions::from_config(&cfg), Arc::new(NoJournal)));
     let sync = Arc::new(KernelSync::new(path.cache_handle().unwrap(), 1024, 2));
-    store.set_mirror(sync.clone());
+    let store = Arc::new(Store::new(StoreOptions::from(&*cfg), Arc::new(NoJournal)).observed_by(sync.clone()));
     let ctx = Ctx::new(store, Arc::new(Stats::new()), cfg);
     let n = 300;
     for i in 0..n {

@@ -26,11 +26,10 @@ use clap::Parser as _;
 use kv_common::xdp_action::{XDP_PASS, XDP_TX};
 use kv_common::{CACHE_ENTRY_BUF, COUNTERS};
 
-use super::KernelSync;
-use crate::bpf::tests::{ip_checksum, load_with, packet, run, try_reply_text};
-use crate::bpf::KernelPath;
+use super::{ip_checksum, load_with, packet, run, try_reply_text};
 use crate::config::Config;
 use crate::exec::{execute, reject_too_large_noreply, Ctx};
+use crate::kernel::{KernelPath, KernelSync};
 use crate::protocol::{parse, Limits, Parsed};
 use crate::record::NoJournal;
 use crate::stats::Stats;
@@ -463,10 +462,10 @@ struct Report {
 /// cached key straight into the kernel cache, behind the store's back (the checker's own test).
 fn fuzz(path: &mut KernelPath, packets: u64, seed: u64, plant_every: Option<u64>) -> Report {
     let cfg = Arc::new(Config::parse_from(["kv-server"]));
-    let store = Arc::new(Store::new(StoreOptions::from_config(&cfg), Arc::new(NoJournal)));
     // Largest values the kernel can hold, admission on the first hit: as much as possible goes through XDP.
     let cache = path.cache_handle().unwrap();
-    store.set_mirror(Arc::new(KernelSync::new(cache.clone(), CACHE_ENTRY_BUF, 1)));
+    let sync = Arc::new(KernelSync::new(cache.clone(), CACHE_ENTRY_BUF, 1));
+    let store = Arc::new(Store::new(StoreOptions::from(&*cfg), Arc::new(NoJournal)).observed_by(sync));
     let ctx = Ctx::new(store, Arc::new(Stats::new()), cfg);
     let mut rng = Rng(seed);
     // Short keys (most requests), keys with bytes above 0x7f, long keys up to the 250-byte limit.
@@ -500,7 +499,7 @@ fn fuzz(path: &mut KernelPath, packets: u64, seed: u64, plant_every: Option<u64>
         if plant_every.is_some_and(|n| i % n == 0) {
             let k = f.keys[f.rng.below(f.keys.len() as u64) as usize].clone();
             if cache.contains(&k) {
-                cache.insert(&k, &crate::bpf::cache_entry(&k, 7, 7, b"planted", 0, cache.gen()).unwrap()).unwrap();
+                cache.insert(&k, &crate::kernel::cache_entry(&k, 7, 7, b"planted", 0, cache.gen()).unwrap()).unwrap();
             }
         }
         let clean = f.request();

@@ -1,0 +1,185 @@
+//! Loading and attaching the XDP program. The object is built by build.rs and embedded here.
+//!
+//! Dropping [`KernelPath`] detaches the program (aya owns the link) — the server keeps it alive for its
+//! whole life and drops it on shutdown, including SIGINT/SIGTERM; a killed process loses its link fd and
+//! the kernel detaches the program then.
+
+use std::os::fd::AsRawFd as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{lpm_trie::Key as LpmKey, LpmTrie},
+    programs::Xdp,
+    Ebpf, EbpfLoader,
+};
+use kv_common::Counter;
+
+use super::counters::KernelCounters;
+use super::slots::KernelCache;
+
+/// Where the XDP program runs: in the driver (native) or after the stack built an skb (generic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    Native,
+    Generic,
+}
+
+impl From<XdpMode> for aya::programs::XdpMode {
+    fn from(m: XdpMode) -> Self {
+        match m {
+            XdpMode::Native => aya::programs::XdpMode::Driver,
+            XdpMode::Generic => aya::programs::XdpMode::Skb,
+        }
+    }
+}
+
+/// The eBPF object file, as built for bpfel-unknown-none.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kv-ebpf"));
+
+/// Name of the XDP entry point in kv-ebpf.
+pub const XDP_PROGRAM: &str = "kv_xdp";
+
+/// What the program is specialised for at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelOpts {
+    /// UDP port whose requests the program answers.
+    pub port: u16,
+    /// Slots of the kernel cache (rounded up to a power of two).
+    pub cache_entries: u32,
+    /// Log every pass and its reason from the kernel (aya-log), for debugging (`-vv`).
+    pub log: bool,
+    /// The address the server listens on: datagrams to other addresses are left to the stack. None: any.
+    pub listen: Option<std::net::Ipv4Addr>,
+    /// Tests only: the program treats every reply it copies straight from a slot as torn, exercising
+    /// the path that restores the request and passes it.
+    pub test_tear: bool,
+}
+
+impl Default for KernelOpts {
+    fn default() -> Self {
+        Self { port: kv_common::DEFAULT_PORT, cache_entries: 16384, log: false, listen: None, test_tear: false }
+    }
+}
+
+/// A loaded (and possibly attached) XDP program with its maps.
+pub struct KernelPath {
+    ebpf: Ebpf,
+    pub iface: Option<String>,
+    /// Drains aya-log records while the program is loaded with logging on.
+    _logger: Option<LogDrain>,
+    /// The one writer of the kernel cache (its shadow must see every write).
+    cache: Arc<KernelCache>,
+}
+
+/// A thread that forwards the program's aya-log records to the `log` crate until dropped.
+struct LogDrain {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogDrain {
+    fn start(ebpf: &mut Ebpf, sink: &'static dyn log::Log) -> Result<Self> {
+        let mut logger = aya_log::EbpfLogger::init_with_logger(ebpf, sink).context("starting aya-log")?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("kv-bpf-log".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let mut pfd = libc::pollfd { fd: logger.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd; the timeout lets the thread notice `stop`.
+                unsafe { libc::poll(&mut pfd, 1, 200) };
+                logger.flush();
+            }
+        })?;
+        Ok(LogDrain { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for LogDrain {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl KernelPath {
+    /// Loads the program into the kernel without attaching it (enough for BPF_PROG_TEST_RUN).
+    pub fn load(opts: KernelOpts) -> Result<Self> {
+        Self::load_with_logger(opts, log::logger())
+    }
+
+    /// As [`load`](Self::load), sending kernel log records (with `opts.log`) to `sink`.
+    pub fn load_with_logger(opts: KernelOpts, sink: &'static dyn log::Log) -> Result<Self> {
+        let log = u8::from(opts.log);
+        let tear = u8::from(opts.test_tear);
+        // The packet's bytes read as a native integer, as the program compares them.
+        let listen = opts.listen.map_or(0, |a| u32::from_ne_bytes(a.octets()));
+        let slots = slots_for(opts.cache_entries);
+        let mask = slots - 1;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("KV_PORT", &opts.port, true)
+            .override_global("KV_LOG", &log, true)
+            .override_global("KV_SLOT_MASK", &mask, true)
+            .override_global("KV_TEST_TEAR", &tear, true)
+            .override_global("KV_LISTEN_IP", &listen, true)
+            .map_max_entries("CACHE", slots)
+            .map_max_entries("SEQS", slots)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object into the kernel")?;
+        let logger = if opts.log { Some(LogDrain::start(&mut ebpf, sink)?) } else { None };
+        program(&mut ebpf)?.load().context("verifying the XDP program")?;
+        let cache = Arc::new(KernelCache::open(&ebpf)?);
+        Ok(Self { ebpf, iface: None, _logger: logger, cache })
+    }
+
+    /// Loads and attaches to `iface`.
+    pub fn attach(iface: &str, mode: XdpMode, opts: KernelOpts) -> Result<Self> {
+        let mut path = Self::load(opts)?;
+        program(&mut path.ebpf)?
+            .attach(iface, mode.into())
+            .with_context(|| format!("attaching XDP to {iface} in {mode:?} mode"))?;
+        path.iface = Some(iface.to_string());
+        Ok(path)
+    }
+
+    /// The XDP program, for test runs.
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        program(&mut self.ebpf)
+    }
+
+    /// Sum over CPUs of one counter.
+    pub fn counter(&self, c: Counter) -> Result<u64> {
+        Ok(self.counters_handle()?.get(c))
+    }
+
+    /// Lets UDP from `addr/prefix` (IPv4) be answered.
+    pub fn allow(&mut self, addr: std::net::Ipv4Addr, prefix: u32) -> Result<()> {
+        let map = self.ebpf.map_mut("ALLOW").context("ALLOW map missing")?;
+        let mut trie: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(map)?;
+        trie.insert(&LpmKey::new(prefix, addr.octets()), 1, 0)?;
+        Ok(())
+    }
+
+    /// A shareable reader of the per-CPU counters.
+    pub fn counters_handle(&self) -> Result<KernelCounters> {
+        KernelCounters::open(&self.ebpf)
+    }
+
+    /// The handle that writes the kernel cache, from any thread (always the same one).
+    pub fn cache_handle(&self) -> Result<Arc<KernelCache>> {
+        Ok(self.cache.clone())
+    }
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    let prog = ebpf.program_mut(XDP_PROGRAM).context("XDP program missing from the object")?;
+    Ok(prog.try_into()?)
+}
+
+/// Cache slots for a requested capacity: a power of two, at least 64.
+pub fn slots_for(entries: u32) -> u32 {
+    entries.clamp(64, 1 << 24).next_power_of_two()
+}
