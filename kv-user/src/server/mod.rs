@@ -162,27 +162,17 @@ pub fn shutdown_signals() -> std::io::Result<impl std::future::Future<Output = (
 
 /// Builds the store, replays the log into it and wires the journal; returns what the front ends share.
 pub fn start(cfg: Arc<Config>) -> Result<Shared> {
-    use crate::record::Journal;
-    use std::sync::OnceLock;
-
-    /// The store needs its journal at construction, but the log can only be opened (and replayed into
-    /// the store) afterwards; replay itself is never journaled.
-    struct Deferred(OnceLock<Arc<Log>>);
-    impl Journal for Deferred {
-        fn record(&self, rec: &crate::record::Record<'_>) -> u64 {
-            self.0.get().map_or(0, |l| l.record(rec))
-        }
-    }
-
-    let journal = Arc::new(Deferred(OnceLock::new()));
-    let store = Arc::new(crate::store::Store::new(crate::store::StoreOptions::from_config(&cfg), journal.clone()));
-    let log = if cfg.no_persist {
-        log::info!("persistence disabled (--no-persist)");
-        None
-    } else {
+    // The store journals into the log from the start; replay (`store.apply`) is never journaled.
+    let ctx = || format!("opening the log in {}", cfg.data_dir.display());
+    let log = if cfg.no_persist { None } else { Some(Log::open(&(&*cfg).into()).with_context(ctx)?) };
+    let journal: Arc<dyn crate::record::Journal> = match &log {
+        Some(log) => log.clone(),
+        None => Arc::new(crate::record::NoJournal),
+    };
+    let store = Arc::new(crate::store::Store::new(crate::store::StoreOptions::from_config(&cfg), journal));
+    if let Some(log) = &log {
         let t = std::time::Instant::now();
-        let (log, rec) = crate::persist::open(&cfg.data_dir, cfg.fsync, &mut |r| store.apply(r))
-            .with_context(|| format!("opening the log in {}", cfg.data_dir.display()))?;
+        let rec = log.recover(&mut |r| store.apply(r)).with_context(ctx)?;
         log::info!(
             "recovered {} records ({} bytes) from {} in {:?}; {} items live",
             rec.records,
@@ -194,10 +184,10 @@ pub fn start(cfg: Arc<Config>) -> Result<Shared> {
         if let Some(reason) = &rec.dropped_reason {
             log::warn!("dropped {} bytes at the log tail: {reason}", rec.dropped_bytes);
         }
-        let _ = journal.0.set(log.clone());
         log.start_compactor(store.clone()).context("starting the log compactor")?;
-        Some(log)
-    };
+    } else {
+        log::info!("persistence disabled (--no-persist)");
+    }
     let stats = Arc::new(crate::stats::Stats::new());
     let ctx = Arc::new(Ctx::new(store, stats, cfg));
     Ok(Shared { ctx, log })
