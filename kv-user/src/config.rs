@@ -6,18 +6,32 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use clap::builder::PossibleValue;
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory as _, Parser, ValueEnum};
 
-/// When the append-only log is flushed to stable storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FsyncPolicy {
-    /// fsync before every reply to a write (group commit: concurrent writers share one fsync).
-    Always,
-    /// fsync in the background once a second.
-    Everysec,
-    /// Leave it to the OS.
-    No,
+pub use crate::persist::FsyncPolicy;
+
+/// `--fsync always|everysec|no`: when the append-only log is flushed to stable storage.
+impl ValueEnum for FsyncPolicy {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[FsyncPolicy::Always, FsyncPolicy::Everysec, FsyncPolicy::No]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            FsyncPolicy::Always => PossibleValue::new("always")
+                .help("fsync before every reply to a write (group commit: concurrent writers share one fsync)"),
+            FsyncPolicy::Everysec => PossibleValue::new("everysec").help("fsync in the background once a second"),
+            FsyncPolicy::No => PossibleValue::new("no").help("Leave it to the OS"),
+        })
+    }
+}
+
+impl From<&Config> for crate::persist::LogOptions {
+    fn from(c: &Config) -> Self {
+        crate::persist::LogOptions { dir: c.data_dir.clone(), fsync: c.fsync }
+    }
 }
 
 /// How log lines are written (to stderr).
@@ -375,6 +389,19 @@ mod tests {
         let c = Config::parse_from(["kv-server"]);
         assert_eq!((c.port, c.udp_port, c.memory_limit_mb, c.max_connections), (11211, 11211, 64, 1024));
         assert_eq!(c.item_size_max, 1 << 20);
+    }
+
+    #[test]
+    fn fsync_policy_names() {
+        for (name, want) in
+            [("always", FsyncPolicy::Always), ("everysec", FsyncPolicy::Everysec), ("no", FsyncPolicy::No)]
+        {
+            let c = Config::parse_from(["kv-server", "--fsync", name]);
+            assert_eq!(c.fsync, want);
+            assert!(c.to_toml().contains(&format!("\nfsync = \"{name}\"\n")), "{name}");
+            assert_eq!(crate::persist::LogOptions::from(&c).fsync, want);
+        }
+        assert!(Config::try_parse_from(["kv-server", "--fsync", "sometimes"]).is_err());
     }
 
     const DEPLOY_TOML: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kv-server.toml");

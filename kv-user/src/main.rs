@@ -7,8 +7,8 @@ use anyhow::{Context as _, Result};
 use kv_user::config::Config;
 use kv_user::exec::Ctx;
 use kv_user::kernel::{Kernel, KernelOptions};
-use kv_user::persist::Log;
-use kv_user::record::{Journal, NoJournal, Record};
+use kv_user::persist::{Log, LogOptions};
+use kv_user::record::{Journal, NoJournal};
 use kv_user::server::{self, Shared};
 use kv_user::stats::Stats;
 use kv_user::store::{Store, StoreOptions};
@@ -50,29 +50,22 @@ fn main() -> Result<()> {
 /// The store (observed by the kernel path when it is up), the log it journals to and replays from, and
 /// the command context over both.
 fn build(cfg: Arc<Config>, kernel: Option<&Kernel>) -> Result<Shared> {
-    /// The store needs its journal at construction, but the log can only be opened (and replayed into
-    /// the store) afterwards; replay itself is never journaled.
-    struct Deferred(std::sync::OnceLock<Arc<Log>>);
-    impl Journal for Deferred {
-        fn record(&self, rec: &Record<'_>) -> u64 {
-            self.0.get().map_or(0, |l| l.record(rec))
-        }
-    }
-
-    let journal: Arc<Deferred> = Arc::new(Deferred(std::sync::OnceLock::new()));
-    let mut store =
-        Store::new(StoreOptions::from(&*cfg), if cfg.no_persist { Arc::new(NoJournal) } else { journal.clone() });
+    // The store journals into the log from the start; replay (`store.apply`) is neither journaled nor
+    // observed, and the kernel cache starts empty.
+    let ctx = || format!("opening the log in {}", cfg.data_dir.display());
+    let log = if cfg.no_persist { None } else { Some(Log::open(&LogOptions::from(&*cfg)).with_context(ctx)?) };
+    let journal: Arc<dyn Journal> = match &log {
+        Some(log) => log.clone(),
+        None => Arc::new(NoJournal),
+    };
+    let mut store = Store::new(StoreOptions::from(&*cfg), journal);
     if let Some(k) = kernel {
         store = store.observed_by(k.sync.clone());
     }
     let store = Arc::new(store);
-    let log = if cfg.no_persist {
-        log::info!("persistence disabled (--no-persist)");
-        None
-    } else {
+    if let Some(log) = &log {
         let t = std::time::Instant::now();
-        let (log, rec) = kv_user::persist::open(&cfg.data_dir, cfg.fsync, &mut |r| store.apply(r))
-            .with_context(|| format!("opening the log in {}", cfg.data_dir.display()))?;
+        let rec = log.recover(&mut |r| store.apply(r)).with_context(ctx)?;
         log::info!(
             "recovered {} records ({} bytes) from {} in {:?}; {} items live",
             rec.records,
@@ -84,10 +77,10 @@ fn build(cfg: Arc<Config>, kernel: Option<&Kernel>) -> Result<Shared> {
         if let Some(reason) = &rec.dropped_reason {
             log::warn!("dropped {} bytes at the log tail: {reason}", rec.dropped_bytes);
         }
-        let _ = journal.0.set(log.clone());
         log.start_compactor(store.clone()).context("starting the log compactor")?;
-        Some(log)
-    };
+    } else {
+        log::info!("persistence disabled (--no-persist)");
+    }
     let mut ctx = Ctx::new(store, Arc::new(Stats::new()), cfg);
     if let Some(k) = kernel {
         ctx = ctx.with_extra_stats(k.stats.clone());
