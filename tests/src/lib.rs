@@ -169,17 +169,7 @@ impl Server {
 fn stats_pid(conn: &mut TcpStream) -> Option<u32> {
     conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     conn.write_all(b"stats\r\n").ok()?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.ends_with(b"END\r\n") {
-        let n = conn.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let text = String::from_utf8_lossy(&buf);
-    text.lines().find_map(|l| l.strip_prefix("STAT pid ")).and_then(|p| p.trim().parse().ok())
+    netns::read_stats(conn).ok()?.get("pid")?.parse().ok()
 }
 
 fn spawn(port: u16, dir: &Path, extra: &[String]) -> Child {
@@ -375,33 +365,19 @@ impl Client {
 pub fn udp_request(server: SocketAddr, req_id: u16, payload: &[u8]) -> Vec<u8> {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut pkt = Vec::with_capacity(8 + payload.len());
-    pkt.extend_from_slice(&req_id.to_be_bytes());
-    pkt.extend_from_slice(&[0, 0, 0, 1, 0, 0]);
-    pkt.extend_from_slice(payload);
-    sock.send_to(&pkt, server).unwrap();
+    sock.send_to(&netns::udp_frame(req_id, payload), server).unwrap();
     udp_collect(&sock, req_id)
 }
 
 /// Receives every datagram of one reply, checks the headers and reassembles it in sequence order.
 pub fn udp_collect(sock: &UdpSocket, req_id: u16) -> Vec<u8> {
-    let mut parts: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut parts = netns::UdpParts::default();
     let mut buf = [0u8; 2048];
     loop {
         let (n, _) = sock.recv_from(&mut buf).expect("UDP reply");
-        assert!((8..=1400).contains(&n), "datagram of {n} bytes");
-        let id = u16::from_be_bytes([buf[0], buf[1]]);
-        let seq = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-        let total = u16::from_be_bytes([buf[4], buf[5]]) as usize;
-        assert_eq!(id, req_id, "request id echoed");
-        assert_eq!(&buf[6..8], &[0, 0], "reserved bytes");
-        if parts.is_empty() {
-            parts.resize(total, None);
-        }
-        assert_eq!(parts.len(), total, "consistent datagram count");
-        parts[seq] = Some(buf[8..n].to_vec());
-        if parts.iter().all(Option::is_some) {
-            return parts.into_iter().flatten().flatten().collect();
+        assert_eq!(netns::UdpParts::request_id(&buf[..n]), req_id, "request id echoed");
+        if let Some(body) = parts.add(&buf[..n]) {
+            return body;
         }
     }
 }

@@ -1,14 +1,15 @@
 //! Network-namespace harness for the XDP end-to-end tests: a server namespace and a client namespace
 //! joined by a veth pair, `kv-server` running in the server namespace with native XDP on its veth, and
-//! sockets created inside the client namespace.
+//! sockets created inside the client namespace. The namespaces, the pair and entering a namespace come
+//! from kv-netns (re-exported here); this adds the XDP testbed on top.
 //!
 //! Facts this relies on (see /work/shared/TOOLCHAIN.md):
 //! - native XDP_TX replies on a veth reach the peer only if the *peer* veth has an XDP program too, so
 //!   the client's veth gets the project's own program, specialised for a port nobody uses (it passes
 //!   everything);
 //! - `setns(CLONE_NEWNET)` only moves the calling thread, and a socket stays in the namespace it was
-//!   created in: sockets are created on a short-lived thread that entered the client namespace and are
-//!   then used from any thread.
+//!   created in: sockets are created on a short-lived thread that entered the client namespace
+//!   ([`Netns::run`]) and are then used from any thread.
 //!
 //! Everything is cleaned up by Drop guards (also when a test panics): the server is killed first, then
 //! the client's XDP program detached, then both namespaces deleted (which deletes the veth pair).
@@ -16,156 +17,26 @@
 
 use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd as _;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{Array, Map, MapData, MapInfo, PerCpuArray};
 use kv_common::{CacheEntry, CacheKey, Counter};
-use kv_user::config::XdpMode;
+use kv_user::kernel::XdpMode;
 use kv_user::kernel::{KernelOpts, KernelPath};
 
 use crate::Client;
 
+/// Namespaces, veth pairs and running things inside a namespace: the workspace's one harness (kv-netns).
+pub use kv_netns::{in_netns, xdp_prog_id, Netns, VethPair};
 /// Whether tests that need BPF and namespaces must fail rather than skip (`KV_REQUIRE_BPF=1`).
 pub use kv_user::kernel::bpf_required;
 
 /// Port the server listens on inside its namespace (TCP and UDP): the namespace is private, so a fixed
 /// port cannot collide with anything.
 pub const PORT: u16 = 11211;
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A unique suffix per call within this process: `<pid>-<n>`.
-fn unique() -> (u32, u32) {
-    (std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
-}
-
-fn run_ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A network namespace, deleted on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    /// Creates `kvt-<tag>-<pid>-<n>` with `lo` up. Names stay within 15 bytes where possible (they are
-    /// only file names under /var/run/netns, so longer is fine too).
-    pub fn create(tag: &str) -> Result<Netns> {
-        let (pid, n) = unique();
-        let name = format!("kvt-{tag}-{pid}-{n}");
-        run_ip(&["netns", "add", &name])?;
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `ip -n <ns> <args>`; stdout on success.
-    pub fn ip(&self, args: &[&str]) -> Result<String> {
-        let mut full = vec!["-n", &self.name];
-        full.extend_from_slice(args);
-        run_ip(&full)
-    }
-
-    /// A command that runs `program` inside the namespace (`ip netns exec` execs it, so the child's pid
-    /// is the program's).
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
-    }
-
-    /// Runs `f` on a thread that entered this namespace and returns its result (panics propagate).
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        in_netns(&self.name, f)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
-    }
-}
-
-/// Runs `f` on a dedicated thread that first did `setns(CLONE_NEWNET)` into namespace `name`; sockets
-/// `f` creates live in that namespace (and stay there when handed back to other threads).
-pub fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/var/run/netns/{name}");
-    std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-            // SAFETY: plain syscall on a valid fd; affects only this thread.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns into {name}: {}", std::io::Error::last_os_error());
-            f()
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
-}
-
-/// A veth pair with one end in each namespace, addressed and up.
-pub struct VethPair {
-    /// Interface name in namespace a / b.
-    pub if_a: String,
-    pub if_b: String,
-    pub addr_a: Ipv4Addr,
-    pub addr_b: Ipv4Addr,
-    ns_a: String,
-}
-
-impl VethPair {
-    /// `addr_a`/`addr_b` in CIDR form ("10.77.N.1/24"). The interfaces are created directly inside the
-    /// namespaces (never in the host's), named `veth-s`/`veth-c` there.
-    pub fn new(ns_a: &Netns, ns_b: &Netns, addr_a: &str, addr_b: &str) -> Result<VethPair> {
-        let (if_a, if_b) = ("veth-s".to_string(), "veth-c".to_string());
-        run_ip(&[
-            "link", "add", &if_a, "netns", &ns_a.name, "type", "veth", "peer", "name", &if_b, "netns", &ns_b.name,
-        ])?;
-        let pair =
-            VethPair { addr_a: parse_cidr(addr_a)?, addr_b: parse_cidr(addr_b)?, if_a, if_b, ns_a: ns_a.name.clone() };
-        ns_a.ip(&["addr", "add", addr_a, "dev", &pair.if_a])?;
-        ns_b.ip(&["addr", "add", addr_b, "dev", &pair.if_b])?;
-        ns_a.ip(&["link", "set", &pair.if_a, "up"])?;
-        ns_b.ip(&["link", "set", &pair.if_b, "up"])?;
-        Ok(pair)
-    }
-}
-
-impl Drop for VethPair {
-    fn drop(&mut self) {
-        // Deleting either namespace deletes the pair too; this is for a pair whose namespaces outlive it.
-        let _ = Command::new("ip").args(["-n", &self.ns_a, "link", "del", &self.if_a]).stderr(Stdio::null()).status();
-    }
-}
-
-fn parse_cidr(s: &str) -> Result<Ipv4Addr> {
-    let ip = s.split('/').next().unwrap_or(s);
-    ip.parse().with_context(|| format!("bad address {s:?}"))
-}
-
-/// The XDP program id attached to `iface` in `ns`, from `ip -d link show` (`prog/xdp id N`).
-pub fn xdp_prog_id(ns: &Netns, iface: &str) -> Result<Option<u32>> {
-    let out = ns.ip(&["-d", "link", "show", iface])?;
-    let mut words = out.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "prog/xdp" && words.next() == Some("id") {
-            return Ok(words.next().and_then(|id| id.parse().ok()));
-        }
-    }
-    Ok(None)
-}
 
 /// Why a testbed could not be set up: the test fails under `KV_REQUIRE_BPF=1`, else it skips.
 #[track_caller]
@@ -203,7 +74,7 @@ impl XdpBed {
         }
         let server_ns = Netns::create(&format!("{tag}-s")).context("creating the server namespace")?;
         let client_ns = Netns::create(&format!("{tag}-c")).context("creating the client namespace")?;
-        let (pid, n) = unique();
+        let (pid, n) = kv_netns::unique();
         let subnet = (pid.wrapping_mul(31).wrapping_add(n)) % 250 + 1;
         let veth =
             VethPair::new(&server_ns, &client_ns, &format!("10.77.{subnet}.1/24"), &format!("10.77.{subnet}.2/24"))
@@ -383,7 +254,7 @@ fn open_map(id: u32) -> Result<Map> {
 }
 
 /// Reads a `stats` reply (up to `END\r\n`) into name → value.
-fn read_stats(s: &mut TcpStream) -> std::io::Result<HashMap<String, String>> {
+pub(crate) fn read_stats(s: &mut TcpStream) -> std::io::Result<HashMap<String, String>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.ends_with(b"END\r\n") {
@@ -429,7 +300,7 @@ pub fn try_udp_request(
 ) -> Option<UdpReply> {
     sock.send_to(&udp_frame(req_id, payload), to).expect("sending a UDP request");
     let deadline = Instant::now() + timeout;
-    let mut parts: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut parts = UdpParts::default();
     let mut buf = [0u8; 2048];
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
@@ -439,24 +310,45 @@ pub fn try_udp_request(
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return None,
             Err(e) => panic!("receiving a UDP reply: {e}"),
         };
-        assert!((8..=1400).contains(&n), "datagram of {n} bytes");
-        let id = u16::from_be_bytes([buf[0], buf[1]]);
-        if id != req_id {
+        if UdpParts::request_id(&buf[..n]) != req_id {
             continue;
         }
-        let seq = u16::from_be_bytes([buf[2], buf[3]]) as usize;
-        let total = u16::from_be_bytes([buf[4], buf[5]]) as usize;
-        assert_eq!(&buf[6..8], &[0, 0], "reserved bytes");
+        if let Some(body) = parts.add(&buf[..n]) {
+            return Some(UdpReply { body, datagrams: parts.datagrams() });
+        }
+    }
+}
+
+/// The datagrams of one UDP reply, reassembled in sequence order (memcached's framing: an 8-byte
+/// header of request id, sequence number, datagram count and 2 reserved bytes, then the payload).
+#[derive(Default)]
+pub struct UdpParts(Vec<Option<Vec<u8>>>);
+
+impl UdpParts {
+    /// The request id a reply datagram answers; panics if its size cannot be a reply frame's.
+    pub fn request_id(datagram: &[u8]) -> u16 {
+        let n = datagram.len();
+        assert!((8..=1400).contains(&n), "datagram of {n} bytes");
+        u16::from_be_bytes([datagram[0], datagram[1]])
+    }
+
+    /// Adds one datagram (panics on a malformed frame); the whole reply once every datagram arrived.
+    pub fn add(&mut self, datagram: &[u8]) -> Option<Vec<u8>> {
+        let seq = u16::from_be_bytes([datagram[2], datagram[3]]) as usize;
+        let total = u16::from_be_bytes([datagram[4], datagram[5]]) as usize;
+        assert_eq!(&datagram[6..8], &[0, 0], "reserved bytes");
         assert!(seq < total, "sequence {seq} of {total}");
-        if parts.is_empty() {
-            parts.resize(total, None);
+        if self.0.is_empty() {
+            self.0.resize(total, None);
         }
-        assert_eq!(parts.len(), total, "consistent datagram count");
-        parts[seq] = Some(buf[8..n].to_vec());
-        if parts.iter().all(Option::is_some) {
-            let datagrams = parts.len();
-            return Some(UdpReply { body: parts.into_iter().flatten().flatten().collect(), datagrams });
-        }
+        assert_eq!(self.0.len(), total, "consistent datagram count");
+        self.0[seq] = Some(datagram[8..].to_vec());
+        self.0.iter().all(Option::is_some).then(|| self.0.iter().flatten().flatten().copied().collect())
+    }
+
+    /// How many datagrams the reply has (0 before the first).
+    pub fn datagrams(&self) -> usize {
+        self.0.len()
     }
 }
 

@@ -2,12 +2,13 @@
 //! about them.
 
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use kv_netns::Netns;
 
 /// Set by the SIGINT handler; every wait loop checks it.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -33,9 +34,9 @@ pub fn nofile_hard() -> u64 {
 /// `ip netns exec <ns> sh -c 'ulimit -n <hard>; exec "$0" "$@"' <program> <args>`: the child's pid is
 /// the program's (every step execs). It gets its own process group (so a terminal's Ctrl-C reaches only
 /// the harness, which then stops it in order) and dies with the harness (PR_SET_PDEATHSIG).
-pub fn ns_command(ns: &str, program: &Path, args: &[String], log: &Path) -> Result<Command> {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns, "sh", "-c", &format!("ulimit -n {}; exec \"$0\" \"$@\"", nofile_hard())])
+pub fn ns_command(ns: &Netns, program: &Path, args: &[String], log: &Path) -> Result<Command> {
+    let mut cmd = ns.command("sh");
+    cmd.args(["-c", &format!("ulimit -n {}; exec \"$0\" \"$@\"", nofile_hard())])
         .arg(program)
         .args(args)
         .stdin(Stdio::null())
@@ -178,4 +179,20 @@ pub fn wait_sampling(child: &mut Proc, pid: Option<u32>, limit: Duration) -> Res
         bail!("{} failed ({status})", child.name);
     }
     Ok((samples, out))
+}
+
+/// `bin` found on PATH.
+pub fn which(bin: &Path) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{} not found on PATH", bin.display()))
+}
+
+/// The last 15 lines of a child's log, for error messages.
+pub fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
 }

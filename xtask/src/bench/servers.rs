@@ -1,0 +1,106 @@
+//! The servers under test: starting one in the server namespace (and waiting until it answers), and
+//! asking it over TCP from the client namespace (`version`, `stats`).
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::bed::{SERVER_IF, SERVER_IP, SUBNET};
+use super::procs::{check_interrupted, ns_command, tail, which, Proc};
+use super::workloads::{args, Server, THREADS};
+use super::{Ctx, PORT};
+
+impl Ctx {
+    pub(super) fn start_server(&self, server: Server, tag: &str, data_dir: Option<&Path>) -> Result<Proc> {
+        let (port, threads, conns) = (PORT.to_string(), THREADS.to_string(), self.conn_limit.to_string());
+        let ip = SERVER_IP.to_string();
+        let (bin, a): (PathBuf, Vec<String>) = match server {
+            Server::Memcached => (
+                PathBuf::from("memcached"),
+                args(&["-u", "root", "-l", &ip, "-p", &port, "-U", &port, "-t", &threads, "-m", "1024", "-c", &conns]),
+            ),
+            _ => {
+                let mut a = args(&["-l", &ip, "-p", &port, "-U", &port, "-t", &threads, "-m", "1024", "-c", &conns]);
+                a.extend(args(&["--udp-allow", SUBNET]));
+                match server {
+                    Server::KvNoBpf => a.extend(args(&["--no-bpf", "--no-persist"])),
+                    Server::KvXdp => a.extend(args(&["--iface", SERVER_IF, "--xdp-mode", "native", "--no-persist"])),
+                    _ => {
+                        let dir = data_dir.context("data dir")?.to_string_lossy().into_owned();
+                        if server == Server::KvNoBpfFsync {
+                            a.push("--no-bpf".into());
+                        } else {
+                            a.extend(args(&["--iface", SERVER_IF, "--xdp-mode", "native"]));
+                        }
+                        a.extend(args(&["--fsync", "everysec", "--data-dir", &dir]));
+                    }
+                }
+                (self.release.join("kv-server"), a)
+            }
+        };
+        let bin = if bin.is_absolute() { bin } else { which(&bin)? };
+        let log = self.logs.join(format!("{tag}.server.log"));
+        let child = ns_command(&self.bed.server_ns, &bin, &a, &log)?.spawn().context("starting the server")?;
+        let mut p = Proc { child, name: server.label().to_string() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            check_interrupted()?;
+            if !p.alive() {
+                bail!("{} exited at start; its output: {}\n{}", server.label(), log.display(), tail(&log));
+            }
+            if self.version_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not answer within 20 s; its output: {}\n{}", server.label(), log.display(), tail(&log));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if matches!(server, Server::KvXdp | Server::KvFsync) && self.bed.server_xdp_prog_id()?.is_none() {
+            bail!("{} runs but has no XDP program on {SERVER_IF}; its output:\n{}", server.label(), tail(&log));
+        }
+        Ok(p)
+    }
+
+    /// `version` over TCP from the client namespace.
+    fn version_ok(&self) -> bool {
+        self.tcp_request(b"version\r\n", b"\r\n").is_some_and(|r| r.starts_with("VERSION"))
+    }
+
+    fn tcp_request(&self, req: &[u8], end: &[u8]) -> Option<String> {
+        let addr = SocketAddr::V4(SocketAddrV4::new(SERVER_IP, PORT));
+        self.bed
+            .client_ns
+            .try_run(|| {
+                let mut c = TcpStream::connect_timeout(&addr, Duration::from_millis(300))?;
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                c.write_all(req)?;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                while !buf.ends_with(end) {
+                    let n = c.read(&mut chunk)?;
+                    if n == 0 {
+                        bail!("closed");
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                Ok(String::from_utf8_lossy(&buf).into_owned())
+            })
+            .ok()
+    }
+
+    /// The server's numeric `stats`.
+    pub(super) fn server_stats(&self) -> Option<std::collections::HashMap<String, u64>> {
+        let text = self.tcp_request(b"stats\r\n", b"END\r\n")?;
+        Some(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("STAT "))
+                .filter_map(|l| l.split_once(' '))
+                .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
+                .collect(),
+        )
+    }
+}

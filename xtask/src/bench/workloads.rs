@@ -1,0 +1,178 @@
+//! What the benchmark measures: the servers under test and the workloads (kv-load's settings per run,
+//! and which servers each applies to).
+
+/// kv-load's key count, value size and threads (both cores) for every run.
+pub const KEYS: u32 = 10_000;
+pub const VALUE_SIZE: u32 = 32;
+pub const THREADS: u32 = 2;
+/// kv-load's default key popularity (a few hot keys, a long tail).
+pub const ZIPF: f64 = 0.99;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Memcached,
+    KvNoBpf,
+    KvXdp,
+    /// kv-server with XDP and persistence on (`--fsync everysec`), for the SET workload.
+    KvFsync,
+    /// The same without XDP: on a veth, an attached XDP program makes the driver copy every TCP packet
+    /// into a page of its own, a cost a real NIC does not have and memcached's row does not pay.
+    KvNoBpfFsync,
+    Reflector,
+}
+
+impl Server {
+    pub fn label(self) -> &'static str {
+        match self {
+            Server::Memcached => "memcached",
+            Server::KvNoBpf => "kv-server(no-bpf)",
+            Server::KvXdp => "kv-server(xdp)",
+            Server::KvFsync => "kv-server(xdp,fsync)",
+            Server::KvNoBpfFsync => "kv-server(no-bpf,fsync)",
+            Server::Reflector => "reflector(xdp_tx)",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Udp,
+    Tcp,
+}
+
+/// One workload: kv-load flags beyond the common ones, and which servers it applies to.
+pub struct Workload {
+    pub name: &'static str,
+    pub proto: Proto,
+    /// kv-load threads (its --conns is per thread).
+    pub threads: u32,
+    pub args: Vec<String>,
+    /// Load the key set over TCP before the run (GET workloads).
+    pub preload: bool,
+    pub servers: Vec<Server>,
+    /// Why the servers left out are left out.
+    pub skip_note: &'static str,
+    /// Open loop at half of memcached's peak on `udp-get`.
+    pub open_half_mc: bool,
+    /// Idle connections held during the run (C10K).
+    pub idle: u32,
+    /// Also measure the XDP program's own run time (separate short run, BPF statistics on).
+    pub bpf_stats: bool,
+}
+
+impl Workload {
+    /// A closed-loop run of `THREADS` threads with `a` as extra kv-load flags, preloaded, nothing else.
+    pub fn new(name: &'static str, proto: Proto, a: &[&str], servers: &[Server]) -> Workload {
+        Workload {
+            name,
+            proto,
+            threads: THREADS,
+            args: args(a),
+            preload: true,
+            servers: servers.to_vec(),
+            skip_note: "",
+            open_half_mc: false,
+            idle: 0,
+            bpf_stats: false,
+        }
+    }
+}
+
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn plan(quick: bool) -> Vec<Workload> {
+    use Server::*;
+    let all = [Memcached, KvNoBpf, KvXdp, Reflector];
+    let real = [Memcached, KvNoBpf, KvXdp];
+    let no_reflector = "reflector: only echoes, meaningful for UDP GET only";
+    let w = Workload::new;
+    // kv-load's --conns is per thread: 2 threads x 4 UDP sockets x 64 requests in flight.
+    let udp = ["--conns", "4", "--depth", "64"];
+    let cat = |a: &[&'static str], b: &[&'static str]| -> Vec<&'static str> { a.iter().chain(b).copied().collect() };
+    let mut udp_get = w("udp-get", Proto::Udp, &cat(&udp, &["--get-ratio", "1"]), &all);
+    udp_get.bpf_stats = true;
+    let tcp_d1 =
+        Workload { skip_note: no_reflector, ..w("tcp-depth-1", Proto::Tcp, &["--conns", "2", "--depth", "1"], &real) };
+    if quick {
+        return vec![udp_get, tcp_d1];
+    }
+    let mut v = vec![udp_get];
+    for (name, extra) in [
+        ("udp-get90-set10", &["--get-ratio", "0.9"][..]),
+        ("udp-multiget-10", &["--get-ratio", "1", "--multiget", "10"][..]),
+    ] {
+        v.push(Workload { skip_note: no_reflector, ..w(name, Proto::Udp, &cat(&udp, extra), &real) });
+    }
+    v.push(tcp_d1);
+    // Connection counts are totals: threads x per-thread conns.
+    for (name, threads, a) in [
+        ("tcp-depth-16", 2, &["--conns", "2", "--depth", "16"][..]),
+        ("tcp-conns-1", 1, &["--conns", "1", "--depth", "1"][..]),
+        ("tcp-conns-50", 2, &["--conns", "25", "--depth", "1"][..]),
+        ("tcp-conns-1000", 2, &["--conns", "500", "--depth", "1"][..]),
+    ] {
+        v.push(Workload { skip_note: no_reflector, threads, ..w(name, Proto::Tcp, a, &real) });
+    }
+    v.push(Workload {
+        preload: false,
+        skip_note: "kv-server: measured with persistence on (no-bpf,fsync and xdp,fsync); reflector: no SETs",
+        ..w(
+            "tcp-set-100",
+            Proto::Tcp,
+            &["--conns", "2", "--depth", "1", "--get-ratio", "0"],
+            &[Memcached, KvNoBpfFsync, KvFsync],
+        )
+    });
+    v.push(Workload {
+        open_half_mc: true,
+        ..w("udp-get-open-half-mc", Proto::Udp, &cat(&udp, &["--get-ratio", "1", "--mode", "open"]), &all)
+    });
+    for idle in [10_000, 50_000] {
+        let name = if idle == 10_000 { "tcp-c10k-idle-10k" } else { "tcp-c10k-idle-50k" };
+        v.push(Workload {
+            idle,
+            skip_note: no_reflector,
+            ..w(name, Proto::Tcp, &["--conns", "25", "--depth", "1"], &real)
+        });
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan as (name, servers, threads, preload): what `--quick` and the full run measure.
+    fn shape(p: &[Workload]) -> Vec<(&str, usize, u32, bool)> {
+        p.iter().map(|w| (w.name, w.servers.len(), w.threads, w.preload)).collect()
+    }
+
+    #[test]
+    fn plans() {
+        assert_eq!(shape(&plan(true)), [("udp-get", 4, 2, true), ("tcp-depth-1", 3, 2, true)]);
+        let full = plan(false);
+        assert_eq!(
+            shape(&full),
+            [
+                ("udp-get", 4, 2, true),
+                ("udp-get90-set10", 3, 2, true),
+                ("udp-multiget-10", 3, 2, true),
+                ("tcp-depth-1", 3, 2, true),
+                ("tcp-depth-16", 3, 2, true),
+                ("tcp-conns-1", 3, 1, true),
+                ("tcp-conns-50", 3, 2, true),
+                ("tcp-conns-1000", 3, 2, true),
+                ("tcp-set-100", 3, 2, false),
+                ("udp-get-open-half-mc", 4, 2, true),
+                ("tcp-c10k-idle-10k", 3, 2, true),
+                ("tcp-c10k-idle-50k", 3, 2, true),
+            ]
+        );
+        let set = full.iter().find(|w| w.name == "tcp-set-100").unwrap();
+        assert_eq!(set.servers, [Server::Memcached, Server::KvNoBpfFsync, Server::KvFsync]);
+        assert_eq!(full.iter().filter(|w| w.bpf_stats).map(|w| w.name).collect::<Vec<_>>(), ["udp-get"]);
+        assert_eq!(full.iter().filter(|w| w.idle > 0).map(|w| w.idle).collect::<Vec<_>>(), [10_000, 50_000]);
+    }
+}
