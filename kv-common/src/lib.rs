@@ -140,53 +140,6 @@ pub struct CacheEntry {
     pub buf: [u8; CACHE_ENTRY_BUF],
 }
 
-/// Size of the scratch buffer the reply is assembled in: a power of two (indices are masked with
-/// `OUT_BUF - 1`, which the verifier can follow) and more than twice the largest frame, so that
-/// `offset + length` can never leave it even though the verifier tracks the two bounds separately.
-pub const OUT_BUF: usize = 4096;
-
-/// State of the XDP program's key scan, shared between the program and its `bpf_loop` callback.
-///
-/// It lives in the per-CPU scratch map rather than on the BPF stack on purpose: the verifier does not
-/// track the contents of map values, so every load from here is an unknown scalar and the state the
-/// callback leaves behind is the same after every iteration. Mutable state on the caller's stack (a key
-/// counter, an output offset) differs from one iteration to the next, and since kernel 6.8 the verifier
-/// re-verifies a `bpf_loop` callback until the caller's state stops changing (a new state must lie within
-/// an old one, whether or not it is marked precise): it never converged.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ScanState {
-    /// Offset in `Scratch::req` of the first key; byte `i` of the loop is at `base + i`.
-    pub base: u64,
-    /// Offset of the key being scanned.
-    pub key_start: u64,
-    /// Set once the last key ended exactly at `body_end`.
-    pub done: u64,
-    /// Offset of the `\r\n` that ends the request.
-    pub body_end: u64,
-    /// Next free byte of `Scratch::out`.
-    pub out: u64,
-    /// Keys appended so far.
-    pub keys: u64,
-    /// 1 for `gets` (reply with CAS), 0 for `get`.
-    pub cas: u64,
-    /// 0 while fine, else the `Counter` to pass with.
-    pub err: u64,
-}
-
-/// Per-CPU scratch space of the XDP program (the BPF stack is only 512 bytes).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Scratch {
-    pub scan: ScanState,
-    pub key: CacheKey,
-    pub req: [u8; XDP_REQ_MAX],
-    /// The request's Ethernet, IPv4, UDP and frame headers, to restore a request whose reply was torn.
-    pub orig: [u8; 64],
-    /// The whole reply frame: Ethernet, IPv4, UDP and frame headers, then the reply text.
-    pub out: [u8; OUT_BUF],
-}
-
 /// Slots of the `CONFIG` array map.
 pub const CONFIG_FLUSH_GEN: u32 = 0;
 pub const CONFIG_SLOTS: u32 = 1;

@@ -20,6 +20,10 @@ use crate::config::XdpMode as ModeArg;
 /// The eBPF object file, as built for bpfel-unknown-none.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kv-ebpf"));
 
+/// The benchmark reflector's own eBPF object (kv-ebpf's `kv-reflect` binary), as built for
+/// bpfel-unknown-none: it holds only `kv_reflect`, no maps of the cache.
+pub static REFLECT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kv-reflect"));
+
 /// Name of the XDP entry point in kv-ebpf.
 pub const XDP_PROGRAM: &str = "kv_xdp";
 
@@ -491,7 +495,7 @@ pub fn cache_entry(key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u6
     })
 }
 
-/// Name of the benchmark reflector program in kv-ebpf (see `cargo xtask bench`).
+/// Name of the benchmark reflector program in [`REFLECT_OBJECT`] (see `cargo xtask bench`).
 pub const REFLECT_PROGRAM: &str = "kv_reflect";
 
 /// The benchmark's bare XDP_TX reflector, attached to an interface until dropped. It sends every UDP
@@ -508,10 +512,8 @@ pub struct Reflector {
 pub fn attach_reflector(iface: &str, mode: ModeArg, port: u16) -> Result<Reflector> {
     let mut ebpf = EbpfLoader::new()
         .override_global("KV_REFLECT_PORT", &port, true)
-        // The object's other maps are created too; keep the unused cache tiny.
-        .map_max_entries("CACHE", 1)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object into the kernel")?;
+        .load(REFLECT_OBJECT)
+        .context("loading the reflector's eBPF object into the kernel")?;
     let prog: &mut Xdp =
         ebpf.program_mut(REFLECT_PROGRAM).context("reflector program missing from the object")?.try_into()?;
     prog.load().context("verifying the reflector")?;
