@@ -2,6 +2,15 @@
 //! Everything here is `no_std` and `#[repr(C)]` where it crosses the kernel boundary.
 #![no_std]
 
+mod counter;
+mod wire;
+
+pub use counter::{Counter, COUNTERS, COUNTER_SLOTS};
+pub use wire::{
+    item_size, Decimal, FrameHeader, ValueHeader, CAS_FIELD_LEN, END, ITEM_OVERHEAD, U32_MAX_DIGITS, U64_MAX_DIGITS,
+    VALUE_HEADER_MAX,
+};
+
 /// Default memcached port, TCP and UDP.
 pub const DEFAULT_PORT: u16 = 11211;
 /// Longest key memcached accepts.
@@ -18,9 +27,10 @@ pub const XDP_REQ_MAX: usize = 512;
 pub const XDP_MAX_KEYS: usize = 8;
 /// Room for the reply text (everything after the frame header) in one datagram.
 pub const XDP_REPLY_MAX: usize = UDP_MAX_PAYLOAD - UDP_FRAME_HEADER_LEN;
-/// Bytes of preformatted reply one cache entry can hold: `VALUE <key> <flags> <bytes> <cas>\r\n<data>\r\n`,
-/// leaving room for `END\r\n`.
-pub const CACHE_ENTRY_BUF: usize = XDP_REPLY_MAX - 5 - 3; // 1384, a multiple of 8
+/// Bytes of preformatted reply one cache entry can hold: `VALUE <key> <flags> <bytes>\r\n<data>\r\n`,
+/// leaving room for [`END`] in the datagram, rounded down to a multiple of 8 (1384).
+pub const CACHE_ENTRY_BUF: usize = (XDP_REPLY_MAX - END.len()) / 8 * 8;
+const _: () = assert!(CACHE_ENTRY_BUF == 1384);
 
 /// Bytes of key storage (≥ 250, a multiple of 8).
 pub const CACHE_KEY_BUF: usize = 256;
@@ -123,97 +133,11 @@ pub struct CacheEntry {
     pub cas_len: u16,
     pub total_len: u16,
     pub _pad: u16,
-    /// ` <cas>` for `gets`.
-    pub cas: [u8; 24],
+    /// ` <cas>` for `gets` (its first `cas_len` bytes).
+    pub cas: [u8; CAS_FIELD_LEN],
     /// The key this slot answers for (its length is `key.len`; 0 = empty slot).
     pub key: CacheKey,
     pub buf: [u8; CACHE_ENTRY_BUF],
-}
-
-/// Size of the scratch buffer the reply is assembled in: a power of two (indices are masked with
-/// `OUT_BUF - 1`, which the verifier can follow) and more than twice the largest frame, so that
-/// `offset + length` can never leave it even though the verifier tracks the two bounds separately.
-pub const OUT_BUF: usize = 4096;
-
-/// State of the XDP program's key scan, shared between the program and its `bpf_loop` callback.
-///
-/// It lives in the per-CPU scratch map rather than on the BPF stack on purpose: the verifier does not
-/// track the contents of map values, so every load from here is an unknown scalar and the state the
-/// callback leaves behind is the same after every iteration. Mutable state on the caller's stack (a key
-/// counter, an output offset) differs from one iteration to the next, and since kernel 6.8 the verifier
-/// re-verifies a `bpf_loop` callback until the caller's state stops changing (a new state must lie within
-/// an old one, whether or not it is marked precise): it never converged.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct ScanState {
-    /// Offset in `Scratch::req` of the first key; byte `i` of the loop is at `base + i`.
-    pub base: u64,
-    /// Offset of the key being scanned.
-    pub key_start: u64,
-    /// Set once the last key ended exactly at `body_end`.
-    pub done: u64,
-    /// Offset of the `\r\n` that ends the request.
-    pub body_end: u64,
-    /// Next free byte of `Scratch::out`.
-    pub out: u64,
-    /// Keys appended so far.
-    pub keys: u64,
-    /// 1 for `gets` (reply with CAS), 0 for `get`.
-    pub cas: u64,
-    /// 0 while fine, else the `Counter` to pass with.
-    pub err: u64,
-}
-
-/// Per-CPU scratch space of the XDP program (the BPF stack is only 512 bytes).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Scratch {
-    pub scan: ScanState,
-    pub key: CacheKey,
-    pub req: [u8; XDP_REQ_MAX],
-    /// The request's Ethernet, IPv4, UDP and frame headers, to restore a request whose reply was torn.
-    pub orig: [u8; 64],
-    /// The whole reply frame: Ethernet, IPv4, UDP and frame headers, then the reply text.
-    pub out: [u8; OUT_BUF],
-}
-
-/// Index of each per-CPU counter in the `COUNTERS` array map.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// Packets the XDP program looked at.
-    Seen = 0,
-    /// Requests answered from the kernel cache (XDP_TX).
-    Hits,
-    /// Keys answered from the kernel cache.
-    HitKeys,
-    /// Passed: not IPv4 (IPv6, ARP, ...).
-    PassNotIpv4,
-    /// Passed: IPv4 options or a fragment.
-    PassIpOptionsOrFragment,
-    /// Passed: not UDP.
-    PassNotUdp,
-    /// Passed: UDP to another port, or to an address other than the one the server listens on.
-    PassOtherPort,
-    /// Passed: lengths that do not add up, truncated, or a multi-datagram frame.
-    PassMalformed,
-    /// Passed: a command other than get/gets, or a syntax the XDP path does not handle exactly.
-    PassNotGet,
-    /// Passed: a key not in the kernel cache.
-    PassMiss,
-    /// Passed: a key whose kernel entry has expired.
-    PassExpired,
-    /// Passed: the reply would not fit one datagram, or the frame has no room to grow.
-    PassTooBig,
-    /// Passed: a key whose kernel entry predates the last flush_all.
-    PassFlushed,
-    /// Passed: the source address is not in the UDP allowlist (user space ignores it too).
-    PassNotAllowed,
-    /// Passed: the key's slot was being rewritten by user space while it was read.
-    PassBusy,
-    /// Passed: the slot was rewritten while its reply was copied into the packet; the request was
-    /// restored byte for byte first.
-    PassTorn,
 }
 
 /// Slots of the `CONFIG` array map.
@@ -222,29 +146,6 @@ pub const CONFIG_SLOTS: u32 = 1;
 
 /// Capacity of the `ALLOW` LPM trie (IPv4 source prefixes allowed to use UDP).
 pub const ALLOW_MAX: u32 = 64;
-
-/// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 16;
-
-/// All counters with their stat names, for `stats`.
-pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
-    (Counter::Seen, "xdp_packets"),
-    (Counter::Hits, "xdp_hits"),
-    (Counter::HitKeys, "xdp_hit_keys"),
-    (Counter::PassNotIpv4, "xdp_pass_not_ipv4"),
-    (Counter::PassIpOptionsOrFragment, "xdp_pass_ip_options_or_fragment"),
-    (Counter::PassNotUdp, "xdp_pass_not_udp"),
-    (Counter::PassOtherPort, "xdp_pass_other_port"),
-    (Counter::PassMalformed, "xdp_pass_malformed"),
-    (Counter::PassNotGet, "xdp_pass_not_get"),
-    (Counter::PassMiss, "xdp_pass_miss"),
-    (Counter::PassExpired, "xdp_pass_expired"),
-    (Counter::PassTooBig, "xdp_pass_too_big"),
-    (Counter::PassFlushed, "xdp_pass_flushed"),
-    (Counter::PassNotAllowed, "xdp_pass_not_allowed"),
-    (Counter::PassBusy, "xdp_pass_busy"),
-    (Counter::PassTorn, "xdp_pass_torn"),
-];
 
 /// XDP verdicts (linux/bpf.h `enum xdp_action`), for user-space code that inspects test runs.
 pub mod xdp_action {

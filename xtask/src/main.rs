@@ -109,6 +109,20 @@ fn test(root: &Path, no_lint: bool, no_bench: bool, long: bool, args: &[String])
         cargo(&["fmt", "--all", "--check"])?;
         // --all-features also lints the benchmark harness (xtask's `bench` feature).
         cargo(&["clippy", "--workspace", "--release", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
+        // The eBPF programs for their real target (on the host they are empty binaries): nightly with
+        // build-std, as kv-user's build script builds them (aya-build). A check links nothing, so it
+        // needs rust-src but not bpf-linker. `rustup run`, as `+nightly` does not reach a cargo run by path.
+        let ebpf_clippy = "run nightly cargo clippy -Z build-std=core --target bpfel-unknown-none --release \
+                           -p kv-ebpf --lib --bins -- -D warnings";
+        let status = Command::new("rustup")
+            .args(ebpf_clippy.split_whitespace())
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER")
+            .status()
+            .context("running clippy on kv-ebpf")?;
+        if !status.success() {
+            bail!("rustup {ebpf_clippy} failed");
+        }
     }
     // One profile (release) for everything: the eBPF object is built once, and the end-to-end tests
     // measure the binary users run.

@@ -7,9 +7,13 @@ use std::os::fd::OwnedFd;
 use anyhow::{Context as _, Result};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 
-use super::loader::{XdpMode, EBPF_OBJECT};
+use super::loader::XdpMode;
 
-/// Name of the benchmark reflector program in kv-ebpf (see `cargo xtask bench`).
+/// The benchmark reflector's own eBPF object (kv-ebpf's `kv-reflect` binary), as built for
+/// bpfel-unknown-none: it holds only `kv_reflect`, no maps of the cache.
+pub static REFLECT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kv-reflect"));
+
+/// Name of the benchmark reflector program in [`REFLECT_OBJECT`] (see `cargo xtask bench`).
 pub const REFLECT_PROGRAM: &str = "kv_reflect";
 
 /// The benchmark's bare XDP_TX reflector, attached to an interface until dropped. It sends every UDP
@@ -26,10 +30,8 @@ pub struct Reflector {
 pub fn attach_reflector(iface: &str, mode: XdpMode, port: u16) -> Result<Reflector> {
     let mut ebpf = EbpfLoader::new()
         .override_global("KV_REFLECT_PORT", &port, true)
-        // The object's other maps are created too; keep the unused cache tiny.
-        .map_max_entries("CACHE", 1)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object into the kernel")?;
+        .load(REFLECT_OBJECT)
+        .context("loading the reflector's eBPF object into the kernel")?;
     let prog: &mut Xdp =
         ebpf.program_mut(REFLECT_PROGRAM).context("reflector program missing from the object")?.try_into()?;
     prog.load().context("verifying the reflector")?;

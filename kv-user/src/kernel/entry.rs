@@ -1,29 +1,34 @@
 //! A kernel cache entry for an item: its reply preformatted byte for byte as user space sends it, and
 //! its expiry as a deadline on the clock the XDP program reads.
 
-use kv_common::{CacheEntry, CacheKey, CACHE_ENTRY_BUF};
+use kv_common::{CacheEntry, CacheKey, ValueHeader, CACHE_ENTRY_BUF, CAS_FIELD_LEN};
 
-/// Builds the kernel cache entry for an item from the same formatting code as user-space replies
-/// (`VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`), so the two are byte-identical.
-/// None if it does not fit an entry.
+/// Builds the kernel cache entry for an item with the formatter user-space replies use
+/// ([`ValueHeader`]: `VALUE <key> <flags> <bytes>[ <cas>]\r\n`, then `<data>\r\n`), so the two are
+/// byte-identical. The `get` form is stored whole; the ` <cas>` of the `gets` form is kept aside, to be
+/// inserted at `hdr_len`. None if it does not fit an entry.
 pub fn cache_entry(key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u64, gen: u64) -> Option<CacheEntry> {
-    let mut v = Vec::with_capacity(64 + key.len() + value.len());
-    let (hdr_len, cas_len) = crate::exec::value_line(&mut v, key, flags, Some(cas), value);
-    // The `get` form is the `gets` form without ` <cas>`: kept contiguous, the CAS aside.
-    let mut cas_part = [0u8; 24];
-    cas_part.get_mut(..cas_len)?.copy_from_slice(&v[hdr_len..hdr_len + cas_len]);
-    v.drain(hdr_len..hdr_len + cas_len);
-    if v.len() > CACHE_ENTRY_BUF {
+    let h = ValueHeader::new(key, flags, value.len(), Some(cas))?;
+    let (hdr_len, cas_field) = (h.hdr_len(), h.cas_field());
+    let line = &h.as_bytes()[hdr_len + cas_field.len()..];
+    let total = hdr_len + line.len() + value.len() + 2;
+    if total > CACHE_ENTRY_BUF {
         return None;
     }
     let mut buf = [0u8; CACHE_ENTRY_BUF];
-    buf[..v.len()].copy_from_slice(&v);
+    let mut at = 0;
+    for part in [&h.as_bytes()[..hdr_len], line, value, b"\r\n"] {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    let mut cas_part = [0u8; CAS_FIELD_LEN];
+    cas_part.get_mut(..cas_field.len())?.copy_from_slice(cas_field);
     Some(CacheEntry {
         expire_ns,
         gen,
         hdr_len: hdr_len as u16,
-        cas_len: cas_len as u16,
-        total_len: v.len() as u16,
+        cas_len: cas_field.len() as u16,
+        total_len: total as u16,
         _pad: 0,
         cas: cas_part,
         key: CacheKey::new(key)?,

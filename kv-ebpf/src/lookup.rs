@@ -1,0 +1,213 @@
+//! The seqlock read of a cache slot: the key's hash, the two slot pairs it may live in, and the checks
+//! (key, lengths, expiry, flush generation) made between reading the slot's sequence number and
+//! checking it again after the copy.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use core::mem::offset_of;
+use kv_common::{
+    hash_finish, hash_init, hash_step, slot_pairs, CacheEntry, CacheKey, Counter, CACHE_ENTRY_BUF, CACHE_KEY_BUF,
+    CAS_FIELD_LEN, CONFIG_FLUSH_GEN, MAX_KEY_LEN,
+};
+use kv_ebpf::{volatile_read, volatile_write};
+
+use crate::{
+    maps::{self, CACHE, CONFIG, SEQS},
+    scratch::{Scratch, REQ_MASK},
+};
+
+/// Words of a zero-padded key.
+const KEY_WORDS: usize = CACHE_KEY_BUF / 8;
+/// Mask that bounds a key length for the verifier (≥ MAX_KEY_LEN).
+const KEY_LEN_MASK: usize = 0xff;
+const _: () = assert!(MAX_KEY_LEN <= KEY_LEN_MASK && KEY_WORDS.is_power_of_two());
+
+/// A slot of the `CACHE` map, which user space may rewrite at any time: it is never borrowed, only
+/// read field by field with volatile loads, and what is read counts only once the slot's sequence
+/// number is found unchanged afterwards ([`Hit::unchanged`]).
+#[derive(Clone, Copy)]
+pub struct Slot(*const CacheEntry);
+
+/// A volatile load of one field of the slot's entry.
+macro_rules! field {
+    ($slot:expr, $($field:tt)+) => {
+        // SAFETY: the pointer came from a CACHE lookup ([`Slot::at`]): a valid, aligned, never freed
+        // array element. User space may be rewriting it; a volatile load of an integer field gives
+        // some integer, and every value is bounded or validated by the seqlock before use.
+        unsafe { core::ptr::read_volatile(&raw const (*$slot.0).$($field)+) }
+    };
+}
+
+impl Slot {
+    #[inline(always)]
+    fn at(idx: u32) -> Option<Slot> {
+        CACHE.get_ptr(idx).map(Slot)
+    }
+
+    #[inline(always)]
+    fn key_len(self) -> usize {
+        field!(self, key.len) as usize
+    }
+
+    /// Word `i` (masked into range) of the slot's zero-padded key.
+    #[inline(always)]
+    fn key_word(self, i: usize) -> u64 {
+        let words = self.0.wrapping_byte_add(offset_of!(CacheEntry, key) + offset_of!(CacheKey, data));
+        // SAFETY: the slot is valid (see `field!`) and its key data is KEY_WORDS 8-byte words at an
+        // 8-aligned offset (`CacheKey` is `align(8)`, `data` at offset 8); `i` is masked into range.
+        unsafe { core::ptr::read_volatile(words.cast::<u64>().add(i & (KEY_WORDS - 1))) }
+    }
+
+    /// The slot's reply text (`get` form), for the copying helpers (never to be borrowed).
+    #[inline(always)]
+    pub fn buf(self) -> *const u8 {
+        self.0.wrapping_byte_add(offset_of!(CacheEntry, buf)).cast()
+    }
+
+    /// The slot's ` <cas>` field, for the copying helpers (never to be borrowed).
+    #[inline(always)]
+    pub fn cas(self) -> *const u8 {
+        self.0.wrapping_byte_add(offset_of!(CacheEntry, cas)).cast()
+    }
+}
+
+/// A slot's sequence number, odd while user space rewrites the slot: a pointer from a `SEQS` lookup
+/// (only built that way, in this module).
+#[derive(Clone, Copy)]
+pub struct Seq(*const u64);
+
+impl Seq {
+    #[inline(always)]
+    fn read(self) -> u64 {
+        // SAFETY: a valid, aligned SEQS element (see `Seq`); user space updates it, so it is read
+        // with a volatile load, which gives some u64.
+        unsafe { core::ptr::read_volatile(self.0) }
+    }
+}
+
+/// A live slot for a key, checked (key, lengths, expiry, generation) under a sequence number read
+/// before; a copy made from it is only valid if the number is unchanged after the copy.
+pub struct Hit {
+    pub slot: Slot,
+    seq: Seq,
+    seq1: u64,
+    /// `get` reply length, and where a `gets` reply inserts the CAS (`cas_len` bytes).
+    pub total: usize,
+    pub hdr: usize,
+    pub cas_len: usize,
+}
+
+impl Hit {
+    /// Whether user space left the slot alone since it was checked: what was copied from it is one
+    /// consistent state.
+    #[inline(always)]
+    pub fn unchanged(&self) -> bool {
+        self.seq.read() == self.seq1
+    }
+}
+
+/// Finds the slot answering for one key (bytes `s.req[start..start+klen]`) and checks it is live. What
+/// it reads may be torn: only a copy made before the sequence number is found unchanged counts.
+#[inline(always)]
+pub fn find_entry(s: &mut Scratch, start: usize, klen: usize) -> Result<Hit, Counter> {
+    let start = start & REQ_MASK;
+    let klen = klen & KEY_LEN_MASK;
+    if klen == 0 || klen > MAX_KEY_LEN {
+        return Err(Counter::PassNotGet);
+    }
+    volatile_write(&mut s.key.len, klen as u32);
+    // The key as zero-padded little-endian words, hashed on the way (the same hash user space uses).
+    let words = klen.div_ceil(8);
+    let mut hash = hash_init(klen as u32);
+    for i in 0..KEY_WORDS {
+        if i >= words {
+            break;
+        }
+        let at = start + i * 8;
+        let mut w = u64::from_le_bytes([
+            s.req[at & REQ_MASK],
+            s.req[(at + 1) & REQ_MASK],
+            s.req[(at + 2) & REQ_MASK],
+            s.req[(at + 3) & REQ_MASK],
+            s.req[(at + 4) & REQ_MASK],
+            s.req[(at + 5) & REQ_MASK],
+            s.req[(at + 6) & REQ_MASK],
+            s.req[(at + 7) & REQ_MASK],
+        ]);
+        let tail = klen - i * 8;
+        if tail < 8 {
+            w &= (1u64 << (tail * 8)) - 1;
+        }
+        s.key.data_words()[i & (KEY_WORDS - 1)] = w;
+        hash = hash_step(hash, w);
+    }
+    // Re-read the length from memory: the loop's exit taught the verifier a different exact word count
+    // on each exit path; an unknown value lets those paths merge here instead of multiplying.
+    let klen = volatile_read(&s.key.len) as usize & KEY_LEN_MASK;
+    let words = klen.div_ceil(8);
+    // The key lives in one of the four slots of its two pairs, or nowhere. A cheap look at each slot's
+    // key length and first word picks the slot; the full check under the seqlock below decides.
+    let (a, b) = slot_pairs(hash_finish(hash), maps::slot_mask());
+    let first = s.key.data_words()[0];
+    let idx = match way(a, klen, first) {
+        Some(i) => i,
+        None => way(b, klen, first).ok_or(Counter::PassMiss)?,
+    };
+    let seq = Seq(SEQS.get_ptr(idx).ok_or(Counter::PassMiss)?);
+    let slot = Slot::at(idx).ok_or(Counter::PassMiss)?;
+    // Seqlock read: user space makes the sequence odd, rewrites the slot, makes it even again. What is
+    // read between two equal even numbers is one consistent state; anything read here may be torn
+    // until that final check, so every length is bounded before use.
+    let seq1 = seq.read();
+    if seq1 & 1 != 0 {
+        return Err(Counter::PassBusy);
+    }
+    let slot_klen = slot.key_len();
+    let hdr = field!(slot, hdr_len) as usize;
+    let cas_len = field!(slot, cas_len) as usize;
+    let total = field!(slot, total_len) as usize;
+    let expire_ns = field!(slot, expire_ns);
+    let gen = field!(slot, gen);
+    // The slot may hold another key with the same index, or none.
+    if slot_klen != klen {
+        return Err(Counter::PassMiss);
+    }
+    for i in 0..KEY_WORDS {
+        if i >= words {
+            break;
+        }
+        if slot.key_word(i) != s.key.data_words()[i & (KEY_WORDS - 1)] {
+            return Err(Counter::PassMiss);
+        }
+    }
+    if total > CACHE_ENTRY_BUF || hdr > total || cas_len > CAS_FIELD_LEN {
+        return Err(Counter::PassBusy);
+    }
+    // The clock only for items that can expire.
+    if expire_ns != 0 && now() >= expire_ns {
+        return Err(Counter::PassExpired);
+    }
+    if CONFIG.get(CONFIG_FLUSH_GEN).is_none_or(|g| *g != gen) {
+        return Err(Counter::PassFlushed);
+    }
+    Ok(Hit { slot, seq, seq1, hdr, cas_len, total })
+}
+
+/// The slot of the pair at `base` whose key has this length and first word, if any.
+#[inline(always)]
+fn way(base: u32, klen: usize, first: u64) -> Option<u32> {
+    for idx in [base, base | 1] {
+        let slot = Slot::at(idx)?;
+        let (len, word) = (slot.key_len(), slot.key_word(0));
+        if len == klen && word == first {
+            return Some(idx);
+        }
+    }
+    None
+}
+
+/// The kernel's monotonic clock, which user space converts item expiry times to.
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    unsafe { bpf_ktime_get_ns() }
+}

@@ -1,0 +1,147 @@
+//! Bounds-checked access to the frame of an XDP program: the typed pointer helpers [`ptr_at`] and
+//! [`ptr_at_mut`] (the verifier only accepts packet access it has seen checked against `data_end`),
+//! safe loads and stores of [`Plain`] values built on them, and safe wrappers of the XDP packet
+//! helpers.
+//!
+//! Frame memory is only ever reached through raw pointers from `ptr_at`, never borrowed: after
+//! [`adjust_head`] or [`adjust_tail`] every packet pointer is stale, and must be derived again with
+//! `ptr_at` (the verifier refuses the old ones).
+
+use aya_ebpf::{helpers::generated as h, programs::XdpContext};
+use core::ffi::c_void;
+
+/// A packet access that would end past `data_end`.
+#[derive(Clone, Copy, Debug)]
+pub struct OutOfBounds;
+
+/// An XDP helper returned this negative errno.
+#[derive(Clone, Copy, Debug)]
+pub struct HelperError(pub i64);
+
+/// What the copying wrappers return for a length larger than their buffer (the helpers' own answer).
+const EINVAL: HelperError = HelperError(-22);
+
+/// Types that can be read from and written to packet memory as they are.
+///
+/// # Safety
+/// The type has alignment 1 (packet data has no alignment guarantee), no padding, and every bit
+/// pattern is a valid value.
+pub unsafe trait Plain: Copy {}
+
+// SAFETY: a byte array has alignment 1, no padding, and any contents are valid.
+unsafe impl<const N: usize> Plain for [u8; N] {}
+
+/// The bytes of a [`Plain`] value, as they are on the wire.
+#[inline(always)]
+pub fn as_bytes<T: Plain>(v: &T) -> &[u8] {
+    // SAFETY: `T: Plain` has no padding, so all `size_of::<T>()` bytes of `*v` are initialised, and they
+    // stay borrowed (immutably) for the slice's lifetime; `u8` has alignment 1.
+    unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// Pointer to a `T` at `offset` of the frame, if the frame holds all `size_of::<T>()` bytes of it.
+#[inline(always)]
+pub fn ptr_at<T: Plain>(ctx: &XdpContext, offset: usize) -> Result<*const T, OutOfBounds> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return Err(OutOfBounds);
+    }
+    Ok((start + offset) as *const T)
+}
+
+/// Like [`ptr_at`], for writing.
+#[inline(always)]
+pub fn ptr_at_mut<T: Plain>(ctx: &XdpContext, offset: usize) -> Result<*mut T, OutOfBounds> {
+    Ok(ptr_at::<T>(ctx, offset)?.cast_mut())
+}
+
+/// The `T` at `offset` of the frame.
+#[inline(always)]
+pub fn load<T: Plain>(ctx: &XdpContext, offset: usize) -> Result<T, OutOfBounds> {
+    let p = ptr_at::<T>(ctx, offset)?;
+    // SAFETY: `ptr_at` checked that the `size_of::<T>()` bytes at `p` lie within the frame, which this
+    // program run owns; `T: Plain` has alignment 1 and accepts any bytes.
+    Ok(unsafe { p.read_unaligned() })
+}
+
+/// Copies `src` into the frame at `offset`.
+#[inline(always)]
+pub fn store<T: Plain>(ctx: &XdpContext, offset: usize, src: &T) -> Result<(), OutOfBounds> {
+    let p = ptr_at_mut::<T>(ctx, offset)?;
+    // SAFETY: `ptr_at_mut` checked that the bytes at `p` lie within the frame, which this program run
+    // owns; `src` is a Rust object (stack or map value), so it cannot overlap the frame.
+    unsafe { core::ptr::copy_nonoverlapping(src as *const T, p, 1) };
+    Ok(())
+}
+
+/// Whole frame length, fragments included (`data_end - data` may not be used in arithmetic: the
+/// verifier refuses pointer arithmetic on `data_end`).
+#[inline(always)]
+pub fn buff_len(ctx: &XdpContext) -> u64 {
+    // SAFETY: `ctx.ctx` is the context the kernel passed to this program run.
+    unsafe { h::bpf_xdp_get_buff_len(ctx.ctx) }
+}
+
+#[inline(always)]
+fn check(ret: i64) -> Result<(), HelperError> {
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(HelperError(ret))
+    }
+}
+
+/// Moves the frame's start by `delta` bytes (negative: grows it at the head). Stales packet pointers.
+#[inline(always)]
+pub fn adjust_head(ctx: &XdpContext, delta: i32) -> Result<(), HelperError> {
+    // SAFETY: `ctx.ctx` is this run's context; no reference into the frame is held across the call
+    // (packet access goes through raw pointers re-derived with `ptr_at`).
+    check(unsafe { h::bpf_xdp_adjust_head(ctx.ctx, delta) })
+}
+
+/// Moves the frame's end by `delta` bytes (positive: grows it). Stales packet pointers.
+#[inline(always)]
+pub fn adjust_tail(ctx: &XdpContext, delta: i32) -> Result<(), HelperError> {
+    // SAFETY: as for `adjust_head`.
+    check(unsafe { h::bpf_xdp_adjust_tail(ctx.ctx, delta) })
+}
+
+/// Copies `len` frame bytes from `offset` into `dst` (`bpf_xdp_load_bytes`, which also reaches frags).
+#[inline(always)]
+pub fn load_bytes(ctx: &XdpContext, offset: u32, dst: &mut [u8], len: u32) -> Result<(), HelperError> {
+    if len as usize > dst.len() {
+        return Err(EINVAL);
+    }
+    // SAFETY: the helper writes `len` bytes at `dst`, which holds at least that many (checked above);
+    // it bounds the frame side itself.
+    check(unsafe { h::bpf_xdp_load_bytes(ctx.ctx, offset, dst.as_mut_ptr() as *mut c_void, len) })
+}
+
+/// Copies `len` bytes of `src` into the frame at `offset` (`bpf_xdp_store_bytes`).
+#[inline(always)]
+pub fn store_bytes(ctx: &XdpContext, offset: u32, src: &[u8], len: u32) -> Result<(), HelperError> {
+    if len as usize > src.len() {
+        return Err(EINVAL);
+    }
+    // SAFETY: the helper only reads `len` bytes at `src` (its argument is `*mut` by the C prototype
+    // alone), and `src` holds that many (checked above); it bounds the frame side itself.
+    unsafe { store_raw(ctx, offset, src.as_ptr(), len) }
+}
+
+/// [`store_bytes`] from a raw pointer: for memory that user space may rewrite meanwhile (a cache slot),
+/// which must not be borrowed as a Rust reference.
+///
+/// # Safety
+/// `src` must point to `len` readable bytes of map or stack memory.
+#[inline(always)]
+pub unsafe fn store_raw(ctx: &XdpContext, offset: u32, src: *const u8, len: u32) -> Result<(), HelperError> {
+    // SAFETY: the caller vouches for `src`; the helper only reads it and bounds the frame side itself.
+    check(unsafe { h::bpf_xdp_store_bytes(ctx.ctx, offset, src as *mut c_void, len) })
+}
+
+/// A frame too short for what its headers announce is a malformed request.
+impl From<OutOfBounds> for kv_common::Counter {
+    fn from(_: OutOfBounds) -> Self {
+        kv_common::Counter::PassMalformed
+    }
+}

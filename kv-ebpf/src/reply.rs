@@ -1,0 +1,221 @@
+//! Turning the request into the reply: the reply text assembled in `Scratch::out` (or copied straight
+//! from a slot for a 1-key `get`), the frame resized, the headers rewritten (addresses and ports
+//! swapped, lengths and IPv4 checksum) and `END` appended; and the way back to the request, byte for
+//! byte, when a slot copied straight into the packet turns out torn.
+
+use aya_ebpf::{bindings::xdp_action, helpers::generated as h, programs::XdpContext};
+use core::ffi::c_void;
+use kv_common::{Counter, FrameHeader, CACHE_ENTRY_BUF, END, XDP_REPLY_MAX, XDP_REQ_MAX};
+use kv_ebpf::{
+    headers::{
+        EthHdr, Ipv4Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, IPPROTO_UDP, IPV4_NO_OPTIONS, IP_HLEN, TEXT_OFF, UDP_PAYLOAD_OFF,
+    },
+    packet::{adjust_head, adjust_tail, as_bytes, buff_len, load, store, store_bytes, store_raw},
+    volatile_read,
+};
+
+use crate::{
+    lookup::{find_entry, Hit},
+    maps::{self, count},
+    request::Req,
+    scratch::{Scratch, OUT_BUF, OUT_HALF_MASK, OUT_MASK},
+};
+
+/// [`END`] as an array, for a bounds-checked store of its exact length.
+const END_BYTES: [u8; END.len()] = match END.first_chunk() {
+    Some(end) => *end,
+    None => unreachable!(),
+};
+/// Mask that bounds an offset into a slot's reply text for the verifier (≥ CACHE_ENTRY_BUF).
+const ENTRY_MASK: usize = CACHE_ENTRY_BUF.next_power_of_two() - 1;
+/// IPv4 flags of the reply: don't fragment.
+const IPV4_DF: [u8; 2] = [0x40, 0];
+/// TTL of the reply.
+const REPLY_TTL: u8 = 64;
+
+/// How the reply is sent.
+pub enum Reply {
+    /// Copy the slot's reply straight into the packet (no copy through scratch).
+    Direct(Hit),
+    /// The reply text was assembled in `scratch.out` after room for the headers.
+    Scratch { len: usize, keys: u64 },
+}
+
+/// Looks up one key (bytes `s.req[start..start+klen]`) and appends its reply to `s.out` at `out`;
+/// returns the new end of the reply text.
+#[inline(always)]
+pub fn append_entry(s: &mut Scratch, start: usize, klen: usize, cas: bool, out: usize) -> Result<usize, Counter> {
+    let hit = find_entry(s, start, klen)?;
+    let buf = hit.slot.buf();
+    let (hdr, total) = (hit.hdr, hit.total);
+    let out = if cas {
+        let out = copy(s, out, buf, hdr)?;
+        let out = copy(s, out, hit.slot.cas(), hit.cas_len)?;
+        copy(s, out, buf.wrapping_add(hdr & ENTRY_MASK), total - hdr)?
+    } else {
+        copy(s, out, buf, total)?
+    };
+    if !hit.unchanged() {
+        return Err(Counter::PassBusy);
+    }
+    Ok(out)
+}
+
+/// Appends `len` bytes from kernel memory `src` (a cache slot) to `s.out` at `out`.
+#[inline(always)]
+fn copy(s: &mut Scratch, out: usize, src: *const u8, len: usize) -> Result<usize, Counter> {
+    // Leave room for END\r\n; the frame must fit one datagram.
+    if out + len + END.len() > TEXT_OFF + XDP_REPLY_MAX {
+        return Err(Counter::PassTooBig);
+    }
+    // Volatile reads keep the masks: the compiler can prove them redundant from the check above, but
+    // the verifier tracks `out` and `len` separately and needs each bounded.
+    let off = volatile_read(&out) & OUT_HALF_MASK;
+    let n = volatile_read(&len) & OUT_HALF_MASK;
+    if n == 0 {
+        return Ok(out);
+    }
+    // SAFETY: the destination `s.out[off..off + n]` lies within `s.out` (both below OUT_BUF / 2); the
+    // helper reads `src` fault-tolerantly, and a torn copy is caught by the caller's seqlock check.
+    let r =
+        unsafe { h::bpf_probe_read_kernel(s.out.as_mut_ptr().add(off) as *mut c_void, n as u32, src as *const c_void) };
+    if r != 0 {
+        return Err(Counter::PassMalformed);
+    }
+    Ok(out + n)
+}
+
+/// Appends END to the reply text assembled in `s.out`, which ends at `out` and answers `keys` keys.
+#[inline(always)]
+pub fn finish(s: &mut Scratch, out: usize, keys: u64) -> Result<Reply, Counter> {
+    if out < TEXT_OFF || out + END.len() > TEXT_OFF + XDP_REPLY_MAX {
+        return Err(Counter::PassTooBig);
+    }
+    for (i, b) in END.iter().enumerate() {
+        s.out[(out + i) & OUT_MASK] = *b;
+    }
+    Ok(Reply::Scratch { len: out + END.len() - TEXT_OFF, keys })
+}
+
+/// Sends the reply assembled in `s.out` (`text_len` bytes of text answering `keys` keys): resize, headers,
+/// then the whole frame stored at once.
+#[inline(always)]
+pub fn serve_scratch(ctx: &XdpContext, req: &Req, s: &mut Scratch, text_len: usize, keys: u64) -> Result<u32, Counter> {
+    let frame_len = TEXT_OFF + text_len;
+    resize(ctx, frame_len)?;
+    write_headers(req, s, frame_len);
+    // In [1, OUT_BUF / 2] by construction, as the helper needs (a compared bound on a copy of the
+    // value would not reach the register the compiler passes).
+    let len = ((frame_len as u32).wrapping_sub(1) & (OUT_BUF as u32 / 2 - 1)) + 1;
+    if len as usize != frame_len || store_bytes(ctx, 0, &s.out, len).is_err() {
+        // The frame was already resized: nothing sane to hand to the stack.
+        return Ok(xdp_action::XDP_ABORTED);
+    }
+    count(Counter::Hits, 1);
+    count(Counter::HitKeys, keys);
+    Ok(xdp_action::XDP_TX)
+}
+
+/// Answers a 1-key `get` hit: resize, headers, then the slot's reply and `END` copied from the map
+/// into the packet. If user space rewrote the slot meanwhile (the sequence number moved), the reply
+/// may be torn: the request is put back byte for byte and passed, as if it had never been touched.
+pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch, hit: &Hit) -> Result<u32, Counter> {
+    let text = hit.total + END.len();
+    if text > XDP_REPLY_MAX {
+        return Err(Counter::PassTooBig);
+    }
+    // Save the headers before anything moves (the text is already in `s.req`). Plain loads and stores
+    // here and below: a helper call costs more than copying 50 bytes.
+    s.orig = load(ctx, 0)?;
+    let frame_len = TEXT_OFF + text;
+    let grown = resize(ctx, frame_len)?;
+    write_headers(req, s, frame_len);
+    // In [1, CACHE_ENTRY_BUF]: the verifier checks the copy against the slot's bounds. Two comparisons on
+    // the register passed to the helper (LLVM would fold a range check into one on a copy of it).
+    let total = volatile_read(&hit.total);
+    #[allow(clippy::manual_range_contains)]
+    let ok = total >= 1
+        && total <= CACHE_ENTRY_BUF
+        && s.out.first_chunk::<TEXT_OFF>().is_some_and(|hdrs| store(ctx, 0, hdrs).is_ok())
+        // SAFETY: `total` bytes of the slot's reply text: within its buffer (checked just above).
+        && unsafe { store_raw(ctx, TEXT_OFF as u32, hit.slot.buf(), total as u32) }.is_ok()
+        && store(ctx, TEXT_OFF + total, &END_BYTES).is_ok();
+    let torn = !hit.unchanged() || maps::test_tear();
+    if ok && !torn {
+        count(Counter::Hits, 1);
+        count(Counter::HitKeys, 1);
+        return Ok(xdp_action::XDP_TX);
+    }
+    // Undo: the original length, then the saved headers and request text.
+    let text_len = req.text_len;
+    let undone = match grown {
+        Grown::Head(d) => adjust_head(ctx, d),
+        Grown::Tail(d) => adjust_tail(ctx, -d),
+        Grown::No => Ok(()),
+    }
+    .is_ok();
+    let n = ((text_len as u32).wrapping_sub(1) & (XDP_REQ_MAX as u32 - 1)) + 1;
+    if undone
+        && n as usize == text_len
+        && store_bytes(ctx, 0, &s.orig, TEXT_OFF as u32).is_ok()
+        && store_bytes(ctx, TEXT_OFF as u32, &s.req, n).is_ok()
+    {
+        return Err(Counter::PassTorn);
+    }
+    Ok(xdp_action::XDP_ABORTED)
+}
+
+/// How `resize` changed the frame, to undo it.
+#[derive(Clone, Copy)]
+enum Grown {
+    No,
+    Head(i32),
+    Tail(i32),
+}
+
+/// Makes the frame exactly `frame_len` bytes: grow at the head where the driver has headroom (native
+/// veth has 256 bytes and no tailroom; generic mode guarantees the same headroom), else at the tail.
+fn resize(ctx: &XdpContext, frame_len: usize) -> Result<Grown, Counter> {
+    let cur = buff_len(ctx) as i64;
+    let delta = (frame_len as i64 - cur) as i32;
+    if delta == 0 {
+        return Ok(Grown::No);
+    }
+    if delta > 0 && adjust_head(ctx, -delta).is_ok() {
+        return Ok(Grown::Head(delta));
+    }
+    if adjust_tail(ctx, delta).is_ok() {
+        return Ok(Grown::Tail(delta));
+    }
+    Err(Counter::PassTooBig)
+}
+
+/// Writes Ethernet, IPv4, UDP and frame headers of the reply into `s.out[..TEXT_OFF]`: back to the
+/// sender, `frame_len` bytes in all.
+#[inline(always)]
+fn write_headers(r: &Req, s: &mut Scratch, frame_len: usize) {
+    let o = &mut s.out;
+    let eth = EthHdr { dst: r.eth_src, src: r.eth_dst, ether_type: ETH_P_IPV4 };
+    o[..ETH_HLEN].copy_from_slice(as_bytes(&eth));
+    let ip_len = (frame_len - ETH_HLEN) as u16;
+    let mut ip = Ipv4Hdr {
+        ver_ihl: IPV4_NO_OPTIONS,
+        tos: 0,
+        tot_len: ip_len.to_be_bytes(),
+        id: [0, 0],
+        frag_off: IPV4_DF,
+        ttl: REPLY_TTL,
+        proto: IPPROTO_UDP,
+        check: [0, 0],
+        src: r.ip_dst,
+        dst: r.ip_src,
+    };
+    ip.check = (!ip.csum_fold()).to_be_bytes();
+    o[ETH_HLEN..ETH_HLEN + IP_HLEN].copy_from_slice(as_bytes(&ip));
+    let udp_len = ip_len - IP_HLEN as u16;
+    // UDP checksum 0 ("none", legal over IPv4): veth's offload would otherwise leave it partial.
+    let udp = UdpHdr { src_port: r.dport, dst_port: r.sport, len: udp_len.to_be_bytes(), check: [0, 0] };
+    o[ETH_HLEN + IP_HLEN..UDP_PAYLOAD_OFF].copy_from_slice(as_bytes(&udp));
+    let frame = FrameHeader { request_id: r.req_id, seq: 0, total: 1, reserved: 0 };
+    o[UDP_PAYLOAD_OFF..TEXT_OFF].copy_from_slice(&frame.to_bytes());
+}

@@ -1,0 +1,254 @@
+//! The request: its headers, checked as the network stack and the server's socket would check them,
+//! and its `get`/`gets` line, whose keys are looked up and appended to the reply as they are scanned.
+
+use aya_ebpf::{helpers::generated as h, maps::lpm_trie::Key as LpmKey, programs::XdpContext};
+use core::ffi::c_void;
+use kv_common::{Counter, FrameHeader, MAX_KEY_LEN, UDP_FRAME_HEADER_LEN, XDP_MAX_KEYS};
+use kv_ebpf::{
+    headers::{
+        EthHdr, Ipv4Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, IPPROTO_UDP, IPV4_FRAGMENT_MASK, IPV4_NO_OPTIONS, IP_HLEN,
+        TEXT_OFF, UDP_HLEN, UDP_PAYLOAD_OFF,
+    },
+    packet::load,
+    volatile_read, volatile_write,
+};
+
+use crate::{
+    lookup::find_entry,
+    maps::{self, ALLOW},
+    reply::{append_entry, finish, Reply},
+    scratch::{ScanState, Scratch, REQ_MASK},
+};
+
+/// Shortest request the program looks at: `get k\r\n`.
+pub const MIN_REQ_LEN: usize = b"get k\r\n".len();
+
+/// Header fields of the request that the reply needs, saved before the frame is resized.
+pub struct Req {
+    pub eth_dst: [u8; 6],
+    pub eth_src: [u8; 6],
+    pub ip_src: [u8; 4],
+    pub ip_dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub req_id: u16,
+    /// Bytes of memcached text after the frame header.
+    pub text_len: usize,
+}
+
+/// Checks the Ethernet, IPv4, UDP and frame headers of a datagram for the server and returns what the
+/// reply needs of them; the error is the reason to pass the frame.
+pub fn parse_headers(ctx: &XdpContext) -> Result<Req, Counter> {
+    let eth = load::<EthHdr>(ctx, 0)?;
+    if eth.ether_type != ETH_P_IPV4 {
+        return Err(Counter::PassNotIpv4);
+    }
+    let ip = load::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    if ip.ver_ihl >> 4 != 4 {
+        return Err(Counter::PassMalformed);
+    }
+    if ip.ver_ihl != IPV4_NO_OPTIONS || u16::from_be_bytes(ip.frag_off) & IPV4_FRAGMENT_MASK != 0 {
+        return Err(Counter::PassIpOptionsOrFragment);
+    }
+    if ip.proto != IPPROTO_UDP {
+        return Err(Counter::PassNotUdp);
+    }
+    // The stack drops a header with a bad checksum; so must we, by leaving it to the stack.
+    if ip.csum_fold() != 0xffff {
+        return Err(Counter::PassMalformed);
+    }
+    // Only datagrams to the address the server listens on (0: any), as its socket would receive.
+    let listen = maps::listen_ip();
+    if listen != 0 && u32::from_ne_bytes(ip.dst) != listen {
+        return Err(Counter::PassOtherPort);
+    }
+    let udp = load::<UdpHdr>(ctx, ETH_HLEN + IP_HLEN)?;
+    if u16::from_be_bytes(udp.dst_port) != maps::port() {
+        return Err(Counter::PassOtherPort);
+    }
+    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
+    let udp_len = u16::from_be_bytes(udp.len) as usize;
+    let pkt_len = ctx.data_end() - ctx.data();
+    if udp_len < UDP_HLEN + UDP_FRAME_HEADER_LEN || ip_len != IP_HLEN + udp_len || ETH_HLEN + ip_len > pkt_len {
+        return Err(Counter::PassMalformed);
+    }
+    let frame = FrameHeader::from_bytes(load(ctx, UDP_PAYLOAD_OFF)?);
+    // Sequence 0 of 1: anything else is a multi-datagram request, which user space refuses.
+    if frame.seq != 0 || frame.total != 1 {
+        return Err(Counter::PassMalformed);
+    }
+    let r = Req {
+        eth_dst: eth.dst,
+        eth_src: eth.src,
+        ip_src: ip.src,
+        ip_dst: ip.dst,
+        sport: udp.src_port,
+        dport: udp.dst_port,
+        req_id: frame.request_id,
+        text_len: udp_len - UDP_HLEN - UDP_FRAME_HEADER_LEN,
+    };
+    if ALLOW.get(LpmKey::new(32, r.ip_src)).is_none() {
+        return Err(Counter::PassNotAllowed);
+    }
+    Ok(r)
+}
+
+/// Parses `get|gets <key>( <key>)*\r\n` from `s.req` (`text_len` bytes) and assembles the reply text in
+/// `s.out` after room for the headers, or, for a 1-key `get` in a frame that is `exact` (nothing after
+/// the datagram), returns the hit to copy straight into the packet. Any key that is not a live hit, or
+/// any syntax the user-space parser might treat differently, makes the whole request pass.
+///
+/// The byte scan runs in a `bpf_loop` callback (verified once, whatever the key count and lengths: an
+/// open-coded loop over bytes and keys explodes the verifier's path count). All its mutable state is
+/// in `s.scan`, in the scratch map, not on the stack: see [`ScanState`] for why.
+pub fn parse_get(s: &mut Scratch, text_len: usize, exact: bool) -> Result<Reply, Counter> {
+    let r = &s.req;
+    let (pos, cas) = if r[0] == b'g' && r[1] == b'e' && r[2] == b't' && r[3] == b' ' {
+        (4u64, 0u64)
+    } else if r[0] == b'g' && r[1] == b'e' && r[2] == b't' && r[3] == b's' && r[4] == b' ' {
+        (5u64, 1u64)
+    } else {
+        return Err(Counter::PassNotGet);
+    };
+    // Exactly one command, ending the datagram with \r\n.
+    if r[(text_len - 2) & REQ_MASK] != b'\r' || r[(text_len - 1) & REQ_MASK] != b'\n' {
+        return Err(Counter::PassNotGet);
+    }
+    // Fast path, the common request: one key, the rest of the line. A plain bounded loop checks it
+    // has no delimiter, and the key is looked up directly, without the general scan.
+    let body_end = text_len - 2;
+    let first = pos as usize;
+    if body_end > first && body_end - first <= MAX_KEY_LEN {
+        let mut single = true;
+        for i in 0..MAX_KEY_LEN {
+            let at = first + i;
+            if at >= body_end {
+                break;
+            }
+            if !is_key_byte(s.req[at & REQ_MASK]) {
+                single = false;
+                break;
+            }
+        }
+        if single {
+            // Through memory: leaving the loop told the verifier the exact key length on each of its
+            // exit paths, which would have it check the lookup once per possible length.
+            volatile_write(&mut s.scan.body_end, (body_end - first) as u64);
+            let klen = volatile_read(&s.scan.body_end) as usize;
+            if cas == 0 && exact {
+                return Ok(Reply::Direct(find_entry(s, first, klen)?));
+            }
+            let out = append_entry(s, first, klen, cas != 0, TEXT_OFF)?;
+            return finish(s, out, 1);
+        }
+    }
+    // Volatile: the callback writes `s.scan` through its own map pointer, behind this `&mut`'s back.
+    let init = ScanState {
+        base: pos,
+        key_start: pos,
+        done: 0,
+        body_end: (text_len - 2) as u64,
+        out: TEXT_OFF as u64,
+        keys: 0,
+        cas,
+        err: 0,
+    };
+    volatile_write(&mut s.scan, init);
+    scan_keys((text_len as u64 - pos) as u32);
+    // Re-read after the loop; to the verifier these are unknown scalars, so bound everything used.
+    let st = volatile_read(&s.scan);
+    if st.err != 0 {
+        return Err(counter_from(st.err));
+    }
+    // The callback stops at body_end after the last key; anything else means it did not finish.
+    if st.keys == 0 || st.keys > XDP_MAX_KEYS as u64 || st.done == 0 {
+        return Err(Counter::PassNotGet);
+    }
+    finish(s, st.out as usize, st.keys)
+}
+
+/// A byte that may be part of a key. Control characters (incl. \r, \n, \0), space and DEL are not:
+/// user space decides what they mean.
+#[inline(always)]
+fn is_key_byte(c: u8) -> bool {
+    !(c < 0x21 || c == 0x7f)
+}
+
+/// Runs [`scan_step`] over `steps` bytes of the key list (state in `Scratch::scan`).
+#[inline(always)]
+fn scan_keys(steps: u32) {
+    // SAFETY: `scan_step` has the callback type bpf_loop expects (`long (*)(u64 index, void *ctx)`) and
+    // ignores its context, so a null one is fine; the verifier checks the callback on its own.
+    unsafe { h::bpf_loop(steps, scan_step as *mut c_void, core::ptr::null_mut(), 0) };
+}
+
+/// The reason `scan_step` stored in `ScanState::err`.
+fn counter_from(v: u64) -> Counter {
+    match v {
+        x if x == Counter::PassMiss as u64 => Counter::PassMiss,
+        x if x == Counter::PassExpired as u64 => Counter::PassExpired,
+        x if x == Counter::PassTooBig as u64 => Counter::PassTooBig,
+        x if x == Counter::PassFlushed as u64 => Counter::PassFlushed,
+        x if x == Counter::PassBusy as u64 => Counter::PassBusy,
+        x if x == Counter::PassMalformed as u64 => Counter::PassMalformed,
+        _ => Counter::PassNotGet,
+    }
+}
+
+/// One byte of the key list: a space or the end of the line closes the current key.
+/// Returns 1 to stop the loop. Reads and writes only `s.scan` in the scratch map, whose contents the
+/// verifier does not track, so each field is bounded here before use.
+#[inline(never)]
+extern "C" fn scan_step(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = maps::scratch() else {
+        return 1;
+    };
+    match scan_byte(s, i) {
+        Ok(false) => 0,
+        Ok(true) => {
+            s.scan.done = 1;
+            1
+        }
+        Err(c) => {
+            s.scan.err = c as u64;
+            1
+        }
+    }
+}
+
+/// Ok(true) once the last key was appended, Ok(false) to go on.
+#[inline(always)]
+fn scan_byte(s: &mut Scratch, i: u64) -> Result<bool, Counter> {
+    let pos = (s.scan.base + i) & REQ_MASK as u64;
+    let at_end = pos >= s.scan.body_end;
+    let c = if at_end { b' ' } else { s.req[pos as usize & REQ_MASK] };
+    if c != b' ' {
+        if !is_key_byte(c) {
+            return Err(Counter::PassNotGet);
+        }
+        return Ok(false);
+    }
+    let key_start = s.scan.key_start & REQ_MASK as u64;
+    if key_start > pos {
+        return Err(Counter::PassNotGet);
+    }
+    let klen = pos - key_start;
+    // Empty key (double or trailing space), too long, or too many keys: user space answers.
+    let keys = s.scan.keys;
+    if klen == 0 || klen > MAX_KEY_LEN as u64 || keys >= XDP_MAX_KEYS as u64 {
+        return Err(Counter::PassNotGet);
+    }
+    let out = s.scan.out;
+    if !(TEXT_OFF as u64..=(TEXT_OFF + kv_common::XDP_REPLY_MAX) as u64).contains(&out) {
+        return Err(Counter::PassMalformed);
+    }
+    let cas = s.scan.cas != 0;
+    let out = append_entry(s, key_start as usize, klen as usize, cas, out as usize)?;
+    s.scan.out = out as u64;
+    s.scan.keys = keys + 1;
+    if at_end {
+        return Ok(true);
+    }
+    s.scan.key_start = pos + 1;
+    Ok(false)
+}
