@@ -2,7 +2,9 @@
 //! rest is the connection buffer. Checks what the pipeline relies on, beyond "no panic".
 #![no_main]
 
-use kv_user::protocol::{parse, Command, Limits, Parsed, KEY_MAX_LENGTH, MAX_LINE_NO_NEWLINE};
+use kv_user::protocol::{
+    parse, ArithCmd, Command, GatCmd, Limits, Parsed, StoreCmd, TouchCmd, KEY_MAX_LENGTH, MAX_LINE_NO_NEWLINE,
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Small limits reach the too-large and line-too-long paths with short inputs.
@@ -76,7 +78,7 @@ fn check_one(buf: &[u8], p: &Parsed<'_>) {
 
 fn check_command(buf: &[u8], cmd: &Command<'_>, consumed: usize) {
     match *cmd {
-        Command::Store { key, data, .. } => {
+        Command::Store(StoreCmd { key, data, .. }) => {
             assert!(key.len() <= KEY_MAX_LENGTH && !key.is_empty());
             // The data block sits right before the consumed end, followed by \r\n.
             assert_eq!(&buf[consumed - 2..consumed], b"\r\n");
@@ -87,14 +89,16 @@ fn check_command(buf: &[u8], cmd: &Command<'_>, consumed: usize) {
             assert_eq!(&buf[consumed - 2..consumed], b"\r\n");
             assert_eq!(&buf[consumed - 2 - data.len()..consumed - 2], data);
         }
-        Command::Get { keys, .. } | Command::Gat { keys, .. } => {
+        Command::Get { keys, .. } | Command::Gat(GatCmd { keys, .. }) => {
             // `gat <exptime>` alone is valid (memcached answers END); get needs a key.
-            assert!(matches!(cmd, Command::Gat { .. }) || keys.iter().count() > 0, "get without keys");
+            assert!(matches!(cmd, Command::Gat(_)) || keys.iter().count() > 0, "get without keys");
             for k in keys.iter() {
                 assert!(k.len() <= KEY_MAX_LENGTH && !k.contains(&b' ') && !k.contains(&b'\n'));
             }
         }
-        Command::Delete { key, .. } | Command::Arith { key, .. } | Command::Touch { key, .. } => {
+        Command::Delete { key, .. }
+        | Command::Arith(ArithCmd { key, .. })
+        | Command::Touch(TouchCmd { key, .. }) => {
             assert!(key.len() <= KEY_MAX_LENGTH && !key.is_empty());
         }
         _ => {}

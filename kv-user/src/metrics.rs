@@ -1,8 +1,9 @@
 //! `--metrics-addr`: `GET /metrics` in the Prometheus text exposition format (version 0.0.4).
 //!
-//! The values come from [`crate::stats::general_numbers`], the same function the `stats` command prints,
-//! so a scrape and `stats` can never disagree. Naming: `kv_` + the memcached stat name, `_total` on
-//! counters; the kernel path's `xdp_pass_<reason>` lines become one family, `kv_xdp_passes_total{reason}`.
+//! The values, kinds and help texts come from [`crate::stats::general_numbers`] and its table, the same
+//! ones the `stats` command prints, so a scrape and `stats` can never disagree. Naming: `kv_` + the
+//! memcached stat name, `_total` on counters; the kernel path's `xdp_pass_<reason>` lines become one
+//! family, `kv_xdp_passes_total{reason}`.
 //!
 //! The HTTP side is a hand-written HTTP/1.1 responder: one request per connection, then close. A scrape
 //! endpoint needs nothing more, and it keeps an HTTP stack out of the server's dependencies.
@@ -17,19 +18,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::exec::Ctx;
+pub use crate::stats::Kind;
+use crate::stats::{describe, Desc, Sources};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-        }
+/// The `# TYPE` word.
+fn type_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Counter => "counter",
+        Kind::Gauge => "gauge",
     }
 }
 
@@ -45,73 +41,47 @@ pub struct Metric {
 
 pub const PREFIX: &str = "kv_";
 
-/// General stats that go up and down; every other number there only grows (until `stats reset`).
-const GAUGES: &[&str] = &[
-    "max_connections",
-    "curr_connections",
-    "connection_structures",
-    "limit_maxbytes",
-    "accepting_conns",
-    "threads",
-    "bytes",
-    "curr_items",
-];
+/// Extra-source lines `<prefix><label value>` exported as one labelled family: (prefix, family, label,
+/// help).
+const FAMILIES: &[(&str, &str, &str, &str)] =
+    &[("xdp_pass_", "xdp_passes_total", "reason", "Packets the XDP program left to user space, by reason.")];
 
-fn help(stat: &str) -> String {
-    let h = match stat {
-        "curr_connections" => "Open client connections.",
-        "total_connections" => "Connections accepted since start.",
-        "rejected_connections" => "Connections refused over the connection limit.",
-        "cmd_get" => "Keys requested by get commands.",
-        "cmd_set" => "Storage commands.",
-        "get_hits" => "Keys requested and found.",
-        "get_misses" => "Keys requested and not found.",
-        "evictions" => "Live items evicted to free memory.",
-        "curr_items" => "Items stored.",
-        "bytes" => "Bytes charged against the memory limit by the stored items.",
-        "limit_maxbytes" => "Memory limit for items, in bytes.",
-        "xdp_packets" => "Packets the XDP program looked at.",
-        "xdp_hits" => "Requests answered from the kernel cache.",
-        "xdp_hit_keys" => "Keys answered from the kernel cache.",
-        "kcache_admissions" => "Items added to the kernel cache.",
-        "kcache_updates" => "Kernel cache entries rewritten by a write.",
-        "kcache_invalidations" => "Kernel cache entries removed by a write, eviction or expiry.",
-        "kcache_flushes" => "Whole kernel cache flushes.",
-        "kcache_errors" => "Failed kernel cache updates.",
-        _ => return format!("memcached `stats` field {stat}."),
+/// The metric for one general `stats` line, described by the stats table.
+pub fn metric(d: &Desc<'_>, value: u64) -> Metric {
+    for &(prefix, family, label, help) in FAMILIES {
+        if let Some(v) = d.name.strip_prefix(prefix) {
+            return Metric {
+                name: format!("{PREFIX}{family}"),
+                kind: Kind::Counter,
+                help: help.into(),
+                labels: vec![(label, v.to_string())],
+                value,
+            };
+        }
+    }
+    let name = match d.kind {
+        Kind::Counter => format!("{PREFIX}{}_total", d.name),
+        Kind::Gauge => format!("{PREFIX}{}", d.name),
     };
-    h.to_string()
+    let help = d.help.map_or_else(|| format!("memcached `stats` field {}.", d.name), str::to_string);
+    Metric { name, kind: d.kind, help, labels: Vec::new(), value }
 }
 
-/// The metric for one general `stats` line.
+/// The metric for the general `stats` line `stat`.
 pub fn metric_for(stat: &str, value: u64) -> Metric {
-    if let Some(reason) = stat.strip_prefix("xdp_pass_") {
-        return Metric {
-            name: format!("{PREFIX}xdp_passes_total"),
-            kind: Kind::Counter,
-            help: "Packets the XDP program left to user space, by reason.".into(),
-            labels: vec![("reason", reason.to_string())],
-            value,
-        };
-    }
-    let kind = if GAUGES.contains(&stat) { Kind::Gauge } else { Kind::Counter };
-    let name = match kind {
-        Kind::Counter => format!("{PREFIX}{stat}_total"),
-        Kind::Gauge => format!("{PREFIX}{stat}"),
-    };
-    Metric { name, kind, help: help(stat), labels: Vec::new(), value }
+    metric(&describe(stat), value)
 }
 
 /// Everything `/metrics` reports, read from the sources `stats` prints.
-pub fn gather(ctx: &Ctx) -> Vec<Metric> {
+pub fn gather(src: &Sources<'_>) -> Vec<Metric> {
     let mut out = vec![Metric {
         name: format!("{PREFIX}uptime_seconds"),
         kind: Kind::Gauge,
         help: "Seconds since the server started.".into(),
         labels: Vec::new(),
-        value: ctx.stats.uptime(),
+        value: src.counters.uptime(),
     }];
-    crate::stats::general_numbers(ctx, &mut |stat, v| out.push(metric_for(stat, v)));
+    crate::stats::general_numbers(src, &mut |d, v| out.push(metric(d, v)));
     out
 }
 
@@ -150,7 +120,7 @@ pub fn render(metrics: &[Metric]) -> String {
         out.push_str(&m.name);
         out.push(' ');
         escape_help(&m.help, &mut out);
-        let _ = write!(out, "\n# TYPE {} {}\n", m.name, m.kind.as_str());
+        let _ = write!(out, "\n# TYPE {} {}\n", m.name, type_name(m.kind));
         for s in metrics[i..].iter().filter(|s| s.name == m.name) {
             out.push_str(&s.name);
             if !s.labels.is_empty() {
@@ -259,7 +229,7 @@ async fn exchange(mut s: TcpStream, ctx: &Ctx) -> std::io::Result<()> {
         buf.extend_from_slice(&chunk[..n]);
     };
     let (status, body, head_only) = match route(head_len.map(|i| &buf[..i])) {
-        Route::Metrics { head_only } => ("200 OK", render(&gather(ctx)), head_only),
+        Route::Metrics { head_only } => ("200 OK", render(&gather(&ctx.stat_sources())), head_only),
         Route::NotFound => ("404 Not Found", "not found; try /metrics\n".to_string(), false),
         Route::MethodNotAllowed => ("405 Method Not Allowed", "only GET\n".to_string(), false),
         Route::BadRequest => ("400 Bad Request", "bad request\n".to_string(), false),
@@ -312,6 +282,59 @@ mod tests {
              kv_xdp_passes_total{reason=\"miss\"} 3\nkv_xdp_passes_total{reason=\"not_get\"} 4\n\
              # HELP kv_curr_items Items stored.\n# TYPE kv_curr_items gauge\nkv_curr_items 1\n"
         );
+    }
+
+    /// The exposition of every kind of line, as it was before the stats table (help texts, `_total`,
+    /// the default help, the labelled xdp_pass family, the extra source after the table's lines).
+    #[test]
+    fn gathered_exposition() {
+        use crate::stats::{Settings, Source, Stats};
+        use crate::store::ItemCounters;
+        struct Kernel;
+        impl Source for Kernel {
+            fn stats(&self, add: &mut dyn FnMut(&str, u64)) {
+                add("xdp_packets", 9);
+                add("xdp_pass_miss", 3);
+                add("xdp_hit_keys", 2);
+                add("xdp_pass_not_get", 4);
+                add("kcache_flushes", 1);
+                add("xdp_other", 5);
+            }
+        }
+        let counters = Stats::new();
+        counters.get_hits.fetch_add(6, Relaxed);
+        let store = ItemCounters { curr_items: 2, total_items: 8, ..ItemCounters::default() };
+        let settings = Settings { max_connections: 1024, threads: 4, limit_maxbytes: 0 };
+        let src = Sources { counters: &counters, store, settings, extra: Some(&Kernel) };
+        let metrics = gather(&src);
+        assert_eq!(metrics[0].name, "kv_uptime_seconds");
+        assert_eq!(metrics.len(), 1 + crate::stats::GENERAL.len() + 6);
+        let text = render(&metrics);
+        for part in [
+            "# HELP kv_uptime_seconds Seconds since the server started.\n# TYPE kv_uptime_seconds gauge\n",
+            "# HELP kv_max_connections memcached `stats` field max_connections.\n\
+             # TYPE kv_max_connections gauge\nkv_max_connections 1024\n",
+            "# HELP kv_get_hits_total Keys requested and found.\n# TYPE kv_get_hits_total counter\nkv_get_hits_total 6\n",
+            "# HELP kv_total_items_total memcached `stats` field total_items.\n\
+             # TYPE kv_total_items_total counter\nkv_total_items_total 8\n",
+            "# HELP kv_curr_items Items stored.\n# TYPE kv_curr_items gauge\nkv_curr_items 2\n",
+            "# HELP kv_reclaimed_total memcached `stats` field reclaimed.\n# TYPE kv_reclaimed_total counter\n\
+             kv_reclaimed_total 0\n\
+             # HELP kv_xdp_packets_total Packets the XDP program looked at.\n# TYPE kv_xdp_packets_total counter\n\
+             kv_xdp_packets_total 9\n\
+             # HELP kv_xdp_passes_total Packets the XDP program left to user space, by reason.\n\
+             # TYPE kv_xdp_passes_total counter\n\
+             kv_xdp_passes_total{reason=\"miss\"} 3\nkv_xdp_passes_total{reason=\"not_get\"} 4\n\
+             # HELP kv_xdp_hit_keys_total Keys answered from the kernel cache.\n# TYPE kv_xdp_hit_keys_total counter\n\
+             kv_xdp_hit_keys_total 2\n\
+             # HELP kv_kcache_flushes_total Whole kernel cache flushes.\n# TYPE kv_kcache_flushes_total counter\n\
+             kv_kcache_flushes_total 1\n\
+             # HELP kv_xdp_other_total memcached `stats` field xdp_other.\n# TYPE kv_xdp_other_total counter\n\
+             kv_xdp_other_total 5\n",
+        ] {
+            assert!(text.contains(part), "{part:?} not in\n{text}");
+        }
+        assert!(text.ends_with("kv_xdp_other_total 5\n"));
     }
 
     #[test]

@@ -1,49 +1,72 @@
-//! Server-wide counters, named like memcached's `stats` output. All are relaxed atomics: they are
-//! statistics, not synchronization.
+//! Server-wide counters, named like memcached's `stats` output, and [`GENERAL`]: the one table of the
+//! general stats numbers that `stats` prints and `/metrics` exports. All counters are relaxed atomics:
+//! they are statistics, not synchronization.
 //!
 //! The network layer owns (bumps) `curr_connections` (inc on accept, dec on close), `total_connections`,
 //! `rejected_connections`, `connection_structures`, `bytes_read`, `bytes_written` and `conn_yields`;
 //! `exec` bumps the command counters. Item counters (curr_items, evictions, ...) live in the store.
+//!
+//! This module reads the store's numbers ([`ItemCounters`]) and a few settings, handed in as
+//! [`Sources`]; it depends on nothing in `exec`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-#[derive(Debug)]
-pub struct Stats {
-    /// Unix time the server started (`time` - `uptime`).
-    pub started_unix: u64,
-    started: Instant,
+use crate::store::ItemCounters;
 
+/// Declares [`Stats`] with one `AtomicU64` per listed counter, and `Stats::new` zeroing them.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $field:ident,)*) => {
+        #[derive(Debug)]
+        pub struct Stats {
+            /// Unix time the server started (`time` - `uptime`).
+            pub started_unix: u64,
+            started: Instant,
+            $($(#[$doc])* pub $field: AtomicU64,)*
+        }
+
+        impl Stats {
+            pub fn new() -> Stats {
+                Stats {
+                    started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                    started: Instant::now(),
+                    $($field: AtomicU64::new(0),)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
     // Connections: bumped by the network layer.
-    pub curr_connections: AtomicU64,
-    pub total_connections: AtomicU64,
-    pub rejected_connections: AtomicU64,
-    pub connection_structures: AtomicU64,
-    pub bytes_read: AtomicU64,
-    pub bytes_written: AtomicU64,
-    pub conn_yields: AtomicU64,
-
+    curr_connections,
+    total_connections,
+    rejected_connections,
+    connection_structures,
+    bytes_read,
+    bytes_written,
+    conn_yields,
     // Commands: bumped by exec.
-    pub cmd_get: AtomicU64,
-    pub cmd_set: AtomicU64,
-    pub cmd_flush: AtomicU64,
-    pub cmd_touch: AtomicU64,
-    pub cmd_meta: AtomicU64,
-    pub get_hits: AtomicU64,
-    pub get_misses: AtomicU64,
-    pub delete_misses: AtomicU64,
-    pub delete_hits: AtomicU64,
-    pub incr_misses: AtomicU64,
-    pub incr_hits: AtomicU64,
-    pub decr_misses: AtomicU64,
-    pub decr_hits: AtomicU64,
-    pub cas_misses: AtomicU64,
-    pub cas_hits: AtomicU64,
-    pub cas_badval: AtomicU64,
-    pub touch_hits: AtomicU64,
-    pub touch_misses: AtomicU64,
-    pub store_too_large: AtomicU64,
-    pub store_no_memory: AtomicU64,
+    cmd_get,
+    cmd_set,
+    cmd_flush,
+    cmd_touch,
+    cmd_meta,
+    get_hits,
+    get_misses,
+    delete_misses,
+    delete_hits,
+    incr_misses,
+    incr_hits,
+    decr_misses,
+    decr_hits,
+    cas_misses,
+    cas_hits,
+    cas_badval,
+    touch_hits,
+    touch_misses,
+    store_too_large,
+    store_no_memory,
 }
 
 impl Default for Stats {
@@ -53,77 +76,18 @@ impl Default for Stats {
 }
 
 impl Stats {
-    pub fn new() -> Stats {
-        let z = || AtomicU64::new(0);
-        Stats {
-            started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            started: Instant::now(),
-            curr_connections: z(),
-            total_connections: z(),
-            rejected_connections: z(),
-            connection_structures: z(),
-            bytes_read: z(),
-            bytes_written: z(),
-            conn_yields: z(),
-            cmd_get: z(),
-            cmd_set: z(),
-            cmd_flush: z(),
-            cmd_touch: z(),
-            cmd_meta: z(),
-            get_hits: z(),
-            get_misses: z(),
-            delete_misses: z(),
-            delete_hits: z(),
-            incr_misses: z(),
-            incr_hits: z(),
-            decr_misses: z(),
-            decr_hits: z(),
-            cas_misses: z(),
-            cas_hits: z(),
-            cas_badval: z(),
-            touch_hits: z(),
-            touch_misses: z(),
-            store_too_large: z(),
-            store_no_memory: z(),
-        }
-    }
-
     /// Seconds since start.
     pub fn uptime(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
 
-    /// `stats reset`: zeroes the cumulative counters, keeps the gauges (curr_connections,
+    /// `stats reset`: zeroes the cumulative counters of [`GENERAL`], keeps the gauges (curr_connections,
     /// connection_structures).
     pub fn reset(&self) {
-        for c in [
-            &self.total_connections,
-            &self.rejected_connections,
-            &self.bytes_read,
-            &self.bytes_written,
-            &self.conn_yields,
-            &self.cmd_get,
-            &self.cmd_set,
-            &self.cmd_flush,
-            &self.cmd_touch,
-            &self.cmd_meta,
-            &self.get_hits,
-            &self.get_misses,
-            &self.delete_misses,
-            &self.delete_hits,
-            &self.incr_misses,
-            &self.incr_hits,
-            &self.decr_misses,
-            &self.decr_hits,
-            &self.cas_misses,
-            &self.cas_hits,
-            &self.cas_badval,
-            &self.touch_hits,
-            &self.touch_misses,
-            &self.store_too_large,
-            &self.store_no_memory,
-        ] {
-            c.store(0, Ordering::Relaxed);
+        for def in GENERAL.iter().filter(|d| d.kind == Kind::Counter) {
+            if let Read::Counter(counter) = def.read {
+                counter(self).store(0, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -140,61 +104,268 @@ pub fn read(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-/// The numeric general `stats` lines from `max_connections` on, in memcached's order, then the kernel
-/// path's lines. `stats` prints them and `/metrics` exports them: one source, so the two never disagree.
-pub fn general_numbers(ctx: &crate::exec::Ctx, add: &mut dyn FnMut(&str, u64)) {
-    let s = &*ctx.stats;
-    let st = ctx.store.stats();
-    add("max_connections", ctx.config.max_connections as u64);
-    add("curr_connections", read(&s.curr_connections));
-    add("total_connections", read(&s.total_connections));
-    add("rejected_connections", read(&s.rejected_connections));
-    add("connection_structures", read(&s.connection_structures));
-    add("cmd_get", read(&s.cmd_get));
-    add("cmd_set", read(&s.cmd_set));
-    add("cmd_flush", read(&s.cmd_flush));
-    add("cmd_touch", read(&s.cmd_touch));
-    add("cmd_meta", read(&s.cmd_meta));
-    add("get_hits", read(&s.get_hits));
-    add("get_misses", read(&s.get_misses));
-    add("get_expired", st.get_expired);
-    add("get_flushed", st.get_flushed);
-    add("delete_misses", read(&s.delete_misses));
-    add("delete_hits", read(&s.delete_hits));
-    add("incr_misses", read(&s.incr_misses));
-    add("incr_hits", read(&s.incr_hits));
-    add("decr_misses", read(&s.decr_misses));
-    add("decr_hits", read(&s.decr_hits));
-    add("cas_misses", read(&s.cas_misses));
-    add("cas_hits", read(&s.cas_hits));
-    add("cas_badval", read(&s.cas_badval));
-    add("touch_hits", read(&s.touch_hits));
-    add("touch_misses", read(&s.touch_misses));
-    add("store_too_large", read(&s.store_too_large));
-    add("store_no_memory", read(&s.store_no_memory));
+/// A source of additional general `stats` lines (the kernel path's counters).
+pub trait Source: Send + Sync {
+    fn stats(&self, add: &mut dyn FnMut(&str, u64));
+}
+
+/// Whether a number only grows (until `stats reset`) or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// The settings among the general numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub max_connections: u64,
+    pub threads: u64,
+    /// `-m` in bytes.
+    pub limit_maxbytes: u64,
+}
+
+/// Everything the general numbers are read from.
+pub struct Sources<'a> {
+    pub counters: &'a Stats,
+    pub store: ItemCounters,
+    pub settings: Settings,
+    /// Lines printed after the table's (the kernel path's, once it is up).
+    pub extra: Option<&'a dyn Source>,
+}
+
+/// Where a general number comes from.
+#[derive(Clone, Copy)]
+pub enum Read {
+    /// One of the server's counters (zeroed by `stats reset` when the stat is a [`Kind::Counter`]).
+    Counter(fn(&Stats) -> &AtomicU64),
+    /// The store's numbers.
+    Store(fn(&ItemCounters) -> u64),
+    Setting(fn(&Settings) -> u64),
+    /// Always this value.
+    Fixed(u64),
+}
+
+/// One general stat: its `stats` name, its kind and `/metrics` help text, and where it is read.
+#[derive(Clone, Copy)]
+pub struct Def {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// None: `/metrics` says "memcached `stats` field <name>."
+    pub help: Option<&'static str>,
+    pub read: Read,
+}
+
+impl Def {
+    pub fn value(&self, src: &Sources<'_>) -> u64 {
+        match self.read {
+            Read::Counter(c) => read(c(src.counters)),
+            Read::Store(f) => f(&src.store),
+            Read::Setting(f) => f(&src.settings),
+            Read::Fixed(v) => v,
+        }
+    }
+}
+
+/// A line as both outputs see it: the table's description for table stats and known extra lines; a
+/// counter without help text for any other extra line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc<'a> {
+    pub name: &'a str,
+    pub kind: Kind,
+    pub help: Option<&'static str>,
+}
+
+use Kind::{Counter, Gauge};
+
+/// A table entry read from the [`Stats`] field of the same name.
+macro_rules! counter {
+    ($field:ident, $kind:expr, $help:expr) => {
+        Def { name: stringify!($field), kind: $kind, help: $help, read: Read::Counter(|s| &s.$field) }
+    };
+}
+
+/// A table entry read from the [`ItemCounters`] field of the same name.
+macro_rules! store {
+    ($field:ident, $kind:expr, $help:expr) => {
+        Def { name: stringify!($field), kind: $kind, help: $help, read: Read::Store(|s| s.$field) }
+    };
+}
+
+/// The numeric general `stats` lines from `max_connections` on, in memcached's order. `stats` prints
+/// them (after pid, uptime, time, version, libevent, pointer_size and rusage) and `/metrics` exports
+/// them (`kv_<name>`, `_total` on counters).
+///
+/// Not reported (no meaning here): the slab mover, LRU crawler and segmented-LRU counters
+/// (slab_reassign_*, lru_crawler_*, crawler_*, moves_*, evicted_active), hash table internals
+/// (hash_power_level, hash_bytes), memcached's buffer pools (read_buf_*, response_obj_*), and
+/// malloc_fails (Rust aborts on allocation failure). Over the connection limit the acceptor rejects
+/// (maxconns_fast) but never stops accepting: accepting_conns is always 1, and there is no
+/// listen_disabled_num (memcached's counter of listener pauses has no equivalent).
+pub const GENERAL: &[Def] = &[
+    Def { name: "max_connections", kind: Gauge, help: None, read: Read::Setting(|s| s.max_connections) },
+    counter!(curr_connections, Gauge, Some("Open client connections.")),
+    counter!(total_connections, Counter, Some("Connections accepted since start.")),
+    counter!(rejected_connections, Counter, Some("Connections refused over the connection limit.")),
+    counter!(connection_structures, Gauge, None),
+    counter!(cmd_get, Counter, Some("Keys requested by get commands.")),
+    counter!(cmd_set, Counter, Some("Storage commands.")),
+    counter!(cmd_flush, Counter, None),
+    counter!(cmd_touch, Counter, None),
+    counter!(cmd_meta, Counter, None),
+    counter!(get_hits, Counter, Some("Keys requested and found.")),
+    counter!(get_misses, Counter, Some("Keys requested and not found.")),
+    store!(get_expired, Counter, None),
+    store!(get_flushed, Counter, None),
+    counter!(delete_misses, Counter, None),
+    counter!(delete_hits, Counter, None),
+    counter!(incr_misses, Counter, None),
+    counter!(incr_hits, Counter, None),
+    counter!(decr_misses, Counter, None),
+    counter!(decr_hits, Counter, None),
+    counter!(cas_misses, Counter, None),
+    counter!(cas_hits, Counter, None),
+    counter!(cas_badval, Counter, None),
+    counter!(touch_hits, Counter, None),
+    counter!(touch_misses, Counter, None),
+    counter!(store_too_large, Counter, None),
+    counter!(store_no_memory, Counter, None),
     // No SASL: these are truly zero.
-    add("auth_cmds", 0);
-    add("auth_errors", 0);
-    add("bytes_read", read(&s.bytes_read));
-    add("bytes_written", read(&s.bytes_written));
-    add("limit_maxbytes", ctx.store.limit_maxbytes());
-    // Over the limit the acceptor rejects (maxconns_fast) but never stops accepting, so also no
-    // listen_disabled_num: memcached's counter of listener pauses has no equivalent to report.
-    add("accepting_conns", 1);
-    add("threads", ctx.config.threads as u64);
-    add("conn_yields", read(&s.conn_yields));
-    add("bytes", st.bytes);
-    add("curr_items", st.curr_items);
-    add("total_items", st.total_items);
-    add("expired_unfetched", st.expired_unfetched);
-    add("evicted_unfetched", st.evicted_unfetched);
-    add("evictions", st.evictions);
-    add("reclaimed", st.reclaimed);
-    // Not reported (no meaning here): the slab mover, LRU crawler and segmented-LRU counters
-    // (slab_reassign_*, lru_crawler_*, crawler_*, moves_*, evicted_active), hash table internals
-    // (hash_power_level, hash_bytes), memcached's buffer pools (read_buf_*, response_obj_*), and
-    // malloc_fails (Rust aborts on allocation failure).
-    if let Some(extra) = &ctx.extra_stats {
-        extra.stats(add);
+    Def { name: "auth_cmds", kind: Counter, help: None, read: Read::Fixed(0) },
+    Def { name: "auth_errors", kind: Counter, help: None, read: Read::Fixed(0) },
+    counter!(bytes_read, Counter, None),
+    counter!(bytes_written, Counter, None),
+    Def {
+        name: "limit_maxbytes",
+        kind: Gauge,
+        help: Some("Memory limit for items, in bytes."),
+        read: Read::Setting(|s| s.limit_maxbytes),
+    },
+    Def { name: "accepting_conns", kind: Gauge, help: None, read: Read::Fixed(1) },
+    Def { name: "threads", kind: Gauge, help: None, read: Read::Setting(|s| s.threads) },
+    counter!(conn_yields, Counter, None),
+    store!(bytes, Gauge, Some("Bytes charged against the memory limit by the stored items.")),
+    store!(curr_items, Gauge, Some("Items stored.")),
+    store!(total_items, Counter, None),
+    store!(expired_unfetched, Counter, None),
+    store!(evicted_unfetched, Counter, None),
+    store!(evictions, Counter, Some("Live items evicted to free memory.")),
+    store!(reclaimed, Counter, None),
+];
+
+/// The extra source's lines that have help text (all of its lines are counters). Its `xdp_pass_<reason>`
+/// lines are one labelled family in `/metrics` (see `metrics.rs`).
+pub const EXTRA: &[(&str, &str)] = &[
+    ("xdp_packets", "Packets the XDP program looked at."),
+    ("xdp_hits", "Requests answered from the kernel cache."),
+    ("xdp_hit_keys", "Keys answered from the kernel cache."),
+    ("kcache_admissions", "Items added to the kernel cache."),
+    ("kcache_updates", "Kernel cache entries rewritten by a write."),
+    ("kcache_invalidations", "Kernel cache entries removed by a write, eviction or expiry."),
+    ("kcache_flushes", "Whole kernel cache flushes."),
+    ("kcache_errors", "Failed kernel cache updates."),
+];
+
+/// The description of the general stat `name` (see [`Desc`]).
+pub fn describe(name: &str) -> Desc<'_> {
+    if let Some(d) = GENERAL.iter().find(|d| d.name == name) {
+        return Desc { name, kind: d.kind, help: d.help };
+    }
+    let help = EXTRA.iter().find(|(n, _)| *n == name).map(|&(_, h)| h);
+    Desc { name, kind: Kind::Counter, help }
+}
+
+/// Every general number: the [`GENERAL`] table in order, then the extra source's lines.
+pub fn general_numbers(src: &Sources<'_>, add: &mut dyn FnMut(&Desc<'_>, u64)) {
+    for d in GENERAL {
+        add(&Desc { name: d.name, kind: d.kind, help: d.help }, d.value(src));
+    }
+    if let Some(extra) = src.extra {
+        extra.stats(&mut |name, v| add(&describe(name), v));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(counters: &Stats) -> Sources<'_> {
+        let store = ItemCounters { curr_items: 3, evictions: 2, ..ItemCounters::default() };
+        let settings = Settings { max_connections: 10, threads: 4, limit_maxbytes: 64 << 20 };
+        Sources { counters, store, settings, extra: None }
+    }
+
+    #[test]
+    fn names_are_unique_and_in_memcached_order() {
+        let names: Vec<&str> = GENERAL.iter().map(|d| d.name).collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[i + 1..].contains(n), "{n} twice");
+        }
+        assert_eq!(names.first(), Some(&"max_connections"));
+        assert_eq!(names.last(), Some(&"reclaimed"));
+        let pos = |n| names.iter().position(|x| *x == n).unwrap();
+        assert!(pos("cmd_get") < pos("get_hits") && pos("get_misses") < pos("get_expired"));
+        assert!(pos("bytes_written") < pos("limit_maxbytes") && pos("threads") < pos("conn_yields"));
+    }
+
+    #[test]
+    fn values_come_from_their_sources() {
+        let s = Stats::new();
+        bump(&s.cmd_get, 5);
+        bump(&s.curr_connections, 2);
+        let src = sources(&s);
+        let mut got = Vec::new();
+        general_numbers(&src, &mut |d, v| got.push((d.name.to_string(), d.kind, v)));
+        let find = |n: &str| got.iter().find(|(name, _, _)| name == n).map(|&(_, k, v)| (k, v)).unwrap();
+        assert_eq!(find("cmd_get"), (Kind::Counter, 5));
+        assert_eq!(find("curr_connections"), (Kind::Gauge, 2));
+        assert_eq!(find("max_connections"), (Kind::Gauge, 10));
+        assert_eq!(find("threads"), (Kind::Gauge, 4));
+        assert_eq!(find("curr_items"), (Kind::Gauge, 3));
+        assert_eq!(find("evictions"), (Kind::Counter, 2));
+        assert_eq!(find("accepting_conns"), (Kind::Gauge, 1));
+        assert_eq!(find("auth_cmds"), (Kind::Counter, 0));
+        assert_eq!(got.len(), GENERAL.len());
+    }
+
+    #[test]
+    fn reset_zeroes_the_counters_and_keeps_the_gauges() {
+        let s = Stats::new();
+        let all = |s: &Stats| -> Vec<(&'static str, u64)> {
+            GENERAL
+                .iter()
+                .filter_map(|d| if let Read::Counter(c) = d.read { Some((d.name, read(c(s)))) } else { None })
+                .collect()
+        };
+        for d in GENERAL {
+            if let Read::Counter(c) = d.read {
+                bump(c(&s), 7);
+            }
+        }
+        assert_eq!(all(&s).len(), 27, "every counter of Stats is in the table");
+        s.reset();
+        let kept: Vec<_> = all(&s).into_iter().filter(|&(_, v)| v != 0).collect();
+        assert_eq!(kept, [("curr_connections", 7), ("connection_structures", 7)]);
+    }
+
+    #[test]
+    fn extra_lines_are_described() {
+        assert_eq!(describe("cmd_get"), Desc { name: "cmd_get", kind: Kind::Counter, help: GENERAL[5].help });
+        assert_eq!(describe("bytes").kind, Kind::Gauge);
+        assert_eq!(describe("xdp_hits").help, Some("Requests answered from the kernel cache."));
+        assert_eq!(describe("xdp_pass_miss"), Desc { name: "xdp_pass_miss", kind: Kind::Counter, help: None });
+        struct Extra;
+        impl Source for Extra {
+            fn stats(&self, add: &mut dyn FnMut(&str, u64)) {
+                add("xdp_hits", 4);
+                add("kcache_errors", 1);
+            }
+        }
+        let s = Stats::new();
+        let src = Sources { extra: Some(&Extra), ..sources(&s) };
+        let mut got = Vec::new();
+        general_numbers(&src, &mut |d, v| got.push((d.name.to_string(), v)));
+        assert_eq!(got.len(), GENERAL.len() + 2);
+        assert_eq!(got[GENERAL.len()..], [("xdp_hits".to_string(), 4), ("kcache_errors".to_string(), 1)]);
     }
 }

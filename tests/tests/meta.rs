@@ -184,6 +184,63 @@ fn base64_keys() {
     c.expect(b"mg foo v\r\n", b"EN\r\n");
 }
 
+/// Base64 keys that are not canonical base64, decoded as memcached 1.6.18 decodes them: bytes outside
+/// the alphabet are skipped, `=` is zero bits wherever it stands and a group holding one ends the key,
+/// trailing bits are ignored; a key is echoed (`k`) as its decoded bytes encoded again. Anything else
+/// is refused before the command runs.
+#[test]
+fn base64_keys_decoded_as_memcached() {
+    const EXCHANGES: &[(&str, &str)] = &[
+        // Stored with `b`: memcached then echoes the key encoded on hits too.
+        ("ms Zm9v 2 b\r\nhi\r\n", "HD\r\n"),
+        // All "foo".
+        ("mg Zm!9v b k v\r\n", "VA 2 kZm9v b\r\nhi\r\n"),
+        ("mg Z.m9v b k v\r\n", "VA 2 kZm9v b\r\nhi\r\n"),
+        ("mg Zm9v! b k v\r\n", "VA 2 kZm9v b\r\nhi\r\n"),
+        // "fo", "fo", "f\0", "\x01\x99": all misses.
+        ("mg Zm8=Zm9v b k v\r\n", "EN kZm8= b\r\n"),
+        ("mg Zm9= b k v\r\n", "EN kZm8= b\r\n"),
+        ("mg Zg=A b k v\r\n", "EN kZgA= b\r\n"),
+        ("mg =Zm9 b k v\r\n", "EN kAZk= b\r\n"),
+        // Not whole groups of four, nothing from the alphabet, three `=` in a group.
+        ("mg Zm9v= b v\r\n", "CLIENT_ERROR error decoding key\r\n"),
+        ("mg Zm9 b v\r\n", "CLIENT_ERROR error decoding key\r\n"),
+        ("mg Zm9vZ b v\r\n", "CLIENT_ERROR error decoding key\r\n"),
+        ("mg Zm9vYQ= b v\r\n", "CLIENT_ERROR error decoding key\r\n"),
+        ("mg !!!! b v\r\n", "CLIENT_ERROR error decoding key\r\n"),
+        ("mg !!! b v\r\n", "CLIENT_ERROR error decoding key\r\n"),
+        ("mg Z=== b v\r\n", "CLIENT_ERROR error decoding key\r\n"),
+        ("mg ==== b v\r\n", "CLIENT_ERROR error decoding key\r\n"),
+        // q does not hide it, ms swallows its data block, md and ma call it a flag error, me a bad line.
+        ("mg Zm9v= b q\r\nmn\r\n", "CLIENT_ERROR error decoding key\r\nMN\r\n"),
+        ("ms Zm9 2 b\r\nho\r\nmn\r\n", "CLIENT_ERROR error decoding key\r\nMN\r\n"),
+        ("md Zm9v= b\r\n", "CLIENT_ERROR invalid or duplicate flag\r\n"),
+        ("ma bg= b v\r\n", "CLIENT_ERROR invalid or duplicate flag\r\n"),
+        ("me Zm9 b\r\n", "CLIENT_ERROR bad command line format\r\n"),
+        ("mg Zm9v b b v\r\n", "CLIENT_ERROR duplicate flag\r\n"),
+        // The lenient forms name the same item for ms, md and ma.
+        ("ms Zm!9v 2 b k\r\nho\r\n", "HD kZm9v b\r\n"),
+        ("get foo\r\n", "VALUE foo 0 2\r\nho\r\nEND\r\n"),
+        ("md Zm9v! b k\r\n", "HD kZm9v b\r\n"),
+        ("get foo\r\n", "END\r\n"),
+        ("md Zm9= b\r\n", "NF\r\n"),
+        ("ms bg== 1 b\r\n5\r\n", "HD\r\n"),
+        ("ma b!g== b v k\r\n", "VA 1 kbg== b\r\n6\r\n"),
+        ("get n\r\n", "VALUE n 0 1\r\n6\r\nEND\r\n"),
+    ];
+    let s = Server::start(&[]);
+    let mut c = s.client();
+    for (req, reply) in EXCHANGES {
+        c.expect(req.as_bytes(), reply.as_bytes());
+    }
+    // The 250-byte limit is on the encoded key: 248 bytes (186 decoded) are fine, 252 are not.
+    let ok = "QUFB".repeat(62);
+    c.expect(format!("ms {ok} 1 b k\r\nz\r\n").as_bytes(), format!("HD k{ok} b\r\n").as_bytes());
+    c.expect(format!("mg {ok} b s v\r\n").as_bytes(), b"VA 1 s1\r\nz\r\n");
+    let long = "QUFB".repeat(63);
+    c.expect(format!("mg {long} b v\r\n").as_bytes(), b"CLIENT_ERROR bad command line format\r\n");
+}
+
 #[test]
 fn mn_and_errors() {
     let s = Server::start(&[]);

@@ -3,10 +3,10 @@
 use bytes::BytesMut;
 
 use super::{put_u64, reply, Ctx, Outcome};
+use crate::protocol::command::ArithCmd;
+use crate::protocol::reply as r;
 use crate::stats::bump;
 use crate::store::{ArithOpts, ArithStatus};
-
-pub(super) const NON_NUMERIC: &[u8] = b"CLIENT_ERROR cannot increment or decrement non-numeric value";
 
 /// Counts incr/decr hits and misses.
 pub(super) fn count(ctx: &Ctx, incr: bool, hit: bool) {
@@ -20,21 +20,21 @@ pub(super) fn count(ctx: &Ctx, incr: bool, hit: bool) {
     bump(c, 1);
 }
 
-pub(super) fn arith(key: &[u8], incr: bool, delta: u64, noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
-    let res = ctx.store.arith(key, &ArithOpts::new(incr, delta));
+pub(super) fn arith(cmd: &ArithCmd<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    let res = ctx.store.arith(cmd.key, &ArithOpts::new(cmd.incr, cmd.delta));
     match res.status {
         ArithStatus::Ok => {
-            count(ctx, incr, true);
-            if !noreply {
+            count(ctx, cmd.incr, true);
+            if !cmd.noreply {
                 put_u64(out, res.value);
-                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(r::CRLF);
             }
         }
         ArithStatus::NotFound | ArithStatus::Exists => {
-            count(ctx, incr, false);
-            reply(out, noreply, b"NOT_FOUND");
+            count(ctx, cmd.incr, false);
+            reply(out, cmd.noreply, r::NOT_FOUND);
         }
-        ArithStatus::NonNumeric => reply(out, noreply, NON_NUMERIC),
+        ArithStatus::NonNumeric => reply(out, cmd.noreply, r::NON_NUMERIC),
     }
     Outcome::seq(res.seq)
 }

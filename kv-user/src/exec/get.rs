@@ -3,7 +3,8 @@
 use bytes::{BufMut, BytesMut};
 
 use super::{reply, Ctx, Outcome};
-use crate::protocol::command::Keys;
+use crate::protocol::command::{GatCmd, Keys, TouchCmd};
+use crate::protocol::reply as r;
 use crate::stats::bump;
 use crate::store::{FetchOpts, ItemView};
 
@@ -12,7 +13,7 @@ use crate::store::{FetchOpts, ItemView};
 pub fn value_line(out: &mut impl BufMut, key: &[u8], flags: u32, cas: Option<u64>, value: &[u8]) -> (usize, usize) {
     let mut num = itoa::Buffer::new();
     let start = out.remaining_mut();
-    out.put_slice(b"VALUE ");
+    out.put_slice(r::VALUE);
     out.put_slice(key);
     out.put_u8(b' ');
     out.put_slice(num.format(flags).as_bytes());
@@ -24,9 +25,9 @@ pub fn value_line(out: &mut impl BufMut, key: &[u8], flags: u32, cas: Option<u64
         out.put_slice(num.format(cas).as_bytes());
     }
     let cas_len = start - out.remaining_mut() - hdr;
-    out.put_slice(b"\r\n");
+    out.put_slice(r::CRLF);
     out.put_slice(value);
-    out.put_slice(b"\r\n");
+    out.put_slice(r::CRLF);
     (hdr, cas_len)
 }
 
@@ -34,22 +35,30 @@ fn item_line(out: &mut BytesMut, key: &[u8], it: &ItemView, cas: bool) {
     value_line(out, key, it.flags, cas.then_some(it.cas), &it.value);
 }
 
-/// Appends the `VALUE` line of each key `fetch` finds, from byte `from` of the keys on, stopping before
-/// a key once `out` holds `stop_at` bytes: then returns the offset to resume from, and END is written
-/// only by the call that finishes. This lets a connection send a multiget's reply as it goes (memcached
-/// sends it straight from the items) instead of holding all of it: `get big big big ...` could
-/// otherwise ask for gigabytes. Returns (hits, misses, resume offset).
+/// Where a resumable multiget starts and stops (see [`value_lines`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Span {
+    /// Byte offset into the keys to start at.
+    pub from: usize,
+    /// Stop before the next key once `out` holds this many bytes.
+    pub stop_at: usize,
+}
+
+/// Appends the `VALUE` line of each key `fetch` finds, from byte `span.from` of the keys on, stopping
+/// before a key once `out` holds `span.stop_at` bytes: then returns the offset to resume from, and END
+/// is written only by the call that finishes. This lets a connection send a multiget's reply as it goes
+/// (memcached sends it straight from the items) instead of holding all of it: `get big big big ...`
+/// could otherwise ask for gigabytes. Returns (hits, misses, resume offset).
 fn value_lines(
     keys: Keys<'_>,
-    from: usize,
     cas: bool,
+    span: Span,
     out: &mut BytesMut,
-    stop_at: usize,
     mut fetch: impl FnMut(&[u8]) -> Option<ItemView>,
 ) -> (u64, u64, Option<usize>) {
     let (mut hits, mut misses) = (0, 0);
-    for (at, key) in keys.iter_from(from) {
-        if out.len() >= stop_at {
+    for (at, key) in keys.iter_from(span.from) {
+        if out.len() >= span.stop_at {
             return (hits, misses, Some(at));
         }
         match fetch(key) {
@@ -60,20 +69,13 @@ fn value_lines(
             None => misses += 1,
         }
     }
-    out.extend_from_slice(b"END\r\n");
+    out.extend_from_slice(r::END);
     (hits, misses, None)
 }
 
 /// get/gets, resumable (see [`value_lines`]).
-pub(super) fn get(
-    keys: Keys<'_>,
-    from: usize,
-    cas: bool,
-    ctx: &Ctx,
-    out: &mut BytesMut,
-    stop_at: usize,
-) -> (Outcome, Option<usize>) {
-    let (hits, misses, resume) = value_lines(keys, from, cas, out, stop_at, |key| ctx.store.get(key));
+pub(super) fn get(keys: Keys<'_>, cas: bool, span: Span, ctx: &Ctx, out: &mut BytesMut) -> (Outcome, Option<usize>) {
+    let (hits, misses, resume) = value_lines(keys, cas, span, out, |key| ctx.store.get(key));
     // memcached counts cmd_get per key.
     bump(&ctx.stats.cmd_get, hits + misses);
     bump(&ctx.stats.get_hits, hits);
@@ -82,19 +84,10 @@ pub(super) fn get(
 }
 
 /// gat/gats, resumable as [`get`].
-#[allow(clippy::too_many_arguments)]
-pub(super) fn gat(
-    exptime: i64,
-    keys: Keys<'_>,
-    from: usize,
-    cas: bool,
-    ctx: &Ctx,
-    out: &mut BytesMut,
-    stop_at: usize,
-) -> (Outcome, Option<usize>) {
-    let opts = FetchOpts { touch: Some(exptime), ..FetchOpts::default() };
+pub(super) fn gat(cmd: &GatCmd<'_>, span: Span, ctx: &Ctx, out: &mut BytesMut) -> (Outcome, Option<usize>) {
+    let opts = FetchOpts { touch: Some(cmd.exptime), ..FetchOpts::default() };
     let mut seq = 0;
-    let (hits, misses, resume) = value_lines(keys, from, cas, out, stop_at, |key| {
+    let (hits, misses, resume) = value_lines(cmd.keys, cmd.cas, span, out, |key| {
         let f = ctx.store.fetch(key, &opts);
         seq = seq.max(f.seq);
         f.item
@@ -106,15 +99,15 @@ pub(super) fn gat(
     (Outcome::seq(seq), resume)
 }
 
-pub(super) fn touch(key: &[u8], exptime: i64, noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
-    let f = ctx.store.fetch(key, &FetchOpts { touch: Some(exptime), ..FetchOpts::default() });
+pub(super) fn touch(cmd: &TouchCmd<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    let f = ctx.store.fetch(cmd.key, &FetchOpts { touch: Some(cmd.exptime), ..FetchOpts::default() });
     bump(&ctx.stats.cmd_touch, 1);
     if f.item.is_some() {
         bump(&ctx.stats.touch_hits, 1);
-        reply(out, noreply, b"TOUCHED");
+        reply(out, cmd.noreply, r::TOUCHED);
     } else {
         bump(&ctx.stats.touch_misses, 1);
-        reply(out, noreply, b"NOT_FOUND");
+        reply(out, cmd.noreply, r::NOT_FOUND);
     }
     Outcome::seq(f.seq)
 }

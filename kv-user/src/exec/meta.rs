@@ -1,42 +1,55 @@
-//! Meta commands: mg, ms, md, ma (mn and me are answered in `exec::execute`).
+//! Meta commands: mg, ms, md, ma, mn, me.
 //!
 //! Follows memcached 1.6's proto_parser.c. Returned flags (c f h k l O s t) come back in request order,
 //! as memcached sends them, then Z X W.
 //! `q` hides only the nominal reply (mg EN, ms/md/ma HD); errors are always sent.
+//!
+//! A base64 key (`b`) is echoed (`k`) re-encoded from its decoded bytes, followed by ` b`, as memcached
+//! does for misses and for ms/md/ma. Deviation: on an mg hit memcached 1.6.18 decides by how the item
+//! was stored (`ms` with `b` marks it binary; `set`, or `ms` without `b`, does not) rather than by the
+//! request; the store keeps no such mark, so mg follows the request here too.
 
-use std::borrow::Cow;
-
-use base64::Engine;
 use bytes::BytesMut;
 
-use super::arith::{count as count_arith, NON_NUMERIC};
+use super::arith::count as count_arith;
 use super::storage::count_cas;
 use super::{put_i64, put_u64, Ctx, Outcome};
 use crate::protocol::command::MetaFlags;
+use crate::protocol::reply::{self as r, CRLF};
+use crate::protocol::{base64, KEY_MAX_LENGTH};
 use crate::stats::bump;
 use crate::store::{ArithOpts, ArithStatus, DeleteOpts, DeleteStatus, FetchOpts, SetMode, SetRequest, SetStatus};
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const MAX_OPAQUE: usize = 32;
 
-fn error(out: &mut BytesMut, msg: &[u8]) -> Outcome {
-    out.extend_from_slice(msg);
-    out.extend_from_slice(b"\r\n");
+/// Room for a decoded base64 key: the parser bounds the encoded key to 250 bytes.
+type KeyBuf = [u8; KEY_MAX_LENGTH];
+
+fn error(out: &mut BytesMut, line: &[u8]) -> Outcome {
+    out.extend_from_slice(line);
     Outcome::default()
 }
 
-/// Validates the flags shared by all meta commands and decodes a base64 key (`b`).
-fn prepare<'k>(key: &'k [u8], flags: &MetaFlags<'_>) -> Result<Cow<'k, [u8]>, &'static [u8]> {
+/// `mn` and `me`: a status code alone.
+pub(super) fn code_only(code: &[u8], ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    bump(&ctx.stats.cmd_meta, 1);
+    out.extend_from_slice(code);
+    out.extend_from_slice(CRLF);
+    Outcome::default()
+}
+
+/// Validates the flags shared by all meta commands and decodes a base64 key (`b`) into `buf`, with
+/// the parser's decoder ([`base64`]): a key the parser accepted always decodes.
+fn prepare<'k>(key: &'k [u8], flags: &MetaFlags<'_>, buf: &'k mut KeyBuf) -> Result<&'k [u8], &'static [u8]> {
     if flags.opaque.is_some_and(|o| o.len() > MAX_OPAQUE) {
-        return Err(b"CLIENT_ERROR opaque token too long");
+        return Err(r::OPAQUE_TOO_LONG);
     }
-    if flags.base64_key {
-        match B64.decode(key) {
-            Ok(k) if !k.is_empty() => Ok(Cow::Owned(k)),
-            _ => Err(b"CLIENT_ERROR error decoding key"),
-        }
-    } else {
-        Ok(Cow::Borrowed(key))
+    if !flags.base64_key {
+        return Ok(key);
+    }
+    match base64::decode(key, buf) {
+        Some(n) => Ok(&buf[..n]),
+        None => Err(r::DECODE_KEY),
     }
 }
 
@@ -52,7 +65,7 @@ fn flag_key(out: &mut BytesMut, key: &[u8], flags: &MetaFlags<'_>) {
     }
     out.extend_from_slice(b" k");
     if flags.base64_key {
-        out.extend_from_slice(B64.encode(key).as_bytes());
+        base64::encode(key, out);
         out.extend_from_slice(b" b");
     } else {
         out.extend_from_slice(key);
@@ -109,12 +122,13 @@ fn ret_flags(out: &mut BytesMut, key: &[u8], flags: &MetaFlags<'_>, v: &RetVals)
 fn status_line(out: &mut BytesMut, code: &[u8], key: &[u8], flags: &MetaFlags<'_>) {
     out.extend_from_slice(code);
     ret_flags(out, key, flags, &RetVals::default());
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(CRLF);
 }
 
 pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     bump(&ctx.stats.cmd_meta, 1);
-    let key = match prepare(key, flags) {
+    let mut buf = [0; KEY_MAX_LENGTH];
+    let key = match prepare(key, flags, &mut buf) {
         Ok(k) => k,
         Err(e) => return error(out, e),
     };
@@ -125,7 +139,7 @@ pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
         new_cas: flags.explicit_cas,
         recache: flags.recache_ttl,
     };
-    let f = ctx.store.fetch(&key, &opts);
+    let f = ctx.store.fetch(key, &opts);
     let touched = flags.set_ttl.is_some();
     let s = &ctx.stats;
     let Some(it) = f.item else {
@@ -137,7 +151,7 @@ pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
             bump(&s.get_misses, 1);
         }
         if !flags.quiet {
-            status_line(out, b"EN", &key, flags);
+            status_line(out, r::EN, key, flags);
         }
         return Outcome::seq(f.seq);
     };
@@ -152,10 +166,10 @@ pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
     // C: a matching CAS means the client's copy is current, so the value is not sent.
     let send_value = flags.return_value && flags.compare_cas != Some(it.cas);
     if send_value {
-        out.extend_from_slice(b"VA ");
+        out.extend_from_slice(r::VA);
         put_u64(out, it.value.len() as u64);
     } else {
-        out.extend_from_slice(b"HD");
+        out.extend_from_slice(r::HD);
     }
     let vals = RetVals {
         cas: Some(it.cas),
@@ -165,7 +179,7 @@ pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
         size: Some(it.value.len() as u64),
         ttl: Some((it.exptime, now)),
     };
-    ret_flags(out, &key, flags, &vals);
+    ret_flags(out, key, flags, &vals);
     if f.token_sent {
         out.extend_from_slice(b" Z");
     }
@@ -175,17 +189,18 @@ pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
     if f.won {
         out.extend_from_slice(b" W");
     }
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(CRLF);
     if send_value {
         out.extend_from_slice(&it.value);
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(CRLF);
     }
     Outcome::seq(f.seq)
 }
 
 pub(super) fn ms(key: &[u8], data: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     bump(&ctx.stats.cmd_meta, 1);
-    let key = match prepare(key, flags) {
+    let mut buf = [0; KEY_MAX_LENGTH];
+    let key = match prepare(key, flags, &mut buf) {
         Ok(k) => k,
         Err(e) => return error(out, e),
     };
@@ -195,7 +210,7 @@ pub(super) fn ms(key: &[u8], data: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out:
         Some(b'A') => SetMode::Append,
         Some(b'P') => SetMode::Prepend,
         Some(b'R') => SetMode::Replace,
-        Some(_) => return error(out, b"CLIENT_ERROR invalid mode for ms M token"),
+        Some(_) => return error(out, r::MS_MODE),
     };
     // A CAS turns set/replace into a CAS store; append/prepend check it themselves; add ignores it.
     if flags.compare_cas.is_some() && matches!(mode, SetMode::Set | SetMode::Replace) {
@@ -203,7 +218,7 @@ pub(super) fn ms(key: &[u8], data: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out:
     }
     let appending = matches!(mode, SetMode::Append | SetMode::Prepend);
     let req = SetRequest {
-        key: &key,
+        key,
         value: data,
         flags: flags.client_flags.unwrap_or(0),
         exptime: flags.set_ttl.unwrap_or(0),
@@ -216,31 +231,32 @@ pub(super) fn ms(key: &[u8], data: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out:
     let res = ctx.store.set(&req);
     if res.status == SetStatus::TooLarge {
         bump(&ctx.stats.store_too_large, 1);
-        let seq = ctx.store.remove(&key);
-        error(out, b"SERVER_ERROR object too large for cache");
+        let seq = ctx.store.remove(key);
+        error(out, r::TOO_LARGE);
         return Outcome::seq(seq);
     }
     bump(&ctx.stats.cmd_set, 1);
     if mode == SetMode::Cas {
         count_cas(ctx, res.status);
     }
-    let code: &[u8] = match res.status {
+    let code = match res.status {
         SetStatus::Stored if flags.quiet => return Outcome::seq(res.seq),
-        SetStatus::Stored => b"HD",
-        SetStatus::Exists => b"EX",
-        SetStatus::NotFound => b"NF",
-        SetStatus::NotStored | SetStatus::TooLarge => b"NS",
+        SetStatus::Stored => r::HD,
+        SetStatus::Exists => r::EX,
+        SetStatus::NotFound => r::NF,
+        SetStatus::NotStored | SetStatus::TooLarge => r::NS,
     };
     out.extend_from_slice(code);
     let vals = RetVals { cas: Some(res.cas), size: Some(res.size as u64), ..RetVals::default() };
-    ret_flags(out, &key, flags, &vals);
-    out.extend_from_slice(b"\r\n");
+    ret_flags(out, key, flags, &vals);
+    out.extend_from_slice(CRLF);
     Outcome::seq(res.seq)
 }
 
 pub(super) fn md(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     bump(&ctx.stats.cmd_meta, 1);
-    let key = match prepare(key, flags) {
+    let mut buf = [0; KEY_MAX_LENGTH];
+    let key = match prepare(key, flags, &mut buf) {
         Ok(k) => k,
         Err(e) => return error(out, e),
     };
@@ -251,8 +267,8 @@ pub(super) fn md(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
         touch: if flags.invalidate { flags.set_ttl } else { None },
         new_cas: flags.explicit_cas,
     };
-    let (status, seq) = ctx.store.delete(&key, &opts);
-    let code: &[u8] = match status {
+    let (status, seq) = ctx.store.delete(key, &opts);
+    let code = match status {
         DeleteStatus::Deleted => {
             if !flags.invalidate {
                 bump(&ctx.stats.delete_hits, 1);
@@ -260,32 +276,33 @@ pub(super) fn md(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
             if flags.quiet {
                 return Outcome::seq(seq);
             }
-            b"HD"
+            r::HD
         }
         DeleteStatus::NotFound => {
             bump(&ctx.stats.delete_misses, 1);
-            b"NF"
+            r::NF
         }
         DeleteStatus::Exists => {
             bump(&ctx.stats.delete_misses, 1);
-            b"EX"
+            r::EX
         }
     };
-    status_line(out, code, &key, flags);
+    status_line(out, code, key, flags);
     Outcome::seq(seq)
 }
 
 pub(super) fn ma(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     bump(&ctx.stats.cmd_meta, 1);
-    let key = match prepare(key, flags) {
+    let mut buf = [0; KEY_MAX_LENGTH];
+    let key = match prepare(key, flags, &mut buf) {
         Ok(k) => k,
         // memcached folds every ma flag problem into this one message.
-        Err(_) => return error(out, b"CLIENT_ERROR invalid or duplicate flag"),
+        Err(_) => return error(out, r::INVALID_OR_DUPLICATE_FLAG),
     };
     let incr = match flags.mode {
         None | Some(b'I' | b'+') => true,
         Some(b'D' | b'-') => false,
-        Some(_) => return error(out, b"CLIENT_ERROR invalid mode for ma M token"),
+        Some(_) => return error(out, r::MA_MODE),
     };
     let opts = ArithOpts {
         incr,
@@ -296,7 +313,7 @@ pub(super) fn ma(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
         touch: flags.set_ttl,
         pad: false,
     };
-    let res = ctx.store.arith(&key, &opts);
+    let res = ctx.store.arith(key, &opts);
     match res.status {
         ArithStatus::Ok => {
             if !res.created {
@@ -308,27 +325,27 @@ pub(super) fn ma(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
             let mut num = itoa::Buffer::new();
             let num = num.format(res.value).as_bytes();
             if flags.return_value {
-                out.extend_from_slice(b"VA ");
+                out.extend_from_slice(r::VA);
                 put_u64(out, num.len() as u64);
             } else {
-                out.extend_from_slice(b"HD");
+                out.extend_from_slice(r::HD);
             }
             let vals = RetVals { cas: Some(res.cas), ttl: Some((res.exptime, ctx.store.now())), ..RetVals::default() };
-            ret_flags(out, &key, flags, &vals);
-            out.extend_from_slice(b"\r\n");
+            ret_flags(out, key, flags, &vals);
+            out.extend_from_slice(CRLF);
             if flags.return_value {
                 out.extend_from_slice(num);
-                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(CRLF);
             }
         }
         ArithStatus::NonNumeric => {
-            error(out, NON_NUMERIC);
+            error(out, r::NON_NUMERIC);
         }
         ArithStatus::NotFound => {
             count_arith(ctx, incr, false);
-            status_line(out, b"NF", &key, flags);
+            status_line(out, r::NF, key, flags);
         }
-        ArithStatus::Exists => status_line(out, b"EX", &key, flags),
+        ArithStatus::Exists => status_line(out, r::EX, key, flags),
     }
     Outcome::seq(res.seq)
 }

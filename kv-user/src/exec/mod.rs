@@ -21,7 +21,8 @@ use bytes::BytesMut;
 
 use crate::config::Config;
 use crate::protocol::command::Command;
-use crate::stats::{bump, Stats};
+use crate::protocol::reply as r;
+use crate::stats::{bump, Settings, Sources, Stats};
 use crate::store::Store;
 
 /// Reported by `version` and `stats`.
@@ -36,12 +37,7 @@ pub struct Ctx {
     /// Set by `verbosity`, shown in `stats settings`; starts at `-v` count.
     pub verbosity: Arc<AtomicU32>,
     /// Extra `STAT` lines (the kernel path's counters), when the kernel path is up.
-    pub extra_stats: Option<Arc<dyn ExtraStats>>,
-}
-
-/// A source of additional general `stats` lines.
-pub trait ExtraStats: Send + Sync {
-    fn stats(&self, add: &mut dyn FnMut(&str, u64));
+    pub extra_stats: Option<Arc<dyn crate::stats::Source>>,
 }
 
 impl Ctx {
@@ -51,9 +47,23 @@ impl Ctx {
     }
 
     /// The context with `extra` adding `stats` lines (set before the context is shared).
-    pub fn with_extra_stats(mut self, extra: Arc<dyn ExtraStats>) -> Ctx {
+    pub fn with_extra_stats(mut self, extra: Arc<dyn crate::stats::Source>) -> Ctx {
         self.extra_stats = Some(extra);
         self
+    }
+
+    /// What the general `stats` numbers (and `/metrics`) are read from, as of now.
+    pub fn stat_sources(&self) -> Sources<'_> {
+        Sources {
+            counters: &self.stats,
+            store: self.store.stats(),
+            settings: Settings {
+                max_connections: self.config.max_connections as u64,
+                threads: self.config.threads as u64,
+                limit_maxbytes: self.store.limit_maxbytes(),
+            },
+            extra: self.extra_stats.as_deref(),
+        }
     }
 }
 
@@ -88,15 +98,14 @@ pub fn execute_from(
     out: &mut BytesMut,
     stop_at: usize,
 ) -> (Outcome, Option<usize>) {
+    let span = get::Span { from, stop_at };
     let o = match *cmd {
-        Command::Get { keys, cas } => return get::get(keys, from, cas, ctx, out, stop_at),
-        Command::Gat { exptime, keys, cas } => return get::gat(exptime, keys, from, cas, ctx, out, stop_at),
-        Command::Store { mode, key, flags, exptime, cas_unique, data, noreply } => {
-            storage::store(mode, key, flags, exptime, cas_unique, data, noreply, ctx, out)
-        }
+        Command::Get { keys, cas } => return get::get(keys, cas, span, ctx, out),
+        Command::Gat(ref gat) => return get::gat(gat, span, ctx, out),
+        Command::Store(ref store) => storage::store(store, ctx, out),
         Command::Delete { key, noreply } => storage::delete(key, noreply, ctx, out),
-        Command::Arith { key, incr, delta, noreply } => arith::arith(key, incr, delta, noreply, ctx, out),
-        Command::Touch { key, exptime, noreply } => get::touch(key, exptime, noreply, ctx, out),
+        Command::Arith(ref arith) => arith::arith(arith, ctx, out),
+        Command::Touch(ref touch) => get::touch(touch, ctx, out),
         Command::FlushAll { delay, noreply } => misc::flush_all(delay, noreply, ctx, out),
         Command::Version => misc::version(out),
         Command::Verbosity { level, noreply } => misc::verbosity(level, noreply, ctx, out),
@@ -106,16 +115,8 @@ pub fn execute_from(
         Command::MetaSet { key, data, flags } => meta::ms(key, data, &flags, ctx, out),
         Command::MetaDelete { key, flags } => meta::md(key, &flags, ctx, out),
         Command::MetaArith { key, flags } => meta::ma(key, &flags, ctx, out),
-        Command::MetaNoop => {
-            bump(&ctx.stats.cmd_meta, 1);
-            out.extend_from_slice(b"MN\r\n");
-            Outcome::default()
-        }
-        Command::MetaDebug { .. } => {
-            bump(&ctx.stats.cmd_meta, 1);
-            out.extend_from_slice(b"EN\r\n");
-            Outcome::default()
-        }
+        Command::MetaNoop => meta::code_only(r::MN, ctx, out),
+        Command::MetaDebug { .. } => meta::code_only(r::EN, ctx, out),
     };
     (o, None)
 }
@@ -129,9 +130,7 @@ pub fn reject_too_large(key: &[u8], ctx: &Ctx, out: &mut BytesMut) -> Outcome {
 /// [`reject_too_large`] for a text command with `noreply`, which suppresses even this error in memcached.
 pub fn reject_too_large_noreply(key: &[u8], noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     bump(&ctx.stats.store_too_large, 1);
-    if !noreply {
-        out.extend_from_slice(b"SERVER_ERROR object too large for cache\r\n");
-    }
+    reply(out, noreply, r::TOO_LARGE);
     Outcome::seq(ctx.store.remove(key))
 }
 
@@ -145,10 +144,9 @@ pub(crate) fn put_i64(out: &mut BytesMut, n: i64) {
     out.extend_from_slice(b.format(n).as_bytes());
 }
 
-/// Appends `line` + CRLF unless the reply is suppressed.
+/// Appends the reply line (with its CRLF) unless the reply is suppressed.
 pub(crate) fn reply(out: &mut BytesMut, noreply: bool, line: &[u8]) {
     if !noreply {
         out.extend_from_slice(line);
-        out.extend_from_slice(b"\r\n");
     }
 }

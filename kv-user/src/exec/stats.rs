@@ -5,30 +5,30 @@ use std::sync::atomic::Ordering;
 use bytes::BytesMut;
 
 use super::{put_u64, Ctx, Outcome, VERSION};
+use crate::protocol::reply::{self as r, CRLF};
 use crate::stats::read;
 use crate::store::ITEM_OVERHEAD;
 
-fn stat_u64(out: &mut BytesMut, name: &str, v: u64) {
-    out.extend_from_slice(b"STAT ");
+/// `STAT <name> `: the start of every `stats` line.
+fn stat_head(out: &mut BytesMut, name: &str) {
+    out.extend_from_slice(r::STAT);
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b" ");
-    put_u64(out, v);
-    out.extend_from_slice(b"\r\n");
+}
+
+fn stat_u64(out: &mut BytesMut, name: &str, v: u64) {
+    stat_str(out, name, itoa::Buffer::new().format(v).as_bytes());
 }
 
 fn stat_str(out: &mut BytesMut, name: &str, v: &[u8]) {
-    out.extend_from_slice(b"STAT ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b" ");
+    stat_head(out, name);
     out.extend_from_slice(v);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(CRLF);
 }
 
 /// `seconds.micros` as memcached prints rusage.
 fn stat_timeval(out: &mut BytesMut, name: &str, tv: libc::timeval) {
-    out.extend_from_slice(b"STAT ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b" ");
+    stat_head(out, name);
     put_u64(out, tv.tv_sec.max(0) as u64);
     out.extend_from_slice(b".");
     let us = tv.tv_usec.clamp(0, 999_999) as u64;
@@ -38,7 +38,7 @@ fn stat_timeval(out: &mut BytesMut, name: &str, tv: libc::timeval) {
         out.extend_from_slice(b"0");
     }
     out.extend_from_slice(digits);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(CRLF);
 }
 
 fn rusage() -> (libc::timeval, libc::timeval) {
@@ -57,7 +57,7 @@ pub(super) fn stats(arg: Option<&[u8]>, ctx: &Ctx, out: &mut BytesMut) -> Outcom
         Some(b"reset") => {
             ctx.stats.reset();
             ctx.store.reset_stats();
-            out.extend_from_slice(b"RESET\r\n");
+            out.extend_from_slice(r::RESET);
             return Outcome::default();
         }
         Some(b"settings") => settings(ctx, out),
@@ -67,11 +67,11 @@ pub(super) fn stats(arg: Option<&[u8]>, ctx: &Ctx, out: &mut BytesMut) -> Outcom
         Some(b"conns") => {}
         // memcached: a subcommand no engine knows is a plain ERROR.
         Some(_) => {
-            out.extend_from_slice(b"ERROR\r\n");
+            out.extend_from_slice(r::ERROR);
             return Outcome::default();
         }
     }
-    out.extend_from_slice(b"END\r\n");
+    out.extend_from_slice(r::END);
     Outcome::default()
 }
 
@@ -86,7 +86,7 @@ fn general(ctx: &Ctx, out: &mut BytesMut) {
     stat_u64(out, "pointer_size", (8 * std::mem::size_of::<usize>()) as u64);
     stat_timeval(out, "rusage_user", utime);
     stat_timeval(out, "rusage_system", stime);
-    crate::stats::general_numbers(ctx, &mut |name, v| stat_u64(out, name, v));
+    crate::stats::general_numbers(&ctx.stat_sources(), &mut |d, v| stat_u64(out, d.name, v));
 }
 
 fn settings(ctx: &Ctx, out: &mut BytesMut) {

@@ -3,7 +3,8 @@
 use bytes::BytesMut;
 
 use super::{reject_too_large_noreply, reply, Ctx, Outcome};
-use crate::protocol::command::StoreMode;
+use crate::protocol::command::{StoreCmd, StoreMode};
+use crate::protocol::reply as r;
 use crate::stats::bump;
 use crate::store::{DeleteOpts, DeleteStatus, SetMode, SetRequest, SetStatus};
 
@@ -17,19 +18,8 @@ pub(super) fn count_cas(ctx: &Ctx, status: SetStatus) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn store(
-    mode: StoreMode,
-    key: &[u8],
-    flags: u32,
-    exptime: i64,
-    cas_unique: u64,
-    data: &[u8],
-    noreply: bool,
-    ctx: &Ctx,
-    out: &mut BytesMut,
-) -> Outcome {
-    let mode = match mode {
+pub(super) fn store(cmd: &StoreCmd<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    let mode = match cmd.mode {
         StoreMode::Set => SetMode::Set,
         StoreMode::Add => SetMode::Add,
         StoreMode::Replace => SetMode::Replace,
@@ -37,23 +27,23 @@ pub(super) fn store(
         StoreMode::Prepend => SetMode::Prepend,
         StoreMode::Cas => SetMode::Cas,
     };
-    let mut req = SetRequest::new(mode, key, data, flags, exptime);
-    req.compare_cas = cas_unique;
+    let mut req = SetRequest::new(mode, cmd.key, cmd.data, cmd.flags, cmd.exptime);
+    req.compare_cas = cmd.cas_unique;
     let res = ctx.store.set(&req);
     if res.status == SetStatus::TooLarge {
-        return reject_too_large_noreply(key, noreply, ctx, out);
+        return reject_too_large_noreply(cmd.key, cmd.noreply, ctx, out);
     }
     bump(&ctx.stats.cmd_set, 1);
     if mode == SetMode::Cas {
         count_cas(ctx, res.status);
     }
-    let line: &[u8] = match res.status {
-        SetStatus::Stored => b"STORED",
-        SetStatus::NotStored | SetStatus::TooLarge => b"NOT_STORED",
-        SetStatus::Exists => b"EXISTS",
-        SetStatus::NotFound => b"NOT_FOUND",
+    let line = match res.status {
+        SetStatus::Stored => r::STORED,
+        SetStatus::NotStored | SetStatus::TooLarge => r::NOT_STORED,
+        SetStatus::Exists => r::EXISTS,
+        SetStatus::NotFound => r::NOT_FOUND,
     };
-    reply(out, noreply, line);
+    reply(out, cmd.noreply, line);
     Outcome::seq(res.seq)
 }
 
@@ -61,10 +51,10 @@ pub(super) fn delete(key: &[u8], noreply: bool, ctx: &Ctx, out: &mut BytesMut) -
     let (status, seq) = ctx.store.delete(key, &DeleteOpts::default());
     if status == DeleteStatus::Deleted {
         bump(&ctx.stats.delete_hits, 1);
-        reply(out, noreply, b"DELETED");
+        reply(out, noreply, r::DELETED);
     } else {
         bump(&ctx.stats.delete_misses, 1);
-        reply(out, noreply, b"NOT_FOUND");
+        reply(out, noreply, r::NOT_FOUND);
     }
     Outcome::seq(seq)
 }

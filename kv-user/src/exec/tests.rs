@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use clap::Parser;
 
 use super::*;
-use crate::protocol::command::{Keys, MetaFlags, StoreMode};
+use crate::protocol::command::{ArithCmd, GatCmd, Keys, MetaFlags, StoreCmd, StoreMode, TouchCmd};
 use crate::record::NoJournal;
 use crate::store::{ManualClock, StoreOptions};
 
@@ -52,33 +52,25 @@ impl T {
 
 /// Hand-built meta flags have no request order; give them the order c f h k l O s t (the parser records
 /// the client's actual order, covered by `meta_flags_echo_request_order`).
-fn canonical_order(cmd: Command<'_>) -> Command<'_> {
-    fn fill(mut f: MetaFlags<'_>) -> MetaFlags<'_> {
-        if f.ret_count == 0 {
-            let on = [
-                (b'c', f.return_cas),
-                (b'f', f.return_flags),
-                (b'h', f.return_hit),
-                (b'k', f.return_key),
-                (b'l', f.return_last_access),
-                (b'O', f.opaque.is_some()),
-                (b's', f.return_size),
-                (b't', f.return_ttl),
-            ];
-            for (letter, _) in on.iter().filter(|(_, set)| *set) {
-                f.ret_order[f.ret_count as usize] = *letter;
-                f.ret_count += 1;
-            }
+fn canonical_order(mut cmd: Command<'_>) -> Command<'_> {
+    let Some(f) = cmd.meta_flags_mut() else { return cmd };
+    if f.ret_count == 0 {
+        let on = [
+            (b'c', f.return_cas),
+            (b'f', f.return_flags),
+            (b'h', f.return_hit),
+            (b'k', f.return_key),
+            (b'l', f.return_last_access),
+            (b'O', f.opaque.is_some()),
+            (b's', f.return_size),
+            (b't', f.return_ttl),
+        ];
+        for (letter, _) in on.iter().filter(|(_, set)| *set) {
+            f.ret_order[f.ret_count as usize] = *letter;
+            f.ret_count += 1;
         }
-        f
     }
-    match cmd {
-        Command::MetaGet { key, flags } => Command::MetaGet { key, flags: fill(flags) },
-        Command::MetaSet { key, data, flags } => Command::MetaSet { key, data, flags: fill(flags) },
-        Command::MetaDelete { key, flags } => Command::MetaDelete { key, flags: fill(flags) },
-        Command::MetaArith { key, flags } => Command::MetaArith { key, flags: fill(flags) },
-        other => other,
-    }
+    cmd
 }
 
 #[test]
@@ -95,7 +87,15 @@ fn meta_flags_echo_request_order() {
 }
 
 fn store_cmd<'a>(mode: StoreMode, key: &'a str, val: &'a str, cas: u64, noreply: bool) -> Command<'a> {
-    Command::Store { mode, key: key.as_bytes(), flags: 5, exptime: 0, cas_unique: cas, data: val.as_bytes(), noreply }
+    Command::Store(StoreCmd {
+        mode,
+        key: key.as_bytes(),
+        flags: 5,
+        exptime: 0,
+        cas_unique: cas,
+        data: val.as_bytes(),
+        noreply,
+    })
 }
 
 fn cas_of(t: &T, key: &str) -> u64 {
@@ -144,10 +144,10 @@ fn noreply_suppresses_everything() {
     let t = t();
     assert_eq!(t.run(store_cmd(StoreMode::Set, "k", "v", 0, true)), "");
     assert_eq!(t.run(store_cmd(StoreMode::Add, "k", "v", 0, true)), "");
-    assert_eq!(t.run(Command::Arith { key: b"k", incr: true, delta: 1, noreply: true }), "");
+    assert_eq!(t.run(Command::Arith(ArithCmd { key: b"k", incr: true, delta: 1, noreply: true })), "");
     assert_eq!(t.run(Command::Delete { key: b"k", noreply: true }), "");
     assert_eq!(t.run(Command::Delete { key: b"k", noreply: true }), "");
-    assert_eq!(t.run(Command::Touch { key: b"k", exptime: 1, noreply: true }), "");
+    assert_eq!(t.run(Command::Touch(TouchCmd { key: b"k", exptime: 1, noreply: true })), "");
     assert_eq!(t.run(Command::FlushAll { delay: 0, noreply: true }), "");
     assert_eq!(t.run(Command::Verbosity { level: 1, noreply: true }), "");
     let mut out = BytesMut::new();
@@ -160,15 +160,15 @@ fn delete_touch_gat() {
     let t = t();
     assert_eq!(t.run(Command::Delete { key: b"k", noreply: false }), "NOT_FOUND\r\n");
     t.set("k", "v");
-    assert_eq!(t.run(Command::Touch { key: b"k", exptime: 10, noreply: false }), "TOUCHED\r\n");
-    assert_eq!(t.run(Command::Touch { key: b"z", exptime: 10, noreply: false }), "NOT_FOUND\r\n");
+    assert_eq!(t.run(Command::Touch(TouchCmd { key: b"k", exptime: 10, noreply: false })), "TOUCHED\r\n");
+    assert_eq!(t.run(Command::Touch(TouchCmd { key: b"z", exptime: 10, noreply: false })), "NOT_FOUND\r\n");
     assert_eq!(
-        t.run(Command::Gat { exptime: 100, keys: Keys { raw: b"k z" }, cas: false }),
+        t.run(Command::Gat(GatCmd { exptime: 100, keys: Keys { raw: b"k z" }, cas: false })),
         "VALUE k 5 1\r\nv\r\nEND\r\n"
     );
     let cas = cas_of(&t, "k");
     assert_eq!(
-        t.run(Command::Gat { exptime: 100, keys: Keys { raw: b"k" }, cas: true }),
+        t.run(Command::Gat(GatCmd { exptime: 100, keys: Keys { raw: b"k" }, cas: true })),
         format!("VALUE k 5 1 {cas}\r\nv\r\nEND\r\n")
     );
     t.clock.advance(50);
@@ -184,7 +184,7 @@ fn delete_touch_gat() {
 #[test]
 fn incr_decr_replies() {
     let t = t();
-    let arith = |incr, delta| t.run(Command::Arith { key: b"n", incr, delta, noreply: false });
+    let arith = |incr, delta| t.run(Command::Arith(ArithCmd { key: b"n", incr, delta, noreply: false }));
     assert_eq!(arith(true, 1), "NOT_FOUND\r\n");
     t.set("n", "10");
     assert_eq!(arith(true, 5), "15\r\n");
@@ -373,7 +373,7 @@ fn meta_get_vivify_and_stale() {
     assert_eq!(t.mg("s", MetaFlags { return_value: true, ..f() }), "VA 4 X W\r\ndata\r\n");
     assert_eq!(t.mg("s", MetaFlags { return_value: true, ..f() }), "VA 4 Z X\r\ndata\r\n");
     // R: remaining TTL below the token wins once.
-    t.run(Command::Store {
+    t.run(Command::Store(StoreCmd {
         mode: StoreMode::Set,
         key: b"r",
         flags: 0,
@@ -381,7 +381,7 @@ fn meta_get_vivify_and_stale() {
         cas_unique: 0,
         data: b"v",
         noreply: false,
-    });
+    }));
     assert_eq!(t.mg("r", MetaFlags { recache_ttl: Some(30), ..f() }), "HD W\r\n");
     assert_eq!(t.mg("r", MetaFlags { recache_ttl: Some(30), ..f() }), "HD Z\r\n");
 }
@@ -396,6 +396,18 @@ fn meta_base64_keys() {
     assert_eq!(t.get("foo"), "VALUE foo 0 3\r\nbar\r\nEND\r\n");
     assert_eq!(t.mg("Zm9v", MetaFlags { return_value: true, ..fl }), "VA 3 kZm9v b\r\nbar\r\n");
     assert_eq!(t.mg("!!!", fl), "CLIENT_ERROR error decoding key\r\n");
+    // The parser's decoder, memcached's rules: bytes outside the alphabet are skipped, a padded group
+    // ends the key, and the echo is the decoded key encoded again.
+    assert_eq!(t.mg("Zm!9v", MetaFlags { return_value: true, ..fl }), "VA 3 kZm9v b\r\nbar\r\n");
+    assert_eq!(t.mg("Zm8=Zm9v", fl), "EN kZm8= b\r\n");
+    assert_eq!(t.mg("Zm9=", fl), "EN kZm8= b\r\n");
+    assert_eq!(t.run(Command::MetaDelete { key: b"Zm9v!", flags: fl }), "HD kZm9v b\r\n");
+    assert_eq!(t.get("foo"), "END\r\n");
+    t.set("n", "5");
+    let ma = MetaFlags { return_value: true, ..fl };
+    assert_eq!(t.run(Command::MetaArith { key: b"b!g==", flags: ma }), "VA 1 kbg== b\r\n6\r\n");
+    // ma reports a key that does not decode as a flag error.
+    assert_eq!(t.run(Command::MetaArith { key: b"bg=", flags: ma }), "CLIENT_ERROR invalid or duplicate flag\r\n");
 }
 
 #[test]
@@ -502,7 +514,10 @@ fn execute_reports_journal_seq() {
     let mut out = BytesMut::new();
     assert_eq!(execute(&store_cmd(StoreMode::Set, "k", "v", 0, false), &ctx, &mut out).seq, 1);
     assert_eq!(execute(&Command::Get { keys: Keys { raw: b"k" }, cas: false }, &ctx, &mut out).seq, 0);
-    assert_eq!(execute(&Command::Gat { exptime: 5, keys: Keys { raw: b"k k" }, cas: false }, &ctx, &mut out).seq, 3);
+    assert_eq!(
+        execute(&Command::Gat(GatCmd { exptime: 5, keys: Keys { raw: b"k k" }, cas: false }), &ctx, &mut out).seq,
+        3
+    );
     assert_eq!(execute(&Command::Delete { key: b"k", noreply: false }, &ctx, &mut out).seq, 4);
     assert_eq!(execute(&Command::FlushAll { delay: 0, noreply: false }, &ctx, &mut out).seq, 5);
 }

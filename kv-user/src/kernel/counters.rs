@@ -37,7 +37,7 @@ pub struct KernelStats {
     pub sync: Arc<KernelSync>,
 }
 
-impl crate::exec::ExtraStats for KernelStats {
+impl crate::stats::Source for KernelStats {
     fn stats(&self, add: &mut dyn FnMut(&str, u64)) {
         for (c, name) in kv_common::COUNTERS {
             add(name, self.counters.get(c));

@@ -12,6 +12,48 @@ pub enum StoreMode {
     Cas,
 }
 
+/// `set`, `add`, `replace`, `append`, `prepend`, `cas`: `<cmd> <key> <flags> <exptime> <bytes>
+/// [<cas unique>] [noreply]\r\n<data>\r\n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCmd<'a> {
+    pub mode: StoreMode,
+    pub key: &'a [u8],
+    /// Client flags, stored with the item.
+    pub flags: u32,
+    pub exptime: i64,
+    /// Only for `StoreMode::Cas`.
+    pub cas_unique: u64,
+    pub data: &'a [u8],
+    pub noreply: bool,
+}
+
+/// `incr` / `decr`: `<cmd> <key> <delta> [noreply]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArithCmd<'a> {
+    pub key: &'a [u8],
+    /// `incr` (true) or `decr`.
+    pub incr: bool,
+    pub delta: u64,
+    pub noreply: bool,
+}
+
+/// `touch <key> <exptime> [noreply]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TouchCmd<'a> {
+    pub key: &'a [u8],
+    pub exptime: i64,
+    pub noreply: bool,
+}
+
+/// `gat` / `gats`: `<cmd> <exptime> <key>*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatCmd<'a> {
+    pub exptime: i64,
+    pub keys: Keys<'a>,
+    /// `gats`: the reply carries each item's CAS.
+    pub cas: bool,
+}
+
 /// Keys of a multi-key command, iterated without allocating (space-separated tokens of the request line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keys<'a> {
@@ -81,38 +123,16 @@ pub enum Command<'a> {
         cas: bool,
     },
     /// gat / gats
-    Gat {
-        exptime: i64,
-        keys: Keys<'a>,
-        cas: bool,
-    },
+    Gat(GatCmd<'a>),
     /// set / add / replace / append / prepend / cas
-    Store {
-        mode: StoreMode,
-        key: &'a [u8],
-        flags: u32,
-        exptime: i64,
-        /// Only for `StoreMode::Cas`.
-        cas_unique: u64,
-        data: &'a [u8],
-        noreply: bool,
-    },
+    Store(StoreCmd<'a>),
     Delete {
         key: &'a [u8],
         noreply: bool,
     },
     /// incr / decr
-    Arith {
-        key: &'a [u8],
-        incr: bool,
-        delta: u64,
-        noreply: bool,
-    },
-    Touch {
-        key: &'a [u8],
-        exptime: i64,
-        noreply: bool,
-    },
+    Arith(ArithCmd<'a>),
+    Touch(TouchCmd<'a>),
     FlushAll {
         delay: i64,
         noreply: bool,
@@ -154,4 +174,17 @@ pub enum Command<'a> {
     MetaDebug {
         key: &'a [u8],
     },
+}
+
+impl<'a> Command<'a> {
+    /// The flags of a meta command that has them (mg, ms, md, ma).
+    pub fn meta_flags_mut(&mut self) -> Option<&mut MetaFlags<'a>> {
+        match self {
+            Command::MetaGet { flags, .. }
+            | Command::MetaSet { flags, .. }
+            | Command::MetaDelete { flags, .. }
+            | Command::MetaArith { flags, .. } => Some(flags),
+            _ => None,
+        }
+    }
 }

@@ -16,33 +16,24 @@
 //! * ms errors found after the datalen was read swallow `datalen + 2` bytes; too large values also
 //!   remove the old item whatever the mode (`too_large_key`), except that a base64 key (`b`) is not
 //!   reported there, as the executor could not tell it is encoded (the old item then stays).
-//! * base64 keys (`b`) are validated as memcached's `base64_decode` does and returned encoded,
-//!   with `base64_key` set; [`base64_decode`] decodes them without allocating.
+//! * base64 keys (`b`) are validated with [`super::base64`] (memcached's rules) and returned
+//!   encoded, with `base64_key` set; the executor decodes them with the same decoder.
 
+use super::base64;
 use super::command::{Command, MetaFlags};
 use super::parse::{
     data_block, error, item_size_ok, parse_i32, parse_u32, parse_u64, Block, Limits, Parsed, Tokens, KEY_MAX_LENGTH,
-    R_BAD_CHUNK, R_BAD_FORMAT, R_ERROR, R_TOO_LARGE,
+};
+use super::reply::{
+    BAD_DATA_CHUNK, BAD_DELTA_VALUE, BAD_FORMAT, BAD_INITIAL_VALUE, BAD_TOKEN, DECODE_KEY, DUPLICATE_FLAG, ERROR,
+    FLAGS_TOO_LONG, INVALID_FLAG, INVALID_OR_DUPLICATE_FLAG, MA_MODE, MG_FLAGS_TOO_LONG, MS_MODE, M_TOKEN_LENGTH,
+    OPAQUE_TOO_LONG, TOO_LARGE,
 };
 
 /// memcached's `MFLAG_MAX_OPT_LENGTH`: the most tokens (memcached's count) a meta command may have.
 const MFLAG_MAX_OPT_LENGTH: usize = 20;
 /// memcached's `MFLAG_MAX_OPAQUE_LENGTH`, counting the `O`.
 const MFLAG_MAX_OPAQUE_LENGTH: usize = 32;
-
-const R_MG_TOO_MANY: &[u8] = b"CLIENT_ERROR options flags are too long\r\n";
-const R_TOO_MANY: &[u8] = b"CLIENT_ERROR options flags too long\r\n";
-const R_DUPLICATE: &[u8] = b"CLIENT_ERROR duplicate flag\r\n";
-const R_INVALID_FLAG: &[u8] = b"CLIENT_ERROR invalid flag\r\n";
-const R_INVALID_OR_DUP: &[u8] = b"CLIENT_ERROR invalid or duplicate flag\r\n";
-const R_DECODE_KEY: &[u8] = b"CLIENT_ERROR error decoding key\r\n";
-const R_BAD_TOKEN: &[u8] = b"CLIENT_ERROR bad token in command line format\r\n";
-const R_M_LENGTH: &[u8] = b"CLIENT_ERROR incorrect length for M token\r\n";
-const R_BAD_INITIAL: &[u8] = b"CLIENT_ERROR invalid numeric initial value\r\n";
-const R_BAD_DELTA: &[u8] = b"CLIENT_ERROR invalid numeric delta value\r\n";
-const R_OPAQUE_TOO_LONG: &[u8] = b"CLIENT_ERROR opaque token too long\r\n";
-const R_MS_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ms M token\r\n";
-const R_MA_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ma M token\r\n";
 
 /// Dispatches a two-byte command starting with `m`.
 pub(super) fn parse_meta<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits) -> Parsed<'a> {
@@ -51,7 +42,7 @@ pub(super) fn parse_meta<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, 
         Some(b'e') => debug(toks, consumed),
         Some(b's') => set(buf, toks, consumed, limits),
         Some(&c @ (b'g' | b'd' | b'a')) => key_flags(toks, consumed, c),
-        _ => error(R_ERROR, consumed),
+        _ => error(ERROR, consumed),
     }
 }
 
@@ -62,26 +53,26 @@ fn command(cmd: Command<'_>, consumed: usize) -> Parsed<'_> {
 /// mg, md, ma: `<cmd> <key> <flags>*`.
 fn key_flags<'a>(toks: &Tokens<'a>, consumed: usize, which: u8) -> Parsed<'a> {
     if toks.count() < 3 {
-        return error(R_ERROR, consumed);
+        return error(ERROR, consumed);
     }
     let key = toks.get(1);
     if key.len() > KEY_MAX_LENGTH {
-        return error(R_BAD_FORMAT, consumed);
+        return error(BAD_FORMAT, consumed);
     }
     if toks.count() > MFLAG_MAX_OPT_LENGTH {
-        let reply = if which == b'g' { R_MG_TOO_MANY } else { R_TOO_MANY };
+        let reply = if which == b'g' { MG_FLAGS_TOO_LONG } else { FLAGS_TOO_LONG };
         return error(reply, consumed);
     }
     let flags = match preparse(toks, 2, key) {
         Ok(f) => f,
         Err(e) if which == b'g' => return error(e, consumed),
-        Err(_) => return error(R_INVALID_OR_DUP, consumed),
+        Err(_) => return error(INVALID_OR_DUPLICATE_FLAG, consumed),
     };
     if which == b'a' && !matches!(flags.mode, None | Some(b'I' | b'+' | b'D' | b'-')) {
-        return error(R_MA_MODE, consumed);
+        return error(MA_MODE, consumed);
     }
     if opaque_too_long(&flags) {
-        return error(R_OPAQUE_TOO_LONG, consumed);
+        return error(OPAQUE_TOO_LONG, consumed);
     }
     let cmd = match which {
         b'g' => Command::MetaGet { key, flags },
@@ -94,19 +85,19 @@ fn key_flags<'a>(toks: &Tokens<'a>, consumed: usize, which: u8) -> Parsed<'a> {
 /// ms `<key> <datalen> <flags>*\r\n<data>\r\n`.
 fn set<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits) -> Parsed<'a> {
     if toks.count() < 3 {
-        return error(R_ERROR, consumed);
+        return error(ERROR, consumed);
     }
     let key = toks.get(1);
     if key.len() > KEY_MAX_LENGTH || toks.count() == 3 {
-        return error(R_BAD_FORMAT, consumed);
+        return error(BAD_FORMAT, consumed);
     }
     if toks.count() > MFLAG_MAX_OPT_LENGTH {
-        return error(R_TOO_MANY, consumed);
+        return error(FLAGS_TOO_LONG, consumed);
     }
     let Some(vlen) =
         parse_i32(toks.get(2)).and_then(|v| usize::try_from(v).ok()).filter(|&v| v <= i32::MAX as usize - 2)
     else {
-        return error(R_BAD_FORMAT, consumed);
+        return error(BAD_FORMAT, consumed);
     };
     // From here on memcached knows the length and swallows the data block on error.
     let swallow = |reply: &'static [u8], too_large_key: Option<&'a [u8]>| Parsed::Error {
@@ -121,19 +112,19 @@ fn set<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits) -
         Err(e) => return swallow(e, None),
     };
     if !matches!(flags.mode, None | Some(b'E' | b'A' | b'P' | b'R' | b'S')) {
-        return swallow(R_MS_MODE, None);
+        return swallow(MS_MODE, None);
     }
     if opaque_too_long(&flags) {
-        return swallow(R_OPAQUE_TOO_LONG, None);
+        return swallow(OPAQUE_TOO_LONG, None);
     }
-    let nkey = if flags.base64_key { base64_decoded_len(key).unwrap_or(key.len()) } else { key.len() };
+    let nkey = if flags.base64_key { base64::decoded_len(key).unwrap_or(key.len()) } else { key.len() };
     if !item_size_ok(nkey, flags.client_flags.unwrap_or(0), vlen, limits) {
-        return swallow(R_TOO_LARGE, (!flags.base64_key).then_some(key));
+        return swallow(TOO_LARGE, (!flags.base64_key).then_some(key));
     }
     match data_block(buf, consumed, vlen) {
         Block::Incomplete => Parsed::Incomplete,
         // ms always reports this one, q or not.
-        Block::Bad(end) => error(R_BAD_CHUNK, end),
+        Block::Bad(end) => error(BAD_DATA_CHUNK, end),
         Block::Ok(data, end) => command(Command::MetaSet { key, data, flags }, end),
     }
 }
@@ -142,10 +133,10 @@ fn set<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits) -
 fn debug<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     let key = toks.get(1);
     if toks.count() < 3 || key.len() > KEY_MAX_LENGTH {
-        return error(R_BAD_FORMAT, consumed);
+        return error(BAD_FORMAT, consumed);
     }
-    if toks.count() >= 4 && toks.get(2) == b"b" && base64_decoded_len(key).is_none() {
-        return error(R_BAD_FORMAT, consumed);
+    if toks.count() >= 4 && toks.get(2) == b"b" && base64::decoded_len(key).is_none() {
+        return error(BAD_FORMAT, consumed);
     }
     command(Command::MetaDebug { key }, consumed)
 }
@@ -161,14 +152,14 @@ fn preparse<'a>(toks: &Tokens<'a>, start: usize, key: &[u8]) -> Result<MetaFlags
     let mut f = MetaFlags::default();
     let mut seen = 0u128;
     let mut failed: Option<&'static [u8]> = None;
-    let mut errstr = R_BAD_FORMAT;
+    let mut errstr = BAD_FORMAT;
     for i in start..toks.len() {
         let tok = toks.get(i);
         let Some((&flag, arg)) = tok.split_first() else {
             continue;
         };
         if flag >= 127 || seen & (1 << flag) != 0 {
-            return Err(R_DUPLICATE);
+            return Err(DUPLICATE_FLAG);
         }
         seen |= 1 << flag;
         if b"cfhklOst".contains(&flag) && (f.ret_count as usize) < f.ret_order.len() {
@@ -183,22 +174,22 @@ fn preparse<'a>(toks: &Tokens<'a>, start: usize, key: &[u8]) -> Result<MetaFlags
         };
         match flag {
             b'b' => {
-                if base64_decoded_len(key).is_none() {
-                    bad(Some(R_DECODE_KEY));
+                if base64::decoded_len(key).is_none() {
+                    bad(Some(DECODE_KEY));
                 }
                 f.base64_key = true;
             }
             b'N' => match parse_i32(arg) {
                 Some(t) => f.vivify_ttl = Some(i64::from(t)),
-                None => bad(Some(R_BAD_TOKEN)),
+                None => bad(Some(BAD_TOKEN)),
             },
             b'T' => match parse_i32(arg) {
                 Some(t) => f.set_ttl = Some(i64::from(t)),
-                None => bad(Some(R_BAD_TOKEN)),
+                None => bad(Some(BAD_TOKEN)),
             },
             b'R' => match parse_i32(arg) {
                 Some(t) => f.recache_ttl = Some(i64::from(t)),
-                None => bad(Some(R_BAD_TOKEN)),
+                None => bad(Some(BAD_TOKEN)),
             },
             b'l' => f.return_last_access = true,
             b'O' => f.opaque = Some(arg),
@@ -219,100 +210,30 @@ fn preparse<'a>(toks: &Tokens<'a>, start: usize, key: &[u8]) -> Result<MetaFlags
             },
             b'C' => match parse_u64(arg) {
                 Some(v) => f.compare_cas = Some(v),
-                None => bad(Some(R_BAD_TOKEN)),
+                None => bad(Some(BAD_TOKEN)),
             },
             b'E' => match parse_u64(arg) {
                 Some(v) => f.explicit_cas = Some(v),
-                None => bad(Some(R_BAD_TOKEN)),
+                None => bad(Some(BAD_TOKEN)),
             },
             b'M' => match arg {
                 [m] => f.mode = Some(*m),
-                _ => bad(Some(R_M_LENGTH)),
+                _ => bad(Some(M_TOKEN_LENGTH)),
             },
             b'J' => match parse_u64(arg) {
                 Some(v) => f.initial = Some(v),
-                None => bad(Some(R_BAD_INITIAL)),
+                None => bad(Some(BAD_INITIAL_VALUE)),
             },
             b'D' => match parse_u64(arg) {
                 Some(v) => f.delta = Some(v),
-                None => bad(Some(R_BAD_DELTA)),
+                None => bad(Some(BAD_DELTA_VALUE)),
             },
             b'I' => f.invalidate = true,
-            _ => return Err(R_INVALID_FLAG),
+            _ => return Err(INVALID_FLAG),
         }
     }
     match failed {
         Some(e) => Err(e),
         None => Ok(f),
     }
-}
-
-/// memcached's base64 alphabet; `=` decodes as 0 and counts as padding.
-fn b64_value(c: u8) -> Option<u8> {
-    match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        b'=' => Some(0),
-        _ => None,
-    }
-}
-
-/// memcached's `base64_decode`: bytes outside the alphabet are skipped, the alphabet bytes must
-/// come in groups of 4, decoding stops after the first group with padding. Writes to `out` when
-/// given; returns the decoded length, or `None` where memcached returns 0 (failure).
-fn decode(src: &[u8], mut out: Option<&mut [u8]>) -> Option<usize> {
-    let count = src.iter().filter(|&&c| b64_value(c).is_some()).count();
-    if count == 0 || count % 4 != 0 {
-        return None;
-    }
-    let mut pos = 0usize;
-    let mut block = [0u8; 4];
-    let mut n = 0;
-    let mut pad = 0;
-    for &c in src {
-        let Some(v) = b64_value(c) else { continue };
-        if c == b'=' {
-            pad += 1;
-        }
-        block[n] = v;
-        n += 1;
-        if n == 4 {
-            // memcached writes the whole group, then backs off one byte per `=`.
-            let keep = match pad {
-                0 => 3,
-                1 => 2,
-                2 => 1,
-                _ => return None,
-            };
-            if let Some(o) = out.as_deref_mut() {
-                let bytes =
-                    [(block[0] << 2) | (block[1] >> 4), (block[1] << 4) | (block[2] >> 2), (block[2] << 6) | block[3]];
-                o.get_mut(pos..pos + keep)?.copy_from_slice(&bytes[..keep]);
-            }
-            pos += keep;
-            n = 0;
-            if pad > 0 {
-                break;
-            }
-        }
-    }
-    (pos > 0).then_some(pos)
-}
-
-pub(super) fn base64_decoded_len(src: &[u8]) -> Option<usize> {
-    decode(src, None)
-}
-
-/// Decodes a base64 key (meta `b` flag) into `out` as memcached does, returning the number of
-/// bytes written, or `None` if memcached would reject it or `out` is too short. A key of at most
-/// 250 encoded bytes decodes to at most 187 bytes.
-pub fn base64_decode(src: &[u8], out: &mut [u8]) -> Option<usize> {
-    let len = decode(src, None)?;
-    if out.len() < len {
-        return None;
-    }
-    decode(src, Some(out))
 }

@@ -4,12 +4,13 @@
 //! `tokenize_command` parser), with the stricter number parsing of later 1.6 releases. Where we
 //! deviate, the item is listed in `parse.rs`' module docs.
 
+pub mod base64;
 pub mod command;
 mod meta;
 mod parse;
+pub mod reply;
 
 pub use command::*;
-pub use meta::base64_decode;
 pub use parse::{item_size_ok, parse, Limits, Parsed, ITEM_HEADER_SIZE, KEY_MAX_LENGTH, MAX_LINE_NO_NEWLINE};
 
 #[cfg(test)]

@@ -32,8 +32,8 @@
 //!   `lru_crawler`, `cache_memlimit`, ...) get `ERROR`.
 //! * Meta: see `meta.rs`.
 
-use super::command::{Command, Keys, StoreMode};
-use super::meta;
+use super::command::{ArithCmd, Command, GatCmd, Keys, StoreCmd, StoreMode, TouchCmd};
+use super::{meta, reply};
 
 /// Longest key, as memcached's `KEY_MAX_LENGTH`.
 pub const KEY_MAX_LENGTH: usize = 250;
@@ -46,15 +46,8 @@ pub const ITEM_HEADER_SIZE: usize = 48;
 const MAX_TOKENS: usize = 24;
 const MAX_LEADING_SPACES: usize = 100;
 
-pub(super) const R_NONE: &[u8] = b"";
-pub(super) const R_ERROR: &[u8] = b"ERROR\r\n";
-pub(super) const R_BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
-const R_DELETE_USAGE: &[u8] = b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
-const R_BAD_DELTA: &[u8] = b"CLIENT_ERROR invalid numeric delta argument\r\n";
-const R_BAD_EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
-pub(super) const R_BAD_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
-pub(super) const R_TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
-const R_LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
+/// No reply: noreply, or a silent close.
+const R_NONE: &[u8] = b"";
 
 /// Parser limits from the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +118,7 @@ fn no_newline<'a>(buf: &'a [u8], limits: &Limits) -> Parsed<'a> {
         return close(R_NONE, buf.len());
     }
     if buf.len() > limits.item_size_max.max(MAX_LINE_NO_NEWLINE) {
-        return close(R_LINE_TOO_LONG, buf.len());
+        return close(reply::LINE_TOO_LONG, buf.len());
     }
     Parsed::Incomplete
 }
@@ -229,7 +222,7 @@ fn parse_line<'a>(buf: &'a [u8], line: &'a [u8], consumed: usize, limits: &Limit
     let toks = Tokens::new(line);
     // No valid command is shorter than two bytes.
     if toks.count() < 2 || toks.get(0).len() < 2 {
-        return error(R_ERROR, consumed);
+        return error(reply::ERROR, consumed);
     }
     let cmd = toks.get(0);
     if cmd.len() == 2 && cmd[0] == b'm' {
@@ -266,27 +259,27 @@ fn unknown(toks: &Tokens<'_>, consumed: usize) -> Parsed<'static> {
     if !b"gsacidt".contains(&first) && toks.get(toks.len().saturating_sub(1)).starts_with(b"HTTP/") {
         return close(R_NONE, consumed);
     }
-    error(R_ERROR, consumed)
+    error(reply::ERROR, consumed)
 }
 
 fn get<'a>(toks: &Tokens<'a>, consumed: usize, cas: bool, touch: bool) -> Parsed<'a> {
     if toks.count() < 3 {
-        return error(R_ERROR, consumed);
+        return error(reply::ERROR, consumed);
     }
     let mut exptime = 0;
     let mut first_key = 1;
     if touch {
         match parse_i32(toks.get(1)) {
             Some(e) => exptime = i64::from(e),
-            None => return error(R_BAD_EXPTIME, consumed),
+            None => return error(reply::BAD_EXPTIME, consumed),
         }
         first_key = 2;
     }
     let keys = Keys { raw: toks.rest_from(first_key) };
     if keys.iter().any(|k| k.len() > KEY_MAX_LENGTH) {
-        return error(R_BAD_FORMAT, consumed);
+        return error(reply::BAD_FORMAT, consumed);
     }
-    let cmd = if touch { Command::Gat { exptime, keys, cas } } else { Command::Get { keys, cas } };
+    let cmd = if touch { Command::Gat(GatCmd { exptime, keys, cas }) } else { Command::Get { keys, cas } };
     Parsed::Command { cmd, consumed }
 }
 
@@ -294,36 +287,36 @@ fn storage<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limit
     let is_cas = mode == StoreMode::Cas;
     let base = if is_cas { 7 } else { 6 };
     if toks.count() != base && toks.count() != base + 1 {
-        return error(R_ERROR, consumed);
+        return error(reply::ERROR, consumed);
     }
     let noreply = toks.noreply();
     let key = toks.get(1);
     if key.len() > KEY_MAX_LENGTH {
-        return error_nr(R_BAD_FORMAT, consumed, noreply);
+        return error_nr(reply::BAD_FORMAT, consumed, noreply);
     }
     let (Some(flags), Some(exptime), Some(vlen)) =
         (parse_u32(toks.get(2)), parse_i32(toks.get(3)), parse_i32(toks.get(4)))
     else {
-        return error_nr(R_BAD_FORMAT, consumed, noreply);
+        return error_nr(reply::BAD_FORMAT, consumed, noreply);
     };
     let cas_unique = if is_cas {
         match parse_u64(toks.get(5)) {
             Some(c) => c,
-            None => return error_nr(R_BAD_FORMAT, consumed, noreply),
+            None => return error_nr(reply::BAD_FORMAT, consumed, noreply),
         }
     } else {
         0
     };
     // memcached: `vlen < 0 || vlen > INT_MAX - 2`.
     let Ok(vlen) = usize::try_from(vlen) else {
-        return error_nr(R_BAD_FORMAT, consumed, noreply);
+        return error_nr(reply::BAD_FORMAT, consumed, noreply);
     };
     if vlen > i32::MAX as usize - 2 {
-        return error_nr(R_BAD_FORMAT, consumed, noreply);
+        return error_nr(reply::BAD_FORMAT, consumed, noreply);
     }
     if !item_size_ok(key.len(), flags, vlen, limits) {
         return Parsed::Error {
-            reply: if noreply { R_NONE } else { R_TOO_LARGE },
+            reply: if noreply { R_NONE } else { reply::TOO_LARGE },
             consumed,
             swallow: vlen + 2,
             close: false,
@@ -332,9 +325,9 @@ fn storage<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limit
     }
     match data_block(buf, consumed, vlen) {
         Block::Incomplete => Parsed::Incomplete,
-        Block::Bad(end) => error_nr(R_BAD_CHUNK, end, noreply),
+        Block::Bad(end) => error_nr(reply::BAD_DATA_CHUNK, end, noreply),
         Block::Ok(data, end) => Parsed::Command {
-            cmd: Command::Store { mode, key, flags, exptime: i64::from(exptime), cas_unique, data, noreply },
+            cmd: Command::Store(StoreCmd { mode, key, flags, exptime: i64::from(exptime), cas_unique, data, noreply }),
             consumed: end,
         },
     }
@@ -343,7 +336,7 @@ fn storage<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limit
 fn delete<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     let n = toks.count();
     if !(3..=5).contains(&n) {
-        return error(R_ERROR, consumed);
+        return error(reply::ERROR, consumed);
     }
     let mut noreply = false;
     if n > 3 {
@@ -352,57 +345,57 @@ fn delete<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
         noreply = toks.noreply();
         let valid = (n == 4 && (hold_is_zero || noreply)) || (n == 5 && hold_is_zero && noreply);
         if !valid {
-            return error_nr(R_DELETE_USAGE, consumed, noreply);
+            return error_nr(reply::DELETE_USAGE, consumed, noreply);
         }
     }
     let key = toks.get(1);
     if key.len() > KEY_MAX_LENGTH {
-        return error_nr(R_BAD_FORMAT, consumed, noreply);
+        return error_nr(reply::BAD_FORMAT, consumed, noreply);
     }
     Parsed::Command { cmd: Command::Delete { key, noreply }, consumed }
 }
 
 fn arith<'a>(toks: &Tokens<'a>, consumed: usize, incr: bool) -> Parsed<'a> {
     if toks.count() != 4 && toks.count() != 5 {
-        return error(R_ERROR, consumed);
+        return error(reply::ERROR, consumed);
     }
     let noreply = toks.noreply();
     let key = toks.get(1);
     if key.len() > KEY_MAX_LENGTH {
-        return error_nr(R_BAD_FORMAT, consumed, noreply);
+        return error_nr(reply::BAD_FORMAT, consumed, noreply);
     }
     let Some(delta) = parse_u64(toks.get(2)) else {
-        return error_nr(R_BAD_DELTA, consumed, noreply);
+        return error_nr(reply::BAD_DELTA_ARGUMENT, consumed, noreply);
     };
-    Parsed::Command { cmd: Command::Arith { key, incr, delta, noreply }, consumed }
+    Parsed::Command { cmd: Command::Arith(ArithCmd { key, incr, delta, noreply }), consumed }
 }
 
 fn touch<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     if toks.count() != 4 && toks.count() != 5 {
-        return error(R_ERROR, consumed);
+        return error(reply::ERROR, consumed);
     }
     let noreply = toks.noreply();
     let key = toks.get(1);
     if key.len() > KEY_MAX_LENGTH {
-        return error_nr(R_BAD_FORMAT, consumed, noreply);
+        return error_nr(reply::BAD_FORMAT, consumed, noreply);
     }
     let Some(exptime) = parse_i32(toks.get(2)) else {
-        return error_nr(R_BAD_EXPTIME, consumed, noreply);
+        return error_nr(reply::BAD_EXPTIME, consumed, noreply);
     };
-    Parsed::Command { cmd: Command::Touch { key, exptime: i64::from(exptime), noreply }, consumed }
+    Parsed::Command { cmd: Command::Touch(TouchCmd { key, exptime: i64::from(exptime), noreply }), consumed }
 }
 
 fn flush_all<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     let n = toks.count();
     if !(2..=4).contains(&n) {
-        return error(R_ERROR, consumed);
+        return error(reply::ERROR, consumed);
     }
     let noreply = toks.noreply();
     let mut delay = 0;
     if n != if noreply { 3 } else { 2 } {
         match parse_i32(toks.get(1)) {
             Some(d) => delay = i64::from(d),
-            None => return error_nr(R_BAD_EXPTIME, consumed, noreply),
+            None => return error_nr(reply::BAD_EXPTIME, consumed, noreply),
         }
     }
     Parsed::Command { cmd: Command::FlushAll { delay, noreply }, consumed }
@@ -410,11 +403,11 @@ fn flush_all<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
 
 fn verbosity<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     if toks.count() != 3 && toks.count() != 4 {
-        return error(R_ERROR, consumed);
+        return error(reply::ERROR, consumed);
     }
     let noreply = toks.noreply();
     let Some(level) = parse_u32(toks.get(1)) else {
-        return error_nr(R_BAD_FORMAT, consumed, noreply);
+        return error_nr(reply::BAD_FORMAT, consumed, noreply);
     };
     Parsed::Command { cmd: Command::Verbosity { level, noreply }, consumed }
 }

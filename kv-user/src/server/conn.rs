@@ -4,7 +4,7 @@
 use bytes::{Buf as _, BytesMut};
 
 use crate::exec::{self, Ctx};
-use crate::protocol::{self, Limits, Parsed};
+use crate::protocol::{self, reply, Limits, Parsed};
 
 /// Per-connection parsing state.
 pub struct Pipeline {
@@ -78,7 +78,7 @@ impl Pipeline {
                         Some(_) => {
                             // memcached drops the partial reply when its response buffers run out.
                             out.truncate(start);
-                            out.extend_from_slice(b"SERVER_ERROR out of memory writing get response\r\n");
+                            out.extend_from_slice(reply::OUT_OF_MEMORY_GET);
                             consumed
                         }
                     }

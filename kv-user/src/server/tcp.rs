@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::conn::Pipeline;
 use super::Shared;
+use crate::protocol::reply;
 
 /// Replies are flushed once they pass this size even mid-batch, bounding memory per connection.
 const OUT_SOFT_LIMIT: usize = 256 * 1024;
@@ -45,7 +46,7 @@ pub async fn accept_loop(
             stats.rejected_connections.fetch_add(1, Relaxed);
             tokio::spawn(async move {
                 let mut s = stream;
-                let _ = s.write_all(b"ERROR Too many open connections\r\n").await;
+                let _ = s.write_all(reply::TOO_MANY_CONNECTIONS).await;
             });
             continue;
         }
@@ -92,7 +93,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             if let Err(e) = shared.durable(batch.seq).await {
                 log::error!("log write failed: {e}");
                 out.clear();
-                out.extend_from_slice(b"SERVER_ERROR failed to persist\r\n");
+                out.extend_from_slice(reply::FAILED_TO_PERSIST);
                 stream.write_all(&out).await?;
                 return Ok(());
             }

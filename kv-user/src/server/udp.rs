@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::conn::Pipeline;
 use super::Shared;
 use crate::exec::Ctx;
+use crate::protocol::reply;
 
 /// One SO_REUSEPORT socket per worker thread, so the kernel spreads datagrams across them.
 /// Plain std sockets: each is registered with the runtime of the worker that serves it.
@@ -57,7 +58,7 @@ pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bo
         if let Err(e) = shared.durable(req.seq).await {
             log::error!("log write failed: {e}");
             out.clear();
-            out.extend_from_slice(b"SERVER_ERROR failed to persist\r\n");
+            out.extend_from_slice(reply::FAILED_TO_PERSIST);
         }
         let mut frames = Frames::new(req.req_id, &out);
         while frames.next_into(&mut frame) {
@@ -99,7 +100,7 @@ pub fn handle(datagram: &[u8], ctx: &Ctx, input: &mut BytesMut, out: &mut BytesM
     let total = u16::from_be_bytes([header[4], header[5]]);
     out.clear();
     if seq != 0 || total != 1 {
-        out.extend_from_slice(b"SERVER_ERROR multi-packet request not supported\r\n");
+        out.extend_from_slice(reply::MULTI_PACKET);
         return Some(Request { req_id, seq: 0 });
     }
     input.clear();
@@ -138,7 +139,7 @@ impl<'a> Frames<'a> {
             // memcached errors out the same way.
             self.done = true;
             put_header(frame, self.req_id, 0, 1);
-            frame.extend_from_slice(b"SERVER_ERROR out of memory writing get response\r\n");
+            frame.extend_from_slice(reply::OUT_OF_MEMORY_GET);
             return true;
         };
         let Some(chunk) = self.chunks.next() else {

@@ -1,0 +1,84 @@
+//! memcached's reply literals, byte for byte (memcached 1.6 `proto_text.c`), in one place.
+//!
+//! Whole reply lines end in `\r\n`. The meta status codes ([`HD`], [`VA`], ...) do not: return flags
+//! follow them on the same line, and the writer ends the line with [`CRLF`].
+
+/// Line terminator.
+pub const CRLF: &[u8] = b"\r\n";
+
+// Classic command replies.
+pub const STORED: &[u8] = b"STORED\r\n";
+pub const NOT_STORED: &[u8] = b"NOT_STORED\r\n";
+pub const EXISTS: &[u8] = b"EXISTS\r\n";
+pub const NOT_FOUND: &[u8] = b"NOT_FOUND\r\n";
+pub const DELETED: &[u8] = b"DELETED\r\n";
+pub const TOUCHED: &[u8] = b"TOUCHED\r\n";
+/// Ends a get/gat reply and every `stats` listing.
+pub const END: &[u8] = b"END\r\n";
+pub const OK: &[u8] = b"OK\r\n";
+/// `stats reset`.
+pub const RESET: &[u8] = b"RESET\r\n";
+/// Unknown command (and wrong token counts).
+pub const ERROR: &[u8] = b"ERROR\r\n";
+/// Prefix of a get hit: `VALUE <key> <flags> <bytes>[ <cas>]\r\n`.
+pub const VALUE: &[u8] = b"VALUE ";
+/// Prefix of the `version` reply.
+pub const VERSION: &[u8] = b"VERSION ";
+/// Prefix of each `stats` line: `STAT <name> <value>\r\n`.
+pub const STAT: &[u8] = b"STAT ";
+
+// Meta status codes (no line end: flags follow).
+/// Success without a value.
+pub const HD: &[u8] = b"HD";
+/// Success with a value: `VA <bytes> <flags>*\r\n<data>\r\n`.
+pub const VA: &[u8] = b"VA ";
+/// mg miss; also the answer to `me`.
+pub const EN: &[u8] = b"EN";
+/// md / ma / ms(C): not found.
+pub const NF: &[u8] = b"NF";
+/// ms: not stored.
+pub const NS: &[u8] = b"NS";
+/// CAS mismatch.
+pub const EX: &[u8] = b"EX";
+/// `mn`.
+pub const MN: &[u8] = b"MN";
+
+// CLIENT_ERROR: request line problems (classic commands).
+pub const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
+pub const DELETE_USAGE: &[u8] = b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+pub const BAD_DELTA_ARGUMENT: &[u8] = b"CLIENT_ERROR invalid numeric delta argument\r\n";
+pub const BAD_EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
+pub const BAD_DATA_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
+pub const LINE_TOO_LONG: &[u8] = b"CLIENT_ERROR line too long\r\n";
+/// incr/decr/ma on a value that is not a decimal number.
+pub const NON_NUMERIC: &[u8] = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n";
+
+// CLIENT_ERROR: meta flags.
+/// Too many flags on `mg` (its wording differs from the other meta commands').
+pub const MG_FLAGS_TOO_LONG: &[u8] = b"CLIENT_ERROR options flags are too long\r\n";
+/// Too many flags on `ms`, `md`, `ma`.
+pub const FLAGS_TOO_LONG: &[u8] = b"CLIENT_ERROR options flags too long\r\n";
+pub const DUPLICATE_FLAG: &[u8] = b"CLIENT_ERROR duplicate flag\r\n";
+pub const INVALID_FLAG: &[u8] = b"CLIENT_ERROR invalid flag\r\n";
+/// Every flag problem of `md` and `ma`.
+pub const INVALID_OR_DUPLICATE_FLAG: &[u8] = b"CLIENT_ERROR invalid or duplicate flag\r\n";
+/// `b` on a key that is not base64.
+pub const DECODE_KEY: &[u8] = b"CLIENT_ERROR error decoding key\r\n";
+pub const BAD_TOKEN: &[u8] = b"CLIENT_ERROR bad token in command line format\r\n";
+pub const M_TOKEN_LENGTH: &[u8] = b"CLIENT_ERROR incorrect length for M token\r\n";
+pub const BAD_INITIAL_VALUE: &[u8] = b"CLIENT_ERROR invalid numeric initial value\r\n";
+pub const BAD_DELTA_VALUE: &[u8] = b"CLIENT_ERROR invalid numeric delta value\r\n";
+pub const OPAQUE_TOO_LONG: &[u8] = b"CLIENT_ERROR opaque token too long\r\n";
+pub const MS_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ms M token\r\n";
+pub const MA_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ma M token\r\n";
+
+// SERVER_ERROR and connection-level errors.
+pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
+/// A multiget reply that cannot be buffered or framed.
+pub const OUT_OF_MEMORY_GET: &[u8] = b"SERVER_ERROR out of memory writing get response\r\n";
+/// The journal write for the batch failed (kv-server only).
+pub const FAILED_TO_PERSIST: &[u8] = b"SERVER_ERROR failed to persist\r\n";
+/// A UDP request spread over several datagrams.
+pub const MULTI_PACKET: &[u8] = b"SERVER_ERROR multi-packet request not supported\r\n";
+/// Sent to a connection refused over the connection limit (maxconns_fast).
+pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
