@@ -3,8 +3,10 @@
 
 use std::io::Write;
 
+use kv_common::FrameHeader;
+
 /// UDP frame header length: request id, sequence number, datagram count, reserved (all big-endian u16).
-pub const UDP_HDR: usize = 8;
+pub const UDP_HDR: usize = kv_common::UDP_FRAME_HEADER_LEN;
 
 /// How a completed request is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,8 +57,7 @@ pub fn build_set(out: &mut Vec<u8>, rank: u64, value: &[u8]) {
 }
 
 pub fn write_udp_header(out: &mut Vec<u8>, id: u16) {
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&[0, 0, 0, 1, 0, 0]);
+    out.extend_from_slice(&FrameHeader { request_id: id, seq: 0, total: 1, reserved: 0 }.to_bytes());
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,11 +68,8 @@ pub struct UdpHeader {
 }
 
 pub fn parse_udp_header(dgram: &[u8]) -> Option<UdpHeader> {
-    if dgram.len() < UDP_HDR {
-        return None;
-    }
-    let be = |i: usize| u16::from_be_bytes([dgram[i], dgram[i + 1]]);
-    Some(UdpHeader { id: be(0), seq: be(2), total: be(4) })
+    let h = FrameHeader::parse(dgram)?;
+    Some(UdpHeader { id: h.request_id, seq: h.seq, total: h.total })
 }
 
 /// Classify a UDP reply by its first datagram's payload (nothing else is validated, so an echo reflector counts as

@@ -7,7 +7,7 @@ mod wire;
 
 pub use counter::{Counter, COUNTERS, COUNTER_SLOTS};
 pub use wire::{
-    item_size, Decimal, FrameHeader, ValueHeader, CAS_FIELD_LEN, END, ITEM_OVERHEAD, U32_MAX_DIGITS, U64_MAX_DIGITS,
+    item_size, Decimal, FrameHeader, ValueHeader, CAS_FIELD_LEN, END, ITEM_HEADER_SIZE, U32_MAX_DIGITS, U64_MAX_DIGITS,
     VALUE_HEADER_MAX,
 };
 

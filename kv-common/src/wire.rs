@@ -16,14 +16,15 @@ pub const U32_MAX_DIGITS: usize = 10;
 /// to a multiple of 8 (it sits in `#[repr(C)]` map values, see `CacheEntry::cas`).
 pub const CAS_FIELD_LEN: usize = (1 + U64_MAX_DIGITS).next_multiple_of(8);
 
-/// Bytes charged per item on top of key and value, close to memcached's item header + CAS + CRLF.
-pub const ITEM_OVERHEAD: u64 = 56;
+/// `sizeof(item)` on 64-bit memcached: the fixed part of an item.
+pub const ITEM_HEADER_SIZE: u64 = 48;
 
-/// Bytes an item with a key of `key_len` and a value of `value_len` bytes counts against the memory
-/// limit (and against the item size limit): [`ITEM_OVERHEAD`] + key + value.
+/// The size the item size limit (`-I`) is checked against, as memcached's `item_size_ok` computes it:
+/// header, key + NUL, client flags if non-zero, CAS, value + `\r\n`.
 #[inline]
-pub const fn item_size(key_len: usize, value_len: usize) -> u64 {
-    ITEM_OVERHEAD + key_len as u64 + value_len as u64
+pub const fn item_size(key_len: usize, flags: u32, value_len: usize) -> u64 {
+    let flags_size = if flags != 0 { 4 } else { 0 };
+    ITEM_HEADER_SIZE + key_len as u64 + 1 + flags_size + 8 + value_len as u64 + 2
 }
 
 /// A `u64` in decimal without leading zeros ("0" for zero), formatted into a fixed buffer.
@@ -273,9 +274,10 @@ mod tests {
 
     #[test]
     fn item_size_formula() {
-        assert_eq!(item_size(0, 0), 56);
-        assert_eq!(item_size(3, 10), 56 + 13);
-        assert_eq!(item_size(MAX_KEY_LEN, 1 << 20), ITEM_OVERHEAD + 250 + (1 << 20));
+        assert_eq!(item_size(0, 0, 0), 59);
+        assert_eq!(item_size(3, 0, 10), 59 + 13);
+        assert_eq!(item_size(3, 7, 10), 63 + 13);
+        assert_eq!(item_size(MAX_KEY_LEN, 1, 1 << 20), ITEM_HEADER_SIZE + 250 + 1 + 4 + 8 + (1 << 20) + 2);
     }
 
     #[test]

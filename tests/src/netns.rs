@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{Array, Map, MapData, MapInfo, PerCpuArray};
-use kv_common::{CacheEntry, CacheKey, Counter};
+use kv_common::{CacheEntry, CacheKey, Counter, FrameHeader, UDP_FRAME_HEADER_LEN};
 use kv_user::kernel::XdpMode;
 use kv_user::kernel::{KernelOpts, KernelPath};
 
@@ -274,9 +274,8 @@ pub(crate) fn read_stats(s: &mut TcpStream) -> std::io::Result<HashMap<String, S
 
 /// One memcached UDP request datagram: 8-byte frame header (id, seq 0, count 1, reserved) + payload.
 pub fn udp_frame(req_id: u16, payload: &[u8]) -> Vec<u8> {
-    let mut pkt = Vec::with_capacity(8 + payload.len());
-    pkt.extend_from_slice(&req_id.to_be_bytes());
-    pkt.extend_from_slice(&[0, 0, 0, 1, 0, 0]);
+    let mut pkt = Vec::with_capacity(UDP_FRAME_HEADER_LEN + payload.len());
+    pkt.extend_from_slice(&FrameHeader { request_id: req_id, seq: 0, total: 1, reserved: 0 }.to_bytes());
     pkt.extend_from_slice(payload);
     pkt
 }
@@ -329,20 +328,20 @@ impl UdpParts {
     pub fn request_id(datagram: &[u8]) -> u16 {
         let n = datagram.len();
         assert!((8..=1400).contains(&n), "datagram of {n} bytes");
-        u16::from_be_bytes([datagram[0], datagram[1]])
+        FrameHeader::parse(datagram).expect("a frame header").request_id
     }
 
     /// Adds one datagram (panics on a malformed frame); the whole reply once every datagram arrived.
     pub fn add(&mut self, datagram: &[u8]) -> Option<Vec<u8>> {
-        let seq = u16::from_be_bytes([datagram[2], datagram[3]]) as usize;
-        let total = u16::from_be_bytes([datagram[4], datagram[5]]) as usize;
-        assert_eq!(&datagram[6..8], &[0, 0], "reserved bytes");
+        let h = FrameHeader::parse(datagram).expect("a frame header");
+        let (seq, total) = (h.seq as usize, h.total as usize);
+        assert_eq!(h.reserved, 0, "reserved bytes");
         assert!(seq < total, "sequence {seq} of {total}");
         if self.0.is_empty() {
             self.0.resize(total, None);
         }
         assert_eq!(self.0.len(), total, "consistent datagram count");
-        self.0[seq] = Some(datagram[8..].to_vec());
+        self.0[seq] = Some(datagram[UDP_FRAME_HEADER_LEN..].to_vec());
         self.0.iter().all(Option::is_some).then(|| self.0.iter().flatten().flatten().copied().collect())
     }
 

@@ -1,6 +1,7 @@
 //! get, gets, gat, gats, touch.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
+use kv_common::ValueHeader;
 
 use super::{reply, Ctx, Outcome};
 use crate::protocol::command::{GatCmd, Keys, TouchCmd};
@@ -8,31 +9,17 @@ use crate::protocol::reply as r;
 use crate::stats::bump;
 use crate::store::{FetchOpts, ItemView};
 
-/// Appends `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`. Returns the length of the part before
-/// the CAS and the length of ` <cas>` (0 without it). The kernel cache entries are built with this too.
-pub fn value_line(out: &mut impl BufMut, key: &[u8], flags: u32, cas: Option<u64>, value: &[u8]) -> (usize, usize) {
-    let mut num = itoa::Buffer::new();
-    let start = out.remaining_mut();
-    out.put_slice(r::VALUE);
-    out.put_slice(key);
-    out.put_u8(b' ');
-    out.put_slice(num.format(flags).as_bytes());
-    out.put_u8(b' ');
-    out.put_slice(num.format(value.len()).as_bytes());
-    let hdr = start - out.remaining_mut();
-    if let Some(cas) = cas {
-        out.put_u8(b' ');
-        out.put_slice(num.format(cas).as_bytes());
-    }
-    let cas_len = start - out.remaining_mut() - hdr;
-    out.put_slice(r::CRLF);
-    out.put_slice(value);
-    out.put_slice(r::CRLF);
-    (hdr, cas_len)
-}
-
+/// Appends `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`, the header from the formatter the
+/// kernel cache entries are built with (kv_common::ValueHeader), so both send the same bytes.
 fn item_line(out: &mut BytesMut, key: &[u8], it: &ItemView, cas: bool) {
-    value_line(out, key, it.flags, cas.then_some(it.cas), &it.value);
+    // The parser bounds keys by MAX_KEY_LEN, the one case in which there is no header.
+    let Some(h) = ValueHeader::new(key, it.flags, it.value.len(), cas.then_some(it.cas)) else {
+        debug_assert!(false, "a key longer than MAX_KEY_LEN reached exec");
+        return;
+    };
+    out.extend_from_slice(h.as_bytes());
+    out.extend_from_slice(&it.value);
+    out.extend_from_slice(r::CRLF);
 }
 
 /// Where a resumable multiget starts and stops (see [`value_lines`]).

@@ -6,7 +6,6 @@
 
 mod arith;
 mod get;
-pub use get::value_line;
 mod meta;
 mod misc;
 mod stats;

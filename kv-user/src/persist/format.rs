@@ -12,8 +12,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const FILE_HEADER_LEN: usize = 16;
 /// `len u32 | crc32 u32 | type u8`, then `len` bytes of body.
 pub const RECORD_HEADER_LEN: usize = 9;
-/// memcached's key limit; also bounds what the decoder accepts.
-pub const MAX_KEY_LEN: usize = 250;
+/// Longest key a record may carry (memcached's limit, from the wire contract).
+pub use kv_common::MAX_KEY_LEN;
 /// The largest value the server can be configured to accept (`-I 1g`); anything longer is corruption.
 pub const MAX_VALUE_LEN: usize = 1 << 30;
 /// Fixed part of a Set body: klen u8, flags u32, exptime u64, cas u64, time u64.

@@ -11,7 +11,7 @@ mod parse;
 pub mod reply;
 
 pub use command::*;
-pub use parse::{item_size_ok, parse, Limits, Parsed, ITEM_HEADER_SIZE, KEY_MAX_LENGTH, MAX_LINE_NO_NEWLINE};
+pub use parse::{item_size_ok, parse, Limits, Parsed, KEY_MAX_LENGTH, MAX_LINE_NO_NEWLINE};
 
 #[cfg(test)]
 mod tests;

@@ -35,12 +35,10 @@
 use super::command::{ArithCmd, Command, GatCmd, Keys, StoreCmd, StoreMode, TouchCmd};
 use super::{meta, reply};
 
-/// Longest key, as memcached's `KEY_MAX_LENGTH`.
-pub const KEY_MAX_LENGTH: usize = 250;
+/// Longest key, as memcached's `KEY_MAX_LENGTH` (the wire contract's, shared with the XDP program).
+pub use kv_common::MAX_KEY_LEN as KEY_MAX_LENGTH;
 /// Bytes without a newline after which memcached gives up on a (non-multiget) connection.
 pub const MAX_LINE_NO_NEWLINE: usize = 2048;
-/// `sizeof(item)` on 64-bit memcached; counts toward `-I` together with key, flags, CAS and data.
-pub const ITEM_HEADER_SIZE: usize = 48;
 
 /// memcached's token array size, including the terminal token.
 const MAX_TOKENS: usize = 24;
@@ -77,18 +75,9 @@ pub enum Parsed<'a> {
 }
 
 /// Whether an item with a key of `nkey` bytes, these client flags and a value of `value_len` bytes
-/// fits in `-I`, computed as memcached's `item_size_ok` (header, key + NUL, flags if non-zero,
-/// CAS, value + `\r\n`).
+/// fits in `-I` (kv_common::item_size, memcached's formula; the store checks appends with it too).
 pub fn item_size_ok(nkey: usize, flags: u32, value_len: usize, limits: &Limits) -> bool {
-    let flags_size = if flags != 0 { 4 } else { 0 };
-    let total = ITEM_HEADER_SIZE
-        .saturating_add(nkey)
-        .saturating_add(1)
-        .saturating_add(flags_size)
-        .saturating_add(8)
-        .saturating_add(value_len)
-        .saturating_add(2);
-    total <= limits.item_size_max
+    kv_common::item_size(nkey, flags, value_len) <= limits.item_size_max as u64
 }
 
 /// Parses one request from the front of `buf`. Never allocates, never panics.

@@ -13,15 +13,14 @@ pub const EXISTS: &[u8] = b"EXISTS\r\n";
 pub const NOT_FOUND: &[u8] = b"NOT_FOUND\r\n";
 pub const DELETED: &[u8] = b"DELETED\r\n";
 pub const TOUCHED: &[u8] = b"TOUCHED\r\n";
-/// Ends a get/gat reply and every `stats` listing.
-pub const END: &[u8] = b"END\r\n";
+/// Ends a get/gat reply and every `stats` listing (the wire contract's, which the XDP program writes too).
+pub use kv_common::END;
 pub const OK: &[u8] = b"OK\r\n";
 /// `stats reset`.
 pub const RESET: &[u8] = b"RESET\r\n";
 /// Unknown command (and wrong token counts).
 pub const ERROR: &[u8] = b"ERROR\r\n";
-/// Prefix of a get hit: `VALUE <key> <flags> <bytes>[ <cas>]\r\n`.
-pub const VALUE: &[u8] = b"VALUE ";
+// A get hit's `VALUE <key> <flags> <bytes>[ <cas>]\r\n` line: kv_common::ValueHeader.
 /// Prefix of the `version` reply.
 pub const VERSION: &[u8] = b"VERSION ";
 /// Prefix of each `stats` line: `STAT <name> <value>\r\n`.

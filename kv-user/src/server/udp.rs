@@ -5,8 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytes::{BufMut as _, BytesMut};
-use kv_common::{UDP_FRAME_HEADER_LEN, UDP_MAX_PAYLOAD};
+use bytes::BytesMut;
+use kv_common::{FrameHeader, UDP_FRAME_HEADER_LEN, UDP_MAX_PAYLOAD};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
@@ -94,10 +94,7 @@ pub struct Request {
 /// in `out` (empty for noreply). `input` is scratch space. None when there is no header to answer to.
 /// Pure apart from the store, so the fuzzer runs exactly what [`serve`] runs.
 pub fn handle(datagram: &[u8], ctx: &Ctx, input: &mut BytesMut, out: &mut BytesMut) -> Option<Request> {
-    let header = datagram.get(..UDP_FRAME_HEADER_LEN)?;
-    let req_id = u16::from_be_bytes([header[0], header[1]]);
-    let seq = u16::from_be_bytes([header[2], header[3]]);
-    let total = u16::from_be_bytes([header[4], header[5]]);
+    let FrameHeader { request_id: req_id, seq, total, .. } = FrameHeader::parse(datagram)?;
     out.clear();
     if seq != 0 || total != 1 {
         out.extend_from_slice(reply::MULTI_PACKET);
@@ -153,11 +150,8 @@ impl<'a> Frames<'a> {
     }
 }
 
-fn put_header(f: &mut BytesMut, req_id: u16, seq: u16, total: u16) {
-    f.put_u16(req_id);
-    f.put_u16(seq);
-    f.put_u16(total);
-    f.put_u16(0);
+fn put_header(f: &mut BytesMut, request_id: u16, seq: u16, total: u16) {
+    f.extend_from_slice(&FrameHeader { request_id, seq, total, reserved: 0 }.to_bytes());
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use hashbrown::HashTable;
 
 pub(crate) const NIL: u32 = u32::MAX;
 
-/// Bytes charged per item on top of key and value, close to memcached's item header + CAS + CRLF.
+/// Bytes charged against the memory limit per item on top of key and value, close to memcached's item
+/// header + CAS + CRLF.
 pub const ITEM_OVERHEAD: usize = 56;
 
 pub(crate) struct Entry {
@@ -67,7 +68,7 @@ impl Entry {
     }
 
     pub fn size(&self) -> u64 {
-        item_size(self.key.len(), self.value.len())
+        charge(self.key.len(), self.value.len())
     }
 
     pub fn expired(&self, now: u64) -> bool {
@@ -75,7 +76,9 @@ impl Entry {
     }
 }
 
-pub fn item_size(klen: usize, vlen: usize) -> u64 {
+/// What an item counts against the memory limit (`-m`); the item size limit (`-I`) is checked with
+/// memcached's formula, kv_common::item_size.
+pub fn charge(klen: usize, vlen: usize) -> u64 {
     (ITEM_OVERHEAD + klen + vlen) as u64
 }
 

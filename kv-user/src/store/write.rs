@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use super::changes::{Change, Removal};
-use super::shard::{item_size, Entry};
+use kv_common::item_size;
+
+use super::shard::Entry;
 use super::{abs_exptime, parse_u64, ArithOpts, ArithOutcome, ArithStatus, DeleteOpts, DeleteStatus, Lookup};
 use super::{SetMode, SetOutcome, SetRequest, SetStatus, Store};
 
@@ -13,7 +15,7 @@ impl Store {
     /// set/add/replace/append/prepend/cas/ms.
     pub fn set(&self, req: &SetRequest<'_>) -> SetOutcome {
         let not = |status| SetOutcome { status, cas: 0, size: req.value.len(), seq: 0 };
-        if item_size(req.key.len(), req.value.len()) > self.item_size_max as u64 {
+        if item_size(req.key.len(), req.flags, req.value.len()) > self.item_size_max as u64 {
             return not(SetStatus::TooLarge);
         }
         let now = self.now();
@@ -48,7 +50,7 @@ impl Store {
                     SetMode::Append | SetMode::Prepend => {
                         if req.compare_cas != 0 && req.compare_cas != old.cas {
                             Err(SetStatus::Exists)
-                        } else if item_size(req.key.len(), old.value.len() + req.value.len())
+                        } else if item_size(req.key.len(), old.flags, old.value.len() + req.value.len())
                             > self.item_size_max as u64
                         {
                             Err(SetStatus::NotStored)

@@ -43,10 +43,7 @@ pub(crate) fn packet(dport: u16, req_id: u16, seq: u16, total: u16, text: &[u8])
     p.extend_from_slice(&dport.to_be_bytes());
     p.extend_from_slice(&(udp_len as u16).to_be_bytes());
     p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(&req_id.to_be_bytes());
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(&kv_common::FrameHeader { request_id: req_id, seq, total, reserved: 0 }.to_bytes());
     p.extend_from_slice(text);
     p
 }
@@ -299,7 +296,10 @@ fn malformed_truncated_fragmented_and_foreign_packets_pass() {
 fn expected(path_items: &[(&[u8], u32, u64, &[u8])], cas: bool) -> Vec<u8> {
     let mut want = Vec::new();
     for &(key, flags, c, value) in path_items {
-        crate::exec::value_line(&mut want, key, flags, cas.then_some(c), value);
+        let h = kv_common::ValueHeader::new(key, flags, value.len(), cas.then_some(c)).unwrap();
+        want.extend_from_slice(h.as_bytes());
+        want.extend_from_slice(value);
+        want.extend_from_slice(b"\r\n");
     }
     want.extend_from_slice(b"END\r\n");
     want
