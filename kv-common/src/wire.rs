@@ -16,15 +16,30 @@ pub const U32_MAX_DIGITS: usize = 10;
 /// to a multiple of 8 (it sits in `#[repr(C)]` map values, see `CacheEntry::cas`).
 pub const CAS_FIELD_LEN: usize = (1 + U64_MAX_DIGITS).next_multiple_of(8);
 
+/// How a storage command combines with the existing item: `set`, `add`, `replace`, `append`,
+/// `prepend`, `cas` (and `ms`'s mode flag). One type for the parser, the command layer and the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetMode {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+    /// Store only if the item exists and its CAS equals the given one.
+    Cas,
+}
+
 /// `sizeof(item)` on 64-bit memcached: the fixed part of an item.
 pub const ITEM_HEADER_SIZE: u64 = 48;
 
 /// The size the item size limit (`-I`) is checked against, as memcached's `item_size_ok` computes it:
-/// header, key + NUL, client flags if non-zero, CAS, value + `\r\n`.
+/// header, key + NUL, client flags if non-zero, CAS, value + `\r\n`. Saturates rather than wrap, so
+/// absurd lengths never pass for small ones.
 #[inline]
 pub const fn item_size(key_len: usize, flags: u32, value_len: usize) -> u64 {
     let flags_size = if flags != 0 { 4 } else { 0 };
-    ITEM_HEADER_SIZE + key_len as u64 + 1 + flags_size + 8 + value_len as u64 + 2
+    let fixed = ITEM_HEADER_SIZE + 1 + flags_size + 8 + 2;
+    fixed.saturating_add(key_len as u64).saturating_add(value_len as u64)
 }
 
 /// A `u64` in decimal without leading zeros ("0" for zero), formatted into a fixed buffer.
@@ -278,6 +293,7 @@ mod tests {
         assert_eq!(item_size(3, 0, 10), 59 + 13);
         assert_eq!(item_size(3, 7, 10), 63 + 13);
         assert_eq!(item_size(MAX_KEY_LEN, 1, 1 << 20), ITEM_HEADER_SIZE + 250 + 1 + 4 + 8 + (1 << 20) + 2);
+        assert_eq!(item_size(usize::MAX, 0, usize::MAX), u64::MAX);
     }
 
     #[test]

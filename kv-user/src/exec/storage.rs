@@ -3,10 +3,10 @@
 use bytes::BytesMut;
 
 use super::{reject_too_large_noreply, reply, Ctx, Outcome};
-use crate::protocol::command::{StoreCmd, StoreMode};
+use crate::protocol::command::{SetMode, StoreCmd};
 use crate::protocol::reply as r;
 use crate::stats::bump;
-use crate::store::{DeleteOpts, DeleteStatus, SetMode, SetRequest, SetStatus};
+use crate::store::{DeleteOpts, DeleteStatus, SetRequest, SetStatus};
 
 /// Counts cas_hits/cas_badval/cas_misses as memcached's do_store_item does for CAS stores.
 pub(super) fn count_cas(ctx: &Ctx, status: SetStatus) {
@@ -19,14 +19,7 @@ pub(super) fn count_cas(ctx: &Ctx, status: SetStatus) {
 }
 
 pub(super) fn store(cmd: &StoreCmd<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
-    let mode = match cmd.mode {
-        StoreMode::Set => SetMode::Set,
-        StoreMode::Add => SetMode::Add,
-        StoreMode::Replace => SetMode::Replace,
-        StoreMode::Append => SetMode::Append,
-        StoreMode::Prepend => SetMode::Prepend,
-        StoreMode::Cas => SetMode::Cas,
-    };
+    let mode = cmd.mode;
     let mut req = SetRequest::new(mode, cmd.key, cmd.data, cmd.flags, cmd.exptime);
     req.compare_cas = cmd.cas_unique;
     let res = ctx.store.set(&req);

@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use clap::Parser;
 
 use super::*;
-use crate::protocol::command::{ArithCmd, GatCmd, Keys, MetaFlags, StoreCmd, StoreMode, TouchCmd};
+use crate::protocol::command::{ArithCmd, GatCmd, Keys, MetaFlags, SetMode, StoreCmd, TouchCmd};
 use crate::record::NoJournal;
 use crate::store::{ManualClock, StoreOptions};
 
@@ -30,7 +30,7 @@ impl T {
     }
 
     fn set(&self, key: &str, val: &str) -> String {
-        self.run(store_cmd(StoreMode::Set, key, val, 0, false))
+        self.run(store_cmd(SetMode::Set, key, val, 0, false))
     }
 
     fn get(&self, keys: &str) -> String {
@@ -86,7 +86,7 @@ fn meta_flags_echo_request_order() {
     assert_eq!(&out[..], b"VA 5 s5 t-1 f5 kk O9\r\nhello\r\n");
 }
 
-fn store_cmd<'a>(mode: StoreMode, key: &'a str, val: &'a str, cas: u64, noreply: bool) -> Command<'a> {
+fn store_cmd<'a>(mode: SetMode, key: &'a str, val: &'a str, cas: u64, noreply: bool) -> Command<'a> {
     Command::Store(StoreCmd {
         mode,
         key: key.as_bytes(),
@@ -124,26 +124,26 @@ fn get_set_replies() {
 #[test]
 fn storage_modes() {
     let t = t();
-    assert_eq!(t.run(store_cmd(StoreMode::Add, "k", "1", 0, false)), "STORED\r\n");
-    assert_eq!(t.run(store_cmd(StoreMode::Add, "k", "1", 0, false)), "NOT_STORED\r\n");
-    assert_eq!(t.run(store_cmd(StoreMode::Replace, "x", "1", 0, false)), "NOT_STORED\r\n");
-    assert_eq!(t.run(store_cmd(StoreMode::Replace, "k", "2", 0, false)), "STORED\r\n");
-    assert_eq!(t.run(store_cmd(StoreMode::Append, "k", "3", 0, false)), "STORED\r\n");
-    assert_eq!(t.run(store_cmd(StoreMode::Prepend, "k", "1", 0, false)), "STORED\r\n");
-    assert_eq!(t.run(store_cmd(StoreMode::Append, "x", "1", 0, false)), "NOT_STORED\r\n");
+    assert_eq!(t.run(store_cmd(SetMode::Add, "k", "1", 0, false)), "STORED\r\n");
+    assert_eq!(t.run(store_cmd(SetMode::Add, "k", "1", 0, false)), "NOT_STORED\r\n");
+    assert_eq!(t.run(store_cmd(SetMode::Replace, "x", "1", 0, false)), "NOT_STORED\r\n");
+    assert_eq!(t.run(store_cmd(SetMode::Replace, "k", "2", 0, false)), "STORED\r\n");
+    assert_eq!(t.run(store_cmd(SetMode::Append, "k", "3", 0, false)), "STORED\r\n");
+    assert_eq!(t.run(store_cmd(SetMode::Prepend, "k", "1", 0, false)), "STORED\r\n");
+    assert_eq!(t.run(store_cmd(SetMode::Append, "x", "1", 0, false)), "NOT_STORED\r\n");
     assert_eq!(t.get("k"), "VALUE k 5 3\r\n123\r\nEND\r\n");
     let cas = cas_of(&t, "k");
-    assert_eq!(t.run(store_cmd(StoreMode::Cas, "k", "9", cas + 1, false)), "EXISTS\r\n");
-    assert_eq!(t.run(store_cmd(StoreMode::Cas, "k", "9", cas, false)), "STORED\r\n");
-    assert_eq!(t.run(store_cmd(StoreMode::Cas, "x", "9", cas, false)), "NOT_FOUND\r\n");
+    assert_eq!(t.run(store_cmd(SetMode::Cas, "k", "9", cas + 1, false)), "EXISTS\r\n");
+    assert_eq!(t.run(store_cmd(SetMode::Cas, "k", "9", cas, false)), "STORED\r\n");
+    assert_eq!(t.run(store_cmd(SetMode::Cas, "x", "9", cas, false)), "NOT_FOUND\r\n");
     assert_eq!((t.stat("cas_hits"), t.stat("cas_badval"), t.stat("cas_misses")), ("1".into(), "1".into(), "1".into()));
 }
 
 #[test]
 fn noreply_suppresses_everything() {
     let t = t();
-    assert_eq!(t.run(store_cmd(StoreMode::Set, "k", "v", 0, true)), "");
-    assert_eq!(t.run(store_cmd(StoreMode::Add, "k", "v", 0, true)), "");
+    assert_eq!(t.run(store_cmd(SetMode::Set, "k", "v", 0, true)), "");
+    assert_eq!(t.run(store_cmd(SetMode::Add, "k", "v", 0, true)), "");
     assert_eq!(t.run(Command::Arith(ArithCmd { key: b"k", incr: true, delta: 1, noreply: true })), "");
     assert_eq!(t.run(Command::Delete { key: b"k", noreply: true }), "");
     assert_eq!(t.run(Command::Delete { key: b"k", noreply: true }), "");
@@ -374,7 +374,7 @@ fn meta_get_vivify_and_stale() {
     assert_eq!(t.mg("s", MetaFlags { return_value: true, ..f() }), "VA 4 Z X\r\ndata\r\n");
     // R: remaining TTL below the token wins once.
     t.run(Command::Store(StoreCmd {
-        mode: StoreMode::Set,
+        mode: SetMode::Set,
         key: b"r",
         flags: 0,
         exptime: 10,
@@ -512,7 +512,7 @@ fn execute_reports_journal_seq() {
     let store = Store::new(StoreOptions::from(&config), Arc::new(Count(AtomicU64::new(0))));
     let ctx = Ctx::new(Arc::new(store), Arc::new(Stats::new()), Arc::new(config));
     let mut out = BytesMut::new();
-    assert_eq!(execute(&store_cmd(StoreMode::Set, "k", "v", 0, false), &ctx, &mut out).seq, 1);
+    assert_eq!(execute(&store_cmd(SetMode::Set, "k", "v", 0, false), &ctx, &mut out).seq, 1);
     assert_eq!(execute(&Command::Get { keys: Keys { raw: b"k" }, cas: false }, &ctx, &mut out).seq, 0);
     assert_eq!(
         execute(&Command::Gat(GatCmd { exptime: 5, keys: Keys { raw: b"k k" }, cas: false }), &ctx, &mut out).seq,

@@ -1,27 +1,17 @@
 //! Parsed requests. Everything borrows from the connection's read buffer: parsing allocates nothing.
 
-/// How a text storage command combines with the existing item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreMode {
-    Set,
-    Add,
-    Replace,
-    Append,
-    Prepend,
-    /// `cas`: store only if the item's CAS equals the given one.
-    Cas,
-}
+pub use kv_common::SetMode;
 
 /// `set`, `add`, `replace`, `append`, `prepend`, `cas`: `<cmd> <key> <flags> <exptime> <bytes>
 /// [<cas unique>] [noreply]\r\n<data>\r\n`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreCmd<'a> {
-    pub mode: StoreMode,
+    pub mode: SetMode,
     pub key: &'a [u8],
     /// Client flags, stored with the item.
     pub flags: u32,
     pub exptime: i64,
-    /// Only for `StoreMode::Cas`.
+    /// Only for `SetMode::Cas`.
     pub cas_unique: u64,
     pub data: &'a [u8],
     pub noreply: bool,

@@ -32,7 +32,7 @@
 //!   `lru_crawler`, `cache_memlimit`, ...) get `ERROR`.
 //! * Meta: see `meta.rs`.
 
-use super::command::{ArithCmd, Command, GatCmd, Keys, StoreCmd, StoreMode, TouchCmd};
+use super::command::{ArithCmd, Command, GatCmd, Keys, SetMode, StoreCmd, TouchCmd};
 use super::{meta, reply};
 
 /// Longest key, as memcached's `KEY_MAX_LENGTH` (the wire contract's, shared with the XDP program).
@@ -223,12 +223,12 @@ fn parse_line<'a>(buf: &'a [u8], line: &'a [u8], consumed: usize, limits: &Limit
         b"gets" => get(&toks, consumed, true, false),
         b"gat" => get(&toks, consumed, false, true),
         b"gats" => get(&toks, consumed, true, true),
-        b"set" => storage(buf, &toks, consumed, limits, StoreMode::Set),
-        b"add" => storage(buf, &toks, consumed, limits, StoreMode::Add),
-        b"replace" => storage(buf, &toks, consumed, limits, StoreMode::Replace),
-        b"append" => storage(buf, &toks, consumed, limits, StoreMode::Append),
-        b"prepend" => storage(buf, &toks, consumed, limits, StoreMode::Prepend),
-        b"cas" => storage(buf, &toks, consumed, limits, StoreMode::Cas),
+        b"set" => storage(buf, &toks, consumed, limits, SetMode::Set),
+        b"add" => storage(buf, &toks, consumed, limits, SetMode::Add),
+        b"replace" => storage(buf, &toks, consumed, limits, SetMode::Replace),
+        b"append" => storage(buf, &toks, consumed, limits, SetMode::Append),
+        b"prepend" => storage(buf, &toks, consumed, limits, SetMode::Prepend),
+        b"cas" => storage(buf, &toks, consumed, limits, SetMode::Cas),
         b"delete" => delete(&toks, consumed),
         b"incr" => arith(&toks, consumed, true),
         b"decr" => arith(&toks, consumed, false),
@@ -272,8 +272,8 @@ fn get<'a>(toks: &Tokens<'a>, consumed: usize, cas: bool, touch: bool) -> Parsed
     Parsed::Command { cmd, consumed }
 }
 
-fn storage<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits, mode: StoreMode) -> Parsed<'a> {
-    let is_cas = mode == StoreMode::Cas;
+fn storage<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits, mode: SetMode) -> Parsed<'a> {
+    let is_cas = mode == SetMode::Cas;
     let base = if is_cas { 7 } else { 6 };
     if toks.count() != base && toks.count() != base + 1 {
         return error(reply::ERROR, consumed);
@@ -309,7 +309,7 @@ fn storage<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limit
             consumed,
             swallow: vlen + 2,
             close: false,
-            too_large_key: (mode == StoreMode::Set).then_some(key),
+            too_large_key: (mode == SetMode::Set).then_some(key),
         };
     }
     match data_block(buf, consumed, vlen) {
@@ -344,15 +344,26 @@ fn delete<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     Parsed::Command { cmd: Command::Delete { key, noreply }, consumed }
 }
 
-fn arith<'a>(toks: &Tokens<'a>, consumed: usize, incr: bool) -> Parsed<'a> {
+/// The key and `noreply` of `<cmd> <key> <arg> [noreply]` (incr, decr, touch), or the error for a wrong
+/// token count or a key that is too long.
+#[allow(clippy::result_large_err)] // it is the reply itself, returned at once
+fn key_and_arg<'a>(toks: &Tokens<'a>, consumed: usize) -> Result<(&'a [u8], bool), Parsed<'static>> {
     if toks.count() != 4 && toks.count() != 5 {
-        return error(reply::ERROR, consumed);
+        return Err(error(reply::ERROR, consumed));
     }
     let noreply = toks.noreply();
     let key = toks.get(1);
     if key.len() > KEY_MAX_LENGTH {
-        return error_nr(reply::BAD_FORMAT, consumed, noreply);
+        return Err(error_nr(reply::BAD_FORMAT, consumed, noreply));
     }
+    Ok((key, noreply))
+}
+
+fn arith<'a>(toks: &Tokens<'a>, consumed: usize, incr: bool) -> Parsed<'a> {
+    let (key, noreply) = match key_and_arg(toks, consumed) {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
     let Some(delta) = parse_u64(toks.get(2)) else {
         return error_nr(reply::BAD_DELTA_ARGUMENT, consumed, noreply);
     };
@@ -360,14 +371,10 @@ fn arith<'a>(toks: &Tokens<'a>, consumed: usize, incr: bool) -> Parsed<'a> {
 }
 
 fn touch<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
-    if toks.count() != 4 && toks.count() != 5 {
-        return error(reply::ERROR, consumed);
-    }
-    let noreply = toks.noreply();
-    let key = toks.get(1);
-    if key.len() > KEY_MAX_LENGTH {
-        return error_nr(reply::BAD_FORMAT, consumed, noreply);
-    }
+    let (key, noreply) = match key_and_arg(toks, consumed) {
+        Ok(k) => k,
+        Err(e) => return e,
+    };
     let Some(exptime) = parse_i32(toks.get(2)) else {
         return error_nr(reply::BAD_EXPTIME, consumed, noreply);
     };

@@ -53,17 +53,8 @@ pub struct Fetched {
     pub seq: u64,
 }
 
-/// How a store combines with an existing item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetMode {
-    Set,
-    Add,
-    Replace,
-    Append,
-    Prepend,
-    /// Store only if the item exists and its CAS equals `compare_cas`.
-    Cas,
-}
+/// How a store combines with an existing item (`Cas`: compares `SetRequest::compare_cas`).
+pub use kv_common::SetMode;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SetRequest<'a> {

@@ -171,7 +171,7 @@ fn bad_data_chunk() {
 fn short_block_with_crlf_inside_is_incomplete() {
     assert_eq!(p(b"set k 0 0 3\r\nab\r\n"), Parsed::Incomplete);
     assert_eq!(err(b"set k 0 0 3\r\nab\r\nx"), plain(CHUNK, 18));
-    assert_eq!(cmd(b"set k 0 0 3\r\nab\r\r\n"), store(StoreMode::Set, b"k", b"ab\r"));
+    assert_eq!(cmd(b"set k 0 0 3\r\nab\r\r\n"), store(SetMode::Set, b"k", b"ab\r"));
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn line_ending_details() {
     assert_eq!(
         cmd(b"  set   k  1   2  3  \r\nabc\r\n"),
         Command::Store(StoreCmd {
-            mode: StoreMode::Set,
+            mode: SetMode::Set,
             key: b"k",
             flags: 1,
             exptime: 2,

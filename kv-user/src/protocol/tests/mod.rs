@@ -71,7 +71,7 @@ fn keys(raw: &[u8]) -> Keys<'_> {
     Keys { raw }
 }
 
-fn store<'a>(mode: StoreMode, key: &'a [u8], data: &'a [u8]) -> Command<'a> {
+fn store<'a>(mode: SetMode, key: &'a [u8], data: &'a [u8]) -> Command<'a> {
     Command::Store(StoreCmd { mode, key, flags: 0, exptime: 0, cas_unique: 0, data, noreply: false })
 }
 
@@ -89,7 +89,7 @@ const USAGE: &[u8] = b"CLIENT_ERROR bad command line format.  Usage: delete <key
 
 fn valid_cases() -> Vec<(&'static [u8], Command<'static>)> {
     use Command::*;
-    use StoreMode::*;
+    use SetMode::*;
     vec![
         (b"get foo\r\n", Get { keys: keys(b"foo"), cas: false }),
         (b"get foo\n", Get { keys: keys(b"foo"), cas: false }),
