@@ -27,7 +27,7 @@ fuzz_target!(|datagram: &[u8]| {
     let config = config();
     // One shard: the same code paths, without setting up 64 shards per input.
     let store = Store::with_clock(
-        StoreOptions { shards: 1, ..StoreOptions::from_config(&config) },
+        StoreOptions { shards: 1, ..StoreOptions::from(&*config) },
         Arc::new(NoJournal),
         Arc::new(ManualClock::new(1_700_000_000)),
     );

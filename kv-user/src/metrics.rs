@@ -289,23 +289,29 @@ mod tests {
     #[test]
     fn gathered_exposition() {
         use crate::stats::{Settings, Source, Stats};
+        let line = |name, help| Desc { name, kind: Kind::Counter, help };
         use crate::store::ItemCounters;
-        struct Kernel;
+        struct Kernel(Vec<(Desc<'static>, u64)>);
         impl Source for Kernel {
-            fn stats(&self, add: &mut dyn FnMut(&str, u64)) {
-                add("xdp_packets", 9);
-                add("xdp_pass_miss", 3);
-                add("xdp_hit_keys", 2);
-                add("xdp_pass_not_get", 4);
-                add("kcache_flushes", 1);
-                add("xdp_other", 5);
+            fn stats(&self, add: &mut dyn FnMut(&Desc<'_>, u64)) {
+                for (d, v) in &self.0 {
+                    add(d, *v);
+                }
             }
         }
+        let kernel = Kernel(vec![
+            (line("xdp_packets", Some("Packets the XDP program looked at.")), 9),
+            (line("xdp_pass_miss", None), 3),
+            (line("xdp_hit_keys", Some("Keys answered from the kernel cache.")), 2),
+            (line("xdp_pass_not_get", None), 4),
+            (line("kcache_flushes", Some("Whole kernel cache flushes.")), 1),
+            (line("xdp_other", None), 5),
+        ]);
         let counters = Stats::new();
         counters.get_hits.fetch_add(6, Relaxed);
         let store = ItemCounters { curr_items: 2, total_items: 8, ..ItemCounters::default() };
         let settings = Settings { max_connections: 1024, threads: 4, limit_maxbytes: 0 };
-        let src = Sources { counters: &counters, store, settings, extra: Some(&Kernel) };
+        let src = Sources { counters: &counters, store, settings, extra: Some(&kernel) };
         let metrics = gather(&src);
         assert_eq!(metrics[0].name, "kv_uptime_seconds");
         assert_eq!(metrics.len(), 1 + crate::stats::GENERAL.len() + 6);

@@ -10,7 +10,7 @@
 //! [`Sources`]; it depends on nothing in `exec`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use crate::store::ItemCounters;
 
@@ -28,7 +28,7 @@ macro_rules! counters {
         impl Stats {
             pub fn new() -> Stats {
                 Stats {
-                    started_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                    started_unix: crate::clock::unix_now(),
                     started: Instant::now(),
                     $($field: AtomicU64::new(0),)*
                 }
@@ -104,9 +104,10 @@ pub fn read(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-/// A source of additional general `stats` lines (the kernel path's counters).
+/// A source of additional general `stats` lines (the kernel path's counters), each with its own
+/// description: the source owns its names and help texts.
 pub trait Source: Send + Sync {
-    fn stats(&self, add: &mut dyn FnMut(&str, u64));
+    fn stats(&self, add: &mut dyn FnMut(&Desc<'_>, u64));
 }
 
 /// Whether a number only grows (until `stats reset`) or goes up and down.
@@ -253,26 +254,12 @@ pub const GENERAL: &[Def] = &[
     store!(reclaimed, Counter, None),
 ];
 
-/// The extra source's lines that have help text (all of its lines are counters). Its `xdp_pass_<reason>`
-/// lines are one labelled family in `/metrics` (see `metrics.rs`).
-pub const EXTRA: &[(&str, &str)] = &[
-    ("xdp_packets", "Packets the XDP program looked at."),
-    ("xdp_hits", "Requests answered from the kernel cache."),
-    ("xdp_hit_keys", "Keys answered from the kernel cache."),
-    ("kcache_admissions", "Items added to the kernel cache."),
-    ("kcache_updates", "Kernel cache entries rewritten by a write."),
-    ("kcache_invalidations", "Kernel cache entries removed by a write, eviction or expiry."),
-    ("kcache_flushes", "Whole kernel cache flushes."),
-    ("kcache_errors", "Failed kernel cache updates."),
-];
-
-/// The description of the general stat `name` (see [`Desc`]).
+/// The description of the general stat `name` (see [`Desc`]): the table's, else a counter without help.
 pub fn describe(name: &str) -> Desc<'_> {
-    if let Some(d) = GENERAL.iter().find(|d| d.name == name) {
-        return Desc { name, kind: d.kind, help: d.help };
+    match GENERAL.iter().find(|d| d.name == name) {
+        Some(d) => Desc { name, kind: d.kind, help: d.help },
+        None => Desc { name, kind: Kind::Counter, help: None },
     }
-    let help = EXTRA.iter().find(|(n, _)| *n == name).map(|&(_, h)| h);
-    Desc { name, kind: Kind::Counter, help }
 }
 
 /// Every general number: the [`GENERAL`] table in order, then the extra source's lines.
@@ -281,7 +268,7 @@ pub fn general_numbers(src: &Sources<'_>, add: &mut dyn FnMut(&Desc<'_>, u64)) {
         add(&Desc { name: d.name, kind: d.kind, help: d.help }, d.value(src));
     }
     if let Some(extra) = src.extra {
-        extra.stats(&mut |name, v| add(&describe(name), v));
+        extra.stats(add);
     }
 }
 
@@ -352,13 +339,12 @@ mod tests {
     fn extra_lines_are_described() {
         assert_eq!(describe("cmd_get"), Desc { name: "cmd_get", kind: Kind::Counter, help: GENERAL[5].help });
         assert_eq!(describe("bytes").kind, Kind::Gauge);
-        assert_eq!(describe("xdp_hits").help, Some("Requests answered from the kernel cache."));
         assert_eq!(describe("xdp_pass_miss"), Desc { name: "xdp_pass_miss", kind: Kind::Counter, help: None });
         struct Extra;
         impl Source for Extra {
-            fn stats(&self, add: &mut dyn FnMut(&str, u64)) {
-                add("xdp_hits", 4);
-                add("kcache_errors", 1);
+            fn stats(&self, add: &mut dyn FnMut(&Desc<'_>, u64)) {
+                add(&describe("xdp_hits"), 4);
+                add(&describe("kcache_errors"), 1);
             }
         }
         let s = Stats::new();

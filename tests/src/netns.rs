@@ -22,10 +22,10 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{Array, Map, MapData, MapInfo, PerCpuArray};
+use aya::maps::{Array, Map, MapData, MapInfo};
 use kv_common::{CacheEntry, CacheKey, Counter, FrameHeader, UDP_FRAME_HEADER_LEN};
 use kv_user::kernel::XdpMode;
-use kv_user::kernel::{KernelOpts, KernelPath};
+use kv_user::kernel::{KernelCounters, KernelOpts, KernelPath};
 
 use crate::Client;
 
@@ -187,9 +187,8 @@ impl XdpBed {
     /// One counter of the server's XDP program, read straight from its `COUNTERS` map (the kernel's own
     /// truth, independent of what `stats` reports).
     pub fn kernel_counter(&self, c: Counter) -> u64 {
-        let map = open_map(self.counters_id).expect("opening the server's COUNTERS map");
-        let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map).expect("COUNTERS is a per-CPU array");
-        arr.get(&(c as u32), 0).expect("reading a counter").iter().sum()
+        let map = MapData::from_id(self.counters_id).expect("opening the server's COUNTERS map");
+        KernelCounters::from_map(map).expect("COUNTERS is a per-CPU array").get(c)
     }
 
     /// Kernel hits so far (requests answered with XDP_TX).

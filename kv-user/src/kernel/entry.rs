@@ -1,6 +1,7 @@
 //! A kernel cache entry for an item: its reply preformatted byte for byte as user space sends it, and
 //! its expiry as a deadline on the clock the XDP program reads.
 
+use crate::clock::{monotonic_ns, unix_now_ns};
 use kv_common::{CacheEntry, CacheKey, ValueHeader, CACHE_ENTRY_BUF, CAS_FIELD_LEN};
 
 /// Builds the kernel cache entry for an item with the formatter user-space replies use
@@ -34,17 +35,6 @@ pub fn cache_entry(key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u6
         key: CacheKey::new(key)?,
         buf,
     })
-}
-
-pub(super) fn unix_now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer; CLOCK_MONOTONIC is what bpf_ktime_get_ns reads.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Safety margin between the kernel deadline and the store's: the two clocks are read a few instructions

@@ -3,7 +3,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 
@@ -177,10 +176,6 @@ impl Write for ZeroCheck<'_> {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 /// Cuts the log at `valid_end`, keeping a copy of suspicious bytes for the operator. Returns the number of bytes
 /// dropped and the reason to report.
 fn repair_tail(
@@ -204,7 +199,7 @@ fn repair_tail(
     if keep_copy {
         // Nothing after a bad record can be trusted (there is no resync marker), so acknowledged writes may be
         // lost here: say so loudly and keep the bytes.
-        let keep = paths.dir.join(format!("{LOG_FILE}.dropped-{}-at-{valid_end}", unix_now()));
+        let keep = paths.dir.join(format!("{LOG_FILE}.dropped-{}-at-{valid_end}", crate::clock::unix_now()));
         let saved =
             File::create(&keep).and_then(|mut out| copy_range(file, valid_end, file_len, &mut out).and(out.sync_all()));
         let copy = match saved {

@@ -12,7 +12,6 @@
 //! The journal's sequence number goes back to the caller to await durability.
 
 mod changes;
-mod clock;
 mod read;
 mod replay;
 mod shard;
@@ -28,8 +27,8 @@ use std::sync::Arc;
 use hashbrown::DefaultHashBuilder;
 use parking_lot::{Mutex, MutexGuard};
 
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use changes::{Change, Observer, Removal};
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use shard::{ItemCounters, ITEM_OVERHEAD};
 pub use types::*;
 
