@@ -44,6 +44,17 @@ pub struct Config {
     pub seed: u64,
 }
 
+impl Config {
+    /// Prepares the calling load thread (precise timer wake-ups for the open-loop schedule) and returns
+    /// the number of streams (connections or sockets) over all threads.
+    pub fn start_thread(&self) -> u64 {
+        if self.mode == Mode::Open {
+            crate::sys::set_min_timer_slack();
+        }
+        (self.threads * self.conns) as u64
+    }
+}
+
 /// Run clock: all times are nanoseconds since `base`.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -57,6 +68,12 @@ pub struct Timing {
 impl Timing {
     pub fn in_window(&self, t_ns: u64) -> bool {
         t_ns >= self.measure_ns && t_ns < self.end_ns
+    }
+
+    /// The time now, or None once the run is over (its end reached, or a stop requested).
+    pub fn tick(&self, shared: &Shared) -> Option<u64> {
+        let now = crate::sys::now_ns(self.base);
+        (now < self.end_ns && !shared.stop.load(std::sync::atomic::Ordering::Relaxed)).then_some(now)
     }
 }
 

@@ -93,10 +93,7 @@ struct Conn {
 
 /// Run one TCP load thread until `timing.end_ns` (or `shared.stop`).
 pub fn run(cfg: &Config, thread: usize, timing: &Timing, shared: &Shared) -> Result<Stats> {
-    if cfg.mode == Mode::Open {
-        crate::sys::set_min_timer_slack();
-    }
-    let streams = (cfg.threads * cfg.conns) as u64;
+    let streams = cfg.start_thread();
     let mut conns = Vec::with_capacity(cfg.conns);
     for c in 0..cfg.conns {
         let stream = connect(cfg.server)?;
@@ -119,11 +116,7 @@ pub fn run(cfg: &Config, thread: usize, timing: &Timing, shared: &Shared) -> Res
     let mut completed = 0u64;
     let mut reported = 0u64;
 
-    loop {
-        let now = now_ns(timing.base);
-        if now >= timing.end_ns || shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
+    while let Some(now) = timing.tick(shared) {
         let mut wake = timing.end_ns.min(now + MAX_WAIT_NS);
         for (i, c) in conns.iter_mut().enumerate() {
             pollfds[i].events = 0;

@@ -172,10 +172,7 @@ impl RecvBatch {
 
 /// Run one UDP load thread until `timing.end_ns` (or `shared.stop`).
 pub fn run(cfg: &Config, thread: usize, timing: &Timing, shared: &Shared) -> Result<Stats> {
-    if cfg.mode == Mode::Open {
-        crate::sys::set_min_timer_slack();
-    }
-    let streams = (cfg.threads * cfg.conns) as u64;
+    let streams = cfg.start_thread();
     let mut socks = Vec::with_capacity(cfg.conns);
     for c in 0..cfg.conns {
         let sock = connect(cfg.server).with_context(|| format!("UDP socket to {}", cfg.server))?;
@@ -202,11 +199,7 @@ pub fn run(cfg: &Config, thread: usize, timing: &Timing, shared: &Shared) -> Res
     let mut next_scan = 0u64;
     let mut reported = 0u64;
     let mut completed = 0u64;
-    loop {
-        let now = now_ns(timing.base);
-        if now >= timing.end_ns || shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
+    while let Some(now) = timing.tick(shared) {
         // Send every request that is due (closed loop: fill the window).
         let mut send_blocked = false;
         for s in socks.iter_mut() {

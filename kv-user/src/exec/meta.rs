@@ -17,7 +17,7 @@ use super::{put_i64, put_u64, Ctx, Outcome};
 use crate::protocol::command::MetaFlags;
 use crate::protocol::reply::{self as r, CRLF};
 use crate::protocol::{base64, KEY_MAX_LENGTH};
-use crate::stats::bump;
+use crate::stats::{bump, Stats};
 use crate::store::{ArithOpts, ArithStatus, DeleteOpts, DeleteStatus, FetchOpts, SetMode, SetRequest, SetStatus};
 
 const MAX_OPAQUE: usize = 32;
@@ -50,6 +50,24 @@ fn prepare<'k>(key: &'k [u8], flags: &MetaFlags<'_>, buf: &'k mut KeyBuf) -> Res
     match base64::decode(key, buf) {
         Some(n) => Ok(&buf[..n]),
         None => Err(r::DECODE_KEY),
+    }
+}
+
+/// Counts a meta command and runs `run` with its decoded key, or answers the flag or key error
+/// (`error_for`: one message for every such error, as memcached's `ma` does).
+fn keyed(
+    key: &[u8],
+    flags: &MetaFlags<'_>,
+    ctx: &Ctx,
+    out: &mut BytesMut,
+    error_for: Option<&'static [u8]>,
+    run: impl FnOnce(&[u8], &mut BytesMut) -> Outcome,
+) -> Outcome {
+    bump(&ctx.stats.cmd_meta, 1);
+    let mut buf = [0; KEY_MAX_LENGTH];
+    match prepare(key, flags, &mut buf) {
+        Ok(key) => run(key, out),
+        Err(e) => error(out, error_for.unwrap_or(e)),
     }
 }
 
@@ -125,227 +143,207 @@ fn status_line(out: &mut BytesMut, code: &[u8], key: &[u8], flags: &MetaFlags<'_
     out.extend_from_slice(CRLF);
 }
 
+/// An mg counts as a touch when it sets a TTL, else as a get (as memcached counts it).
+fn count_fetch(s: &Stats, touched: bool, hit: bool) {
+    let (cmd, hits, misses) =
+        if touched { (&s.cmd_touch, &s.touch_hits, &s.touch_misses) } else { (&s.cmd_get, &s.get_hits, &s.get_misses) };
+    bump(cmd, 1);
+    bump(if hit { hits } else { misses }, 1);
+}
+
 pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
-    bump(&ctx.stats.cmd_meta, 1);
-    let mut buf = [0; KEY_MAX_LENGTH];
-    let key = match prepare(key, flags, &mut buf) {
-        Ok(k) => k,
-        Err(e) => return error(out, e),
-    };
-    let opts = FetchOpts {
-        bump: !flags.no_lru_bump,
-        touch: flags.set_ttl,
-        vivify: flags.vivify_ttl,
-        new_cas: flags.explicit_cas,
-        recache: flags.recache_ttl,
-    };
-    let f = ctx.store.fetch(key, &opts);
-    let touched = flags.set_ttl.is_some();
-    let s = &ctx.stats;
-    let Some(it) = f.item else {
-        if touched {
-            bump(&s.cmd_touch, 1);
-            bump(&s.touch_misses, 1);
+    keyed(key, flags, ctx, out, None, |key, out| {
+        let opts = FetchOpts {
+            bump: !flags.no_lru_bump,
+            touch: flags.set_ttl,
+            vivify: flags.vivify_ttl,
+            new_cas: flags.explicit_cas,
+            recache: flags.recache_ttl,
+        };
+        let f = ctx.store.fetch(key, &opts);
+        let touched = flags.set_ttl.is_some();
+        let s = &ctx.stats;
+        let Some(it) = f.item else {
+            count_fetch(s, touched, false);
+            if !flags.quiet {
+                status_line(out, r::EN, key, flags);
+            }
+            return Outcome::seq(f.seq);
+        };
+        count_fetch(s, touched, true);
+        let now = ctx.store.now();
+        // C: a matching CAS means the client's copy is current, so the value is not sent.
+        let send_value = flags.return_value && flags.compare_cas != Some(it.cas);
+        if send_value {
+            out.extend_from_slice(r::VA);
+            put_u64(out, it.value.len() as u64);
         } else {
-            bump(&s.cmd_get, 1);
-            bump(&s.get_misses, 1);
+            out.extend_from_slice(r::HD);
         }
-        if !flags.quiet {
-            status_line(out, r::EN, key, flags);
+        let vals = RetVals {
+            cas: Some(it.cas),
+            flags: Some(it.flags),
+            hit: Some(it.fetched),
+            last_access: Some(now.saturating_sub(it.last_access)),
+            size: Some(it.value.len() as u64),
+            ttl: Some((it.exptime, now)),
+        };
+        ret_flags(out, key, flags, &vals);
+        if f.token_sent {
+            out.extend_from_slice(b" Z");
         }
-        return Outcome::seq(f.seq);
-    };
-    if touched {
-        bump(&s.cmd_touch, 1);
-        bump(&s.touch_hits, 1);
-    } else {
-        bump(&s.cmd_get, 1);
-        bump(&s.get_hits, 1);
-    }
-    let now = ctx.store.now();
-    // C: a matching CAS means the client's copy is current, so the value is not sent.
-    let send_value = flags.return_value && flags.compare_cas != Some(it.cas);
-    if send_value {
-        out.extend_from_slice(r::VA);
-        put_u64(out, it.value.len() as u64);
-    } else {
-        out.extend_from_slice(r::HD);
-    }
-    let vals = RetVals {
-        cas: Some(it.cas),
-        flags: Some(it.flags),
-        hit: Some(it.fetched),
-        last_access: Some(now.saturating_sub(it.last_access)),
-        size: Some(it.value.len() as u64),
-        ttl: Some((it.exptime, now)),
-    };
-    ret_flags(out, key, flags, &vals);
-    if f.token_sent {
-        out.extend_from_slice(b" Z");
-    }
-    if it.stale {
-        out.extend_from_slice(b" X");
-    }
-    if f.won {
-        out.extend_from_slice(b" W");
-    }
-    out.extend_from_slice(CRLF);
-    if send_value {
-        out.extend_from_slice(&it.value);
+        if it.stale {
+            out.extend_from_slice(b" X");
+        }
+        if f.won {
+            out.extend_from_slice(b" W");
+        }
         out.extend_from_slice(CRLF);
-    }
-    Outcome::seq(f.seq)
+        if send_value {
+            out.extend_from_slice(&it.value);
+            out.extend_from_slice(CRLF);
+        }
+        Outcome::seq(f.seq)
+    })
 }
 
 pub(super) fn ms(key: &[u8], data: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
-    bump(&ctx.stats.cmd_meta, 1);
-    let mut buf = [0; KEY_MAX_LENGTH];
-    let key = match prepare(key, flags, &mut buf) {
-        Ok(k) => k,
-        Err(e) => return error(out, e),
-    };
-    let mut mode = match flags.mode {
-        None | Some(b'S') => SetMode::Set,
-        Some(b'E') => SetMode::Add,
-        Some(b'A') => SetMode::Append,
-        Some(b'P') => SetMode::Prepend,
-        Some(b'R') => SetMode::Replace,
-        Some(_) => return error(out, r::MS_MODE),
-    };
-    // A CAS turns set/replace into a CAS store; append/prepend check it themselves; add ignores it.
-    if flags.compare_cas.is_some() && matches!(mode, SetMode::Set | SetMode::Replace) {
-        mode = SetMode::Cas;
-    }
-    let appending = matches!(mode, SetMode::Append | SetMode::Prepend);
-    let req = SetRequest {
-        key,
-        value: data,
-        flags: flags.client_flags.unwrap_or(0),
-        exptime: flags.set_ttl.unwrap_or(0),
-        mode,
-        compare_cas: flags.compare_cas.unwrap_or(0),
-        new_cas: flags.explicit_cas,
-        allow_stale: flags.invalidate && mode == SetMode::Cas,
-        vivify: if appending { flags.vivify_ttl } else { None },
-    };
-    let res = ctx.store.set(&req);
-    if res.status == SetStatus::TooLarge {
-        bump(&ctx.stats.store_too_large, 1);
-        let seq = ctx.store.remove(key);
-        error(out, r::TOO_LARGE);
-        return Outcome::seq(seq);
-    }
-    bump(&ctx.stats.cmd_set, 1);
-    if mode == SetMode::Cas {
-        count_cas(ctx, res.status);
-    }
-    let code = match res.status {
-        SetStatus::Stored if flags.quiet => return Outcome::seq(res.seq),
-        SetStatus::Stored => r::HD,
-        SetStatus::Exists => r::EX,
-        SetStatus::NotFound => r::NF,
-        SetStatus::NotStored | SetStatus::TooLarge => r::NS,
-    };
-    out.extend_from_slice(code);
-    let vals = RetVals { cas: Some(res.cas), size: Some(res.size as u64), ..RetVals::default() };
-    ret_flags(out, key, flags, &vals);
-    out.extend_from_slice(CRLF);
-    Outcome::seq(res.seq)
+    keyed(key, flags, ctx, out, None, |key, out| {
+        let mut mode = match flags.mode {
+            None | Some(b'S') => SetMode::Set,
+            Some(b'E') => SetMode::Add,
+            Some(b'A') => SetMode::Append,
+            Some(b'P') => SetMode::Prepend,
+            Some(b'R') => SetMode::Replace,
+            Some(_) => return error(out, r::MS_MODE),
+        };
+        // A CAS turns set/replace into a CAS store; append/prepend check it themselves; add ignores it.
+        if flags.compare_cas.is_some() && matches!(mode, SetMode::Set | SetMode::Replace) {
+            mode = SetMode::Cas;
+        }
+        let appending = matches!(mode, SetMode::Append | SetMode::Prepend);
+        let req = SetRequest {
+            key,
+            value: data,
+            flags: flags.client_flags.unwrap_or(0),
+            exptime: flags.set_ttl.unwrap_or(0),
+            mode,
+            compare_cas: flags.compare_cas.unwrap_or(0),
+            new_cas: flags.explicit_cas,
+            allow_stale: flags.invalidate && mode == SetMode::Cas,
+            vivify: if appending { flags.vivify_ttl } else { None },
+        };
+        let res = ctx.store.set(&req);
+        if res.status == SetStatus::TooLarge {
+            bump(&ctx.stats.store_too_large, 1);
+            let seq = ctx.store.remove(key);
+            error(out, r::TOO_LARGE);
+            return Outcome::seq(seq);
+        }
+        bump(&ctx.stats.cmd_set, 1);
+        if mode == SetMode::Cas {
+            count_cas(ctx, res.status);
+        }
+        let code = match res.status {
+            SetStatus::Stored if flags.quiet => return Outcome::seq(res.seq),
+            SetStatus::Stored => r::HD,
+            SetStatus::Exists => r::EX,
+            SetStatus::NotFound => r::NF,
+            SetStatus::NotStored | SetStatus::TooLarge => r::NS,
+        };
+        out.extend_from_slice(code);
+        let vals = RetVals { cas: Some(res.cas), size: Some(res.size as u64), ..RetVals::default() };
+        ret_flags(out, key, flags, &vals);
+        out.extend_from_slice(CRLF);
+        Outcome::seq(res.seq)
+    })
 }
 
 pub(super) fn md(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
-    bump(&ctx.stats.cmd_meta, 1);
-    let mut buf = [0; KEY_MAX_LENGTH];
-    let key = match prepare(key, flags, &mut buf) {
-        Ok(k) => k,
-        Err(e) => return error(out, e),
-    };
-    let opts = DeleteOpts {
-        compare_cas: flags.compare_cas,
-        invalidate: flags.invalidate,
-        // T only means something together with I.
-        touch: if flags.invalidate { flags.set_ttl } else { None },
-        new_cas: flags.explicit_cas,
-    };
-    let (status, seq) = ctx.store.delete(key, &opts);
-    let code = match status {
-        DeleteStatus::Deleted => {
-            if !flags.invalidate {
-                bump(&ctx.stats.delete_hits, 1);
+    keyed(key, flags, ctx, out, None, |key, out| {
+        let opts = DeleteOpts {
+            compare_cas: flags.compare_cas,
+            invalidate: flags.invalidate,
+            // T only means something together with I.
+            touch: if flags.invalidate { flags.set_ttl } else { None },
+            new_cas: flags.explicit_cas,
+        };
+        let (status, seq) = ctx.store.delete(key, &opts);
+        let code = match status {
+            DeleteStatus::Deleted => {
+                if !flags.invalidate {
+                    bump(&ctx.stats.delete_hits, 1);
+                }
+                if flags.quiet {
+                    return Outcome::seq(seq);
+                }
+                r::HD
             }
-            if flags.quiet {
-                return Outcome::seq(seq);
+            DeleteStatus::NotFound => {
+                bump(&ctx.stats.delete_misses, 1);
+                r::NF
             }
-            r::HD
-        }
-        DeleteStatus::NotFound => {
-            bump(&ctx.stats.delete_misses, 1);
-            r::NF
-        }
-        DeleteStatus::Exists => {
-            bump(&ctx.stats.delete_misses, 1);
-            r::EX
-        }
-    };
-    status_line(out, code, key, flags);
-    Outcome::seq(seq)
+            DeleteStatus::Exists => {
+                bump(&ctx.stats.delete_misses, 1);
+                r::EX
+            }
+        };
+        status_line(out, code, key, flags);
+        Outcome::seq(seq)
+    })
 }
 
 pub(super) fn ma(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
-    bump(&ctx.stats.cmd_meta, 1);
-    let mut buf = [0; KEY_MAX_LENGTH];
-    let key = match prepare(key, flags, &mut buf) {
-        Ok(k) => k,
-        // memcached folds every ma flag problem into this one message.
-        Err(_) => return error(out, r::INVALID_OR_DUPLICATE_FLAG),
-    };
-    let incr = match flags.mode {
-        None | Some(b'I' | b'+') => true,
-        Some(b'D' | b'-') => false,
-        Some(_) => return error(out, r::MA_MODE),
-    };
-    let opts = ArithOpts {
-        incr,
-        delta: flags.delta.unwrap_or(1),
-        compare_cas: flags.compare_cas.unwrap_or(0),
-        new_cas: flags.explicit_cas,
-        vivify: flags.vivify_ttl.map(|ttl| (ttl, flags.initial.unwrap_or(0))),
-        touch: flags.set_ttl,
-        pad: false,
-    };
-    let res = ctx.store.arith(key, &opts);
-    match res.status {
-        ArithStatus::Ok => {
-            if !res.created {
-                count_arith(ctx, incr, true);
-            }
-            if flags.quiet {
-                return Outcome::seq(res.seq);
-            }
-            let mut num = itoa::Buffer::new();
-            let num = num.format(res.value).as_bytes();
-            if flags.return_value {
-                out.extend_from_slice(r::VA);
-                put_u64(out, num.len() as u64);
-            } else {
-                out.extend_from_slice(r::HD);
-            }
-            let vals = RetVals { cas: Some(res.cas), ttl: Some((res.exptime, ctx.store.now())), ..RetVals::default() };
-            ret_flags(out, key, flags, &vals);
-            out.extend_from_slice(CRLF);
-            if flags.return_value {
-                out.extend_from_slice(num);
+    keyed(key, flags, ctx, out, Some(r::INVALID_OR_DUPLICATE_FLAG), |key, out| {
+        let incr = match flags.mode {
+            None | Some(b'I' | b'+') => true,
+            Some(b'D' | b'-') => false,
+            Some(_) => return error(out, r::MA_MODE),
+        };
+        let opts = ArithOpts {
+            incr,
+            delta: flags.delta.unwrap_or(1),
+            compare_cas: flags.compare_cas.unwrap_or(0),
+            new_cas: flags.explicit_cas,
+            vivify: flags.vivify_ttl.map(|ttl| (ttl, flags.initial.unwrap_or(0))),
+            touch: flags.set_ttl,
+            pad: false,
+        };
+        let res = ctx.store.arith(key, &opts);
+        match res.status {
+            ArithStatus::Ok => {
+                if !res.created {
+                    count_arith(ctx, incr, true);
+                }
+                if flags.quiet {
+                    return Outcome::seq(res.seq);
+                }
+                let mut num = itoa::Buffer::new();
+                let num = num.format(res.value).as_bytes();
+                if flags.return_value {
+                    out.extend_from_slice(r::VA);
+                    put_u64(out, num.len() as u64);
+                } else {
+                    out.extend_from_slice(r::HD);
+                }
+                let vals =
+                    RetVals { cas: Some(res.cas), ttl: Some((res.exptime, ctx.store.now())), ..RetVals::default() };
+                ret_flags(out, key, flags, &vals);
                 out.extend_from_slice(CRLF);
+                if flags.return_value {
+                    out.extend_from_slice(num);
+                    out.extend_from_slice(CRLF);
+                }
             }
+            ArithStatus::NonNumeric => {
+                error(out, r::NON_NUMERIC);
+            }
+            ArithStatus::NotFound => {
+                count_arith(ctx, incr, false);
+                status_line(out, r::NF, key, flags);
+            }
+            ArithStatus::Exists => status_line(out, r::EX, key, flags),
         }
-        ArithStatus::NonNumeric => {
-            error(out, r::NON_NUMERIC);
-        }
-        ArithStatus::NotFound => {
-            count_arith(ctx, incr, false);
-            status_line(out, r::NF, key, flags);
-        }
-        ArithStatus::Exists => status_line(out, r::EX, key, flags),
-    }
-    Outcome::seq(res.seq)
+        Outcome::seq(res.seq)
+    })
 }

@@ -179,18 +179,9 @@ fn preparse<'a>(toks: &Tokens<'a>, start: usize, key: &[u8]) -> Result<MetaFlags
                 }
                 f.base64_key = true;
             }
-            b'N' => match parse_i32(arg) {
-                Some(t) => f.vivify_ttl = Some(i64::from(t)),
-                None => bad(Some(BAD_TOKEN)),
-            },
-            b'T' => match parse_i32(arg) {
-                Some(t) => f.set_ttl = Some(i64::from(t)),
-                None => bad(Some(BAD_TOKEN)),
-            },
-            b'R' => match parse_i32(arg) {
-                Some(t) => f.recache_ttl = Some(i64::from(t)),
-                None => bad(Some(BAD_TOKEN)),
-            },
+            b'N' => f.vivify_ttl = or_bad(parse_i32(arg).map(i64::from), &mut bad, Some(BAD_TOKEN)),
+            b'T' => f.set_ttl = or_bad(parse_i32(arg).map(i64::from), &mut bad, Some(BAD_TOKEN)),
+            b'R' => f.recache_ttl = or_bad(parse_i32(arg).map(i64::from), &mut bad, Some(BAD_TOKEN)),
             b'l' => f.return_last_access = true,
             b'O' => f.opaque = Some(arg),
             b'P' | b'L' => {}
@@ -204,30 +195,15 @@ fn preparse<'a>(toks: &Tokens<'a>, start: usize, key: &[u8]) -> Result<MetaFlags
             b'u' => f.no_lru_bump = true,
             b'q' => f.quiet = true,
             b'x' => f.remove_value = true,
-            b'F' => match parse_u32(arg) {
-                Some(v) => f.client_flags = Some(v),
-                None => bad(None),
-            },
-            b'C' => match parse_u64(arg) {
-                Some(v) => f.compare_cas = Some(v),
-                None => bad(Some(BAD_TOKEN)),
-            },
-            b'E' => match parse_u64(arg) {
-                Some(v) => f.explicit_cas = Some(v),
-                None => bad(Some(BAD_TOKEN)),
-            },
+            b'F' => f.client_flags = or_bad(parse_u32(arg), &mut bad, None),
+            b'C' => f.compare_cas = or_bad(parse_u64(arg), &mut bad, Some(BAD_TOKEN)),
+            b'E' => f.explicit_cas = or_bad(parse_u64(arg), &mut bad, Some(BAD_TOKEN)),
             b'M' => match arg {
                 [m] => f.mode = Some(*m),
                 _ => bad(Some(M_TOKEN_LENGTH)),
             },
-            b'J' => match parse_u64(arg) {
-                Some(v) => f.initial = Some(v),
-                None => bad(Some(BAD_INITIAL_VALUE)),
-            },
-            b'D' => match parse_u64(arg) {
-                Some(v) => f.delta = Some(v),
-                None => bad(Some(BAD_DELTA_VALUE)),
-            },
+            b'J' => f.initial = or_bad(parse_u64(arg), &mut bad, Some(BAD_INITIAL_VALUE)),
+            b'D' => f.delta = or_bad(parse_u64(arg), &mut bad, Some(BAD_DELTA_VALUE)),
             b'I' => f.invalidate = true,
             _ => return Err(INVALID_FLAG),
         }
@@ -236,4 +212,13 @@ fn preparse<'a>(toks: &Tokens<'a>, start: usize, key: &[u8]) -> Result<MetaFlags
         Some(e) => Err(e),
         None => Ok(f),
     }
+}
+
+/// A numeric flag's value; on a malformed one, None (the flag stays unset: each flag comes once) after
+/// reporting `msg` through `bad`.
+fn or_bad<T>(v: Option<T>, bad: &mut impl FnMut(Option<&'static [u8]>), msg: Option<&'static [u8]>) -> Option<T> {
+    if v.is_none() {
+        bad(msg);
+    }
+    v
 }
