@@ -7,8 +7,8 @@ mod wire;
 
 pub use counter::{Counter, COUNTERS, COUNTER_SLOTS};
 pub use wire::{
-    item_size, Decimal, FrameHeader, SetMode, ValueHeader, CAS_FIELD_LEN, END, ITEM_HEADER_SIZE, U32_MAX_DIGITS,
-    U64_MAX_DIGITS, VALUE_HEADER_MAX,
+    item_size, write_value_header, Decimal, FrameHeader, SetMode, ValueHeader, CAS_FIELD_LEN, END, ITEM_HEADER_SIZE,
+    U32_MAX_DIGITS, U64_MAX_DIGITS, VALUE_HEADER_MAX,
 };
 
 /// Default memcached port, TCP and UDP.

@@ -75,6 +75,33 @@ impl Decimal {
 pub const VALUE_HEADER_MAX: usize =
     b"VALUE ".len() + MAX_KEY_LEN + 1 + U32_MAX_DIGITS + 1 + U64_MAX_DIGITS + 1 + U64_MAX_DIGITS + b"\r\n".len();
 
+/// Writes the header line of one item in a `get`/`gets` reply, `VALUE <key> <flags> <bytes>[ <cas>]\r\n`,
+/// piece by piece into `put` (user space appends straight to its reply buffer). Returns the length of
+/// the part before ` <cas>` and the length of ` <cas>` (0 without a CAS). The one formatter of this line:
+/// [`ValueHeader`] (kernel cache entries) is built with it too.
+pub fn write_value_header(
+    key: &[u8],
+    flags: u32,
+    value_len: usize,
+    cas: Option<u64>,
+    put: &mut impl FnMut(&[u8]),
+) -> (usize, usize) {
+    let (flags, len) = (Decimal::new(flags as u64), Decimal::new(value_len as u64));
+    let hdr_len = b"VALUE ".len() + key.len() + 1 + flags.as_bytes().len() + 1 + len.as_bytes().len();
+    for part in [&b"VALUE "[..], key, b" ", flags.as_bytes(), b" ", len.as_bytes()] {
+        put(part);
+    }
+    let mut cas_len = 0;
+    if let Some(cas) = cas {
+        let cas = Decimal::new(cas);
+        put(b" ");
+        put(cas.as_bytes());
+        cas_len = 1 + cas.as_bytes().len();
+    }
+    put(b"\r\n");
+    (hdr_len, cas_len)
+}
+
 /// The header line of one item in a `get`/`gets` reply, `VALUE <key> <flags> <bytes>[ <cas>]\r\n`,
 /// byte-identical to what memcached sends; the data block and its `\r\n` follow it on the wire.
 ///
@@ -96,28 +123,13 @@ impl ValueHeader {
         if key.len() > MAX_KEY_LEN {
             return None;
         }
-        let mut h = ValueHeader { buf: [0; VALUE_HEADER_MAX], len: 0, hdr_len: 0, cas_len: 0 };
-        h.put(b"VALUE ");
-        h.put(key);
-        h.put(b" ");
-        h.put(Decimal::new(flags.into()).as_bytes());
-        h.put(b" ");
-        h.put(Decimal::new(value_len as u64).as_bytes());
-        h.hdr_len = h.len;
-        if let Some(cas) = cas {
-            h.put(b" ");
-            h.put(Decimal::new(cas).as_bytes());
-        }
-        h.cas_len = (h.len - h.hdr_len) as u8;
-        h.put(b"\r\n");
-        Some(h)
-    }
-
-    /// Appends `bytes`; the callers above never exceed [`VALUE_HEADER_MAX`] in total.
-    fn put(&mut self, bytes: &[u8]) {
-        let at = self.len as usize;
-        self.buf[at..at + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len() as u16;
+        let mut buf = [0; VALUE_HEADER_MAX];
+        let mut len = 0;
+        let (hdr_len, cas_len) = write_value_header(key, flags, value_len, cas, &mut |bytes| {
+            buf[len..len + bytes.len()].copy_from_slice(bytes);
+            len += bytes.len();
+        });
+        Some(ValueHeader { buf, len: len as u16, hdr_len: hdr_len as u16, cas_len: cas_len as u8 })
     }
 
     /// The whole header, `\r\n` included.

@@ -1,7 +1,7 @@
 //! get, gets, gat, gats, touch.
 
 use bytes::BytesMut;
-use kv_common::ValueHeader;
+use kv_common::write_value_header;
 
 use super::{reply, Ctx, Outcome};
 use crate::protocol::command::{GatCmd, Keys, TouchCmd};
@@ -9,15 +9,10 @@ use crate::protocol::reply as r;
 use crate::stats::bump;
 use crate::store::{FetchOpts, ItemView};
 
-/// Appends `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`, the header from the formatter the
-/// kernel cache entries are built with (kv_common::ValueHeader), so both send the same bytes.
+/// Appends `VALUE <key> <flags> <bytes>[ <cas>]\r\n<data>\r\n`, the header written straight into `out`
+/// by the formatter the kernel cache entries are built with, so both send the same bytes.
 fn item_line(out: &mut BytesMut, key: &[u8], it: &ItemView, cas: bool) {
-    // The parser bounds keys by MAX_KEY_LEN, the one case in which there is no header.
-    let Some(h) = ValueHeader::new(key, it.flags, it.value.len(), cas.then_some(it.cas)) else {
-        debug_assert!(false, "a key longer than MAX_KEY_LEN reached exec");
-        return;
-    };
-    out.extend_from_slice(h.as_bytes());
+    write_value_header(key, it.flags, it.value.len(), cas.then_some(it.cas), &mut |b| out.extend_from_slice(b));
     out.extend_from_slice(&it.value);
     out.extend_from_slice(r::CRLF);
 }
