@@ -17,6 +17,8 @@ mod block;
 mod changes;
 mod item;
 mod memory;
+#[cfg(test)]
+mod model_tests;
 mod read;
 mod replay;
 mod shard;
@@ -125,6 +127,8 @@ pub struct Store {
     item_size_max: usize,
     /// flush_all moment (Unix secs, 0 = none): once reached, items stored before it are dead.
     flush_at: AtomicU64,
+    /// Bytes held by [`Reservation`]s.
+    reserved: AtomicU64,
     /// Where the next cross-shard eviction starts, so it doesn't always hit shard 0.
     evict_cursor: AtomicUsize,
     journal: Arc<dyn Journal>,
@@ -152,6 +156,7 @@ impl Store {
             seg_size,
             item_size_max: opts.item_size_max,
             flush_at: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
             evict_cursor: AtomicUsize::new(0),
             journal,
             observer: None,
@@ -283,6 +288,46 @@ impl Store {
         }
     }
 
+    /// Charges `n` bytes to the memory budget for a value still arriving (a connection buffering a large
+    /// set), evicting the oldest segments as needed, so stalled uploads cannot push the process past
+    /// `-m`. Pending uploads may hold at most half of the limit together; `None` when that or the whole
+    /// budget is spent (the client then gets memcached's out-of-memory error).
+    pub fn reserve(self: &Arc<Self>, n: u64) -> Option<Reservation> {
+        let cap = self.budget.limit() / 2;
+        self.reserved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| (r + n <= cap).then_some(r + n)).ok()?;
+        let now = self.now();
+        let emit = |k: &[u8], c| self.removed(k, c);
+        let env = self.env(now, &emit);
+        let start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
+        let mut i = 0;
+        while !self.budget.try_take(n) {
+            if self.budget.shed_spare() {
+                continue;
+            }
+            if i == self.shards.len() {
+                // Nothing left to evict (the memory is held by other reservations).
+                self.reserved.fetch_sub(n, Ordering::Relaxed);
+                return None;
+            }
+            let mut g = self.shards[(start + i) & self.shard_mask].lock();
+            if !g.shed_oldest(&env) {
+                i += 1;
+            }
+        }
+        Some(Reservation { store: self.clone(), n })
+    }
+
+    /// Reclaims every segment whose items have all expired or been flushed, in every shard (memcached's
+    /// LRU crawler, without looking at items: segments carry their latest exptime). Run about once a
+    /// second, so memory of expired items is reused even when no write reaches their shard. Returns the
+    /// segments reclaimed.
+    pub fn reclaim_expired(&self) -> usize {
+        let now = self.now();
+        let emit = |k: &[u8], c| self.removed(k, c);
+        let env = self.env(now, &emit);
+        self.shards.iter().map(|s| s.lock().reclaim_dead(&env)).sum()
+    }
+
     /// Item statistics, summed over the shards.
     pub fn stats(&self) -> ItemCounters {
         let mut items = ItemCounters::default();
@@ -314,6 +359,25 @@ impl Store {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Memory held for a value still arriving (see [`Store::reserve`]); given back when dropped.
+pub struct Reservation {
+    store: Arc<Store>,
+    n: u64,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> u64 {
+        self.n
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.store.reserved.fetch_sub(self.n, Ordering::Relaxed);
+        self.store.budget.adjust(self.n as usize, 0);
     }
 }
 
