@@ -11,6 +11,8 @@ use anyhow::{bail, Context as _, Result};
 use kv_bench::proto::{self, Outcome};
 use kv_bench::tcp::ReadBuf;
 
+use crate::bench::procs::check_interrupted;
+
 /// Sets per `version` round trip when filling: the round trip keeps the writer at most a batch or two
 /// ahead of the server and its reply proves every set before it was applied.
 const FILL_BATCH: u64 = 1_000;
@@ -89,6 +91,7 @@ fn fill_one(addr: SocketAddr, keys: impl Iterator<Item = u64>, value: &[u8], don
             push_set_noreply(&mut buf, k, value);
             n += 1;
             if n % FILL_BATCH == 0 {
+                check_interrupted()?;
                 end_batch(&mut w, &mut buf, &tx)?;
                 done.fetch_add(FILL_BATCH, Ordering::Relaxed);
             }
@@ -151,6 +154,9 @@ pub fn cache_aside(
     let (mut rbuf, mut wbuf) = (ReadBuf::default(), Vec::new());
     let (mut missed, mut count) = (Vec::new(), HitCount::default());
     for (round, chunk) in seq.chunks(depth).enumerate() {
+        if round % 1024 == 0 {
+            check_interrupted()?;
+        }
         wbuf.clear();
         for &k in &missed {
             proto::build_set(&mut wbuf, k as u64, value);
@@ -203,15 +209,18 @@ pub struct Stalled {
     pub sent: u64,
     /// Connections that got their whole part out.
     pub complete: usize,
+    /// Connections the server closed or reset (a defence, not a failure).
+    pub closed: usize,
 }
 
 /// `n` connections, each `set s<i> 0 0 <announce>` followed by `send` bytes of the value, written
 /// round-robin without blocking so a server that stops reading cannot stall the harness: gives up on
-/// what is left after 3 s without progress.
+/// what is left after 3 s without progress. A connection the server closes counts as done.
 pub fn stall(addr: SocketAddr, n: usize, announce: usize, send: usize) -> Result<Stalled> {
     let body = vec![b'x'; send];
     let mut conns = Vec::with_capacity(n);
     let mut pos = vec![0usize; n];
+    let mut closed = vec![false; n];
     let mut heads = Vec::with_capacity(n);
     for i in 0..n {
         let c = connect(addr)?;
@@ -224,7 +233,7 @@ pub fn stall(addr: SocketAddr, n: usize, announce: usize, send: usize) -> Result
         let mut pending = false;
         for (i, c) in conns.iter_mut().enumerate() {
             let (h, total) = (heads[i].len(), heads[i].len() + send);
-            if pos[i] == total {
+            if pos[i] == total || closed[i] {
                 continue;
             }
             pending = true;
@@ -235,6 +244,7 @@ pub fn stall(addr: SocketAddr, n: usize, announce: usize, send: usize) -> Result
                     last_progress = Instant::now();
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => closed[i] = true,
                 Err(e) => bail!("stalled upload {i}: {e}"),
             }
         }
@@ -245,7 +255,8 @@ pub fn stall(addr: SocketAddr, n: usize, announce: usize, send: usize) -> Result
     }
     let sent = pos.iter().zip(&heads).map(|(p, h)| p.saturating_sub(h.len()) as u64).sum();
     let complete = pos.iter().zip(&heads).filter(|(p, h)| **p == h.len() + send).count();
-    Ok(Stalled { conns, sent, complete })
+    let closed = closed.iter().filter(|c| **c).count();
+    Ok(Stalled { conns, sent, complete, closed })
 }
 
 #[cfg(test)]

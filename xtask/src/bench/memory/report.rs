@@ -200,15 +200,16 @@ fn stall_table(s: &mut String, rows: &[Stall]) {
          stall; `-m {m}`, bound {:.1} MB\n",
         bound_mb(m)
     );
-    s.push_str("| server | value MB taken in | RSS before MB | RSS hanging MB | peak MB | within | RSS after close MB | within |\n");
-    s.push_str("|---|---:|---:|---:|---:|---|---:|---|\n");
+    s.push_str("| server | value MB taken in | closed by server | RSS before MB | RSS hanging MB | peak MB | within | RSS after close MB | within |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---|---:|---|\n");
     for r in rows {
         let bound = bound_mb(r.m);
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} |",
+            "| {} | {:.0} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} |",
             r.server.label(),
             r.sent as f64 / 1_048_576.0,
+            r.closed,
             mb(r.rss_before_kb),
             mb(r.rss_hang_kb),
             mb(r.peak_kb),
@@ -270,7 +271,7 @@ pub fn json(r: &Results) -> Value {
         .map(|t| {
             json!({
                 "server": t.server.label(), "conns": t.conns, "m": t.m, "value_bytes_sent": t.sent,
-                "conns_complete": t.complete, "rss_before_kb": t.rss_before_kb, "rss_hang_kb": t.rss_hang_kb,
+                "conns_complete": t.complete, "conns_closed_by_server": t.closed, "rss_before_kb": t.rss_before_kb, "rss_hang_kb": t.rss_hang_kb,
                 "peak_kb": t.peak_kb, "rss_closed_kb": t.rss_closed_kb, "bound_mb": bound_mb(t.m),
             })
         })
