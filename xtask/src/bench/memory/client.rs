@@ -197,9 +197,24 @@ fn next_reply(rbuf: &mut ReadBuf, c: &mut TcpStream) -> Result<Outcome> {
     }
 }
 
-/// `n` connections that send nothing; fails at the first that cannot be made.
+/// `n` connections that send nothing; fails at the first that cannot be made. Paced by the server's
+/// `curr_connections`: connections made faster than a server accepts overflow its accept queue, and each
+/// dropped handshake then costs a 1-3 s SYN retransmission (seen with kv-server).
 pub fn open_idle(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
-    (0..n).map(|i| TcpStream::connect(addr).with_context(|| format!("idle connection {i} of {n}"))).collect()
+    const STEP: usize = 256;
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        conns.push(TcpStream::connect(addr).with_context(|| format!("idle connection {i} of {n}"))?);
+        if conns.len() % STEP == 0 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while stats(addr)?.get("curr_connections").copied().unwrap_or(u64::MAX) + (STEP as u64) < i as u64
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+    Ok(conns)
 }
 
 /// Connections that each announced a large `set` and sent most of its value, then stalled.

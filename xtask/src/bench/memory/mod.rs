@@ -60,7 +60,7 @@ pub fn plan(quick: bool) -> Plan {
             value_sizes: vec![32, 512],
             overfill: vec![(64, 1_000_000)],
             hit: HitPlan { m: 8, keys: 800_000, gets: 500_000 },
-            idle: 1_000,
+            idle: 2_000,
         };
     }
     Plan {
