@@ -198,10 +198,10 @@ fn next_reply(rbuf: &mut ReadBuf, c: &mut TcpStream) -> Result<Outcome> {
 }
 
 /// `n` connections that send nothing; fails at the first that cannot be made. Paced by the server's
-/// `curr_connections`: connections made faster than a server accepts overflow its accept queue, and each
-/// dropped handshake then costs a 1-3 s SYN retransmission (seen with kv-server).
+/// `curr_connections`: connections made faster than a server accepts overflow its accept queue (kv-server
+/// listens with a backlog of 128), and each dropped handshake then costs a 1 s SYN retransmission.
 pub fn open_idle(addr: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
-    const STEP: usize = 256;
+    const STEP: usize = 32;
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
         conns.push(TcpStream::connect(addr).with_context(|| format!("idle connection {i} of {n}"))?);
