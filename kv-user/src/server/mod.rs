@@ -2,6 +2,7 @@
 //! `exec::execute`, the worker threads, and signals and clean shutdown. main.rs builds what they serve.
 
 mod conn;
+mod park;
 mod tcp;
 pub mod udp;
 
@@ -133,11 +134,23 @@ impl Worker {
                     Err(e) => log::error!("udp socket: {e}"),
                 }
             }
+            let parking = match park::Parking::install() {
+                Ok(p) => p,
+                Err(e) => {
+                    log::error!("worker parking set: {e}");
+                    return;
+                }
+            };
+            let mut woken = Vec::new();
             loop {
                 tokio::select! {
                     c = conns.recv() => match c {
                         Some(c) => tcp::spawn_connection(c, &shared),
                         None => break,
+                    },
+                    r = parking.woken(&mut woken) => match r {
+                        Ok(()) => woken.drain(..).for_each(|c| tcp::spawn_connection(c, &shared)),
+                        Err(e) => log::error!("parked connections: {e}"),
                     },
                     _ = stop.changed() => break,
                 }

@@ -69,11 +69,15 @@ pub fn spawn_connection(stream: std::net::TcpStream, shared: &Shared) {
     let shared = shared.clone();
     tokio::spawn(async move {
         match TcpStream::from_std(stream) {
-            Ok(stream) => {
-                if let Err(e) = handle(stream, &shared).await {
-                    log::debug!("connection: {e}");
-                }
-            }
+            Ok(stream) => match handle(stream, &shared).await {
+                // Still a connection (and counted as one), waiting in the parking set without a task.
+                Ok(Some(idle)) => match idle.into_std().and_then(super::park::park) {
+                    Ok(()) => return,
+                    Err(e) => log::warn!("parking a connection: {e}"),
+                },
+                Ok(None) => {}
+                Err(e) => log::debug!("connection: {e}"),
+            },
             Err(e) => log::warn!("registering a connection: {e}"),
         }
         shared.ctx.stats.curr_connections.fetch_sub(1, Relaxed);
@@ -128,7 +132,9 @@ fn give_conn(mut c: Box<Conn>) {
     });
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+/// Serves the connection until it closes (`None`), or returns it once it has been idle for
+/// [`PARK_AFTER`](super::park::PARK_AFTER), to be parked.
+async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<Option<TcpStream>> {
     let ctx: &Arc<_> = &shared.ctx;
     let mut conn: Option<Box<Conn>> = None;
     loop {
@@ -138,7 +144,10 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         let c = match &mut conn {
             Some(c) => c,
             None => {
-                stream.readable().await?;
+                tokio::select! {
+                    r = stream.readable() => r?,
+                    _ = tokio::time::sleep(super::park::PARK_AFTER) => return Ok(Some(stream)),
+                }
                 conn.insert(take_conn(ctx.config.item_size_max))
             }
         };
@@ -150,7 +159,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         // they acknowledged is already in the log.
         let n = stream.read_buf(&mut c.input).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         ctx.stats.bytes_read.fetch_add(n as u64, Relaxed);
         loop {
@@ -160,7 +169,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 if let Err(e) = shared.durable(batch.seq).await {
                     log::error!("log write failed: {e}");
                     stream.write_all(reply::FAILED_TO_PERSIST).await?;
-                    return Ok(());
+                    return Ok(None);
                 }
                 stream.write_all(&c.out).await?;
                 ctx.stats.bytes_written.fetch_add(c.out.len() as u64, Relaxed);
@@ -169,11 +178,11 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 // noreply writes are still made durable before we read on: ordering for the next request.
                 if let Err(e) = shared.durable(batch.seq).await {
                     log::error!("log write failed: {e}");
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             if batch.close {
-                return Ok(());
+                return Ok(None);
             }
             if !batch.more {
                 break;
