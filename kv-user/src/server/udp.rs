@@ -1,6 +1,8 @@
 //! UDP front end, memcached's framing: every datagram starts with an 8-byte header (request id,
-//! sequence number, datagram count, reserved; big-endian u16s). A request must fit one datagram;
-//! the reply is split into datagrams of at most `UDP_MAX_PAYLOAD` bytes, each with its own header.
+//! sequence number, datagram count, reserved; big-endian u16s). A request must fit one datagram:
+//! as memcached does, one announcing another datagram count than 1 is dropped without an answer, and
+//! the sequence number and reserved field are not looked at. The reply is split into datagrams of
+//! at most `UDP_MAX_PAYLOAD` bytes, each with its own header.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -53,7 +55,7 @@ pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bo
             continue;
         }
         let Some(req) = handle(&buf[..n], &shared.ctx, &mut input, &mut out) else {
-            continue; // no header to answer to
+            continue; // no header, or a multi-datagram request: nothing to answer
         };
         if let Err(e) = shared.durable(req.seq).await {
             log::error!("log write failed: {e}");
@@ -91,15 +93,15 @@ pub struct Request {
 }
 
 /// Runs one request datagram: parses the frame header and executes the payload, leaving the reply
-/// in `out` (empty for noreply). `input` is scratch space. None when there is no header to answer to.
+/// in `out` (empty for noreply). `input` is scratch space. None when there is nothing to answer: no
+/// header, or a multi-datagram request (memcached 1.6 drops those silently too).
 /// Pure apart from the store, so the fuzzer runs exactly what [`serve`] runs.
 pub fn handle(datagram: &[u8], ctx: &Ctx, input: &mut BytesMut, out: &mut BytesMut) -> Option<Request> {
-    let FrameHeader { request_id: req_id, seq, total, .. } = FrameHeader::parse(datagram)?;
-    out.clear();
-    if seq != 0 || total != 1 {
-        out.extend_from_slice(reply::MULTI_PACKET);
-        return Some(Request { req_id, seq: 0 });
+    let FrameHeader { request_id: req_id, total, .. } = FrameHeader::parse(datagram)?;
+    if total != 1 {
+        return None;
     }
+    out.clear();
     input.clear();
     input.extend_from_slice(&datagram[UDP_FRAME_HEADER_LEN..]);
     let mut pipeline = Pipeline::new(ctx.config.item_size_max);
@@ -166,6 +168,27 @@ mod tests {
             out.push(frame.to_vec());
         }
         out
+    }
+
+    /// memcached 1.6.18 and 1.6.38 alike: only the datagram count is checked.
+    #[test]
+    fn frame_header_as_memcached() {
+        use clap::Parser as _;
+        let config = std::sync::Arc::new(crate::config::Config::parse_from(["kv-server", "--no-persist"]));
+        let store = crate::store::Store::new((&*config).into(), std::sync::Arc::new(crate::record::NoJournal));
+        let ctx = Ctx::new(std::sync::Arc::new(store), std::sync::Arc::new(crate::stats::Stats::new()), config);
+        let (mut input, mut out) = (BytesMut::new(), BytesMut::new());
+        let mut run = |seq: u16, total: u16, reserved: u16| {
+            let mut d = FrameHeader { request_id: 7, seq, total, reserved }.to_bytes().to_vec();
+            d.extend_from_slice(b"version\r\n");
+            handle(&d, &ctx, &mut input, &mut out).map(|r| (r.req_id, out.starts_with(b"VERSION ")))
+        };
+        for (seq, reserved) in [(0, 0), (1, 0), (5, 0), (0, 7)] {
+            assert_eq!(run(seq, 1, reserved), Some((7, true)), "seq {seq} reserved {reserved}");
+        }
+        for (seq, total) in [(0, 0), (0, 2), (1, 2), (0, 256)] {
+            assert_eq!(run(seq, total, 0), None, "seq {seq} of {total}");
+        }
     }
 
     #[test]
