@@ -35,6 +35,7 @@ fn value_lines(
     keys: Keys<'_>,
     cas: bool,
     span: Span,
+    ctx: &Ctx,
     out: &mut BytesMut,
     mut fetch: impl FnMut(&[u8]) -> Option<ItemView>,
 ) -> (u64, u64, Option<usize>) {
@@ -43,7 +44,9 @@ fn value_lines(
         if out.len() >= span.stop_at {
             return (hits, misses, Some(at));
         }
-        match fetch(key) {
+        let found = fetch(key);
+        ctx.stats.detail.record_get(key, found.is_some());
+        match found {
             Some(it) => {
                 hits += 1;
                 item_line(out, key, &it, cas);
@@ -57,7 +60,7 @@ fn value_lines(
 
 /// get/gets, resumable (see [`value_lines`]).
 pub(super) fn get(keys: Keys<'_>, cas: bool, span: Span, ctx: &Ctx, out: &mut BytesMut) -> (Outcome, Option<usize>) {
-    let (hits, misses, resume) = value_lines(keys, cas, span, out, |key| ctx.store.get(key));
+    let (hits, misses, resume) = value_lines(keys, cas, span, ctx, out, |key| ctx.store.get(key));
     // memcached counts cmd_get per key.
     bump(&ctx.stats.cmd_get, hits + misses);
     bump(&ctx.stats.get_hits, hits);
@@ -69,7 +72,7 @@ pub(super) fn get(keys: Keys<'_>, cas: bool, span: Span, ctx: &Ctx, out: &mut By
 pub(super) fn gat(cmd: &GatCmd<'_>, span: Span, ctx: &Ctx, out: &mut BytesMut) -> (Outcome, Option<usize>) {
     let opts = FetchOpts { touch: Some(cmd.exptime), ..FetchOpts::default() };
     let mut seq = 0;
-    let (hits, misses, resume) = value_lines(cmd.keys, cmd.cas, span, out, |key| {
+    let (hits, misses, resume) = value_lines(cmd.keys, cmd.cas, span, ctx, out, |key| {
         let f = ctx.store.fetch(key, &opts);
         seq = seq.max(f.seq);
         f.item
