@@ -1,6 +1,7 @@
 //! TCP front end: an acceptor handing connections to the worker threads, and one tokio task per
 //! connection on its worker, owning a read buffer and a write buffer reused for the connection's life.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -18,13 +19,32 @@ use crate::protocol::reply;
 const OUT_SOFT_LIMIT: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Accepts connections and hands them to the workers round-robin, as memcached's dispatcher does.
+/// memcached's `tcp_backlog` default.
+const BACKLOG: i32 = 1024;
+
+/// A listening socket with SO_REUSEADDR (a restart may bind while old connections sit in TIME_WAIT; a
+/// listener still bound elsewhere keeps the port) and without SO_REUSEPORT, so no other socket can
+/// join it and take a share of the connections. Plain std listener, registered with the runtime that
+/// accepts on it.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
+/// Accepts connections and hands them to the workers round-robin, as memcached's dispatcher does. A
+/// worker that is gone is skipped from then on; the loop ends only on `stop`, or when no worker is
+/// left to serve a connection (returned as an error, so the process exits rather than accept nothing).
 pub async fn accept_loop(
     listener: TcpListener,
     shared: Shared,
-    workers: Vec<UnboundedSender<std::net::TcpStream>>,
+    mut workers: Vec<UnboundedSender<std::net::TcpStream>>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Result<(), &'static str> {
     let max_conns = shared.ctx.config.max_connections;
     let mut next = 0usize;
     loop {
@@ -38,7 +58,7 @@ pub async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => return Ok(()),
         };
         let stats = &shared.ctx.stats;
         if stats.curr_connections.load(Relaxed) as usize >= max_conns {
@@ -52,15 +72,30 @@ pub async fn accept_loop(
         }
         let _ = stream.set_nodelay(true);
         // Moves the socket from this runtime's epoll to the worker's (into_std deregisters it).
-        let Ok(std_stream) = stream.into_std() else { continue };
+        let Ok(mut std_stream) = stream.into_std() else { continue };
         stats.curr_connections.fetch_add(1, Relaxed);
         stats.total_connections.fetch_add(1, Relaxed);
-        if workers[next % workers.len()].send(std_stream).is_err() {
-            // The worker is gone: only during shutdown.
-            stats.curr_connections.fetch_sub(1, Relaxed);
-            return;
+        loop {
+            if workers.is_empty() {
+                stats.curr_connections.fetch_sub(1, Relaxed);
+                return if *stop.borrow() { Ok(()) } else { Err("every worker thread is gone") };
+            }
+            let i = next % workers.len();
+            match workers[i].send(std_stream) {
+                Ok(()) => {
+                    next = i.wrapping_add(1);
+                    break;
+                }
+                Err(back) => {
+                    // Its thread has exited: at shutdown, or after a panic. Hand the connection on.
+                    std_stream = back.0;
+                    workers.swap_remove(i);
+                    if !*stop.borrow() {
+                        log::error!("a worker thread is gone; {} left", workers.len());
+                    }
+                }
+            }
         }
-        next = next.wrapping_add(1);
     }
 }
 

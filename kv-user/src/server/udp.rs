@@ -17,22 +17,23 @@ use super::Shared;
 use crate::exec::Ctx;
 use crate::protocol::reply;
 
-/// One SO_REUSEPORT socket per worker thread, so the kernel spreads datagrams across them.
-/// Plain std sockets: each is registered with the runtime of the worker that serves it.
-pub fn bind(ip: IpAddr, port: u16, n: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+/// The UDP socket, bound without SO_REUSEPORT or SO_REUSEADDR so that the port is this process's
+/// alone: another process (a second kv-server, or anything of the same user setting SO_REUSEPORT)
+/// gets `EADDRINUSE` instead of a share of the datagrams. The workers serve it through `dup(2)`s of it,
+/// as memcached's threads do: a reuseport group would spread the datagrams across the workers'
+/// sockets, but Linux lets any socket of the same user join such a group, and the kernel then hands
+/// it part of the traffic (SO_ATTACH_REUSEPORT_CBPF cannot keep it out: any member may replace the
+/// program). Plain std socket: each copy is registered with the runtime of the worker serving it; the
+/// kernel queues a datagram once, and whichever worker reads first serves it.
+pub fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(ip, port);
-    let mut out = Vec::new();
-    for _ in 0..n.max(1) {
-        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_reuse_port(true)?;
-        s.set_nonblocking(true)?;
-        // Bursty clients (multigets, benchmarks) overrun the default buffer long before we fall behind.
-        let _ = s.set_recv_buffer_size(4 << 20);
-        s.bind(&addr.into())?;
-        out.push(s.into());
-    }
-    Ok(out)
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    // Bursty clients (multigets, benchmarks) overrun the default buffer long before we fall behind.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
 }
 
 pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bool>) {
