@@ -27,6 +27,9 @@ fn main() -> Result<()> {
         return Ok(());
     }
     init_logging(&cfg);
+    for w in cfg.warnings() {
+        log::warn!("{w}");
+    }
     tracing::debug!("effective configuration:\n{}", cfg.to_toml());
     if let Some(path) = &cfg.config {
         log::info!("configuration file: {}", path.display());
