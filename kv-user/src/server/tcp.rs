@@ -164,3 +164,37 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         ctx.stats.bytes_read.fetch_add(n as u64, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that is gone is skipped (the acceptor returned, and every later connection was
+    /// refused); with none left the loop ends with an error instead of accepting for nobody.
+    #[test]
+    fn acceptor_skips_dead_workers() {
+        use clap::Parser as _;
+        let config = Arc::new(crate::config::Config::parse_from(["kv-server", "--no-persist"]));
+        let store = crate::store::Store::new((&*config).into(), Arc::new(crate::record::NoJournal));
+        let ctx = crate::exec::Ctx::new(Arc::new(store), Arc::new(crate::stats::Stats::new()), config);
+        let shared = Shared { ctx: Arc::new(ctx), log: None };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::from_std(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (dead, _) = tokio::sync::mpsc::unbounded_channel();
+            let (live, mut conns) = tokio::sync::mpsc::unbounded_channel();
+            let (stop_tx, stop) = watch::channel(false);
+            let acceptor = tokio::spawn(accept_loop(listener, shared.clone(), vec![dead, live], stop));
+            for _ in 0..3 {
+                let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                conns.recv().await.expect("handed to the live worker");
+            }
+            drop(conns);
+            let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            assert_eq!(acceptor.await.unwrap(), Err("every worker thread is gone"));
+            assert_eq!(shared.ctx.stats.curr_connections.load(Relaxed), 3);
+            drop(stop_tx);
+        });
+    }
+}
