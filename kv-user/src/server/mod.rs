@@ -36,24 +36,25 @@ impl Shared {
 }
 
 /// The sockets, bound before anything else starts: a second instance on the same ports stops here,
-/// before it attaches XDP or opens the log.
+/// before it attaches XDP or opens the log. The TCP ones listen only once [`serve`] starts, so clients
+/// are refused during recovery; UDP requests wait in the socket's buffer meanwhile.
 pub struct Listeners {
-    tcp: Option<std::net::TcpListener>,
+    tcp: Option<(SocketAddr, socket2::Socket)>,
     udp: Option<std::net::UdpSocket>,
-    metrics: Option<std::net::TcpListener>,
+    metrics: Option<(SocketAddr, socket2::Socket)>,
 }
 
 /// Binds the TCP and UDP ports (0: off) and the metrics endpoint. A port another process holds is
 /// refused with a message that says so.
 pub fn bind(cfg: &Config) -> Result<Listeners> {
-    let tcp_addr = SocketAddr::new(cfg.listen, cfg.port);
-    let tcp = (cfg.port != 0).then(|| tcp::bind(tcp_addr).map_err(|e| bind_error(e, "TCP", tcp_addr))).transpose()?;
+    let tcp_at = |a: SocketAddr, what| tcp::bind(a).map(|s| (a, s)).map_err(|e| bind_error(e, what, a));
+    let tcp = (cfg.port != 0).then(|| tcp_at(SocketAddr::new(cfg.listen, cfg.port), "TCP")).transpose()?;
     let udp_addr = SocketAddr::new(cfg.listen, cfg.udp_port);
     let udp =
         (cfg.udp_port != 0).then(|| udp::bind(cfg.listen, cfg.udp_port).map_err(|e| bind_error(e, "UDP", udp_addr)));
     let udp = udp.transpose()?;
-    let metrics = cfg.metrics_addr.map(|a| tcp::bind(a).map_err(|e| bind_error(e, "the metrics endpoint on", a)));
-    Ok(Listeners { tcp, udp, metrics: metrics.transpose()? })
+    let metrics = cfg.metrics_addr.map(|a| tcp_at(a, "the metrics endpoint on")).transpose()?;
+    Ok(Listeners { tcp, udp, metrics })
 }
 
 fn bind_error(e: std::io::Error, what: &str, addr: SocketAddr) -> anyhow::Error {
@@ -81,16 +82,16 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let Listeners { tcp, udp, metrics } = listeners;
     let listener = match tcp {
-        Some(l) => {
-            let l = tokio::net::TcpListener::from_std(l).context("registering the TCP listener")?;
+        Some((a, s)) => {
+            let l = tcp::listen(s).map_err(|e| bind_error(e, "TCP", a))?;
             log::info!("listening on tcp://{}", l.local_addr()?);
             Some(l)
         }
         None => None,
     };
     let metrics = match metrics {
-        Some(l) => {
-            let l = tokio::net::TcpListener::from_std(l).context("registering the metrics listener")?;
+        Some((a, s)) => {
+            let l = tcp::listen(s).map_err(|e| bind_error(e, "the metrics endpoint on", a))?;
             log::info!("metrics on http://{}/metrics", l.local_addr()?);
             Some(tokio::spawn(crate::metrics::serve(l, shared.ctx.clone(), stop_rx.clone())))
         }

@@ -22,18 +22,24 @@ const READ_CHUNK: usize = 16 * 1024;
 /// memcached's `tcp_backlog` default.
 const BACKLOG: i32 = 1024;
 
-/// A listening socket with SO_REUSEADDR (a restart may bind while old connections sit in TIME_WAIT; a
-/// listener still bound elsewhere keeps the port) and without SO_REUSEPORT, so no other socket can
-/// join it and take a share of the connections. Plain std listener, registered with the runtime that
-/// accepts on it.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// A bound TCP socket, not yet listening: with SO_REUSEADDR (a restart may bind while old connections
+/// sit in TIME_WAIT; a port another process listens on is still refused) and without SO_REUSEPORT, so
+/// no other socket can join it and take a share of the connections. Until [`listen`], connections are
+/// refused, as they should be while the log is replayed.
+pub fn bind(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Starts listening on a socket from [`bind`] (in a runtime, which it is registered with). Two
+/// instances starting at once can both bind; the second one's `listen` fails with `EADDRINUSE`.
+pub fn listen(s: socket2::Socket) -> std::io::Result<TcpListener> {
     s.listen(BACKLOG)?;
-    Ok(s.into())
+    TcpListener::from_std(s.into())
 }
 
 /// Accepts connections and hands them to the workers round-robin, as memcached's dispatcher does. A
@@ -180,7 +186,7 @@ mod tests {
         let shared = Shared { ctx: Arc::new(ctx), log: None };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let listener = TcpListener::from_std(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+            let listener = listen(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
             let addr = listener.local_addr().unwrap();
             let (dead, _) = tokio::sync::mpsc::unbounded_channel();
             let (live, mut conns) = tokio::sync::mpsc::unbounded_channel();
