@@ -78,13 +78,13 @@ pub struct Config {
     /// Interface address to listen on.
     #[arg(short = 'l', long = "listen", default_value = "127.0.0.1")]
     pub listen: IpAddr,
-    /// Item memory in megabytes.
+    /// Item memory in megabytes (at least 1).
     #[arg(short = 'm', long = "memory-limit", default_value_t = 64)]
     pub memory_limit_mb: u64,
-    /// Max simultaneous connections.
+    /// Max simultaneous connections (at least 1).
     #[arg(short = 'c', long = "conn-limit", default_value_t = 1024)]
     pub max_connections: usize,
-    /// Number of worker threads.
+    /// Number of worker threads (1 to 256).
     #[arg(short = 't', long = "threads", default_value_t = 4)]
     pub threads: usize,
     /// Max item size (e.g. 1m, 512k, 2097152). Minimum 1k, maximum 1g.
