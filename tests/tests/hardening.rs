@@ -210,17 +210,23 @@ fn admin_commands_as_memcached() {
     let settings = String::from_utf8(c.read_until(b"END\r\n")).unwrap();
     assert!(settings.contains("STAT detail_enabled yes\r\n"), "{settings}");
     assert!(settings.contains("STAT shutdown_command no\r\n"), "{settings}");
-    // Prefix counters (memcached's stats_prefix.c): gets with hits, sets, deletes, per `prefix:`.
-    c.set("pfx:a", b"1");
-    c.expect(b"get pfx:a pfx:b\r\n", b"VALUE pfx:a 0 1\r\n1\r\nEND\r\n");
-    c.expect(b"delete pfx:b\r\n", b"NOT_FOUND\r\n");
-    c.set("nodelimiter", b"1");
-    c.expect(b"stats detail dump\r\n", b"PREFIX pfx get 2 hit 1 set 1 del 1\r\nEND\r\n");
-    c.expect(b"stats detail off\r\n", b"OK\r\n");
-    c.expect(b"get pfx:a\r\n", b"VALUE pfx:a 0 1\r\n1\r\nEND\r\n");
-    c.expect(b"stats detail dump\r\n", b"PREFIX pfx get 2 hit 1 set 1 del 1\r\nEND\r\n");
-    c.expect(b"stats reset\r\n", b"RESET\r\n");
-    c.expect(b"stats detail dump\r\n", b"END\r\n");
+    // Prefix counters (memcached's stats_prefix.c): gets with hits, sets, deletes, per `prefix:`; kept
+    // while off, forgotten by `stats reset`.
+    let dump = "PREFIX pfx get 2 hit 1 set 1 del 1\r\nEND\r\n";
+    for (req, want) in [
+        ("set pfx:a 0 0 1\r\n1", "STORED\r\n"),
+        ("get pfx:a pfx:b", "VALUE pfx:a 0 1\r\n1\r\nEND\r\n"),
+        ("delete pfx:b", "NOT_FOUND\r\n"),
+        ("set nodelimiter 0 0 1\r\n1", "STORED\r\n"),
+        ("stats detail dump", dump),
+        ("stats detail off", "OK\r\n"),
+        ("get pfx:a", "VALUE pfx:a 0 1\r\n1\r\nEND\r\n"),
+        ("stats detail dump", dump),
+        ("stats reset", "RESET\r\n"),
+        ("stats detail dump", "END\r\n"),
+    ] {
+        c.expect(format!("{req}\r\n").as_bytes(), want.as_bytes());
+    }
     // cachedump: which items memcached lists depends on its LRU segments (only the cold one); the
     // format is the same everywhere, and the limit holds.
     c.send(b"stats cachedump 1 0\r\n");
