@@ -125,12 +125,12 @@ pub async fn serve(
         conns.push(tx);
     }
     drop((done_tx, ready_tx, udp));
-    // Each started thread reports once; a failure is reported by the first one to fail.
+    // Each started thread reports once, and drops its sender (so a thread that died first ends the
+    // wait too). Blocking is fine: nothing else runs on this runtime before serving starts.
     for _ in 0..conns.len() {
-        match ready_rx.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if started.is_ok() => started = Err(e),
-            _ => {}
+        let report = ready_rx.recv().unwrap_or_else(|_| Err(anyhow::anyhow!("a worker thread died while starting")));
+        if let (Err(e), true) = (report, started.is_ok()) {
+            started = Err(e);
         }
     }
     if let Err(e) = started {
@@ -140,10 +140,13 @@ pub async fn serve(
     let mut acceptor = listener.map(|l| tokio::spawn(tcp::accept_loop(l, shared.clone(), conns, stop_rx.clone())));
     let result = tokio::select! {
         _ = shutdown => Ok(()),
-        // Only ends early when no worker is left to hand connections to.
-        Ok(Err(e)) = async { acceptor.as_mut().expect("guarded").await }, if acceptor.is_some() => {
+        // Only ends early when no worker is left to hand connections to (or it panicked).
+        r = async { acceptor.as_mut().expect("guarded").await }, if acceptor.is_some() => {
             acceptor = None;
-            Err(anyhow::anyhow!("{e}: stopping"))
+            match r {
+                Ok(r) => r.map_err(|e| anyhow::anyhow!("{e}: stopping")),
+                Err(e) => Err(anyhow::anyhow!("the TCP acceptor failed: {e}")),
+            }
         }
     };
     log::info!("shutting down");
@@ -171,7 +174,8 @@ struct Worker {
 }
 
 impl Worker {
-    /// Sets up the runtime and registers the UDP socket, reports the outcome on `ready`, then serves.
+    /// Sets up the runtime and registers the UDP socket, reports the outcome on `ready` (and drops it),
+    /// then serves.
     fn run(self, i: usize, ready: std::sync::mpsc::Sender<Result<()>>) {
         let Worker { mut conns, udp, shared, mut stop, done } = self;
         let setup =
@@ -183,6 +187,7 @@ impl Worker {
         let (rt, udp) = match setup {
             Ok(x) => {
                 let _ = ready.send(Ok(()));
+                drop(ready);
                 x
             }
             Err(e) => {
