@@ -226,7 +226,7 @@ impl std::fmt::Display for ConfigError {
 }
 
 /// Most worker threads `-t` accepts. memcached warns above 64 but starts thousands; each worker here
-/// costs a thread, a runtime and five descriptors, and past a few hundred they only contend.
+/// costs a thread, a runtime and six descriptors, and past a few hundred they only contend.
 pub const MAX_THREADS: usize = 256;
 /// memcached's threshold for its "not recommended" warning.
 const WARN_THREADS: usize = 64;

@@ -14,6 +14,7 @@ use kv_user::stats::Stats;
 use kv_user::store::{Store, StoreOptions};
 
 fn main() -> Result<()> {
+    fixed_mmap_threshold();
     let cfg = match Config::load_from(std::env::args_os()) {
         Ok(c) => c,
         Err(kv_user::config::ConfigError::Cli(e)) => e.exit(),
@@ -86,11 +87,34 @@ fn build(cfg: Arc<Config>, kernel: Option<&Kernel>) -> Result<Shared> {
     } else {
         log::info!("persistence disabled (--no-persist)");
     }
+    start_crawler(&store).context("starting the expiry crawler")?;
     let mut ctx = Ctx::new(store, Arc::new(Stats::new()), cfg);
     if let Some(k) = kernel {
         ctx = ctx.with_extra_stats(k.stats.clone());
     }
     Ok(Shared { ctx: Arc::new(ctx), log })
+}
+
+/// Reclaims wholly expired segments in every shard once a second (see `Store::reclaim_expired`), so their
+/// memory is reused even when no write reaches their shard. Ends when the store is dropped.
+fn start_crawler(store: &Arc<Store>) -> std::io::Result<()> {
+    let store = Arc::downgrade(store);
+    std::thread::Builder::new().name("kv-crawler".into()).spawn(move || {
+        while let Some(s) = store.upgrade() {
+            s.reclaim_expired();
+            drop(s);
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    })?;
+    Ok(())
+}
+
+/// Large buffers (a value being received, a long reply) are mapped and unmapped, never kept on the
+/// heap: a fixed threshold turns off glibc's adaptive one, which after the first free of a big buffer
+/// would serve the next ones from a heap it never gives back, leaving RSS above what `-m` accounts for.
+fn fixed_mmap_threshold() {
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024) };
 }
 
 /// tracing with levels, text or JSON; `RUST_LOG` overrides the level from `-v`. Records of the `log`

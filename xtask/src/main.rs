@@ -20,6 +20,13 @@ struct Cli {
     task: Task,
 }
 
+/// The parts of `cargo xtask bench`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Part {
+    Throughput,
+    Memory,
+}
+
 #[derive(Subcommand)]
 enum Task {
     /// Build (release) and start the server on 127.0.0.1:11211 (TCP and UDP). Extra arguments go to the server.
@@ -45,12 +52,17 @@ enum Task {
     /// Benchmark memcached, kv-server (user space / XDP) and a bare XDP_TX reflector in network
     /// namespaces with kv-load; prints a table, writes results.json and a chart (root needed).
     Bench {
-        /// Short smoke run (under a minute): UDP GET and TCP depth 1 only, 2 s windows.
+        /// Short smoke run (about a minute): UDP GET and TCP depth 1 only, 2 s windows; the memory rows
+        /// at reduced sizes.
         #[arg(long)]
         quick: bool,
         /// Output directory (default: target/bench).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Only the throughput rows, or only the memory rows (RSS per item, overfill, hit ratio, idle
+        /// connections, stalled uploads); default both.
+        #[arg(long, value_enum)]
+        only: Option<Part>,
     },
     /// Run every cargo-fuzz target (fuzz/) for a bounded time on a copy of its seed corpus (nightly).
     Fuzz {
@@ -66,7 +78,7 @@ fn main() -> std::process::ExitCode {
     let result = std::env::set_current_dir(&root).map_err(anyhow::Error::from).and_then(|()| match cli.task {
         Task::Run { args } => run(&root, &args),
         Task::Test { no_lint, no_bench, long, args } => test(&root, no_lint, no_bench, long, &args),
-        Task::Bench { quick, out } => bench(&root, quick, out),
+        Task::Bench { quick, out, only } => bench(&root, quick, out, only),
         Task::Fuzz { seconds } => fuzz::run(&root, seconds).map(|runs| print_fuzz(&runs)),
     });
     match result {
@@ -204,7 +216,7 @@ fn bench_command(quick: bool) -> Command {
 /// Plain xtask has no dependency on kv-user (whose build needs the eBPF toolchain this very binary
 /// installs), so it sets the toolchain up and re-runs itself, in release, with the `bench` feature.
 #[cfg(not(feature = "bench"))]
-fn bench(_root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
+fn bench(_root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
     setup::ebpf_toolchain()?;
     let mut cmd = bench_command(quick);
@@ -217,13 +229,20 @@ fn bench(_root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
         };
         cmd.arg("--out").arg(out);
     }
+    if let Some(p) = only {
+        cmd.args(["--only", if matches!(p, Part::Memory) { "memory" } else { "throughput" }]);
+    }
     // exec: Ctrl-C then reaches the benchmark itself, which cleans up.
     Err(cmd.exec()).context("running the benchmark")
 }
 
 #[cfg(feature = "bench")]
-fn bench(root: &Path, quick: bool, out: Option<PathBuf>) -> Result<()> {
-    bench::run(root, bench::Opts { quick, out })
+fn bench(root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>) -> Result<()> {
+    let only = only.map(|p| match p {
+        Part::Throughput => bench::Part::Throughput,
+        Part::Memory => bench::Part::Memory,
+    });
+    bench::run(root, bench::Opts { quick, out, only })
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

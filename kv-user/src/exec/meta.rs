@@ -160,50 +160,51 @@ pub(super) fn mg(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
             new_cas: flags.explicit_cas,
             recache: flags.recache_ttl,
         };
-        let f = ctx.store.fetch(key, &opts);
-        let touched = flags.set_ttl.is_some();
-        let s = &ctx.stats;
-        let Some(it) = f.item else {
-            count_fetch(s, touched, false);
-            if !flags.quiet {
-                status_line(out, r::EN, key, flags);
+        ctx.store.fetch_with(key, &opts, |f| {
+            let touched = flags.set_ttl.is_some();
+            let s = &ctx.stats;
+            let Some(it) = f.item else {
+                count_fetch(s, touched, false);
+                if !flags.quiet {
+                    status_line(out, r::EN, key, flags);
+                }
+                return Outcome::seq(f.seq);
+            };
+            count_fetch(s, touched, true);
+            let now = ctx.store.now();
+            // C: a matching CAS means the client's copy is current, so the value is not sent.
+            let send_value = flags.return_value && flags.compare_cas != Some(it.cas);
+            if send_value {
+                out.extend_from_slice(r::VA);
+                put_u64(out, it.value.len() as u64);
+            } else {
+                out.extend_from_slice(r::HD);
             }
-            return Outcome::seq(f.seq);
-        };
-        count_fetch(s, touched, true);
-        let now = ctx.store.now();
-        // C: a matching CAS means the client's copy is current, so the value is not sent.
-        let send_value = flags.return_value && flags.compare_cas != Some(it.cas);
-        if send_value {
-            out.extend_from_slice(r::VA);
-            put_u64(out, it.value.len() as u64);
-        } else {
-            out.extend_from_slice(r::HD);
-        }
-        let vals = RetVals {
-            cas: Some(it.cas),
-            flags: Some(it.flags),
-            hit: Some(it.fetched),
-            last_access: Some(now.saturating_sub(it.last_access)),
-            size: Some(it.value.len() as u64),
-            ttl: Some((it.exptime, now)),
-        };
-        ret_flags(out, key, flags, &vals);
-        if f.token_sent {
-            out.extend_from_slice(b" Z");
-        }
-        if it.stale {
-            out.extend_from_slice(b" X");
-        }
-        if f.won {
-            out.extend_from_slice(b" W");
-        }
-        out.extend_from_slice(CRLF);
-        if send_value {
-            out.extend_from_slice(&it.value);
+            let vals = RetVals {
+                cas: Some(it.cas),
+                flags: Some(it.flags),
+                hit: Some(it.fetched),
+                last_access: Some(now.saturating_sub(it.last_access)),
+                size: Some(it.value.len() as u64),
+                ttl: Some((it.exptime, now)),
+            };
+            ret_flags(out, key, flags, &vals);
+            if f.token_sent {
+                out.extend_from_slice(b" Z");
+            }
+            if it.stale {
+                out.extend_from_slice(b" X");
+            }
+            if f.won {
+                out.extend_from_slice(b" W");
+            }
             out.extend_from_slice(CRLF);
-        }
-        Outcome::seq(f.seq)
+            if send_value {
+                out.extend_from_slice(it.value);
+                out.extend_from_slice(CRLF);
+            }
+            Outcome::seq(f.seq)
+        })
     })
 }
 

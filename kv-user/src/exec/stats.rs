@@ -10,7 +10,6 @@ use crate::protocol::command::{Detail, StatsCmd};
 use crate::protocol::reply::{self as r, CRLF};
 use crate::record::{Record, Snapshot as _};
 use crate::stats::read;
-use crate::store::ITEM_OVERHEAD;
 
 /// `STAT <name> `: the start of every `stats` line.
 fn stat_head(out: &mut BytesMut, name: &str) {
@@ -163,11 +162,12 @@ fn settings(ctx: &Ctx, out: &mut BytesMut) {
     stat_str(out, "persistence", if c.no_persist { b"no".as_slice() } else { b"yes".as_slice() });
 }
 
-/// The store has no slab classes: `stats items` and `stats slabs` report every item as one class, 1
-/// (what memcached shows for small items), so tools that read `items:<class>:...` see the totals.
-/// Omitted for lack of a measurement: age (the store does not track the oldest item's age),
-/// evicted_nonzero, evicted_time, the segmented-LRU lines (number_hot/warm/cold, hits_to_*, moves_*)
-/// and the crawler lines. tailrepairs is 0 because there are no slab chunks to repair.
+/// The store has no slab classes: items of every size are packed into segments. `stats items` and
+/// `stats slabs` report them as one class, 1 (what memcached shows for small items), so tools that read
+/// `items:<class>:...` see the totals. Omitted for lack of a measurement: age (the store does not track
+/// the oldest item's age), evicted_nonzero, evicted_time, the segmented-LRU lines (number_hot/warm/cold,
+/// hits_to_*) and the crawler lines. tailrepairs is 0 because there are no slab chunks to repair;
+/// moves_within_lru counts live items moved when their segment was recycled.
 fn items(ctx: &Ctx, out: &mut BytesMut) {
     let st = ctx.store.stats();
     if st.curr_items == 0 {
@@ -181,16 +181,23 @@ fn items(ctx: &Ctx, out: &mut BytesMut) {
     stat_u64(out, "items:1:reclaimed", st.reclaimed);
     stat_u64(out, "items:1:expired_unfetched", st.expired_unfetched);
     stat_u64(out, "items:1:evicted_unfetched", st.evicted_unfetched);
+    stat_u64(out, "items:1:moves_within_lru", st.moves);
 }
 
-/// One class (see [`items`]): its command counters are the server's. No pages or chunks exist, so
-/// chunks_per_page, total_pages, total_chunks and free_chunks* are omitted; chunk_size is the fixed
-/// per-item overhead the memory limit charges.
+/// One class (see [`items`]) whose "pages" are segments: chunk_size is the segment size (an item
+/// larger than half of it has a block of its own, counted as a page too), total_pages the segments
+/// held, used_chunks the items, free_chunks the emptied segments waiting for reuse; total_malloced is
+/// all item memory held (segments, spare segments and the index), what `-m` bounds. Its command
+/// counters are the server's.
 fn slabs(ctx: &Ctx, out: &mut BytesMut) {
     let st = ctx.store.stats();
-    if st.curr_items > 0 {
-        stat_u64(out, "1:chunk_size", ITEM_OVERHEAD as u64);
+    if st.segments > 0 {
+        stat_u64(out, "1:chunk_size", ctx.store.segment_size() as u64);
+        stat_u64(out, "1:chunks_per_page", 1);
+        stat_u64(out, "1:total_pages", st.segments);
+        stat_u64(out, "1:total_chunks", st.segments);
         stat_u64(out, "1:used_chunks", st.curr_items);
+        stat_u64(out, "1:free_chunks", ctx.store.spare_segments() as u64);
         stat_u64(out, "1:mem_requested", st.bytes);
         let c = &*ctx.stats;
         stat_u64(out, "1:get_hits", read(&c.get_hits));
@@ -202,6 +209,6 @@ fn slabs(ctx: &Ctx, out: &mut BytesMut) {
         stat_u64(out, "1:cas_badval", read(&c.cas_badval));
         stat_u64(out, "1:touch_hits", read(&c.touch_hits));
     }
-    stat_u64(out, "active_slabs", u64::from(st.curr_items > 0));
-    stat_u64(out, "total_malloced", st.bytes);
+    stat_u64(out, "active_slabs", u64::from(st.segments > 0));
+    stat_u64(out, "total_malloced", ctx.store.memory_used());
 }

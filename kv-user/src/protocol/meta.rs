@@ -122,7 +122,7 @@ fn set<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limits) -
         return swallow(TOO_LARGE, (!flags.base64_key).then_some(key));
     }
     match data_block(buf, consumed, vlen) {
-        Block::Incomplete => Parsed::Incomplete,
+        Block::Incomplete(total) => Parsed::Partial { total, noreply: false },
         // ms always reports this one, q or not.
         Block::Bad(end) => error(BAD_DATA_CHUNK, end),
         Block::Ok(data, end) => command(Command::MetaSet { key, data, flags }, end),

@@ -65,13 +65,24 @@ impl Default for Limits {
 pub enum Parsed<'a> {
     /// A complete request occupying `buf[..consumed]`.
     Command { cmd: Command<'a>, consumed: usize },
-    /// Need more bytes (no complete line yet, or the data block of a storage command is not fully there).
+    /// Need more bytes: no complete line yet.
     Incomplete,
+    /// Need more bytes: a storage command whose data block is not fully there; the request will be
+    /// `total` bytes long (so a connection can size, and account for, the buffer it needs). `noreply`:
+    /// an error about it (out of memory) is not sent.
+    Partial { total: usize, noreply: bool },
     /// A bad request occupying `buf[..consumed]`: write `reply` (may be empty: noreply, or a silent
     /// close), then discard `swallow` more bytes (which may not have arrived yet), then close the
     /// connection if `close`. `too_large_key`: the request was refused as too large for `-I` and
     /// the old item under this key must be removed (memcached does so to avoid serving stale data).
     Error { reply: &'static [u8], consumed: usize, swallow: usize, close: bool, too_large_key: Option<&'a [u8]> },
+}
+
+impl Parsed<'_> {
+    /// Whether more bytes are needed (either kind).
+    pub fn is_incomplete(&self) -> bool {
+        matches!(self, Parsed::Incomplete | Parsed::Partial { .. })
+    }
 }
 
 /// Whether an item with a key of `nkey` bytes, these client flags and a value of `value_len` bytes
@@ -191,7 +202,8 @@ impl<'a> Tokens<'a> {
 
 /// Where a data block of `vlen` bytes + `\r\n` starting at `start` stands.
 pub(super) enum Block<'a> {
-    Incomplete,
+    /// Not all there yet; the block ends at this offset.
+    Incomplete(usize),
     /// Complete but not terminated by `\r\n`; the block ends at this offset.
     Bad(usize),
     Ok(&'a [u8], usize),
@@ -203,7 +215,7 @@ pub(super) fn data_block(buf: &[u8], start: usize, vlen: usize) -> Block<'_> {
     match (buf.get(start..mid), buf.get(mid..end)) {
         (Some(data), Some(b"\r\n")) => Block::Ok(data, end),
         (Some(_), Some(_)) => Block::Bad(end),
-        _ => Block::Incomplete,
+        _ => Block::Incomplete(end),
     }
 }
 
@@ -349,7 +361,7 @@ fn storage<'a>(buf: &'a [u8], toks: &Tokens<'a>, consumed: usize, limits: &Limit
         };
     }
     match data_block(buf, consumed, vlen) {
-        Block::Incomplete => Parsed::Incomplete,
+        Block::Incomplete(total) => Parsed::Partial { total, noreply },
         Block::Bad(end) => error_nr(reply::BAD_DATA_CHUNK, end, noreply),
         Block::Ok(data, end) => Parsed::Command {
             cmd: Command::Store(StoreCmd { mode, key, flags, exptime: i64::from(exptime), cas_unique, data, noreply }),

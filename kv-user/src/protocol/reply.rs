@@ -83,6 +83,7 @@ pub const ILLEGAL_SLAB_ID: &[u8] = b"CLIENT_ERROR Illegal slab id\r\n";
 // SERVER_ERROR and connection-level errors.
 pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
 /// A multiget reply that cannot be buffered or framed.
+pub const OUT_OF_MEMORY_STORE: &[u8] = b"SERVER_ERROR out of memory storing object\r\n";
 pub const OUT_OF_MEMORY_GET: &[u8] = b"SERVER_ERROR out of memory writing get response\r\n";
 /// The journal write for the batch failed (kv-server only).
 pub const FAILED_TO_PERSIST: &[u8] = b"SERVER_ERROR failed to persist\r\n";

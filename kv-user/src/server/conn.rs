@@ -5,6 +5,10 @@ use bytes::{Buf as _, BytesMut};
 
 use crate::exec::{self, Ctx};
 use crate::protocol::{self, reply, Limits, Parsed};
+use crate::store::Reservation;
+
+/// A request longer than this is buffered only against memory reserved from the store (`-m`).
+pub const RESERVE_ABOVE: usize = 16 * 1024;
 
 /// Per-connection parsing state.
 pub struct Pipeline {
@@ -15,6 +19,8 @@ pub struct Pipeline {
     /// Where the multiget at the front of the input resumes (byte offset into its keys): its reply is
     /// sent in pieces of about the soft limit.
     resume: usize,
+    /// Memory charged to the store for the large value arriving at the front of the input.
+    upload: Option<Reservation>,
 }
 
 /// A reply that cannot be sent in pieces (UDP) is refused past this size, as memcached refuses one
@@ -34,7 +40,12 @@ pub struct Batch {
 
 impl Pipeline {
     pub fn new(item_size_max: usize) -> Self {
-        Self { limits: Limits { item_size_max }, swallow: 0, resume: 0 }
+        Self { limits: Limits { item_size_max }, swallow: 0, resume: 0, upload: None }
+    }
+
+    /// Nothing pending: no data to swallow, no multiget half sent, no upload in progress.
+    pub fn idle(&self) -> bool {
+        self.swallow == 0 && self.resume == 0 && self.upload.is_none()
     }
 
     /// Runs every complete request at the front of `input`, leaving an incomplete tail in place.
@@ -58,7 +69,31 @@ impl Pipeline {
             }
             let consumed = match protocol::parse(input, &self.limits) {
                 Parsed::Incomplete => return batch,
+                Parsed::Partial { total, noreply } => {
+                    if total <= RESERVE_ABOVE || self.upload.is_some() {
+                        return batch;
+                    }
+                    match ctx.store.reserve(total as u64) {
+                        Some(r) => {
+                            // One buffer of exactly the request's size, instead of doubling into it.
+                            input.reserve(total - input.len());
+                            self.upload = Some(r);
+                            return batch;
+                        }
+                        None => {
+                            // memcached refuses the item before reading its data, then swallows it.
+                            if !noreply {
+                                out.extend_from_slice(reply::OUT_OF_MEMORY_STORE);
+                            }
+                            ctx.stats.store_no_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.swallow = total - input.len();
+                            input.len()
+                        }
+                    }
+                }
                 Parsed::Command { cmd, consumed } => {
+                    // The value is complete: the store charges it as an item from here on.
+                    self.upload = None;
                     let start = out.len();
                     let stop_at = out_soft_limit.min(UNSPLIT_REPLY_MAX);
                     let (o, resume) = exec::execute_from(&cmd, self.resume, ctx, out, stop_at);
@@ -159,5 +194,55 @@ mod tests {
         drain(&mut p, format!("set c 0 0 {}\r\n{big}\r\n", big.len()).as_bytes(), &ctx, usize::MAX);
         let (sent, _, _) = drain(&mut p, format!("get a{}\r\nmn\r\n", " c".repeat(100)).as_bytes(), &ctx, usize::MAX);
         assert_eq!(sent, b"SERVER_ERROR out of memory writing get response\r\nMN\r\n");
+    }
+
+    /// Large values still arriving are charged to the store's memory: a pending upload holds its
+    /// reservation, one past what may be reserved is refused with memcached's error and its data
+    /// swallowed, and a completed set gives its reservation back.
+    #[test]
+    fn partial_uploads_are_charged_to_the_memory_limit() {
+        let config = Config::parse_from(["kv-server", "-m", "2", "-I", "512k"]);
+        let store = Arc::new(Store::new(StoreOptions::from(&config), Arc::new(NoJournal)));
+        let ctx = Ctx::new(store.clone(), Arc::new(Stats::new()), Arc::new(config));
+        let base = store.memory_used();
+        let mut out = BytesMut::new();
+        let mut a = Pipeline::new(512 << 10);
+        let head = b"set a 0 0 400000\r\n";
+        let mut input = BytesMut::from(&head[..]);
+        input.extend_from_slice(&[b'x'; 30_000]);
+        assert_eq!(a.run(&mut input, &ctx, &mut out, usize::MAX), Batch::default());
+        let total = head.len() + 400_002;
+        assert_eq!(store.memory_used() - base, total as u64, "reserved while it arrives");
+        assert!(input.capacity() >= total, "sized once for the whole request");
+        assert!(!a.idle());
+        // Together uploads may reserve half of -m: a third one of this size is refused.
+        let mut b = Pipeline::new(512 << 10);
+        let mut ib = BytesMut::from(&b"set b 0 0 400000\r\n"[..]);
+        ib.extend_from_slice(&[b'y'; 20_000]);
+        b.run(&mut ib, &ctx, &mut out, usize::MAX);
+        let mut c = Pipeline::new(512 << 10);
+        let mut ic = BytesMut::from(&b"set c 0 0 400000\r\n"[..]);
+        ic.extend_from_slice(&[b'z'; 20_000]);
+        c.run(&mut ic, &ctx, &mut out, usize::MAX);
+        assert_eq!(&out[..], reply::OUT_OF_MEMORY_STORE);
+        assert!(ic.is_empty());
+        // The rest of its value is swallowed, and the next command is served.
+        let mut rest = BytesMut::from(&[b'z'; 380_000][..]);
+        rest.extend_from_slice(b"\r\nmn\r\n");
+        out.clear();
+        c.run(&mut rest, &ctx, &mut out, usize::MAX);
+        assert_eq!(&out[..], b"MN\r\n");
+        assert!(c.idle());
+        // a completes: stored, its reservation given back; b's connection closes (dropped).
+        input.extend_from_slice(&[b'x'; 370_000]);
+        input.extend_from_slice(b"\r\n");
+        out.clear();
+        a.run(&mut input, &ctx, &mut out, usize::MAX);
+        assert_eq!(&out[..], b"STORED\r\n");
+        drop(b);
+        assert!(a.idle());
+        let item = store.memory_used() - base;
+        assert!(item < 500_000, "only the stored item is charged now ({item} bytes)");
+        assert_eq!(store.get(b"a").map(|i| i.value.len()), Some(400_000));
     }
 }

@@ -2,6 +2,7 @@
 //! `exec::execute`, the worker threads, and signals and clean shutdown. main.rs builds what they serve.
 
 mod conn;
+mod park;
 mod tcp;
 pub mod udp;
 
@@ -29,7 +30,12 @@ impl Shared {
     /// Waits until the journal record `seq` is as durable as `--fsync` promises. 0 means nothing was logged.
     pub async fn durable(&self, seq: u64) -> std::io::Result<()> {
         match (&self.log, seq) {
-            (Some(log), s) if s > 0 => log.wait_durable(s).await,
+            // Boxed: only a write that must wait pays for the waiting state, so the state of every
+            // (idle) connection task stays small.
+            (Some(log), s) if s > 0 => match log.durable_now(s) {
+                Some(r) => r,
+                None => Box::pin(log.wait_durable(s)).await,
+            },
             _ => Ok(()),
         }
     }
@@ -72,7 +78,8 @@ fn bind_error(e: std::io::Error, what: &str, addr: SocketAddr) -> anyhow::Error 
 /// it round-robin by the acceptor (the caller's runtime). A connection never moves between threads,
 /// so a request wakes exactly one thread; with one shared work-stealing runtime, every readable socket
 /// also woke an idle worker (futex and eventfd writes), which cost more than the request itself at
-/// depth 1. Every worker must start (its runtime and its UDP descriptor), or start-up fails.
+/// depth 1. Every worker must start (its runtime, its UDP descriptor, its parking set), or start-up
+/// fails.
 pub async fn serve(
     cfg: Arc<Config>,
     listeners: Listeners,
@@ -174,17 +181,18 @@ struct Worker {
 }
 
 impl Worker {
-    /// Sets up the runtime and registers the UDP socket, reports the outcome on `ready` (and drops it),
-    /// then serves.
+    /// Sets up the runtime, registers the UDP socket and installs the parking set, reports the outcome on
+    /// `ready` (and drops it), then serves.
     fn run(self, i: usize, ready: std::sync::mpsc::Sender<Result<()>>) {
         let Worker { mut conns, udp, shared, mut stop, done } = self;
         let setup =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context("its runtime").and_then(|rt| {
                 let _in_rt = rt.enter();
                 let udp = udp.map(tokio::net::UdpSocket::from_std).transpose().context("registering its UDP socket")?;
-                Ok((rt, udp))
+                let parking = park::Parking::install().context("its parking set")?;
+                Ok((rt, udp, parking))
             });
-        let (rt, udp) = match setup {
+        let (rt, udp, parking) = match setup {
             Ok(x) => {
                 let _ = ready.send(Ok(()));
                 drop(ready);
@@ -199,11 +207,16 @@ impl Worker {
             if let Some(s) = udp {
                 tokio::spawn(udp::serve(s, shared.clone(), stop.clone()));
             }
+            let mut woken = Vec::new();
             loop {
                 tokio::select! {
                     c = conns.recv() => match c {
                         Some(c) => tcp::spawn_connection(c, &shared),
                         None => break,
+                    },
+                    r = parking.woken(&mut woken) => match r {
+                        Ok(()) => woken.drain(..).for_each(|c| tcp::spawn_connection(c, &shared)),
+                        Err(e) => log::error!("parked connections: {e}"),
                     },
                     _ = stop.changed() => break,
                 }

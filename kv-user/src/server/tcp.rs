@@ -1,5 +1,5 @@
 //! TCP front end: an acceptor handing connections to the worker threads, and one tokio task per
-//! connection on its worker, owning a read buffer and a write buffer reused for the connection's life.
+//! connection on its worker, which holds read and write buffers only while it has work (see `Conn`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -110,64 +110,125 @@ pub fn spawn_connection(stream: std::net::TcpStream, shared: &Shared) {
     let shared = shared.clone();
     tokio::spawn(async move {
         match TcpStream::from_std(stream) {
-            Ok(stream) => {
-                if let Err(e) = handle(stream, &shared).await {
-                    log::debug!("connection: {e}");
-                }
-            }
+            Ok(stream) => match handle(stream, &shared).await {
+                // Still a connection (and counted as one), waiting in the parking set without a task.
+                Ok(Some(idle)) => match idle.into_std().and_then(super::park::park) {
+                    Ok(()) => return,
+                    Err(e) => log::warn!("parking a connection: {e}"),
+                },
+                Ok(None) => {}
+                Err(e) => log::debug!("connection: {e}"),
+            },
             Err(e) => log::warn!("registering a connection: {e}"),
         }
         shared.ctx.stats.curr_connections.fetch_sub(1, Relaxed);
     });
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
+/// A connection's working state: parser state and its input and output buffers. Only a connection in
+/// the middle of something holds one; an idle one waits with nothing but its socket, and the state goes
+/// back to this worker's pool (memcached likewise returns read buffers to its thread when idle).
+struct Conn {
+    pipeline: Pipeline,
+    input: BytesMut,
+    out: BytesMut,
+}
+
+impl Conn {
+    fn idle(&self) -> bool {
+        self.input.is_empty() && self.out.is_empty() && self.pipeline.idle()
+    }
+}
+
+/// Pooled states keep at most this much buffer; one that grew (a large value or reply) is freed instead.
+const POOLED_BUFFER_MAX: usize = 4 * READ_CHUNK;
+/// Idle states kept per worker.
+const POOL_MAX: usize = 256;
+
+thread_local! {
+    // Boxed: a task holds its state as one pointer, and the box itself is what is reused.
+    #[allow(clippy::vec_box)]
+    static POOL: std::cell::RefCell<Vec<Box<Conn>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_conn(item_size_max: usize) -> Box<Conn> {
+    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
+        Box::new(Conn { pipeline: Pipeline::new(item_size_max), input: BytesMut::new(), out: BytesMut::new() })
+    })
+}
+
+fn give_conn(mut c: Box<Conn>) {
+    for b in [&mut c.input, &mut c.out] {
+        // Reclaims the whole allocation into view (nothing is left in it), so its size can be judged.
+        b.reserve(READ_CHUNK);
+        if b.capacity() > POOLED_BUFFER_MAX {
+            *b = BytesMut::new();
+        }
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(c);
+        }
+    });
+}
+
+/// Serves the connection until it closes (`None`), or returns it once it has been idle for
+/// [`PARK_AFTER`](super::park::PARK_AFTER), to be parked.
+async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<Option<TcpStream>> {
     let ctx: &Arc<_> = &shared.ctx;
-    let mut pipeline = Pipeline::new(ctx.config.item_size_max);
-    // Buffers are allocated on the first request, so idle connections (C10K) cost no buffer memory.
-    let mut input = BytesMut::new();
-    let mut out = BytesMut::new();
+    let mut conn: Option<Box<Conn>> = None;
     loop {
-        let batch = pipeline.run(&mut input, ctx, &mut out, OUT_SOFT_LIMIT);
-        if !out.is_empty() {
-            // Acknowledge only what is durable: a failed log write turns the whole batch into an error.
-            if let Err(e) = shared.durable(batch.seq).await {
-                log::error!("log write failed: {e}");
-                out.clear();
-                out.extend_from_slice(reply::FAILED_TO_PERSIST);
-                stream.write_all(&out).await?;
-                return Ok(());
-            }
-            stream.write_all(&out).await?;
-            ctx.stats.bytes_written.fetch_add(out.len() as u64, Relaxed);
-            out.clear();
-        } else if batch.seq > 0 {
-            // noreply writes are still made durable before we read on: ordering for the next request.
-            if let Err(e) = shared.durable(batch.seq).await {
-                log::error!("log write failed: {e}");
-                return Ok(());
-            }
+        if conn.as_ref().is_some_and(|c| c.idle()) {
+            give_conn(conn.take().expect("checked"));
         }
-        if batch.close {
-            return Ok(());
-        }
-        if batch.more {
-            continue;
-        }
-        if input.capacity() - input.len() < READ_CHUNK / 4 {
-            if input.capacity() == 0 {
-                stream.readable().await?;
+        let c = match &mut conn {
+            Some(c) => c,
+            None => {
+                tokio::select! {
+                    r = stream.readable() => r?,
+                    _ = tokio::time::sleep(super::park::PARK_AFTER) => return Ok(Some(stream)),
+                }
+                conn.insert(take_conn(ctx.config.item_size_max))
             }
-            input.reserve(READ_CHUNK);
+        };
+        if c.input.capacity() - c.input.len() < READ_CHUNK / 4 {
+            c.input.reserve(READ_CHUNK);
         }
         // No shutdown select here: a watch receiver per read would take the channel's waiter lock twice
         // per request, shared by every connection. At shutdown the runtime drops these tasks; everything
         // they acknowledged is already in the log.
-        let n = stream.read_buf(&mut input).await?;
+        let n = stream.read_buf(&mut c.input).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         ctx.stats.bytes_read.fetch_add(n as u64, Relaxed);
+        loop {
+            let batch = c.pipeline.run(&mut c.input, ctx, &mut c.out, OUT_SOFT_LIMIT);
+            if !c.out.is_empty() {
+                // Acknowledge only what is durable: a failed log write turns the whole batch into an error.
+                if let Err(e) = shared.durable(batch.seq).await {
+                    log::error!("log write failed: {e}");
+                    stream.write_all(reply::FAILED_TO_PERSIST).await?;
+                    return Ok(None);
+                }
+                stream.write_all(&c.out).await?;
+                ctx.stats.bytes_written.fetch_add(c.out.len() as u64, Relaxed);
+                c.out.clear();
+            } else if batch.seq > 0 {
+                // noreply writes are still made durable before we read on: ordering for the next request.
+                if let Err(e) = shared.durable(batch.seq).await {
+                    log::error!("log write failed: {e}");
+                    return Ok(None);
+                }
+            }
+            if batch.close {
+                return Ok(None);
+            }
+            if !batch.more {
+                break;
+            }
+        }
     }
 }
 

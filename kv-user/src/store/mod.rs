@@ -1,20 +1,28 @@
 //! The sharded in-memory item store.
 //!
-//! A key hashes to one of N shards (a power of two), each a mutex around a hash table + LRU list, so workers
-//! only contend when they touch the same shard. Values are `Bytes`: a hit hands out a refcount, not a copy.
-//! Memory is accounted per item as key + value + [`ITEM_OVERHEAD`] against one global limit; a store that
-//! goes over it evicts from the LRU tail of its own shard first, then (after dropping its lock) from others.
-//! Expired and flushed items are reclaimed lazily when looked up and when they reach an LRU tail.
+//! A key hashes to one of N shards (a power of two), each a mutex around its own segments and index, so
+//! workers only contend when they touch the same shard. Items live packed in segments (`shard`, `item`):
+//! no allocation per item, a 34-byte header, and memory taken in blocks charged against one budget
+//! (`memory`), so `-m` bounds what the process holds for items. Room is made per shard (`space`):
+//! emptied and expired memory is reused before new memory is taken, then the oldest segment is evicted
+//! with a second chance for items read since. Expired and flushed items are also reclaimed lazily when
+//! looked up.
 //!
 //! Every change (and read hit) leaves the store through one function, [`Store::emit`], as a [`Change`]:
 //! the [`Journal`] logs what must be replayed and the [`Observer`] (the kernel path) follows all of it,
 //! both while the shard lock is held, so the log's and the kernel's order per key is the store's order.
 //! The journal's sequence number goes back to the caller to await durability.
 
+mod block;
 mod changes;
+mod item;
+mod memory;
+#[cfg(test)]
+mod model_tests;
 mod read;
 mod replay;
 mod shard;
+mod space;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -29,11 +37,14 @@ use parking_lot::{Mutex, MutexGuard};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
 pub use changes::{Change, Observer, Removal};
-pub use shard::{ItemCounters, ITEM_OVERHEAD};
+pub use item::HEADER as ITEM_HEADER;
+pub use shard::ItemCounters;
 pub use types::*;
 
 use crate::record::{Journal, Record, Snapshot};
-use shard::{Entry, Shard};
+use item::FETCHED;
+use memory::Budget;
+use shard::{Env, Loc, Shard};
 
 /// memcached's REALTIME_MAXDELTA: exptimes up to 30 days are relative, larger ones absolute Unix times.
 pub const REALTIME_MAXDELTA: i64 = 60 * 60 * 24 * 30;
@@ -90,8 +101,19 @@ pub struct StoreOptions {
 }
 
 enum Lookup {
-    Live(u32),
+    Live(Loc),
     Missing,
+}
+
+/// Largest standard segment; items over half a segment get a block of their own.
+const SEG_MAX: usize = 1 << 20;
+const SEG_MIN: usize = 64;
+
+/// Segment size for a store: about eight segments per shard so eviction stays fine-grained, between
+/// `SEG_MIN` and `SEG_MAX`, a power of two.
+fn seg_size(limit: u64, shards: usize) -> usize {
+    let per = (limit / (shards as u64 * 8)).clamp(SEG_MIN as u64, SEG_MAX as u64) as usize;
+    1 << (usize::BITS - 1 - per.leading_zeros())
 }
 
 pub struct Store {
@@ -100,11 +122,13 @@ pub struct Store {
     hasher: DefaultHashBuilder,
     /// Last CAS handed out; also raised to explicit (`E`) and replayed CAS values so new ones stay larger.
     cas: AtomicU64,
-    mem_used: AtomicU64,
-    mem_limit: u64,
+    budget: Budget,
+    seg_size: usize,
     item_size_max: usize,
     /// flush_all moment (Unix secs, 0 = none): once reached, items stored before it are dead.
     flush_at: AtomicU64,
+    /// Bytes held by [`Reservation`]s.
+    reserved: AtomicU64,
     /// Where the next cross-shard eviction starts, so it doesn't always hit shard 0.
     evict_cursor: AtomicUsize,
     journal: Arc<dyn Journal>,
@@ -119,16 +143,20 @@ impl Store {
     }
 
     pub fn with_clock(opts: StoreOptions, journal: Arc<dyn Journal>, clock: Arc<dyn Clock>) -> Store {
-        let n = opts.shards.clamp(1, 1 << 16).next_power_of_two();
+        // At most 8 GB a shard, so its segments can always be named in the index's 32-bit entries.
+        let n = opts.shards.max((opts.memory_limit >> 33) as usize + 1).clamp(1, 1 << 16).next_power_of_two();
+        let hasher = DefaultHashBuilder::default();
+        let seg_size = seg_size(opts.memory_limit, n);
         Store {
-            shards: (0..n).map(|_| Mutex::new(Shard::new())).collect(),
+            shards: (0..n).map(|i| Mutex::new(Shard::new(i, seg_size, hasher.clone()))).collect(),
             shard_mask: n - 1,
-            hasher: DefaultHashBuilder::default(),
+            hasher,
             cas: AtomicU64::new(0),
-            mem_used: AtomicU64::new(0),
-            mem_limit: opts.memory_limit,
+            budget: Budget::new(opts.memory_limit),
+            seg_size,
             item_size_max: opts.item_size_max,
             flush_at: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
             evict_cursor: AtomicUsize::new(0),
             journal,
             observer: None,
@@ -157,7 +185,22 @@ impl Store {
     }
 
     pub fn limit_maxbytes(&self) -> u64 {
-        self.mem_limit
+        self.budget.limit()
+    }
+
+    /// Bytes of item memory held (segments, spare blocks, indexes): memcached's `total_malloced`.
+    pub fn memory_used(&self) -> u64 {
+        self.budget.used()
+    }
+
+    /// Size of a standard segment (items above half of it get a block of their own).
+    pub fn segment_size(&self) -> usize {
+        self.seg_size
+    }
+
+    /// Emptied segments waiting for reuse.
+    pub fn spare_segments(&self) -> usize {
+        self.budget.spare_count()
     }
 
     pub fn item_size_max(&self) -> usize {
@@ -188,109 +231,101 @@ impl Store {
         }
     }
 
-    fn is_flushed(&self, e: &Entry, now: u64) -> bool {
-        let at = self.flush_at.load(Ordering::Relaxed);
-        at != 0 && now >= at && e.time < at
+    /// The removal path of `Env`: every eviction and reclaim is emitted here.
+    fn removed(&self, key: &[u8], cause: Removal) {
+        self.emit(Change::Removed { key, cause });
     }
 
-    fn dead(&self, e: &Entry, now: u64) -> bool {
-        e.expired(now) || self.is_flushed(e, now)
+    fn env<'a>(&'a self, now: u64, emit: &'a dyn Fn(&[u8], Removal)) -> Env<'a> {
+        Env { budget: &self.budget, now, flush_at: self.flush_at.load(Ordering::Relaxed), emit }
     }
 
     /// Finds a live item, reclaiming it if it is expired or flushed.
-    fn lookup(&self, shard: &mut Shard, hash: u64, key: &[u8], now: u64) -> Lookup {
-        let Some(idx) = shard.find(hash, key) else {
+    fn lookup(&self, shard: &mut Shard, hash: u64, key: &[u8], env: &Env<'_>) -> Lookup {
+        let Some(l) = shard.find(hash, key) else {
             return Lookup::Missing;
         };
-        let e = shard.get(idx);
-        if e.expired(now) {
-            let unfetched = !e.fetched;
-            self.emit(Change::Removed { key: &e.key, cause: Removal::Expired });
-            shard.remove(idx);
-            shard.counters.get_expired += 1;
-            shard.counters.reclaimed += 1;
-            if unfetched {
-                shard.counters.expired_unfetched += 1;
-            }
-            Lookup::Missing
-        } else if self.is_flushed(e, now) {
-            self.emit(Change::Removed { key: &e.key, cause: Removal::Flushed });
-            shard.remove(idx);
-            shard.counters.get_flushed += 1;
-            Lookup::Missing
-        } else {
-            Lookup::Live(idx)
-        }
-    }
-
-    /// Applies the shard's byte delta to the global count and evicts from this shard's LRU tail (never
-    /// `keep`) while over the limit. Returns whether the store is still over the limit.
-    fn settle(&self, shard: &mut Shard, before: u64, keep: Option<u32>, now: u64) -> bool {
-        let delta = shard.counters.bytes.wrapping_sub(before);
-        let mut used = self.mem_used.fetch_add(delta, Ordering::Relaxed).wrapping_add(delta);
-        while used > self.mem_limit {
-            match shard.tail() {
-                Some(t) if Some(t) != keep => {
-                    let b = shard.counters.bytes;
-                    self.evict(shard, t, now);
-                    let freed = b - shard.counters.bytes;
-                    used = self.mem_used.fetch_sub(freed, Ordering::Relaxed) - freed;
-                }
-                _ => break,
-            }
-        }
-        used > self.mem_limit
-    }
-
-    fn evict(&self, shard: &mut Shard, idx: u32, now: u64) {
-        let e = shard.get(idx);
-        let (dead, unfetched, expired) = (self.dead(e, now), !e.fetched, e.expired(now));
-        let cause = match (dead, expired) {
-            (false, _) => Removal::Evicted,
-            (true, true) => Removal::Expired,
-            (true, false) => Removal::Flushed,
+        let it = shard.item(l);
+        let Some(cause) = env.dead_cause(&it) else {
+            return Lookup::Live(l);
         };
-        self.emit(Change::Removed { key: &e.key, cause });
-        shard.remove(idx);
+        let fetched = it.has(FETCHED);
+        self.emit(Change::Removed { key, cause });
+        shard.remove(l, &self.budget);
         let c = &mut shard.counters;
-        if dead {
+        if cause == Removal::Expired {
+            c.get_expired += 1;
             c.reclaimed += 1;
-            if expired && unfetched {
-                c.expired_unfetched += 1;
-            }
+            c.expired_unfetched += u64::from(!fetched);
         } else {
-            c.evictions += 1;
-            if unfetched {
-                c.evicted_unfetched += 1;
-            }
+            c.get_flushed += 1;
         }
+        Lookup::Missing
     }
 
-    /// Evicts from other shards' tails until under the limit (an item bigger than its shard's share).
-    fn evict_elsewhere(&self, skip: usize) {
+    /// Releases the shard, then brings the store back under its budget if this operation pushed it over
+    /// (an index grew, or a shard with nothing left to evict took memory): spare blocks go first, then
+    /// the oldest segments of the other shards in turn, this one's last.
+    fn finish(&self, g: MutexGuard<'_, Shard>) {
+        let own = g.id;
+        drop(g);
+        if !self.budget.over() {
+            return;
+        }
+        while self.budget.over() && self.budget.shed_spare() {}
         let n = self.shards.len();
         let start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
         let now = self.now();
-        for off in 0..n {
-            if self.mem_used.load(Ordering::Relaxed) <= self.mem_limit {
+        let emit = |k: &[u8], c| self.removed(k, c);
+        let env = self.env(now, &emit);
+        let others = (0..n).map(|off| (start + off) & self.shard_mask).filter(|&i| i != own);
+        for i in others.chain([own]) {
+            let mut g = self.shards[i].lock();
+            while self.budget.over() && g.shed_oldest(&env) {}
+            if !self.budget.over() {
                 return;
             }
-            let i = (start + off) & self.shard_mask;
-            if i == skip {
-                continue;
-            }
-            let mut g = self.shards[i].lock();
-            let bytes = g.counters.bytes;
-            self.settle(&mut g, bytes, None, now);
         }
     }
 
-    fn finish(&self, mut g: MutexGuard<'_, Shard>, si: usize, before: u64, keep: Option<u32>, now: u64) {
-        let over = self.settle(&mut g, before, keep, now);
-        drop(g);
-        if over {
-            self.evict_elsewhere(si);
+    /// Charges `n` bytes to the memory budget for a value still arriving (a connection buffering a large
+    /// set), evicting the oldest segments as needed, so stalled uploads cannot push the process past
+    /// `-m`. Pending uploads may hold at most half of the limit together; `None` when that or the whole
+    /// budget is spent (the client then gets memcached's out-of-memory error).
+    pub fn reserve(self: &Arc<Self>, n: u64) -> Option<Reservation> {
+        let cap = self.budget.limit() / 2;
+        self.reserved.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| (r + n <= cap).then_some(r + n)).ok()?;
+        let now = self.now();
+        let emit = |k: &[u8], c| self.removed(k, c);
+        let env = self.env(now, &emit);
+        let start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
+        let mut i = 0;
+        while !self.budget.try_take(n) {
+            if self.budget.shed_spare() {
+                continue;
+            }
+            if i == self.shards.len() {
+                // Nothing left to evict (the memory is held by other reservations).
+                self.reserved.fetch_sub(n, Ordering::Relaxed);
+                return None;
+            }
+            let mut g = self.shards[(start + i) & self.shard_mask].lock();
+            if !g.shed_oldest(&env) {
+                i += 1;
+            }
         }
+        Some(Reservation { store: self.clone(), n })
+    }
+
+    /// Reclaims every segment whose items have all expired or been flushed, in every shard (memcached's
+    /// LRU crawler, without looking at items: segments carry their latest exptime). Run about once a
+    /// second, so memory of expired items is reused even when no write reaches their shard. Returns the
+    /// segments reclaimed.
+    pub fn reclaim_expired(&self) -> usize {
+        let now = self.now();
+        let emit = |k: &[u8], c| self.removed(k, c);
+        let env = self.env(now, &emit);
+        self.shards.iter().map(|s| s.lock().reclaim_dead(&env)).sum()
     }
 
     /// Item statistics, summed over the shards.
@@ -307,7 +342,13 @@ impl Store {
         for sh in self.shards.iter() {
             let mut g = sh.lock();
             let c = &mut g.counters;
-            *c = ItemCounters { curr_items: c.curr_items, bytes: c.bytes, ..ItemCounters::default() };
+            *c = ItemCounters {
+                curr_items: c.curr_items,
+                bytes: c.bytes,
+                segments: c.segments,
+                segment_bytes: c.segment_bytes,
+                ..ItemCounters::default()
+            };
         }
     }
 
@@ -321,6 +362,25 @@ impl Store {
     }
 }
 
+/// Memory held for a value still arriving (see [`Store::reserve`]); given back when dropped.
+pub struct Reservation {
+    store: Arc<Store>,
+    n: u64,
+}
+
+impl Reservation {
+    pub fn bytes(&self) -> u64 {
+        self.n
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.store.reserved.fetch_sub(self.n, Ordering::Relaxed);
+        self.store.budget.adjust(self.n as usize, 0);
+    }
+}
+
 impl Snapshot for Store {
     fn for_each_live(&self, f: &mut dyn FnMut(&Record<'_>)) {
         let now = self.now();
@@ -328,14 +388,15 @@ impl Snapshot for Store {
         if at > now {
             f(&Record::FlushAll { at, max_cas: 0 });
         }
+        let emit = |_: &[u8], _| {};
+        let env = self.env(now, &emit);
         for s in self.shards.iter() {
-            let g = s.lock();
-            // Oldest first, so a replay rebuilds the same LRU order.
-            for e in g.iter_lru() {
-                if !self.dead(e, now) {
-                    f(&e.as_record());
+            // Oldest first, so a replay rebuilds the same eviction order.
+            s.lock().for_each(|it| {
+                if env.dead_cause(&it).is_none() {
+                    f(&it.record());
                 }
-            }
+            });
         }
     }
 }

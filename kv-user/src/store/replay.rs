@@ -2,9 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-
-use super::shard::Entry;
+use super::item::Meta;
 use super::Store;
 use crate::record::Record;
 
@@ -13,63 +11,51 @@ impl Store {
     /// every CAS seen and drops items that are already expired or flushed.
     pub fn apply(&self, rec: &Record<'_>) {
         let now = self.now();
+        let quiet = |_: &[u8], _| {};
+        let env = self.env(now, &quiet);
         match *rec {
             Record::Set { key, flags, exptime, cas, time, value } => {
                 self.cas.fetch_max(cas, Ordering::Relaxed);
                 let (hash, si) = self.locate(key);
                 let mut g = self.shards[si].lock();
-                let before = g.counters.bytes;
-                let mut e = Entry::new(hash, key, Bytes::copy_from_slice(value), flags, exptime, cas, time);
-                let existing = g.find(hash, key);
-                let mut keep = None;
-                if self.dead(&e, now) {
-                    if let Some(idx) = existing {
-                        g.remove(idx);
-                    }
-                } else {
-                    e.atime = time;
-                    let idx = match existing {
-                        Some(idx) => {
-                            g.replace(idx, e);
-                            idx
-                        }
-                        None => g.insert(e),
-                    };
-                    keep = Some(idx);
+                if let Some(l) = g.find(hash, key) {
+                    g.remove(l, &self.budget);
                 }
-                self.finish(g, si, before, keep, now);
+                let flushed = env.flush_at != 0 && now >= env.flush_at && time < env.flush_at;
+                let expired = exptime != 0 && exptime <= now;
+                if !flushed && !expired {
+                    let meta = Meta { cas, exptime, time, atime: time, flags, bits: 0 };
+                    g.insert(hash, key, &[value], &meta, &env);
+                }
+                self.finish(g);
             }
             Record::Touch { key, exptime, cas } => {
                 self.cas.fetch_max(cas, Ordering::Relaxed);
                 let (hash, si) = self.locate(key);
                 let mut g = self.shards[si].lock();
-                let before = g.counters.bytes;
-                if let Some(idx) = g.find(hash, key) {
-                    let e = g.get_mut(idx);
-                    e.exptime = exptime;
-                    e.cas = cas;
-                    if e.expired(now) {
-                        g.remove(idx);
+                if let Some(l) = g.find(hash, key) {
+                    let mut e = g.item_mut(l);
+                    e.set_exptime(exptime);
+                    e.set_cas(cas);
+                    g.note_exptime(l, exptime);
+                    if g.item(l).expired(now) {
+                        g.remove(l, &self.budget);
                     }
                 }
-                self.finish(g, si, before, None, now);
+                self.finish(g);
             }
             Record::Delete { key } => {
                 let (hash, si) = self.locate(key);
                 let mut g = self.shards[si].lock();
-                let before = g.counters.bytes;
-                if let Some(idx) = g.find(hash, key) {
-                    g.remove(idx);
+                if let Some(l) = g.find(hash, key) {
+                    g.remove(l, &self.budget);
                 }
-                self.finish(g, si, before, None, now);
+                self.finish(g);
             }
             Record::FlushAll { at, max_cas } => {
                 self.flush_at.store(at, Ordering::Relaxed);
                 for s in self.shards.iter() {
-                    let mut g = s.lock();
-                    let before = g.counters.bytes;
-                    g.retain(|e| e.cas <= max_cas || (at <= now && e.time < at));
-                    self.mem_used.fetch_sub(before - g.counters.bytes, Ordering::Relaxed);
+                    s.lock().retain(&self.budget, |e| e.cas() <= max_cas || (at <= now && e.time() < at));
                 }
             }
         }

@@ -1,91 +1,77 @@
-//! One shard: a hash table of slot indices into a slab of entries, threaded on an intrusive LRU list.
-//! Indices instead of pointers keep it safe; the table stores only `u32`s and finds keys through the slab,
-//! so each key is kept once.
+//! One shard: items packed into segments (see `item`), found through a compact hash index of their
+//! places. A segment is a block of `seg_size` bytes that items are appended to; an item larger than half
+//! a segment gets a block of its own (a "large" segment), so the rest never fragments. Segments form a
+//! FIFO, oldest first; `space` recycles them (eviction, reclaiming expired memory, compaction).
+//!
+//! An item's place ([`Loc`]: segment id and byte offset) is its identity: the index holds only places
+//! and finds keys through them, so each key is stored once. Overwritten and deleted items are marked
+//! dead in place and their bytes come back when their segment is recycled (at once if it empties).
 
-use bytes::Bytes;
-use hashbrown::HashTable;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 
-pub(crate) const NIL: u32 = u32::MAX;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
-/// Bytes charged against the memory limit per item on top of key and value, close to memcached's item
-/// header + CAS + CRLF.
-pub const ITEM_OVERHEAD: usize = 56;
+use super::block::Block;
+use super::item::{item_len, Item, ItemMut, Meta, DEAD, FETCHED};
+use super::memory::Budget;
+use super::Removal;
 
-pub(crate) struct Entry {
-    pub hash: u64,
-    pub key: Box<[u8]>,
-    pub value: Bytes,
-    pub flags: u32,
-    /// Absolute Unix seconds, 0 = never.
-    pub exptime: u64,
-    pub cas: u64,
-    /// When it was stored (flush_all compares against this).
-    pub time: u64,
-    /// Last access.
-    pub atime: u64,
-    pub fetched: bool,
-    /// Marked stale by `md I` (or a stale `ms I`).
-    pub stale: bool,
-    /// A client already got the recache "win" token (mg W/Z).
-    pub token_sent: bool,
-    /// The observer's word for this item (see `Change::ReadHit`); zero for a new item.
-    pub mark: std::cell::Cell<u32>,
-    prev: u32,
-    next: u32,
+/// Where an item lives: segment id (high 32 bits) and byte offset in it.
+pub(crate) type Loc = u64;
+
+pub(super) fn loc(seg: u32, off: usize) -> Loc {
+    (u64::from(seg) << 32) | off as u64
 }
 
-impl Entry {
-    /// The item's whole state as a journal record.
-    pub fn as_record(&self) -> crate::record::Record<'_> {
-        crate::record::Record::Set {
-            key: &self.key,
-            flags: self.flags,
-            exptime: self.exptime,
-            cas: self.cas,
-            time: self.time,
-            value: &self.value,
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(hash: u64, key: &[u8], value: Bytes, flags: u32, exptime: u64, cas: u64, now: u64) -> Entry {
-        Entry {
-            hash,
-            key: key.into(),
-            value,
-            flags,
-            exptime,
-            cas,
-            time: now,
-            atime: now,
-            fetched: false,
-            stale: false,
-            token_sent: false,
-            mark: std::cell::Cell::new(0),
-            prev: NIL,
-            next: NIL,
-        }
-    }
-
-    pub fn size(&self) -> u64 {
-        charge(self.key.len(), self.value.len())
-    }
-
-    pub fn expired(&self, now: u64) -> bool {
-        self.exptime != 0 && self.exptime <= now
-    }
+fn seg_of(l: Loc) -> u32 {
+    (l >> 32) as u32
 }
 
-/// What an item counts against the memory limit (`-m`); the item size limit (`-I`) is checked with
-/// memcached's formula, kv_common::item_size.
-pub fn charge(klen: usize, vlen: usize) -> u64 {
-    (ITEM_OVERHEAD + klen + vlen) as u64
+pub(super) fn off_of(l: Loc) -> usize {
+    (l & 0xffff_ffff) as usize
+}
+
+/// Items start at multiples of this, so the index can store offsets divided by it.
+pub(super) const ALIGN: usize = 4;
+
+pub(super) fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// How a [`Loc`] is packed into the index's 32-bit entries: the low bits hold the offset / ALIGN within
+/// a standard segment (large segments hold one item, at 0), the high bits the segment id. Four bytes an
+/// entry instead of eight is most of what the index costs per item.
+#[derive(Clone, Copy)]
+struct Packing {
+    off_bits: u32,
+}
+
+impl Packing {
+    fn new(seg_size: usize) -> Packing {
+        Packing { off_bits: (seg_size / ALIGN).trailing_zeros() }
+    }
+
+    /// Segment ids this packing can name.
+    fn max_segs(self) -> usize {
+        1 << (32 - self.off_bits)
+    }
+
+    fn pack(self, l: Loc) -> u32 {
+        (seg_of(l) << self.off_bits) | (off_of(l) / ALIGN) as u32
+    }
+
+    fn unpack(self, x: u32) -> Loc {
+        let mask = (1u32 << self.off_bits) - 1;
+        loc(x >> self.off_bits, (x & mask) as usize * ALIGN)
+    }
 }
 
 /// Item counters (memcached's `stats` names): kept per shard under its lock, summed by `Store::stats`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ItemCounters {
     pub curr_items: u64,
+    /// Bytes of live items, headers included (`item_len`).
     pub bytes: u64,
     pub total_items: u64,
     pub evictions: u64,
@@ -94,6 +80,11 @@ pub struct ItemCounters {
     pub evicted_unfetched: u64,
     pub get_expired: u64,
     pub get_flushed: u64,
+    /// Segments held (standard and large) and the bytes of their blocks.
+    pub segments: u64,
+    pub segment_bytes: u64,
+    /// Live items moved to make room (second chances and compaction).
+    pub moves: u64,
 }
 
 impl std::ops::AddAssign for ItemCounters {
@@ -108,6 +99,9 @@ impl std::ops::AddAssign for ItemCounters {
             evicted_unfetched,
             get_expired,
             get_flushed,
+            segments,
+            segment_bytes,
+            moves,
         } = o;
         self.curr_items += curr_items;
         self.bytes += bytes;
@@ -118,174 +112,327 @@ impl std::ops::AddAssign for ItemCounters {
         self.evicted_unfetched += evicted_unfetched;
         self.get_expired += get_expired;
         self.get_flushed += get_flushed;
+        self.segments += segments;
+        self.segment_bytes += segment_bytes;
+        self.moves += moves;
+    }
+}
+
+/// What removing items needs from the store: the memory budget, the time and flush moment that decide
+/// which items are dead, and the way out for removals (the store's change stream).
+pub(crate) struct Env<'a> {
+    pub budget: &'a Budget,
+    pub now: u64,
+    /// flush_all moment (0 = none): once reached, items stored before it are dead.
+    pub flush_at: u64,
+    pub emit: &'a dyn Fn(&[u8], Removal),
+}
+
+impl Env<'_> {
+    /// Why a stored item is dead already, if it is.
+    pub fn dead_cause(&self, it: &Item<'_>) -> Option<Removal> {
+        if it.expired(self.now) {
+            Some(Removal::Expired)
+        } else if self.flush_at != 0 && self.now >= self.flush_at && it.time() < self.flush_at {
+            Some(Removal::Flushed)
+        } else {
+            None
+        }
+    }
+}
+
+pub(crate) struct Seg {
+    pub block: Block,
+    /// Bytes appended so far.
+    pub used: usize,
+    pub live: u32,
+    pub live_bytes: usize,
+    /// Latest exptime of any item written here (u64::MAX once one never expires).
+    pub max_exp: u64,
+    /// Latest store time of any item written here.
+    pub newest: u64,
+    pub large: bool,
+}
+
+impl Seg {
+    fn new(block: Block, large: bool) -> Seg {
+        Seg { block, used: 0, live: 0, live_bytes: 0, max_exp: 0, newest: 0, large }
+    }
+
+    /// Every item in it is dead by expiry or flush (nothing needs to be looked at one by one).
+    pub fn all_dead(&self, env: &Env<'_>) -> bool {
+        let expired = self.max_exp != u64::MAX && self.max_exp != 0 && self.max_exp <= env.now;
+        let flushed = env.flush_at != 0 && env.now >= env.flush_at && self.newest < env.flush_at;
+        self.live > 0 && (expired || flushed)
+    }
+
+    /// Offsets of the items written here, in order (dead ones included).
+    pub fn offsets(&self) -> impl Iterator<Item = usize> + '_ {
+        let mut off = 0;
+        std::iter::from_fn(move || {
+            (off < self.used).then(|| {
+                let at = off;
+                off = align(at + Item::at(self.block.bytes(), at).len());
+                at
+            })
+        })
     }
 }
 
 pub(crate) struct Shard {
-    table: HashTable<u32>,
-    slots: Vec<Option<Entry>>,
-    free: Vec<u32>,
-    /// Most recently used.
-    head: u32,
-    /// Least recently used: evicted first.
-    tail: u32,
+    /// Its place in the store's shard array.
+    pub id: usize,
+    index: HashTable<u32>,
+    pack: Packing,
+    /// What the index's allocation was last charged to the budget.
+    index_bytes: usize,
+    pub(super) segs: Vec<Option<Seg>>,
+    free_ids: Vec<u32>,
+    /// Segment ids, oldest first.
+    pub(super) fifo: VecDeque<u32>,
+    /// The standard segment new items are appended to.
+    pub(super) write: Option<u32>,
+    pub(super) seg_size: usize,
+    hasher: DefaultHashBuilder,
     pub counters: ItemCounters,
 }
 
 impl Shard {
-    pub fn new() -> Shard {
+    pub fn new(id: usize, seg_size: usize, hasher: DefaultHashBuilder) -> Shard {
         Shard {
-            table: HashTable::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
-            head: NIL,
-            tail: NIL,
+            id,
+            index: HashTable::new(),
+            pack: Packing::new(seg_size),
+            index_bytes: 0,
+            segs: Vec::new(),
+            free_ids: Vec::new(),
+            fifo: VecDeque::new(),
+            write: None,
+            seg_size,
+            hasher,
             counters: ItemCounters::default(),
         }
     }
 
-    pub fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
-        let slots = &self.slots;
-        self.table.find(hash, |&i| slots[i as usize].as_ref().is_some_and(|e| &*e.key == key)).copied()
+    pub(super) fn seg(&self, id: u32) -> &Seg {
+        self.segs[id as usize].as_ref().expect("segment in use")
     }
 
-    pub fn get(&self, idx: u32) -> &Entry {
-        // Indices handed out by `find`/`insert` always point at occupied slots while the lock is held.
-        self.slots[idx as usize].as_ref().expect("occupied slot")
+    pub(super) fn seg_mut(&mut self, id: u32) -> &mut Seg {
+        self.segs[id as usize].as_mut().expect("segment in use")
     }
 
-    pub fn get_mut(&mut self, idx: u32) -> &mut Entry {
-        self.slots[idx as usize].as_mut().expect("occupied slot")
+    pub fn find(&self, hash: u64, key: &[u8]) -> Option<Loc> {
+        let p = self.pack;
+        self.index.find(hash, |&x| self.item(p.unpack(x)).key() == key).map(|&x| p.unpack(x))
     }
 
-    pub fn tail(&self) -> Option<u32> {
-        (self.tail != NIL).then_some(self.tail)
+    pub fn item(&self, l: Loc) -> Item<'_> {
+        Item::at(self.seg(seg_of(l)).block.bytes(), off_of(l))
+    }
+
+    pub fn item_mut(&mut self, l: Loc) -> ItemMut<'_> {
+        ItemMut::at(self.seg_mut(seg_of(l)).block.bytes_mut(), off_of(l))
     }
 
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.index.len()
     }
 
-    /// Inserts a new key (the caller checked it is absent) at the LRU head.
-    pub fn insert(&mut self, entry: Entry) -> u32 {
-        let hash = entry.hash;
-        let size = entry.size();
-        let idx = match self.free.pop() {
-            Some(i) => {
-                self.slots[i as usize] = Some(entry);
-                i
-            }
-            None => {
-                self.slots.push(Some(entry));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        let slots = &self.slots;
-        self.table.insert_unique(hash, idx, |&i| slots[i as usize].as_ref().map_or(0, |e| e.hash));
-        self.link_front(idx);
+    /// Records that the item at `l` may now live until `exptime` (after a touch).
+    pub fn note_exptime(&mut self, l: Loc, exptime: u64) {
+        let s = self.seg_mut(seg_of(l));
+        s.max_exp = s.max_exp.max(if exptime == 0 { u64::MAX } else { exptime });
+    }
+
+    /// Records a store time written in place (incr/decr).
+    pub fn note_time(&mut self, l: Loc, time: u64) {
+        let s = self.seg_mut(seg_of(l));
+        s.newest = s.newest.max(time);
+    }
+
+    /// Appends a new item (the caller removed any old one) and indexes it; may recycle memory first.
+    pub fn insert(&mut self, hash: u64, key: &[u8], value: &[&[u8]], meta: &Meta, env: &Env<'_>) -> Loc {
+        let len = item_len(key.len(), value.iter().map(|v| v.len()).sum());
+        let (id, off) = self.place(len, env);
+        let s = self.seg_mut(id);
+        ItemMut::write(s.block.bytes_mut(), off, key, value, meta);
+        s.used = align(off + len);
+        s.live += 1;
+        s.live_bytes += len;
+        s.max_exp = s.max_exp.max(if meta.exptime == 0 { u64::MAX } else { meta.exptime });
+        s.newest = s.newest.max(meta.time);
+        let l = loc(id, off);
+        let (segs, hasher, p) = (&self.segs, &self.hasher, self.pack);
+        self.index.insert_unique(hash, p.pack(l), |&x| {
+            let l = p.unpack(x);
+            let s = segs[seg_of(l) as usize].as_ref().expect("indexed segment");
+            hasher.hash_one(Item::at(s.block.bytes(), off_of(l)).key())
+        });
+        let now = self.index.allocation_size();
+        if now != self.index_bytes {
+            env.budget.adjust(self.index_bytes, now);
+            self.index_bytes = now;
+        }
         self.counters.curr_items += 1;
-        self.counters.bytes += size;
-        idx
+        self.counters.bytes += len as u64;
+        l
     }
 
-    /// Replaces the value/metadata of an existing slot in place; returns the old size.
-    pub fn replace(&mut self, idx: u32, mut entry: Entry) -> u64 {
-        let slot = self.slots[idx as usize].as_mut().expect("occupied slot");
-        let old = slot.size();
-        entry.prev = slot.prev;
-        entry.next = slot.next;
-        *slot = entry;
-        let new = slot.size();
-        self.counters.bytes = self.counters.bytes - old + new;
-        self.bump(idx);
-        old
+    /// Removes the item at `l` from the index and marks it dead; a segment left empty is recycled.
+    pub fn remove(&mut self, l: Loc, budget: &Budget) {
+        let id = self.unindex(l);
+        if self.seg(id).live == 0 && self.write != Some(id) {
+            self.release(id, budget);
+        }
     }
 
-    /// Called after changing an entry's value length in place.
-    pub fn resize(&mut self, old: u64, new: u64) {
-        self.counters.bytes = self.counters.bytes - old + new;
-    }
-
-    pub fn remove(&mut self, idx: u32) -> Entry {
-        self.unlink(idx);
-        let entry = self.slots[idx as usize].take().expect("occupied slot");
-        if let Ok(e) = self.table.find_entry(entry.hash, |&i| i == idx) {
+    /// Removes the item at `l` from the index and marks it dead; returns its segment (kept even if empty).
+    pub(super) fn unindex(&mut self, l: Loc) -> u32 {
+        let it = self.item(l);
+        let (hash, len) = (self.hasher.hash_one(it.key()), it.len());
+        let packed = self.pack.pack(l);
+        if let Ok(e) = self.index.find_entry(hash, |&x| x == packed) {
             e.remove();
         }
-        self.free.push(idx);
+        self.item_mut(l).set_bit(DEAD, true);
         self.counters.curr_items -= 1;
-        self.counters.bytes -= entry.size();
-        entry
+        self.counters.bytes -= len as u64;
+        let id = seg_of(l);
+        let s = self.seg_mut(id);
+        s.live -= 1;
+        s.live_bytes -= len;
+        id
     }
 
-    pub fn bump(&mut self, idx: u32) {
-        if self.head != idx {
-            self.unlink(idx);
-            self.link_front(idx);
+    /// Counts the removal of a stored item found dead or evicted (the caller emits it).
+    pub fn count_removal(&mut self, cause: Removal, fetched: bool) {
+        let c = &mut self.counters;
+        match cause {
+            Removal::Evicted => {
+                c.evictions += 1;
+                c.evicted_unfetched += u64::from(!fetched);
+            }
+            Removal::Expired => {
+                c.reclaimed += 1;
+                c.expired_unfetched += u64::from(!fetched);
+            }
+            Removal::Flushed => c.reclaimed += 1,
+            Removal::Deleted => {}
         }
     }
 
-    /// Indices from least to most recently used.
-    pub fn iter_lru(&self) -> impl Iterator<Item = &Entry> + '_ {
-        let mut cur = self.tail;
-        std::iter::from_fn(move || {
-            if cur == NIL {
-                return None;
-            }
-            let e = self.get(cur);
-            cur = e.prev;
-            Some(e)
-        })
+    /// Removes the item at `l` for `cause` (eviction or reclaim): emitted, counted, unindexed; its
+    /// segment stays, even if empty, for the caller to recycle.
+    pub(super) fn drop_item(&mut self, l: Loc, cause: Removal, env: &Env<'_>) {
+        let it = self.item(l);
+        let fetched = it.has(FETCHED);
+        (env.emit)(it.key(), cause);
+        self.count_removal(cause, fetched);
+        self.unindex(l);
     }
 
-    /// Removes every entry matching `dead`; returns how many.
-    pub fn retain(&mut self, mut dead: impl FnMut(&Entry) -> bool) -> u64 {
-        let mut n = 0;
-        let mut cur = self.tail;
-        while cur != NIL {
-            let e = self.get(cur);
-            let prev = e.prev;
-            if dead(e) {
-                self.remove(cur);
-                n += 1;
+    /// Moves a live item within its segment to `to` (< its offset) and points the index at it.
+    pub(super) fn move_item(&mut self, from: Loc, to: usize) {
+        let it = self.item(from);
+        let (hash, len) = (self.hasher.hash_one(it.key()), it.len());
+        let id = seg_of(from);
+        self.seg_mut(id).block.bytes_mut().copy_within(off_of(from)..off_of(from) + len, to);
+        let (p, old) = (self.pack, self.pack.pack(from));
+        if let Some(x) = self.index.find_mut(hash, |&x| x == old) {
+            *x = p.pack(loc(id, to));
+        }
+        self.counters.moves += 1;
+    }
+
+    /// Live places in segment `id`, in order.
+    pub(super) fn live_in(&self, id: u32) -> Vec<Loc> {
+        let s = self.seg(id);
+        s.offsets().filter(|&o| !Item::at(s.block.bytes(), o).has(DEAD)).map(|o| loc(id, o)).collect()
+    }
+
+    /// A new id for `seg`, at the young end of the FIFO.
+    /// Whether another segment can get an id (the store sizes shards so this holds; see `Store::new`).
+    pub(super) fn has_free_id(&self) -> bool {
+        !self.free_ids.is_empty() || self.segs.len() < self.pack.max_segs()
+    }
+
+    pub(super) fn add_seg(&mut self, seg: Seg) -> u32 {
+        assert!(self.has_free_id(), "segment ids exhausted");
+        self.counters.segments += 1;
+        self.counters.segment_bytes += seg.block.len() as u64;
+        let id = match self.free_ids.pop() {
+            Some(id) => {
+                self.segs[id as usize] = Some(seg);
+                id
             }
-            cur = prev;
+            None => {
+                self.segs.push(Some(seg));
+                (self.segs.len() - 1) as u32
+            }
+        };
+        self.fifo.push_back(id);
+        id
+    }
+
+    /// Takes segment `id` out of the shard (it must hold no live item) and returns its block.
+    pub(super) fn take_seg(&mut self, id: u32) -> Block {
+        let s = self.segs[id as usize].take().expect("segment in use");
+        debug_assert_eq!(s.live, 0);
+        if let Some(i) = self.fifo.iter().position(|&x| x == id) {
+            self.fifo.remove(i);
+        }
+        if self.write == Some(id) {
+            self.write = None;
+        }
+        self.free_ids.push(id);
+        self.counters.segments -= 1;
+        self.counters.segment_bytes -= s.block.len() as u64;
+        s.block
+    }
+
+    /// An emptied segment's memory goes back: a standard block to the store's spare pool for reuse, a
+    /// large one to the system.
+    pub(super) fn release(&mut self, id: u32, budget: &Budget) {
+        let large = self.seg(id).large;
+        let block = self.take_seg(id);
+        if large {
+            budget.free(block);
+        } else {
+            budget.put_spare(block);
+        }
+    }
+
+    /// Every live item, oldest first (segment FIFO order, then write order within a segment).
+    pub fn for_each(&self, mut f: impl FnMut(Item<'_>)) {
+        for &id in &self.fifo {
+            for l in self.live_in(id) {
+                f(self.item(l));
+            }
+        }
+    }
+
+    /// Removes every live item for which `dead` says so (flush_all); returns how many.
+    pub fn retain(&mut self, budget: &Budget, mut dead: impl FnMut(&Item<'_>) -> bool) -> u64 {
+        let mut n = 0;
+        let ids: Vec<u32> = self.fifo.iter().copied().collect();
+        for id in ids {
+            for l in self.live_in(id) {
+                if dead(&self.item(l)) {
+                    self.remove(l, budget);
+                    n += 1;
+                }
+            }
         }
         n
     }
 
-    fn link_front(&mut self, idx: u32) {
-        let old_head = self.head;
-        {
-            let e = self.get_mut(idx);
-            e.prev = NIL;
-            e.next = old_head;
-        }
-        if old_head != NIL {
-            self.get_mut(old_head).prev = idx;
-        } else {
-            self.tail = idx;
-        }
-        self.head = idx;
+    /// Standard block size and whether an item of `len` bytes gets a block of its own.
+    pub(super) fn is_large(&self, len: usize) -> bool {
+        len > self.seg_size / 2
     }
 
-    fn unlink(&mut self, idx: u32) {
-        let (prev, next) = {
-            let e = self.get(idx);
-            (e.prev, e.next)
-        };
-        if prev != NIL {
-            self.get_mut(prev).next = next;
-        } else {
-            self.head = next;
-        }
-        if next != NIL {
-            self.get_mut(next).prev = prev;
-        } else {
-            self.tail = prev;
-        }
-        let e = self.get_mut(idx);
-        e.prev = NIL;
-        e.next = NIL;
+    pub(super) fn new_seg(&mut self, block: Block, large: bool) -> u32 {
+        self.add_seg(Seg::new(block, large))
     }
 }

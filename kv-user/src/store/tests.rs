@@ -554,8 +554,9 @@ mod mirror {
         let now = s.now();
         let (hash, si) = s.locate(key);
         let g = s.shards[si].lock();
-        let e = g.get(g.find(hash, key)?);
-        (!s.dead(e, now)).then(|| Owned::from(&e.as_record()))
+        let e = g.item(g.find(hash, key)?);
+        let quiet = |_: &[u8], _| {};
+        s.env(now, &quiet).dead_cause(&e).is_none().then(|| Owned::from(&e.record()))
     }
 
     fn cas_of(s: &Store, key: &str) -> u64 {
@@ -877,7 +878,7 @@ mod mirror {
 
     #[test]
     fn lru_eviction() {
-        // Three 158-byte items fit.
+        // Three 136-byte items (34-byte header, key, value) and their index fit; a fourth does not.
         let o = StoreOptions { memory_limit: 3 * 158 + 1, item_size_max: 1 << 10, shards: 1 };
         let (s, m, _) = setup_with(o);
         let v = vec![b'x'; 100];
@@ -887,16 +888,20 @@ mod mirror {
         }
         m.take();
         let r3 = s.set(&req(SetMode::Set, "k3", &v, 0, 0));
-        assert_eq!(m.take(), vec![ch("k3", &v, 0, r3.cas, 0, T0), rm("k0")]);
+        assert_eq!(m.take(), vec![rm("k0"), ch("k3", &v, 0, r3.cas, 0, T0)], "evicted before its memory is reused");
         s.get(b"k1").unwrap();
         assert_eq!(m.take(), vec![Ev::ReadHit(st("k1", &v, 0, cas[1], 0, T0), 1)]);
         let r4 = s.set(&req(SetMode::Set, "k4", &v, 0, 0));
-        assert_eq!(m.take(), vec![ch("k4", &v, 0, r4.cas, 0, T0), rm("k2")], "k1 was bumped");
-        // Growing an item in place evicts too.
+        assert_eq!(m.take(), vec![rm("k2"), ch("k4", &v, 0, r4.cas, 0, T0)], "k1 was read: a second chance");
+        // Growing an item frees its old copy first: a little growth still fits...
         let r5 = s.set(&req(SetMode::Append, "k4", b"yy", 0, 0));
         let mut v2 = v.clone();
         v2.extend_from_slice(b"yy");
-        assert_eq!(m.take(), vec![ch("k4", &v2, 0, r5.cas, 0, T0), rm("k3")]);
+        assert_eq!(m.take(), vec![ch("k4", &v2, 0, r5.cas, 0, T0)]);
+        // ...more evicts the oldest item not read since (k1 had its second chance).
+        let r6 = s.set(&req(SetMode::Append, "k4", &v, 0, 0));
+        v2.extend_from_slice(&v);
+        assert_eq!(m.take(), vec![rm("k3"), ch("k4", &v2, 0, r6.cas, 0, T0)]);
         assert_eq!(s.stats().evictions, 3);
     }
 
@@ -953,7 +958,7 @@ mod mirror {
         let rg = s.set(&req(SetMode::Add, "g", b"new", 0, 0));
         assert_eq!(rg.status, SetStatus::Stored);
         assert_eq!(m.take(), vec![rm("g"), ch("g", b"new", 0, rg.cas, 0, T0 + 10)]);
-        // A dead item at the LRU tail is reclaimed by eviction, also a removal.
+        // A dead item at the oldest end is reclaimed to make room, also a removal (not an eviction).
         let o = StoreOptions { memory_limit: 2 * 158 + 10, item_size_max: 1 << 10, shards: 1 };
         let (s, m, c) = setup_with(o);
         let v = vec![b'x'; 100];
@@ -962,7 +967,7 @@ mod mirror {
         m.take();
         c.advance(5);
         let r = s.set(&req(SetMode::Set, "x2", &v, 0, 0));
-        assert_eq!(m.take(), vec![ch("x2", &v, 0, r.cas, 0, T0 + 5), rm("x0")]);
+        assert_eq!(m.take(), vec![rm("x0"), ch("x2", &v, 0, r.cas, 0, T0 + 5)]);
         assert_eq!((s.stats().reclaimed, s.stats().evictions), (1, 0));
     }
 

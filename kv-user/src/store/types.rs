@@ -2,10 +2,11 @@
 
 use bytes::Bytes;
 
-/// A live item as seen by a read, with the metadata from *before* this access (mg `h`, `l`).
+/// A live item as seen by a read, with the metadata from *before* this access (mg `h`, `l`). The value
+/// is borrowed from item memory in [`Store::fetch_with`](super::Store::fetch_with), owned otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItemView {
-    pub value: Bytes,
+pub struct ItemView<V = Bytes> {
+    pub value: V,
     pub flags: u32,
     pub cas: u64,
     /// Absolute Unix seconds, 0 = never (after any touch done by this access).
@@ -39,10 +40,10 @@ impl Default for FetchOpts {
     }
 }
 
-/// Result of [`Store::fetch`].
+/// Result of [`Store::fetch`](super::Store::fetch).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Fetched {
-    pub item: Option<ItemView>,
+pub struct Fetched<V = Bytes> {
+    pub item: Option<ItemView<V>>,
     /// Created by `vivify` (an empty item).
     pub created: bool,
     /// This client won the recache token (mg `W`).
@@ -51,6 +52,27 @@ pub struct Fetched {
     pub token_sent: bool,
     /// Journal sequence number of a touch or vivify, else 0.
     pub seq: u64,
+}
+
+impl Fetched<&[u8]> {
+    /// The same outcome with the value copied out of item memory.
+    pub fn to_owned(&self) -> Fetched {
+        Fetched {
+            item: self.item.as_ref().map(|i| ItemView {
+                value: Bytes::copy_from_slice(i.value),
+                flags: i.flags,
+                cas: i.cas,
+                exptime: i.exptime,
+                last_access: i.last_access,
+                fetched: i.fetched,
+                stale: i.stale,
+            }),
+            created: self.created,
+            won: self.won,
+            token_sent: self.token_sent,
+            seq: self.seq,
+        }
+    }
 }
 
 /// How a store combines with an existing item (`Cas`: compares `SetRequest::compare_cas`).

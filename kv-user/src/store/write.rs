@@ -2,14 +2,20 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-
 use super::changes::{Change, Removal};
 use kv_common::item_size;
 
-use super::shard::Entry;
+use super::item::{Meta, FETCHED, STALE, TOKEN_SENT};
 use super::{abs_exptime, parse_u64, ArithOpts, ArithOutcome, ArithStatus, DeleteOpts, DeleteStatus, Lookup};
 use super::{SetMode, SetOutcome, SetRequest, SetStatus, Store};
+
+/// What a successful set stores: the old value to combine with (append/prepend), flags, exptime, bits.
+struct Plan {
+    old: Option<Vec<u8>>,
+    flags: u32,
+    exptime: u64,
+    bits: u8,
+}
 
 impl Store {
     /// set/add/replace/append/prepend/cas/ms.
@@ -20,90 +26,75 @@ impl Store {
         }
         let now = self.now();
         let (hash, si) = self.locate(req.key);
+        let emit = |k: &[u8], c| self.removed(k, c);
+        let env = self.env(now, &emit);
         let mut g = self.shards[si].lock();
-        let before = g.counters.bytes;
-        let mut stale = false;
-        let mut token_sent = false;
-        // (value, flags, exptime) of the item to store, or the failure status.
-        let plan: Result<(Bytes, u32, u64), SetStatus> = match self.lookup(&mut g, hash, req.key, now) {
-            Lookup::Live(idx) => {
-                let old = g.get(idx);
+        let fresh = |exptime| Ok(Plan { old: None, flags: req.flags, exptime, bits: 0 });
+        let found = self.lookup(&mut g, hash, req.key, &env);
+        let plan: Result<Plan, SetStatus> = match found {
+            Lookup::Live(l) => {
+                let old = g.item(l);
                 match req.mode {
                     SetMode::Add => {
                         // memcached bumps the existing item on a failed add.
-                        g.bump(idx);
+                        g.item_mut(l).set_bit(super::item::ACCESSED, true);
                         Err(SetStatus::NotStored)
                     }
                     SetMode::Cas => {
                         let c = req.compare_cas;
-                        if c != 0 && c == old.cas {
-                            Ok((Bytes::copy_from_slice(req.value), req.flags, abs_exptime(req.exptime, now)))
-                        } else if req.allow_stale && c != 0 && c < old.cas {
+                        if c != 0 && c == old.cas() {
+                            fresh(abs_exptime(req.exptime, now))
+                        } else if req.allow_stale && c != 0 && c < old.cas() {
                             // Accepted but stale: keeps the old TTL and token state.
-                            stale = true;
-                            token_sent = old.token_sent;
-                            Ok((Bytes::copy_from_slice(req.value), req.flags, old.exptime))
+                            let bits = STALE | (old.bits() & TOKEN_SENT);
+                            Ok(Plan { old: None, flags: req.flags, exptime: old.exptime(), bits })
                         } else {
                             Err(SetStatus::Exists)
                         }
                     }
                     SetMode::Append | SetMode::Prepend => {
-                        if req.compare_cas != 0 && req.compare_cas != old.cas {
+                        if req.compare_cas != 0 && req.compare_cas != old.cas() {
                             Err(SetStatus::Exists)
-                        } else if item_size(req.key.len(), old.flags, old.value.len() + req.value.len())
+                        } else if item_size(req.key.len(), old.flags(), old.vlen() + req.value.len())
                             > self.item_size_max as u64
                         {
                             Err(SetStatus::NotStored)
                         } else {
-                            let mut v = Vec::with_capacity(old.value.len() + req.value.len());
-                            if req.mode == SetMode::Append {
-                                v.extend_from_slice(&old.value);
-                                v.extend_from_slice(req.value);
-                            } else {
-                                v.extend_from_slice(req.value);
-                                v.extend_from_slice(&old.value);
-                            }
-                            Ok((Bytes::from(v), old.flags, old.exptime))
+                            let o = Some(old.value().to_vec());
+                            Ok(Plan { old: o, flags: old.flags(), exptime: old.exptime(), bits: 0 })
                         }
                     }
-                    SetMode::Set | SetMode::Replace => {
-                        Ok((Bytes::copy_from_slice(req.value), req.flags, abs_exptime(req.exptime, now)))
-                    }
+                    SetMode::Set | SetMode::Replace => fresh(abs_exptime(req.exptime, now)),
                 }
             }
             Lookup::Missing => match (req.mode, req.vivify) {
-                (SetMode::Set | SetMode::Add, _) => {
-                    Ok((Bytes::copy_from_slice(req.value), req.flags, abs_exptime(req.exptime, now)))
-                }
-                (SetMode::Append | SetMode::Prepend, Some(v)) => {
-                    Ok((Bytes::copy_from_slice(req.value), req.flags, abs_exptime(v, now)))
-                }
+                (SetMode::Set | SetMode::Add, _) => fresh(abs_exptime(req.exptime, now)),
+                (SetMode::Append | SetMode::Prepend, Some(v)) => fresh(abs_exptime(v, now)),
                 (SetMode::Cas, _) => Err(SetStatus::NotFound),
                 _ => Err(SetStatus::NotStored),
             },
         };
-        let (value, flags, exptime) = match plan {
+        let plan = match plan {
             Ok(p) => p,
             Err(status) => {
-                self.finish(g, si, before, None, now);
+                self.finish(g);
                 return not(status);
             }
         };
+        // The old item goes without a removal: the Stored change below supersedes it.
+        if let Lookup::Live(l) = found {
+            g.remove(l, &self.budget);
+        }
+        let old = plan.old.as_deref().unwrap_or(&[]);
+        let parts: [&[u8]; 2] = if req.mode == SetMode::Prepend { [req.value, old] } else { [old, req.value] };
         let cas = self.cas_for(req.new_cas);
-        let mut e = Entry::new(hash, req.key, value, flags, exptime, cas, now);
-        e.stale = stale;
-        e.token_sent = token_sent;
-        let size = e.value.len();
-        let idx = match g.find(hash, req.key) {
-            Some(idx) => {
-                g.replace(idx, e);
-                idx
-            }
-            None => g.insert(e),
-        };
+        let meta = Meta { cas, exptime: plan.exptime, time: now, atime: now, flags: plan.flags, bits: plan.bits };
+        let l = g.insert(hash, req.key, &parts, &meta, &env);
         g.counters.total_items += 1;
-        let seq = self.emit(Change::Stored(g.get(idx).as_record()));
-        self.finish(g, si, before, Some(idx), now);
+        let it = g.item(l);
+        let size = it.vlen();
+        let seq = self.emit(Change::Stored(it.record()));
+        self.finish(g);
         SetOutcome { status: SetStatus::Stored, cas, size, seq }
     }
 
@@ -111,94 +102,99 @@ impl Store {
     pub fn delete(&self, key: &[u8], opts: &DeleteOpts) -> (DeleteStatus, u64) {
         let now = self.now();
         let (hash, si) = self.locate(key);
+        let emit = |k: &[u8], c| self.removed(k, c);
+        let env = self.env(now, &emit);
         let mut g = self.shards[si].lock();
-        let before = g.counters.bytes;
-        let res = match self.lookup(&mut g, hash, key, now) {
+        let res = match self.lookup(&mut g, hash, key, &env) {
             Lookup::Missing => (DeleteStatus::NotFound, 0),
-            Lookup::Live(idx) => {
-                let cas = g.get(idx).cas;
+            Lookup::Live(l) => {
+                let cas = g.item(l).cas();
                 if opts.compare_cas.is_some_and(|c| c != cas) {
                     (DeleteStatus::Exists, 0)
                 } else if opts.invalidate {
                     let new_cas = self.cas_for(opts.new_cas);
-                    let e = g.get_mut(idx);
-                    if let Some(t) = opts.touch {
-                        e.exptime = abs_exptime(t, now);
-                    }
-                    e.stale = true;
+                    let mut e = g.item_mut(l);
+                    e.set_bit(STALE, true);
                     // The next reader may win the recache token again.
-                    e.token_sent = false;
-                    e.cas = new_cas;
-                    let seq = self.emit(Change::Stored(g.get(idx).as_record()));
+                    e.set_bit(TOKEN_SENT, false);
+                    e.set_cas(new_cas);
+                    if let Some(t) = opts.touch {
+                        let exp = abs_exptime(t, now);
+                        e.set_exptime(exp);
+                        g.note_exptime(l, exp);
+                    }
+                    let seq = self.emit(Change::Stored(g.item(l).record()));
                     (DeleteStatus::Deleted, seq)
                 } else {
-                    let e = g.remove(idx);
-                    let seq = self.emit(Change::Removed { key: &e.key, cause: Removal::Deleted });
+                    let seq = self.emit(Change::Removed { key, cause: Removal::Deleted });
+                    g.remove(l, &self.budget);
                     (DeleteStatus::Deleted, seq)
                 }
             }
         };
-        self.finish(g, si, before, None, now);
+        self.finish(g);
         res
     }
 
     /// Removes the key without statistics (an oversized set drops the old item); returns the journal seq.
     pub fn remove(&self, key: &[u8]) -> u64 {
-        let now = self.now();
         let (hash, si) = self.locate(key);
         let mut g = self.shards[si].lock();
-        let before = g.counters.bytes;
         let seq = match g.find(hash, key) {
-            Some(idx) => {
-                let e = g.remove(idx);
-                self.emit(Change::Removed { key: &e.key, cause: Removal::Deleted })
+            Some(l) => {
+                let seq = self.emit(Change::Removed { key, cause: Removal::Deleted });
+                g.remove(l, &self.budget);
+                seq
             }
             None => 0,
         };
-        self.finish(g, si, before, None, now);
+        self.finish(g);
         seq
     }
 
     /// incr/decr/ma. incr wraps at 2^64, decr stops at 0; a shorter result is space-padded to the old length
-    /// as memcached's in-place update does.
+    /// as memcached's in-place update does (then it is rewritten in place).
     pub fn arith(&self, key: &[u8], opts: &ArithOpts) -> ArithOutcome {
         let now = self.now();
         let (hash, si) = self.locate(key);
+        let emit = |k: &[u8], c| self.removed(k, c);
+        let env = self.env(now, &emit);
         let mut g = self.shards[si].lock();
-        let before = g.counters.bytes;
-        let mut keep = None;
-        let out = match self.lookup(&mut g, hash, key, now) {
-            Lookup::Live(idx) => {
-                let e = g.get(idx);
-                if opts.compare_cas != 0 && opts.compare_cas != e.cas {
+        let out = match self.lookup(&mut g, hash, key, &env) {
+            Lookup::Live(l) => {
+                let e = g.item(l);
+                if opts.compare_cas != 0 && opts.compare_cas != e.cas() {
                     ArithOutcome::fail(ArithStatus::Exists)
                 } else {
-                    match parse_u64(&e.value) {
+                    match parse_u64(e.value()) {
                         None => ArithOutcome::fail(ArithStatus::NonNumeric),
                         Some(n) => {
                             let n = if opts.incr { n.wrapping_add(opts.delta) } else { n.saturating_sub(opts.delta) };
                             let mut buf = itoa::Buffer::new();
                             let digits = buf.format(n).as_bytes();
-                            let mut v = Vec::with_capacity(digits.len().max(e.value.len()));
-                            v.extend_from_slice(digits);
-                            if opts.pad && v.len() < e.value.len() {
-                                v.resize(e.value.len(), b' ');
-                            }
+                            let old_len = e.vlen();
+                            let len = if opts.pad { digits.len().max(old_len) } else { digits.len() };
                             let cas = self.cas_for(opts.new_cas);
-                            let old_size = e.size();
-                            let e = g.get_mut(idx);
-                            e.value = Bytes::from(v);
-                            e.cas = cas;
-                            e.time = now;
-                            e.atime = now;
-                            if let Some(t) = opts.touch {
-                                e.exptime = abs_exptime(t, now);
-                            }
-                            let (new_size, exptime) = (e.size(), e.exptime);
-                            g.resize(old_size, new_size);
-                            g.bump(idx);
-                            keep = Some(idx);
-                            let seq = self.emit(Change::Stored(g.get(idx).as_record()));
+                            let exptime = opts.touch.map_or(e.exptime(), |t| abs_exptime(t, now));
+                            let l = if len == old_len {
+                                let mut m = g.item_mut(l);
+                                let v = m.value_mut();
+                                v[..digits.len()].copy_from_slice(digits);
+                                v[digits.len()..].fill(b' ');
+                                m.set_cas(cas);
+                                m.set_time(now);
+                                m.set_atime(now);
+                                m.set_exptime(exptime);
+                                g.note_exptime(l, exptime);
+                                g.note_time(l, now);
+                                l
+                            } else {
+                                let bits = e.bits() & (FETCHED | STALE | TOKEN_SENT);
+                                let meta = Meta { cas, exptime, time: now, atime: now, flags: e.flags(), bits };
+                                g.remove(l, &self.budget);
+                                g.insert(hash, key, &[digits], &meta, &env)
+                            };
+                            let seq = self.emit(Change::Stored(g.item(l).record()));
                             ArithOutcome { status: ArithStatus::Ok, value: n, cas, exptime, created: false, seq }
                         }
                     }
@@ -209,18 +205,16 @@ impl Store {
                 Some((ttl, initial)) => {
                     let cas = self.cas_for(opts.new_cas);
                     let mut buf = itoa::Buffer::new();
-                    let value = Bytes::copy_from_slice(buf.format(initial).as_bytes());
-                    let e = Entry::new(hash, key, value, 0, abs_exptime(ttl, now), cas, now);
-                    let exptime = e.exptime;
-                    let idx = g.insert(e);
+                    let exptime = abs_exptime(ttl, now);
+                    let meta = Meta { cas, exptime, time: now, atime: now, flags: 0, bits: 0 };
+                    let l = g.insert(hash, key, &[buf.format(initial).as_bytes()], &meta, &env);
                     g.counters.total_items += 1;
-                    keep = Some(idx);
-                    let seq = self.emit(Change::Stored(g.get(idx).as_record()));
+                    let seq = self.emit(Change::Stored(g.item(l).record()));
                     ArithOutcome { status: ArithStatus::Ok, value: initial, cas, exptime, created: true, seq }
                 }
             },
         };
-        self.finish(g, si, before, keep, now);
+        self.finish(g);
         out
     }
 
@@ -239,9 +233,7 @@ impl Store {
         self.flush_at.store(at, Ordering::Relaxed);
         if immediate {
             for g in guards.iter_mut() {
-                let before = g.counters.bytes;
-                g.retain(|e| e.cas <= max_cas);
-                self.mem_used.fetch_sub(before - g.counters.bytes, Ordering::Relaxed);
+                g.retain(&self.budget, |it| it.cas() <= max_cas);
             }
         }
         seq

@@ -5,9 +5,11 @@
 //! Layout: this file sets up (root check, builds, output directory, testbed) and hands over; `workloads`
 //! says what is measured, `run` measures it (one server and workload at a time), `servers` starts and
 //! queries the servers under test, `procs` watches child processes, `bed` is the namespace testbed and
-//! `report` writes the table, results.json and the chart.
+//! `report` writes the table, results.json and the chart. `memory` measures and reports the memory rows
+//! (RSS per item, overfilling `-m`, hit ratio, idle connections, stalled uploads).
 
 mod bed;
+mod memory;
 mod procs;
 mod report;
 mod run;
@@ -33,6 +35,20 @@ const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 pub struct Opts {
     pub quick: bool,
     pub out: Option<PathBuf>,
+    /// Run only the throughput rows or only the memory rows (default both).
+    pub only: Option<Part>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Throughput,
+    Memory,
+}
+
+impl Opts {
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_none_or(|p| p == part)
+    }
 }
 
 /// One measured (or skipped) cell.
@@ -67,6 +83,7 @@ struct Ctx {
     conn_limit: u64,
     bed: Bed,
     rows: Vec<Row>,
+    memory: memory::Results,
     /// (workload, which servers are left out and why).
     skips: Vec<(String, String)>,
 }
@@ -117,11 +134,18 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
         conn_limit,
         bed,
         rows: Vec::new(),
+        memory: Default::default(),
         skips: Vec::new(),
     };
-    let result = ctx.run_all();
+    let mut result = Ok(());
+    if ctx.opts.runs(Part::Throughput) {
+        result = ctx.run_all();
+    }
+    if result.is_ok() && ctx.opts.runs(Part::Memory) {
+        result = ctx.run_memory();
+    }
     // Whatever happened, report what was measured.
-    let written = report::write(&ctx.out, &ctx.rows, &ctx.skips, &machine(), ctx.opts.quick, FONT);
+    let written = report::write(&ctx.out, &ctx.rows, &ctx.memory, &ctx.skips, &machine(), ctx.opts.quick, FONT);
     let cleanup = ctx.bed.server_ns.name.clone();
     drop(ctx);
     let left = kv_netns::ip(&["netns", "list"]);

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
-use super::{Row, Server};
+use super::{memory, Row, Server};
 
 const SERVERS: [Server; 6] =
     [Server::Memcached, Server::KvNoBpf, Server::KvXdp, Server::KvNoBpfFsync, Server::KvFsync, Server::Reflector];
@@ -71,15 +71,17 @@ fn rss_per_conn(rows: &[Row], r: &Row) -> Option<f64> {
 pub fn write(
     out: &Path,
     rows: &[Row],
+    mem: &memory::Results,
     skips: &[(String, String)],
     machine: &Value,
     quick: bool,
     font: &str,
 ) -> Result<()> {
-    if rows.is_empty() {
+    let mem_md = memory::report::markdown(mem);
+    if rows.is_empty() && mem_md.is_empty() {
         return Ok(());
     }
-    let mut t = table(rows);
+    let mut t = if rows.is_empty() { String::new() } else { table(rows) };
     let c10k: Vec<String> = rows
         .iter()
         .filter_map(|r| {
@@ -102,9 +104,14 @@ pub fn write(
             let _ = writeln!(t, "- {w}: {why}");
         }
     }
+    t.push_str(&mem_md);
     println!("\n{t}");
-    println!("server CPU: utime+stime of the server process over the measured window / requests. On veth, XDP runs in");
-    println!("softirq on the sending CPU and is charged to the client: see all-CPU (whole machine, client included) and BPF ns/pkt.");
+    if !rows.is_empty() {
+        println!(
+            "server CPU: utime+stime of the server process over the measured window / requests. On veth, XDP runs in"
+        );
+        println!("softirq on the sending CPU and is charged to the client: see all-CPU (whole machine, client included) and BPF ns/pkt.");
+    }
     std::fs::write(out.join("results.md"), &t)?;
     let results: Vec<Value> = rows
         .iter()
@@ -130,15 +137,28 @@ pub fn write(
         })
         .collect();
     let skipped: Vec<Value> = skips.iter().map(|(w, why)| json!({ "workload": w, "why": why })).collect();
-    let doc = json!({ "quick": quick, "machine": machine, "results": results, "not_run": skipped });
+    let doc = json!({
+        "quick": quick, "machine": machine, "results": results, "not_run": skipped, "memory": memory::report::json(mem),
+    });
     let path = out.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
     eprintln!("bench: wrote {} and results.md", path.display());
+    // A missing font or the like must not fail a benchmark that ran.
+    if let Err(e) = register_font(font) {
+        eprintln!("bench: warning: no charts: {e:#}");
+        return Ok(());
+    }
     let png = out.join("bench.png");
-    match chart(rows, &png, font) {
-        Ok(()) => eprintln!("bench: wrote {}", png.display()),
-        // A missing font or the like must not fail a benchmark that ran.
+    match chart(rows, &png) {
+        Ok(()) if !rows.is_empty() => eprintln!("bench: wrote {}", png.display()),
+        Ok(()) => {}
         Err(e) => eprintln!("bench: warning: no chart: {e:#}"),
+    }
+    let png = out.join("memory.png");
+    match memory::report::chart(mem, &png) {
+        Ok(()) if !mem_md.is_empty() => eprintln!("bench: wrote {}", png.display()),
+        Ok(()) => {}
+        Err(e) => eprintln!("bench: warning: no memory chart: {e:#}"),
     }
     Ok(())
 }
@@ -154,12 +174,16 @@ fn color(s: Server) -> RGBColor {
     }
 }
 
-/// Grouped bars: req/s (top) and p99 (bottom, log scale) per workload, one bar per server.
-pub fn chart(rows: &[Row], png: &Path, font: &str) -> Result<()> {
+/// Makes `font` plotters' "sans-serif" for the charts.
+fn register_font(font: &str) -> Result<()> {
     let bytes = std::fs::read(font).with_context(|| format!("reading font {font}"))?;
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-        .map_err(|_| anyhow::anyhow!("bad font {font}"))?;
+        .map_err(|_| anyhow::anyhow!("bad font {font}"))
+}
+
+/// Grouped bars: req/s (top) and p99 (bottom, log scale) per workload, one bar per server.
+pub fn chart(rows: &[Row], png: &Path) -> Result<()> {
     let measured: Vec<&Row> = rows.iter().filter(|r| r.load.is_some()).collect();
     let mut workloads: Vec<&str> = Vec::new();
     for r in &measured {

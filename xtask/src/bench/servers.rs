@@ -41,9 +41,31 @@ impl Ctx {
                 (self.release.join("kv-server"), a)
             }
         };
-        let bin = if bin.is_absolute() { bin } else { which(&bin)? };
+        let p = self.spawn_server(server, &bin, &a, tag, || self.version_ok())?;
+        if matches!(server, Server::KvXdp | Server::KvFsync) && self.bed.server_xdp_prog_id()?.is_none() {
+            bail!(
+                "{} runs but has no XDP program on {SERVER_IF}; its output:\n{}",
+                server.label(),
+                tail(&self.logs.join(format!("{tag}.server.log")))
+            );
+        }
+        Ok(p)
+    }
+
+    /// Starts `bin` (on PATH if relative) with `a` in the server namespace, logging to `<tag>.server.log`,
+    /// and waits until `ready` says it answers.
+    pub(super) fn spawn_server(
+        &self,
+        server: Server,
+        bin: &Path,
+        a: &[String],
+        tag: &str,
+        ready: impl Fn() -> bool,
+    ) -> Result<Proc> {
+        let bin = if bin.is_absolute() { bin.to_path_buf() } else { which(bin)? };
         let log = self.logs.join(format!("{tag}.server.log"));
-        let child = ns_command(&self.bed.server_ns, &bin, &a, &log)?.spawn().context("starting the server")?;
+        std::fs::write(self.logs.join(format!("{tag}.server.args")), a.join(" "))?;
+        let child = ns_command(&self.bed.server_ns, &bin, a, &log)?.spawn().context("starting the server")?;
         let mut p = Proc { child, name: server.label().to_string() };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -51,18 +73,14 @@ impl Ctx {
             if !p.alive() {
                 bail!("{} exited at start; its output: {}\n{}", server.label(), log.display(), tail(&log));
             }
-            if self.version_ok() {
-                break;
+            if ready() {
+                return Ok(p);
             }
             if Instant::now() > deadline {
                 bail!("{} did not answer within 20 s; its output: {}\n{}", server.label(), log.display(), tail(&log));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if matches!(server, Server::KvXdp | Server::KvFsync) && self.bed.server_xdp_prog_id()?.is_none() {
-            bail!("{} runs but has no XDP program on {SERVER_IF}; its output:\n{}", server.label(), tail(&log));
-        }
-        Ok(p)
     }
 
     /// `version` over TCP from the client namespace.

@@ -48,7 +48,7 @@ fn user_space(ctx: &Ctx, text: &[u8]) -> Vec<u8> {
                 out.extend_from_slice(reply);
                 rest = &rest[consumed..];
             }
-            Parsed::Incomplete => break,
+            Parsed::Incomplete | Parsed::Partial { .. } => break,
         }
     }
     out.to_vec()

@@ -89,7 +89,7 @@ fn udp_reference(ctx: &Ctx, text: &[u8]) -> Vec<u8> {
                     break;
                 }
             }
-            Parsed::Incomplete => break,
+            Parsed::Incomplete | Parsed::Partial { .. } => break,
         }
     }
     out.to_vec()

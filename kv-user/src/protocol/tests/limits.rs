@@ -78,7 +78,7 @@ fn too_large_values() {
     let lim = Limits { item_size_max: 1024 };
     // 48 header + (1 key + 1) + 8 cas + (964 + 2) data = 1024.
     let fits = b"set k 0 0 964\r\n";
-    assert_eq!(parse(fits, &lim), Parsed::Incomplete);
+    assert!(parse(fits, &lim).is_incomplete());
     let line = b"set k 0 0 965\r\n";
     assert_eq!(
         err_with(line, lim),
@@ -87,7 +87,7 @@ fn too_large_values() {
     // Non-zero flags take 4 more bytes.
     let line = b"set k 1 0 961\r\n";
     assert_eq!(err_with(line, lim).swallow, 963);
-    assert_eq!(parse(b"set k 1 0 960\r\n", &lim), Parsed::Incomplete);
+    assert!(parse(b"set k 1 0 960\r\n", &lim).is_incomplete());
     // Only set removes the old item; noreply silences the reply but not the swallow.
     for (line, key) in [
         (&b"add k 0 0 2000\r\n"[..], None),
@@ -114,7 +114,7 @@ fn too_large_values() {
         Err { reply: TOO_LARGE, consumed: line.len(), swallow: 2002, close: false, key: Some(b"k") }
     );
     // A base64 key is measured decoded (3 bytes here) but not reported for removal.
-    assert_eq!(parse(b"ms Zm9v 962 b\r\n", &lim), Parsed::Incomplete);
+    assert!(parse(b"ms Zm9v 962 b\r\n", &lim).is_incomplete());
     let line = b"ms Zm9v 963 b\r\n";
     assert_eq!(
         err_with(line, lim),
@@ -164,12 +164,12 @@ fn bad_data_chunk() {
     assert_eq!(err(b"set k 0 0 3\r\nabc\n\n"), plain(CHUNK, 18));
     assert_eq!(err(b"ms k 3\r\nabcde"), plain(CHUNK, 13));
     // Not enough bytes for the block yet: incomplete, even if a \r\n is already there.
-    assert_eq!(p(b"set k 0 0 3\r\nab\r"), Parsed::Incomplete);
+    assert!(p(b"set k 0 0 3\r\nab\r").is_incomplete());
 }
 
 #[test]
 fn short_block_with_crlf_inside_is_incomplete() {
-    assert_eq!(p(b"set k 0 0 3\r\nab\r\n"), Parsed::Incomplete);
+    assert!(p(b"set k 0 0 3\r\nab\r\n").is_incomplete());
     assert_eq!(err(b"set k 0 0 3\r\nab\r\nx"), plain(CHUNK, 18));
     assert_eq!(cmd(b"set k 0 0 3\r\nab\r\r\n"), store(SetMode::Set, b"k", b"ab\r"));
 }
@@ -178,7 +178,7 @@ fn short_block_with_crlf_inside_is_incomplete() {
 fn line_without_newline_is_bounded() {
     let close = |reply: &'static [u8], n: usize| Err { reply, consumed: n, swallow: 0, close: true, key: None };
     let junk = vec![b'x'; 2048];
-    assert_eq!(p(&junk), Parsed::Incomplete);
+    assert!(p(&junk).is_incomplete());
     let junk = vec![b'x'; 2049];
     assert_eq!(err(&junk), close(b"", 2049));
     let mut set = b"set k 0 0 1 ".to_vec();
@@ -193,7 +193,7 @@ fn line_without_newline_is_bounded() {
         while get.len() < 100_000 {
             get.extend_from_slice(b"somekey ");
         }
-        assert_eq!(p(&get), Parsed::Incomplete);
+        assert!(p(&get).is_incomplete());
         get.extend_from_slice(b"last\r\n");
         match p(&get) {
             Parsed::Command { cmd: Command::Get { keys, .. }, consumed } => {
@@ -206,7 +206,7 @@ fn line_without_newline_is_bounded() {
     let lim = Limits { item_size_max: 4096 };
     let mut get = b"get ".to_vec();
     get.resize(4096, b'k');
-    assert_eq!(parse(&get, &lim), Parsed::Incomplete);
+    assert!(parse(&get, &lim).is_incomplete());
     get.push(b'k');
     assert_eq!(err_with(&get, lim), close(b"CLIENT_ERROR line too long\r\n", 4097));
     // More than 100 leading spaces: not treated as a multiget.
@@ -297,7 +297,7 @@ fn check_invariants(buf: &[u8], lim: &Limits) {
             assert!(reply.is_empty() || reply.ends_with(b"\r\n"));
             assert!(close || !reply.is_empty() || buf.windows(7).any(|w| w == b"noreply"));
         }
-        Parsed::Incomplete => {
+        Parsed::Incomplete | Parsed::Partial { .. } => {
             // Never waits for more than the line or block limit.
             assert!(buf.len() <= lim.item_size_max.max(MAX_LINE_NO_NEWLINE) + 4096);
         }
@@ -388,7 +388,7 @@ fn random_input_never_panics() {
                     }
                     off += consumed + swallow;
                 }
-                Parsed::Incomplete => break,
+                Parsed::Incomplete | Parsed::Partial { .. } => break,
             }
         }
     }
@@ -418,7 +418,17 @@ fn data_block_with_every_byte_value() {
             other => panic!("{other:?}"),
         }
         for k in 0..buf.len() {
-            assert_eq!(p(&buf[..k]), Parsed::Incomplete);
+            assert!(p(&buf[..k]).is_incomplete());
         }
     }
+}
+
+/// A storage command whose data has not all arrived says how long the whole request will be.
+#[test]
+fn a_partial_value_announces_its_length() {
+    let lim = Limits::default();
+    assert_eq!(parse(b"set k 1 0 960\r\nabc", &lim), Parsed::Partial { total: 15 + 962, noreply: false });
+    assert_eq!(parse(b"set k 1 0 5 noreply\r\n", &lim), Parsed::Partial { total: 21 + 7, noreply: true });
+    assert_eq!(parse(b"ms k 5 T0\r\nab", &lim), Parsed::Partial { total: 11 + 7, noreply: false });
+    assert_eq!(parse(b"set k 1 0 5", &lim), Parsed::Incomplete);
 }
