@@ -73,8 +73,9 @@ pub fn parse_headers(ctx: &XdpContext) -> Result<Req, Counter> {
         return Err(Counter::PassMalformed);
     }
     let frame = FrameHeader::from_bytes(load(ctx, UDP_PAYLOAD_OFF)?);
-    // Sequence 0 of 1: anything else is a multi-datagram request, which user space refuses.
-    if frame.seq != 0 || frame.total != 1 {
+    // A datagram count other than 1 is a multi-datagram request, which user space drops (as memcached
+    // does); the sequence number is not looked at, by memcached either.
+    if frame.total != 1 {
         return Err(Counter::PassMalformed);
     }
     let r = Req {

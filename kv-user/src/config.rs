@@ -78,13 +78,13 @@ pub struct Config {
     /// Interface address to listen on.
     #[arg(short = 'l', long = "listen", default_value = "127.0.0.1")]
     pub listen: IpAddr,
-    /// Item memory in megabytes.
+    /// Item memory in megabytes (at least 1).
     #[arg(short = 'm', long = "memory-limit", default_value_t = 64)]
     pub memory_limit_mb: u64,
-    /// Max simultaneous connections.
+    /// Max simultaneous connections (at least 1).
     #[arg(short = 'c', long = "conn-limit", default_value_t = 1024)]
     pub max_connections: usize,
-    /// Number of worker threads.
+    /// Number of worker threads (1 to 256).
     #[arg(short = 't', long = "threads", default_value_t = 4)]
     pub threads: usize,
     /// Max item size (e.g. 1m, 512k, 2097152). Minimum 1k, maximum 1g.
@@ -212,19 +212,88 @@ pub enum ConfigError {
     Cli(clap::Error),
     /// The config file: unreadable, not TOML, an unknown key, or a bad value.
     File(String),
+    /// Settings the server refuses to start with (see [`Config::check`]).
+    Invalid(String),
 }
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConfigError::Cli(e) => write!(f, "{e}"),
-            ConfigError::File(m) => f.write_str(m),
+            ConfigError::File(m) | ConfigError::Invalid(m) => f.write_str(m),
         }
     }
 }
 
+/// Most worker threads `-t` accepts. memcached warns above 64 but starts thousands; each worker here
+/// costs a thread, a runtime and six descriptors, and past a few hundred they only contend.
+pub const MAX_THREADS: usize = 256;
+/// memcached's threshold for its "not recommended" warning.
+const WARN_THREADS: usize = 64;
+
 impl Config {
-    /// Parses `args` (argv, program name first) on top of the `--config` file, if one is given.
+    /// Refuses what memcached refuses (`-m 0`, `-c 0`, `-t 0`, an item size limit over half the memory)
+    /// and a `-t` over [`MAX_THREADS`]; the message names the flag.
+    pub fn check(&self) -> Result<(), String> {
+        if self.memory_limit_mb == 0 {
+            return Err("-m 0: the memory limit must be at least 1 (megabyte)".into());
+        }
+        // memcached's rule and words.
+        if self.item_size_max as u64 > self.memory_limit_mb.saturating_mul(1 << 20) / 2 {
+            return Err(format!(
+                "-I {} with -m {}: Cannot set item size limit higher than 1/2 of memory max.",
+                self.item_size_max, self.memory_limit_mb
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("-c 0: Maximum connections must be greater than 0".into());
+        }
+        match self.threads {
+            0 => Err("-t 0: Number of threads must be greater than 0".into()),
+            n if n > MAX_THREADS => Err(format!(
+                "-t {n}: at most {MAX_THREADS} worker threads (memcached warns above {WARN_THREADS}: set it to the \
+                 number of cores in your machine or less)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// What to warn about at start: settings that are allowed but have no effect or are unwise. A
+    /// setting another flag turns off is only mentioned when it differs from its default, so a full
+    /// config file (every key) plus `--no-persist` or `--no-bpf` on the command line stays quiet.
+    pub fn warnings(&self) -> Vec<String> {
+        let d = Config::parse_from(["kv-server"]);
+        let mut out = Vec::new();
+        if self.threads > WARN_THREADS {
+            out.push(format!(
+                "-t {}: setting a high number of worker threads is not recommended; set it to the number of \
+                 cores in your machine or less",
+                self.threads
+            ));
+        }
+        if self.no_persist && self.fsync != d.fsync {
+            let name = self.fsync.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+            out.push(format!("--fsync {name} has no effect with --no-persist: nothing is written to disk"));
+        }
+        if self.no_bpf {
+            let ignored = [
+                ("--iface", self.iface != d.iface),
+                ("--xdp-mode", self.xdp_mode != d.xdp_mode),
+                ("--kcache-entries", self.kcache_entries != d.kcache_entries),
+                ("--kcache-value-max", self.kcache_value_max != d.kcache_value_max),
+                ("--kcache-admit-hits", self.kcache_admit_hits != d.kcache_admit_hits),
+            ];
+            for (flag, _) in ignored.iter().filter(|(_, set)| *set) {
+                out.push(format!("{flag} has no effect with --no-bpf: no XDP program is loaded"));
+            }
+        }
+        out
+    }
+}
+
+impl Config {
+    /// Parses `args` (argv, program name first) on top of the `--config` file, if one is given, and
+    /// [`check`](Config::check)s the result.
     pub fn load_from<I, T>(args: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = T>,
@@ -233,7 +302,8 @@ impl Config {
         let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
         let cli = Config::command().try_get_matches_from(&args).map_err(ConfigError::Cli)?;
         let Some(path) = cli.get_one::<PathBuf>("config") else {
-            return Config::try_parse_from(&args).map_err(ConfigError::Cli);
+            let cfg = Config::try_parse_from(&args).map_err(ConfigError::Cli)?;
+            return cfg.check().map(|()| cfg).map_err(ConfigError::Invalid);
         };
         let err = |m: String| ConfigError::File(format!("config file {}: {m}", path.display()));
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
@@ -249,7 +319,8 @@ impl Config {
         }
         // The file's settings go before the real arguments; keys the command line sets were left out.
         let all = std::iter::once(prog).chain(synthetic.into_iter().map(Into::into)).chain(args.into_iter().skip(1));
-        Config::try_parse_from(all).map_err(ConfigError::Cli)
+        let cfg = Config::try_parse_from(all).map_err(ConfigError::Cli)?;
+        cfg.check().map(|()| cfg).map_err(ConfigError::Invalid)
     }
 
     /// The effective settings as a config file (every key; an unset optional one as a comment).
@@ -402,6 +473,41 @@ mod tests {
             assert_eq!(crate::persist::LogOptions::from(&c).fsync, want);
         }
         assert!(Config::try_parse_from(["kv-server", "--fsync", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn refusals_name_the_flag_and_ignored_flags_are_warned_about() {
+        let load = |args: &[&str]| Config::load_from(std::iter::once("kv-server").chain(args.iter().copied()));
+        for (args, needle) in [
+            (&["-m", "0"][..], "-m 0: the memory limit must be at least 1"),
+            (&["-m", "1"], "Cannot set item size limit higher than 1/2 of memory max."),
+            (&["-m", "3", "-I", "2m"], "-I 2097152 with -m 3"),
+            (&["-c", "0"], "-c 0: Maximum connections must be greater than 0"),
+            (&["-t", "0"], "-t 0: Number of threads must be greater than 0"),
+            (&["-t", "10000"], "-t 10000: at most 256 worker threads"),
+        ] {
+            match load(args) {
+                Err(ConfigError::Invalid(m)) => assert!(m.contains(needle), "{args:?}: {m:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        let (_d, p) = write("threads = 0\n");
+        assert!(matches!(load(&["--config", &p]), Err(ConfigError::Invalid(m)) if m.starts_with("-t 0")));
+        assert!(load(&["-m", "2", "-I", "1m", "-t", "256", "-c", "1"]).is_ok());
+        let warned = |args: &[&str]| load(args).unwrap().warnings();
+        assert!(warned(&["--no-persist", "--no-bpf", "--fsync", "everysec", "--xdp-mode", "generic"]).is_empty());
+        assert_eq!(
+            warned(&["--no-persist", "--fsync", "always", "--no-bpf", "--xdp-mode", "native", "-t", "65"]),
+            [
+                "-t 65: setting a high number of worker threads is not recommended; set it to the number of cores \
+                 in your machine or less",
+                "--fsync always has no effect with --no-persist: nothing is written to disk",
+                "--xdp-mode has no effect with --no-bpf: no XDP program is loaded",
+            ]
+        );
+        // A full config file (every key at its default) with --no-bpf / --no-persist on top is quiet.
+        let (_d, p) = write(&Config::parse_from(["kv-server"]).to_toml());
+        assert!(warned(&["--config", &p, "--no-bpf", "--no-persist"]).is_empty());
     }
 
     const DEPLOY_TOML: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kv-server.toml");

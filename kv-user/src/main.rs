@@ -28,18 +28,23 @@ fn main() -> Result<()> {
         return Ok(());
     }
     init_logging(&cfg);
+    for w in cfg.warnings() {
+        log::warn!("{w}");
+    }
     tracing::debug!("effective configuration:\n{}", cfg.to_toml());
     if let Some(path) = &cfg.config {
         log::info!("configuration file: {}", path.display());
     }
     let cfg = Arc::new(cfg);
+    // The ports first: a second instance on them stops here, before it touches XDP or the log.
+    let listeners = server::bind(&cfg)?;
     // The acceptor, signals and shutdown; requests are served by server::serve's worker threads.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     // Signal handlers before the XDP attach, so a SIGTERM right after start still shuts down cleanly.
     let shutdown = runtime.block_on(async { server::shutdown_signals() }).context("installing signal handlers")?;
     let kernel = start_kernel_path(&cfg);
     let shared = build(cfg.clone(), kernel.as_ref())?;
-    let result = runtime.block_on(server::serve(cfg.clone(), shared.clone(), shutdown));
+    let result = runtime.block_on(server::serve(cfg.clone(), listeners, shared.clone(), shutdown));
     // Detach XDP before anything else: from here on the kernel must not answer for a dying store.
     drop(kernel);
     if let Some(log) = &shared.log {

@@ -5,8 +5,10 @@
 //! memcached stat name, `_total` on counters; the kernel path's `xdp_pass_<reason>` lines become one
 //! family, `kv_xdp_passes_total{reason}`.
 //!
-//! The HTTP side is a hand-written HTTP/1.1 responder: one request per connection, then close. A scrape
-//! endpoint needs nothing more, and it keeps an HTTP stack out of the server's dependencies.
+//! The HTTP side is a hand-written HTTP/1.1 responder: one request per connection, then close, with a
+//! deadline on reading the request and on writing the answer. A scrape endpoint needs nothing more,
+//! and it keeps an HTTP stack out of the server's dependencies (hyper would bring its own read
+//! timeout, but no bound on connections, and more code than it would remove here).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::exec::Ctx;
 pub use crate::stats::Kind;
@@ -175,14 +177,25 @@ pub fn route(head: Option<&[u8]>) -> Route {
 
 /// Requests larger than this are refused: a scrape request is a few hundred bytes.
 const MAX_HEAD: usize = 8192;
-/// Scrapes served at once; more connections are closed unanswered (a scraper retries).
-const MAX_ACTIVE: usize = 16;
-/// A whole exchange must finish within this, so a stalled client cannot hold a slot.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Exchanges at once.
+const SLOTS: usize = 64;
+/// Connections that may wait for a slot on top of those; more are closed unanswered (a scraper retries).
+const WAITING: usize = 64;
+/// The request head must arrive within this (a scraper sends it at once), so a client that trickles or
+/// sends nothing gives its slot back soon; one waiting for a slot waits at most twice this.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Writing the response (to a client that does not read) must finish within this.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves until `stop` changes; runs on the acceptor's runtime (the workers never see scrapes).
+///
+/// Slow clients cannot starve scrapes: each holds a slot for at most [`HEAD_TIMEOUT`] before its
+/// request is complete, and slots are handed out first come, first served, so a scrape arriving while
+/// all are taken gets the next free one.
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let slots = Arc::new(Semaphore::new(SLOTS));
+    // Connections accepted and not yet finished, with or without a slot.
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -195,38 +208,54 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut stop: watch::Receiv
             },
             _ = stop.changed() => return,
         };
-        if active.load(Relaxed) >= MAX_ACTIVE {
+        if open.load(Relaxed) >= SLOTS + WAITING {
             continue;
         }
-        active.fetch_add(1, Relaxed);
-        let (ctx, active) = (ctx.clone(), active.clone());
+        open.fetch_add(1, Relaxed);
+        let (ctx, slots, open) = (ctx.clone(), slots.clone(), open.clone());
         tokio::spawn(async move {
-            if let Ok(Err(e)) = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &ctx)).await {
-                log::debug!("metrics request: {e}");
+            if let Ok(Ok(_slot)) = tokio::time::timeout(2 * HEAD_TIMEOUT, slots.acquire()).await {
+                if let Err(e) = exchange(stream, &ctx).await {
+                    log::debug!("metrics request: {e}");
+                }
             }
-            active.fetch_sub(1, Relaxed);
+            open.fetch_sub(1, Relaxed);
         });
+    }
+}
+
+/// Where the request head ends: at its first empty line, ended by CRLF or by a bare LF (RFC 9112
+/// section 2.2 lets a recipient accept a bare LF as a line end). The index of the LF ending the last
+/// header line.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let lf = |i: usize| buf.get(i) == Some(&b'\n');
+    (0..buf.len()).find(|&i| lf(i) && (lf(i + 1) || (buf.get(i + 1) == Some(&b'\r') && lf(i + 2))))
+}
+
+/// Reads the request head: Some(its length), or None when it did not end within [`MAX_HEAD`] or the
+/// client closed first (and sent something).
+async fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<usize>> {
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(i) = head_end(buf) {
+            return Ok(Some(i));
+        }
+        if buf.len() > MAX_HEAD {
+            return Ok(None);
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return if buf.is_empty() { Err(std::io::ErrorKind::UnexpectedEof.into()) } else { Ok(None) };
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
 async fn exchange(mut s: TcpStream, ctx: &Ctx) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    let head_len = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break Some(i);
-        }
-        if buf.len() > MAX_HEAD {
-            break None;
-        }
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            if buf.is_empty() {
-                return Ok(());
-            }
-            break None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    let head_len = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut s, &mut buf)).await {
+        Ok(r) => r?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
     };
     let (status, body, head_only) = match route(head_len.map(|i| &buf[..i])) {
         Route::Metrics { head_only } => ("200 OK", render(&gather(&ctx.stat_sources())), head_only),
@@ -242,8 +271,11 @@ async fn exchange(mut s: TcpStream, ctx: &Ctx) -> std::io::Result<()> {
     if !head_only {
         resp.push_str(&body);
     }
-    s.write_all(resp.as_bytes()).await?;
-    s.shutdown().await
+    let write = async {
+        s.write_all(resp.as_bytes()).await?;
+        s.shutdown().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 #[cfg(test)]
@@ -357,6 +389,18 @@ mod tests {
             "# HELP kv_x a \\\\ b\\nc \"q\"\n# TYPE kv_x gauge\n\
              kv_x{a=\"back\\\\slash \\\"quoted\\\"\\nnext\",b=\"plain\"} 9\n"
         );
+    }
+
+    #[test]
+    fn head_ends_at_the_first_empty_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(14));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: x\n\r\nbody"), Some(22));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r"), None);
+        assert_eq!(head_end(b""), None);
+        let lf_only = b"GET /metrics HTTP/1.1\nHost: x\n\n";
+        assert_eq!(route(head_end(lf_only).map(|i| &lf_only[..i])), Route::Metrics { head_only: false });
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! This module reads the store's numbers ([`ItemCounters`]) and a few settings, handed in as
 //! [`Sources`]; it depends on nothing in `exec`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::store::ItemCounters;
@@ -22,6 +24,8 @@ macro_rules! counters {
             /// Unix time the server started (`time` - `uptime`).
             pub started_unix: u64,
             started: Instant,
+            /// `stats detail`: per-prefix counters, kept while enabled.
+            pub detail: Prefixes,
             $($(#[$doc])* pub $field: AtomicU64,)*
         }
 
@@ -30,6 +34,7 @@ macro_rules! counters {
                 Stats {
                     started_unix: crate::clock::unix_now(),
                     started: Instant::now(),
+                    detail: Prefixes::default(),
                     $($field: AtomicU64::new(0),)*
                 }
             }
@@ -82,13 +87,89 @@ impl Stats {
     }
 
     /// `stats reset`: zeroes the cumulative counters of [`GENERAL`], keeps the gauges (curr_connections,
-    /// connection_structures).
+    /// connection_structures), and forgets the prefixes of `stats detail` (whether it is on stays).
     pub fn reset(&self) {
         for def in GENERAL.iter().filter(|d| d.kind == Kind::Counter) {
             if let Read::Counter(counter) = def.read {
                 counter(self).store(0, Ordering::Relaxed);
             }
         }
+        self.detail.clear();
+    }
+}
+
+/// memcached's prefix stats (`stats detail on|off|dump`, `stats_prefix.c`): while enabled, each get
+/// (with hit), set and delete of a key with a `:` counts against the key's part before it. Recorded
+/// where memcached records them: get/gets/gat/gats per key, the set family (even when not stored), and
+/// delete (an oversized `ms`, refused by the parser like an oversized `set`, counts as a set too); other
+/// meta commands and the kernel path's answers are not counted.
+#[derive(Debug, Default)]
+pub struct Prefixes {
+    on: AtomicBool,
+    /// prefix → gets, hits, sets, deletes.
+    map: Mutex<HashMap<Box<[u8]>, [u64; 4]>>,
+}
+
+/// Prefixes tracked at most: memcached has no bound, but one client with `stats detail on` must not
+/// grow the server without limit; further prefixes go uncounted (as memcached's failed allocations do).
+const MAX_PREFIXES: usize = 10_000;
+const PREFIX_DELIMITER: u8 = b':';
+
+impl Prefixes {
+    pub fn set_enabled(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    pub fn record_get(&self, key: &[u8], hit: bool) {
+        self.record(key, 0, u64::from(hit));
+    }
+
+    pub fn record_set(&self, key: &[u8]) {
+        self.record(key, 2, 0);
+    }
+
+    pub fn record_delete(&self, key: &[u8]) {
+        self.record(key, 3, 0);
+    }
+
+    /// Adds 1 to counter `which` of the key's prefix (and `hit` to the hits); nothing when disabled or
+    /// when the key has no delimiter.
+    #[inline]
+    fn record(&self, key: &[u8], which: usize, hit: u64) {
+        if !self.enabled() {
+            return;
+        }
+        let Some(end) = key.iter().position(|&b| b == PREFIX_DELIMITER) else { return };
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let len = map.len();
+        let counts = match map.get_mut(&key[..end]) {
+            Some(c) => c,
+            None if len < MAX_PREFIXES => map.entry(key[..end].into()).or_default(),
+            None => return,
+        };
+        counts[which] += 1;
+        counts[1] += hit;
+    }
+
+    /// `PREFIX <prefix> get <n> hit <n> set <n> del <n>\r\n` per prefix (sorted; memcached's order is its
+    /// hash table's), without the closing `END`.
+    pub fn dump(&self, out: &mut impl FnMut(&[u8])) {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut prefixes: Vec<_> = map.iter().collect();
+        prefixes.sort_unstable();
+        for (prefix, [gets, hits, sets, dels]) in prefixes {
+            out(b"PREFIX ");
+            out(prefix);
+            out(format!(" get {gets} hit {hits} set {sets} del {dels}\r\n").as_bytes());
+        }
+    }
+
+    fn clear(&self) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -333,6 +414,40 @@ mod tests {
         s.reset();
         let kept: Vec<_> = all(&s).into_iter().filter(|&(_, v)| v != 0).collect();
         assert_eq!(kept, [("curr_connections", 7), ("connection_structures", 7)]);
+    }
+
+    #[test]
+    fn prefixes_count_while_enabled_and_reset_forgets_them() {
+        let s = Stats::new();
+        let dump = |s: &Stats| {
+            let mut out = Vec::new();
+            s.detail.dump(&mut |b| out.extend_from_slice(b));
+            String::from_utf8(out).unwrap()
+        };
+        s.detail.record_set(b"a:1");
+        assert_eq!(dump(&s), "", "off: nothing counted");
+        s.detail.set_enabled(true);
+        s.detail.record_set(b"a:1");
+        s.detail.record_get(b"a:2", true);
+        s.detail.record_get(b"a:", false);
+        s.detail.record_delete(b"b:x:y");
+        s.detail.record_get(b"nodelimiter", true);
+        s.detail.record_get(b":empty", true);
+        assert_eq!(
+            dump(&s),
+            "PREFIX  get 1 hit 1 set 0 del 0\r\nPREFIX a get 2 hit 1 set 1 del 0\r\n\
+             PREFIX b get 0 hit 0 set 0 del 1\r\n"
+        );
+        s.detail.set_enabled(false);
+        s.detail.record_set(b"a:1");
+        assert!(dump(&s).contains("PREFIX a get 2 hit 1 set 1 del 0"), "kept while off");
+        s.reset();
+        assert_eq!(dump(&s), "");
+        s.detail.set_enabled(true);
+        for i in 0..MAX_PREFIXES + 5 {
+            s.detail.record_set(format!("p{i}:k").as_bytes());
+        }
+        assert_eq!(dump(&s).lines().count(), MAX_PREFIXES, "bounded");
     }
 
     #[test]

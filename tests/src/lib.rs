@@ -173,8 +173,21 @@ fn stats_pid(conn: &mut TcpStream) -> Option<u32> {
 }
 
 fn spawn(port: u16, dir: &Path, extra: &[String]) -> Child {
+    let mut cmd = server_command(port, dir, extra);
+    let log = std::env::var_os("KV_TEST_LOG").is_some();
+    cmd.stdin(Stdio::null())
+        .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+        .stderr(if log { Stdio::inherit() } else { Stdio::null() })
+        .spawn()
+        .expect("spawn server")
+}
+
+/// The command line that starts the server under test (kv-server, or memcached with
+/// `KV_TEST_PEER=memcached`) on `port` for TCP and UDP, with `extra` flags; not started. For tests that
+/// run it themselves, e.g. to see it refuse to start.
+pub fn server_command(port: u16, dir: &Path, extra: &[String]) -> Command {
     let p = port.to_string();
-    let mut cmd = if targets_memcached() {
+    if targets_memcached() {
         let mut cmd = Command::new(std::env::var_os("KV_MEMCACHED_BIN").unwrap_or("memcached".into()));
         // memcached refuses to run as root without -u.
         if unsafe { libc::geteuid() } == 0 {
@@ -186,13 +199,7 @@ fn spawn(port: u16, dir: &Path, extra: &[String]) -> Child {
         let mut cmd = Command::new(server_bin());
         cmd.args(["-l", "127.0.0.1", "-p", &p, "-U", &p, "--no-bpf", "--data-dir"]).arg(dir).args(extra);
         cmd
-    };
-    let log = std::env::var_os("KV_TEST_LOG").is_some();
-    cmd.stdin(Stdio::null())
-        .stdout(if log { Stdio::inherit() } else { Stdio::null() })
-        .stderr(if log { Stdio::inherit() } else { Stdio::null() })
-        .spawn()
-        .expect("spawn server")
+    }
 }
 
 /// kv-server flags translated for memcached: the common ones (-m -c -t -I -v) pass through, the

@@ -283,3 +283,60 @@ fn kernel_path_metrics() {
         assert_eq!(s[stat].parse::<u64>().unwrap(), after[&series], "stats {stat} vs {series}");
     }
 }
+
+/// Slow clients cannot keep scrapes out. Sixteen clients trickling a request one byte a second used to
+/// hold every slot (16, for up to 10 s each), so scrapes were closed unanswered; now each gets 2 s for
+/// its request head. A request whose head ends in a bare LF empty line used to wait for the 10 s
+/// timeout; it is answered. And with more idle connections than slots, a scrape waits its turn (first
+/// come, first served) instead of being closed.
+#[test]
+fn scrapes_get_through_slow_clients() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    use std::time::Instant;
+    kv_tests::kv_only!();
+    let maddr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _srv = Server::start(&["--no-persist", &format!("--metrics-addr={maddr}")]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow: Vec<_> = (0..16)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Reconnects whenever the server gives up on it, for as long as the test runs.
+                while !stop.load(Relaxed) {
+                    let Ok(mut s) = TcpStream::connect(maddr) else { continue };
+                    for b in b"GET /metrics HTTP/1.1\r\nHost: slow\r\n\r\n" {
+                        if stop.load(Relaxed) || s.write_all(&[*b]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..8 {
+        let t = Instant::now();
+        let r = get(maddr, "/metrics");
+        assert_eq!(r.status, 200, "scrape {i}");
+        assert!(t.elapsed() < Duration::from_secs(1), "scrape {i} took {:?}", t.elapsed());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let t = Instant::now();
+    let r = http(maddr, "GET /metrics HTTP/1.1\nHost: lf\n\n");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("# TYPE kv_curr_items gauge"));
+    assert!(t.elapsed() < Duration::from_secs(1), "bare-LF request took {:?}", t.elapsed());
+    stop.store(true, Relaxed);
+    for t in slow {
+        t.join().unwrap();
+    }
+    // 100 connections that send nothing: more than the 64 slots.
+    let idle: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(maddr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    assert_eq!(get(maddr, "/metrics").status, 200);
+    assert!(t.elapsed() < Duration::from_secs(5), "scrape behind idle connections took {:?}", t.elapsed());
+    drop(idle);
+}

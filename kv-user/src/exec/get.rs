@@ -35,6 +35,7 @@ pub(super) struct Span {
 fn value_lines(
     keys: Keys<'_>,
     span: Span,
+    ctx: &Ctx,
     out: &mut BytesMut,
     mut line: impl FnMut(&[u8], &mut BytesMut) -> bool,
 ) -> (u64, u64, Option<usize>) {
@@ -43,7 +44,9 @@ fn value_lines(
         if out.len() >= span.stop_at {
             return (hits, misses, Some(at));
         }
-        if line(key, out) {
+        let hit = line(key, out);
+        ctx.stats.detail.record_get(key, hit);
+        if hit {
             hits += 1;
         } else {
             misses += 1;
@@ -56,7 +59,7 @@ fn value_lines(
 /// get/gets, resumable (see [`value_lines`]).
 pub(super) fn get(keys: Keys<'_>, cas: bool, span: Span, ctx: &Ctx, out: &mut BytesMut) -> (Outcome, Option<usize>) {
     let opts = FetchOpts::default();
-    let (hits, misses, resume) = value_lines(keys, span, out, |key, out| {
+    let (hits, misses, resume) = value_lines(keys, span, ctx, out, |key, out| {
         ctx.store.fetch_with(key, &opts, |f| f.item.map(|it| item_line(out, key, &it, cas)).is_some())
     });
     // memcached counts cmd_get per key.
@@ -70,7 +73,7 @@ pub(super) fn get(keys: Keys<'_>, cas: bool, span: Span, ctx: &Ctx, out: &mut By
 pub(super) fn gat(cmd: &GatCmd<'_>, span: Span, ctx: &Ctx, out: &mut BytesMut) -> (Outcome, Option<usize>) {
     let opts = FetchOpts { touch: Some(cmd.exptime), ..FetchOpts::default() };
     let mut seq = 0;
-    let (hits, misses, resume) = value_lines(cmd.keys, span, out, |key, out| {
+    let (hits, misses, resume) = value_lines(cmd.keys, span, ctx, out, |key, out| {
         ctx.store.fetch_with(key, &opts, |f| {
             seq = seq.max(f.seq);
             f.item.map(|it| item_line(out, key, &it, cmd.cas)).is_some()

@@ -262,6 +262,9 @@ pub(super) fn ms(key: &[u8], data: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out:
 
 pub(super) fn md(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     keyed(key, flags, ctx, out, None, |key, out| {
+        if flags.remove_value {
+            return md_remove_value(key, flags, ctx, out);
+        }
         let opts = DeleteOpts {
             compare_cas: flags.compare_cas,
             invalidate: flags.invalidate,
@@ -292,6 +295,65 @@ pub(super) fn md(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMu
         status_line(out, code, key, flags);
         Outcome::seq(seq)
     })
+}
+
+/// `md <key> x`, as memcached (>= 1.6.27) does it: the item is replaced by an empty one with the flags
+/// of `F` and the TTL of `T` (0 and never without them) that keeps its CAS (or takes `E`'s); with `I`
+/// that tombstone is then marked stale, which gives it a new CAS. Counts as a delete hit (without `I`).
+///
+/// The replacement is a CAS store on the CAS just read, so a concurrent write makes it retry rather
+/// than be overwritten with the old CAS; after a few lost races it replaces whatever is there with a
+/// fresh CAS. (memcached does both steps under the item lock; the store has no such combined write.)
+fn md_remove_value(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    const CAS_TRIES: usize = 3;
+    let miss = |out: &mut BytesMut, code| {
+        bump(&ctx.stats.delete_misses, 1);
+        status_line(out, code, key, flags);
+        Outcome::default()
+    };
+    let mut req = SetRequest::new(SetMode::Cas, key, b"", flags.client_flags.unwrap_or(0), flags.set_ttl.unwrap_or(0));
+    let mut tries = 0;
+    let res = loop {
+        // C: the client names the CAS, so there is nothing to read first (and no retry).
+        let cas = match flags.compare_cas {
+            Some(c) => c,
+            None => match ctx.store.fetch(key, &FetchOpts { bump: false, ..FetchOpts::default() }).item {
+                Some(it) => it.cas,
+                None => return miss(out, r::NF),
+            },
+        };
+        tries += 1;
+        // A write that keeps losing races replaces whatever is there, with a fresh CAS; CAS 0 (stored
+        // with `E0`) never matches a CAS store, and a replace keeping 0 protects nothing less.
+        let fallback = flags.compare_cas.is_none() && tries > CAS_TRIES;
+        let replace = fallback || (flags.compare_cas.is_none() && cas == 0);
+        (req.mode, req.compare_cas) = if replace { (SetMode::Replace, 0) } else { (SetMode::Cas, cas) };
+        req.new_cas = flags.explicit_cas.or((!fallback).then_some(cas));
+        let res = ctx.store.set(&req);
+        match res.status {
+            SetStatus::Stored => break res,
+            SetStatus::Exists if flags.compare_cas.is_some() => return miss(out, r::EX),
+            SetStatus::Exists => {}
+            SetStatus::NotFound | SetStatus::NotStored | SetStatus::TooLarge => return miss(out, r::NF),
+        }
+    };
+    let mut seq = res.seq;
+    if flags.invalidate {
+        let opts = DeleteOpts {
+            compare_cas: Some(res.cas),
+            invalidate: true,
+            touch: flags.set_ttl,
+            new_cas: flags.explicit_cas,
+        };
+        // Lost to a concurrent write: that write stands, and the value was removed before it.
+        seq = seq.max(ctx.store.delete(key, &opts).1);
+    } else {
+        bump(&ctx.stats.delete_hits, 1);
+    }
+    if !flags.quiet {
+        status_line(out, r::HD, key, flags);
+    }
+    Outcome::seq(seq)
 }
 
 pub(super) fn ma(key: &[u8], flags: &MetaFlags<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {

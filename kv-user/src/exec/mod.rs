@@ -108,7 +108,7 @@ pub fn execute_from(
         Command::FlushAll { delay, noreply } => misc::flush_all(delay, noreply, ctx, out),
         Command::Version => misc::version(out),
         Command::Verbosity { level, noreply } => misc::verbosity(level, noreply, ctx, out),
-        Command::Stats { arg } => stats::stats(arg, ctx, out),
+        Command::Stats(cmd) => stats::stats(cmd, ctx, out),
         Command::Quit => Outcome { seq: 0, close: true },
         Command::MetaGet { key, flags } => meta::mg(key, &flags, ctx, out),
         Command::MetaSet { key, data, flags } => meta::ms(key, data, &flags, ctx, out),
@@ -128,6 +128,7 @@ pub fn reject_too_large(key: &[u8], ctx: &Ctx, out: &mut BytesMut) -> Outcome {
 
 /// [`reject_too_large`] for a text command with `noreply`, which suppresses even this error in memcached.
 pub fn reject_too_large_noreply(key: &[u8], noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    ctx.stats.detail.record_set(key);
     bump(&ctx.stats.store_too_large, 1);
     reply(out, noreply, r::TOO_LARGE);
     Outcome::seq(ctx.store.remove(key))

@@ -1,11 +1,14 @@
-//! `stats`, `stats settings|items|slabs|reset`, in memcached's names and order.
+//! `stats` and its subcommands (settings, items, slabs, sizes, reset, detail, cachedump, ...), in
+//! memcached's names and order.
 
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 
 use super::{put_u64, Ctx, Outcome, VERSION};
+use crate::protocol::command::{Detail, StatsCmd};
 use crate::protocol::reply::{self as r, CRLF};
+use crate::record::{Record, Snapshot as _};
 use crate::stats::read;
 
 /// `STAT <name> `: the start of every `stats` line.
@@ -50,28 +53,60 @@ fn rusage() -> (libc::timeval, libc::timeval) {
     (ru.ru_utime, ru.ru_stime)
 }
 
-pub(super) fn stats(arg: Option<&[u8]>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
-    match arg {
-        None | Some(b"") => general(ctx, out),
-        Some(b"reset") => {
+pub(super) fn stats(cmd: StatsCmd, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    match cmd {
+        StatsCmd::General => general(ctx, out),
+        StatsCmd::Reset => {
             ctx.stats.reset();
             ctx.store.reset_stats();
             out.extend_from_slice(r::RESET);
             return Outcome::default();
         }
-        Some(b"settings") => settings(ctx, out),
-        Some(b"items") => items(ctx, out),
-        Some(b"slabs") => slabs(ctx, out),
-        Some(b"sizes") => {}
-        Some(b"conns") => {}
-        // memcached: a subcommand no engine knows is a plain ERROR.
-        Some(_) => {
-            out.extend_from_slice(r::ERROR);
+        StatsCmd::Settings => settings(ctx, out),
+        StatsCmd::Items => items(ctx, out),
+        StatsCmd::Slabs => slabs(ctx, out),
+        // memcached without `-o track_sizes`.
+        StatsCmd::Sizes => stat_str(out, "sizes_status", b"disabled"),
+        // Not listed: connections are not registered anywhere; no external storage (as memcached
+        // built with extstore but running without it).
+        StatsCmd::Conns | StatsCmd::Extstore => {}
+        StatsCmd::Detail(Detail::On | Detail::Off) => {
+            ctx.stats.detail.set_enabled(cmd == StatsCmd::Detail(Detail::On));
+            out.extend_from_slice(r::OK);
             return Outcome::default();
         }
+        StatsCmd::Detail(Detail::Dump) => ctx.stats.detail.dump(&mut |b| out.extend_from_slice(b)),
+        StatsCmd::CacheDump { class, limit } => cachedump(class, limit, ctx, out),
     }
     out.extend_from_slice(r::END);
     Outcome::default()
+}
+
+/// `stats cachedump <class> <limit>`: `ITEM <key> [<bytes> b; <exptime> s]` per item, as memcached's
+/// `item_cachedump`: at most `limit` items (0: no limit) and 2 MB. Every item is in class 1 here (see
+/// [`items`]), listed in no particular order (memcached: the class's cold LRU, newest first). Keys that
+/// could not be written on a text line (binary keys stored with `b`) are skipped, as memcached does.
+fn cachedump(class: u32, limit: u32, ctx: &Ctx, out: &mut BytesMut) {
+    const MAX_REPLY: usize = 2 << 20;
+    if class != 1 {
+        return;
+    }
+    let (start, mut shown) = (out.len(), 0u32);
+    ctx.store.for_each_live(&mut |rec| {
+        let Record::Set { key, exptime, value, .. } = *rec else { return };
+        let full = (limit != 0 && shown >= limit) || out.len() - start >= MAX_REPLY;
+        if full || key.iter().any(|&b| matches!(b, b' ' | b'\r' | b'\n' | 0)) {
+            return;
+        }
+        let mut line = Vec::with_capacity(key.len() + 40);
+        line.extend_from_slice(b"ITEM ");
+        line.extend_from_slice(key);
+        line.extend_from_slice(format!(" [{} b; {exptime} s]\r\n", value.len()).as_bytes());
+        if out.len() - start + line.len() <= MAX_REPLY {
+            out.extend_from_slice(&line);
+            shown += 1;
+        }
+    });
 }
 
 fn general(ctx: &Ctx, out: &mut BytesMut) {
@@ -101,12 +136,13 @@ fn settings(ctx: &Ctx, out: &mut BytesMut) {
     stat_str(out, "evictions", b"on");
     stat_str(out, "domain_socket", b"NULL");
     stat_str(out, "umask", b"700");
+    stat_str(out, "shutdown_command", b"no");
     stat_str(out, "growth_factor", b"1.25");
     stat_u64(out, "chunk_size", 48);
     stat_u64(out, "num_threads", c.threads as u64);
     stat_u64(out, "num_threads_per_udp", c.threads as u64);
     stat_str(out, "stat_key_prefix", b":");
-    stat_str(out, "detail_enabled", b"no");
+    stat_str(out, "detail_enabled", if ctx.stats.detail.enabled() { b"yes".as_slice() } else { b"no".as_slice() });
     stat_u64(out, "reqs_per_event", 20);
     stat_str(out, "cas_enabled", b"yes");
     stat_u64(out, "tcp_backlog", 1024);
@@ -116,6 +152,7 @@ fn settings(ctx: &Ctx, out: &mut BytesMut) {
     stat_u64(out, "item_size_max", ctx.store.item_size_max() as u64);
     stat_str(out, "maxconns_fast", b"yes");
     stat_str(out, "flush_enabled", b"yes");
+    stat_str(out, "dump_enabled", b"yes");
     stat_str(out, "lru_crawler", b"no");
     stat_str(out, "lru_maintainer_thread", b"no");
     stat_str(out, "temporary_ttl", b"0");

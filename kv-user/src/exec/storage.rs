@@ -26,6 +26,7 @@ pub(super) fn store(cmd: &StoreCmd<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcom
     if res.status == SetStatus::TooLarge {
         return reject_too_large_noreply(cmd.key, cmd.noreply, ctx, out);
     }
+    ctx.stats.detail.record_set(cmd.key);
     bump(&ctx.stats.cmd_set, 1);
     if mode == SetMode::Cas {
         count_cas(ctx, res.status);
@@ -41,6 +42,7 @@ pub(super) fn store(cmd: &StoreCmd<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcom
 }
 
 pub(super) fn delete(key: &[u8], noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    ctx.stats.detail.record_delete(key);
     let (status, seq) = ctx.store.delete(key, &DeleteOpts::default());
     if status == DeleteStatus::Deleted {
         bump(&ctx.stats.delete_hits, 1);

@@ -4,7 +4,7 @@ use bytes::BytesMut;
 use clap::Parser;
 
 use super::*;
-use crate::protocol::command::{ArithCmd, GatCmd, Keys, MetaFlags, SetMode, StoreCmd, TouchCmd};
+use crate::protocol::command::{ArithCmd, GatCmd, Keys, MetaFlags, SetMode, StatsCmd, StoreCmd, TouchCmd};
 use crate::record::NoJournal;
 use crate::store::{ManualClock, StoreOptions};
 
@@ -38,11 +38,21 @@ impl T {
     }
 
     fn stat(&self, name: &str) -> String {
-        let all = self.run(Command::Stats { arg: None });
+        let all = self.run(Command::Stats(StatsCmd::General));
         let prefix = format!("STAT {name} ");
         all.lines()
             .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
             .unwrap_or_else(|| panic!("no stat {name}"))
+    }
+
+    /// Parses `line` (CRLF appended) and runs it, or returns the parser's error reply.
+    fn wire(&self, line: &str) -> String {
+        let line = format!("{line}\r\n");
+        match crate::protocol::parse(line.as_bytes(), &crate::protocol::Limits::default()) {
+            crate::protocol::Parsed::Command { cmd, .. } => self.run(cmd),
+            crate::protocol::Parsed::Error { reply, .. } => String::from_utf8(reply.to_vec()).unwrap(),
+            other => panic!("{line:?}: {other:?}"),
+        }
     }
 
     fn mg(&self, key: &str, flags: MetaFlags<'_>) -> String {
@@ -236,7 +246,7 @@ fn too_large_rejection() {
 #[test]
 fn stats_output() {
     let t = t();
-    let all = t.run(Command::Stats { arg: None });
+    let all = t.run(Command::Stats(StatsCmd::General));
     assert!(all.ends_with("END\r\n"));
     for name in [
         "pid",
@@ -292,7 +302,7 @@ fn stats_output() {
     t.ctx.stats.bytes_read.fetch_add(7, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(t.stat("bytes_read"), "7");
 
-    let s = t.run(Command::Stats { arg: Some(b"settings") });
+    let s = t.run(Command::Stats(StatsCmd::Settings));
     for l in [
         "STAT maxbytes 67108864\r\n",
         "STAT maxconns 1024\r\n",
@@ -305,16 +315,64 @@ fn stats_output() {
         assert!(s.contains(l), "settings missing {l:?}");
     }
     t.run(Command::Verbosity { level: 3, noreply: false });
-    assert!(t.run(Command::Stats { arg: Some(b"settings") }).contains("STAT verbosity 3\r\n"));
+    assert!(t.run(Command::Stats(StatsCmd::Settings)).contains("STAT verbosity 3\r\n"));
     t.set("k", "v");
-    assert!(t.run(Command::Stats { arg: Some(b"items") }).contains("STAT items:1:number 1\r\n"));
-    assert!(t.run(Command::Stats { arg: Some(b"slabs") }).ends_with("END\r\n"));
+    assert!(t.run(Command::Stats(StatsCmd::Items)).contains("STAT items:1:number 1\r\n"));
+    assert!(t.run(Command::Stats(StatsCmd::Slabs)).ends_with("END\r\n"));
     t.get("k");
-    assert_eq!(t.run(Command::Stats { arg: Some(b"reset") }), "RESET\r\n");
+    assert_eq!(t.run(Command::Stats(StatsCmd::Reset)), "RESET\r\n");
     assert_eq!(t.stat("cmd_get"), "0");
     assert_eq!(t.stat("total_items"), "0");
     assert_eq!(t.stat("curr_items"), "1");
-    assert_eq!(t.run(Command::Stats { arg: Some(b"bogus") }), "ERROR\r\n");
+}
+
+/// What memcached 1.6.38 answers to the admin commands, byte for byte (the end-to-end test
+/// `admin_commands_as_memcached` checks the same against a running memcached).
+#[test]
+fn admin_commands() {
+    let t = t();
+    for (req, want) in [
+        ("shutdown", "ERROR: shutdown not enabled\r\n"),
+        ("shutdown graceful", "ERROR: shutdown not enabled\r\n"),
+        ("stats bogus", "ERROR\r\n"),
+        ("stats detail", "CLIENT_ERROR usage: stats detail on|off|dump\r\n"),
+        ("stats detail x", "CLIENT_ERROR usage: stats detail on|off|dump\r\n"),
+        ("stats detail dump", "END\r\n"),
+        ("stats cachedump", "CLIENT_ERROR bad command line\r\n"),
+        ("stats cachedump 1", "CLIENT_ERROR bad command line\r\n"),
+        ("stats cachedump x 0", "CLIENT_ERROR bad command line format\r\n"),
+        ("stats cachedump 64 x", "CLIENT_ERROR bad command line format\r\n"),
+        ("stats cachedump 64 0", "CLIENT_ERROR Illegal slab id\r\n"),
+        ("stats cachedump 2 0", "END\r\n"),
+        ("stats sizes x", "STAT sizes_status disabled\r\nEND\r\n"),
+        ("stats reset x", "RESET\r\n"),
+        ("stats detail on", "OK\r\n"),
+    ] {
+        assert_eq!(t.wire(req), want, "{req}");
+    }
+    assert!(t.wire("stats settings x").contains("STAT detail_enabled yes\r\n"));
+    assert!(t.wire("stats items x").ends_with("END\r\n"));
+    t.set("a:1", "v");
+    t.get("a:1 a:2 b");
+    t.wire("delete a:2");
+    assert_eq!(t.wire("stats detail dump"), "PREFIX a get 2 hit 1 set 1 del 1\r\nEND\r\n");
+    assert_eq!(t.wire("stats detail off"), "OK\r\n");
+    t.get("a:1");
+    assert_eq!(t.wire("stats detail dump"), "PREFIX a get 2 hit 1 set 1 del 1\r\nEND\r\n");
+    t.wire("stats reset");
+    assert_eq!(t.wire("stats detail dump"), "END\r\n");
+    assert!(t.wire("stats settings").contains("STAT detail_enabled no\r\n"));
+    t.run(store_cmd(SetMode::Set, "b", "12345", 0, false));
+    t.wire("set c 0 100 1\r\nx");
+    let dump = t.wire("stats cachedump 1 0");
+    let mut lines: Vec<&str> = dump.split_inclusive("\r\n").collect();
+    assert_eq!(lines.pop(), Some("END\r\n"));
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        ["ITEM a:1 [1 b; 0 s]\r\n", "ITEM b [5 b; 0 s]\r\n", &format!("ITEM c [1 b; {} s]\r\n", T0 + 100)]
+    );
+    assert_eq!(t.wire("stats cachedump 1 2").lines().count(), 3, "limit");
 }
 
 #[test]

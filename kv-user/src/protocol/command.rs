@@ -132,10 +132,8 @@ pub enum Command<'a> {
         level: u32,
         noreply: bool,
     },
-    /// `stats` with an optional argument (`settings`, `items`, `slabs`, `reset`, ...).
-    Stats {
-        arg: Option<&'a [u8]>,
-    },
+    /// `stats [<subcommand> ...]`.
+    Stats(StatsCmd),
     Quit,
     /// mg <key> <flags>*
     MetaGet {
@@ -164,6 +162,36 @@ pub enum Command<'a> {
     MetaDebug {
         key: &'a [u8],
     },
+}
+
+/// Which `stats` listing: memcached's `process_stat` picks it by the first argument alone and ignores
+/// the rest, except that `detail` and `cachedump` read theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsCmd {
+    /// `stats` alone.
+    General,
+    Reset,
+    Settings,
+    Items,
+    Slabs,
+    Sizes,
+    Conns,
+    Extstore,
+    /// `stats detail on|off|dump`: per-prefix counters.
+    Detail(Detail),
+    /// `stats cachedump <class> <limit>`: keys of one size class (0 = no limit).
+    CacheDump {
+        class: u32,
+        limit: u32,
+    },
+}
+
+/// `stats detail` argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    On,
+    Off,
+    Dump,
 }
 
 impl<'a> Command<'a> {

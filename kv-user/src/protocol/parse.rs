@@ -27,9 +27,9 @@
 //!   `-` for signed fields, no `+`/whitespace, range-checked (flags and verbosity are u32, exptime
 //!   and bytes i32, delta and cas u64). memcached 1.6.38's `strtol` path silently truncated
 //!   out-of-range values.
-//! * `stats <args...>`: `arg` is the rest of the line (trimmed), e.g. `detail on`.
-//! * Admin commands other than the ones in [`Command`] (`shutdown`, `slabs`, `lru`, `watch`,
-//!   `lru_crawler`, `cache_memlimit`, ...) get `ERROR`.
+//! * `shutdown` is answered as by a memcached started without `-A`: `ERROR: shutdown not enabled`.
+//!   Admin commands other than the ones in [`Command`] (`slabs`, `lru`, `watch`, `lru_crawler`,
+//!   `cache_memlimit`, ...) get `ERROR`.
 //! * Meta: see `meta.rs`.
 
 use super::command::{ArithCmd, Command, GatCmd, Keys, SetMode, StoreCmd, TouchCmd};
@@ -249,9 +249,45 @@ fn parse_line<'a>(buf: &'a [u8], line: &'a [u8], consumed: usize, limits: &Limit
         b"verbosity" => verbosity(&toks, consumed),
         b"version" => ok(Command::Version),
         b"quit" => ok(Command::Quit),
-        b"stats" => ok(Command::Stats { arg: Some(toks.rest_from(1)).filter(|a| !a.is_empty()) }),
+        b"stats" => stats(&toks, consumed),
+        b"shutdown" => error(reply::SHUTDOWN_NOT_ENABLED, consumed),
         _ => unknown(&toks, consumed),
     }
+}
+
+/// memcached's `process_stat`: the first argument picks the listing; an unknown one is `ERROR`.
+fn stats<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
+    use super::command::{Detail, StatsCmd as S};
+    /// memcached's `MAX_NUMBER_OF_SLAB_CLASSES`.
+    const SLAB_CLASSES: u32 = 64;
+    let cmd = match toks.get(1) {
+        b"" => S::General,
+        b"reset" => S::Reset,
+        b"settings" => S::Settings,
+        b"items" => S::Items,
+        b"slabs" => S::Slabs,
+        b"sizes" => S::Sizes,
+        b"conns" => S::Conns,
+        b"extstore" => S::Extstore,
+        b"detail" => match toks.get(2) {
+            b"on" => S::Detail(Detail::On),
+            b"off" => S::Detail(Detail::Off),
+            b"dump" => S::Detail(Detail::Dump),
+            _ => return error(reply::DETAIL_USAGE, consumed),
+        },
+        b"cachedump" => {
+            if toks.count() < 5 {
+                return error(reply::BAD_COMMAND_LINE, consumed);
+            }
+            match (parse_u32(toks.get(2)), parse_u32(toks.get(3))) {
+                (Some(class), Some(_)) if class >= SLAB_CLASSES => return error(reply::ILLEGAL_SLAB_ID, consumed),
+                (Some(class), Some(limit)) => S::CacheDump { class, limit },
+                _ => return error(reply::BAD_FORMAT, consumed),
+            }
+        }
+        _ => return error(reply::ERROR, consumed),
+    };
+    Parsed::Command { cmd: Command::Stats(cmd), consumed }
 }
 
 fn unknown(toks: &Tokens<'_>, consumed: usize) -> Parsed<'static> {

@@ -71,6 +71,15 @@ pub const OPAQUE_TOO_LONG: &[u8] = b"CLIENT_ERROR opaque token too long\r\n";
 pub const MS_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ms M token\r\n";
 pub const MA_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ma M token\r\n";
 
+// Admin commands.
+/// `shutdown` on a server not started with memcached's `-A` (kv-server has no such switch).
+pub const SHUTDOWN_NOT_ENABLED: &[u8] = b"ERROR: shutdown not enabled\r\n";
+pub const DETAIL_USAGE: &[u8] = b"CLIENT_ERROR usage: stats detail on|off|dump\r\n";
+/// `stats cachedump` with fewer than two arguments.
+pub const BAD_COMMAND_LINE: &[u8] = b"CLIENT_ERROR bad command line\r\n";
+/// `stats cachedump` of a class past memcached's `MAX_NUMBER_OF_SLAB_CLASSES`.
+pub const ILLEGAL_SLAB_ID: &[u8] = b"CLIENT_ERROR Illegal slab id\r\n";
+
 // SERVER_ERROR and connection-level errors.
 pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
 /// A multiget reply that cannot be buffered or framed.
@@ -78,7 +87,5 @@ pub const OUT_OF_MEMORY_STORE: &[u8] = b"SERVER_ERROR out of memory storing obje
 pub const OUT_OF_MEMORY_GET: &[u8] = b"SERVER_ERROR out of memory writing get response\r\n";
 /// The journal write for the batch failed (kv-server only).
 pub const FAILED_TO_PERSIST: &[u8] = b"SERVER_ERROR failed to persist\r\n";
-/// A UDP request spread over several datagrams.
-pub const MULTI_PACKET: &[u8] = b"SERVER_ERROR multi-packet request not supported\r\n";
 /// Sent to a connection refused over the connection limit (maxconns_fast).
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";

@@ -6,6 +6,7 @@ mod park;
 mod tcp;
 pub mod udp;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
@@ -40,57 +41,121 @@ impl Shared {
     }
 }
 
+/// The sockets, bound before anything else starts: a second instance on the same ports stops here,
+/// before it attaches XDP or opens the log. The TCP ones listen only once [`serve`] starts, so clients
+/// are refused during recovery; UDP requests wait in the socket's buffer meanwhile.
+pub struct Listeners {
+    tcp: Option<(SocketAddr, socket2::Socket)>,
+    udp: Option<std::net::UdpSocket>,
+    metrics: Option<(SocketAddr, socket2::Socket)>,
+}
+
+/// Binds the TCP and UDP ports (0: off) and the metrics endpoint. A port another process holds is
+/// refused with a message that says so.
+pub fn bind(cfg: &Config) -> Result<Listeners> {
+    let tcp_at = |a: SocketAddr, what| tcp::bind(a).map(|s| (a, s)).map_err(|e| bind_error(e, what, a));
+    let tcp = (cfg.port != 0).then(|| tcp_at(SocketAddr::new(cfg.listen, cfg.port), "TCP")).transpose()?;
+    let udp_addr = SocketAddr::new(cfg.listen, cfg.udp_port);
+    let udp =
+        (cfg.udp_port != 0).then(|| udp::bind(cfg.listen, cfg.udp_port).map_err(|e| bind_error(e, "UDP", udp_addr)));
+    let udp = udp.transpose()?;
+    let metrics = cfg.metrics_addr.map(|a| tcp_at(a, "the metrics endpoint on")).transpose()?;
+    Ok(Listeners { tcp, udp, metrics })
+}
+
+fn bind_error(e: std::io::Error, what: &str, addr: SocketAddr) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!("{what} {addr}: address in use (is another kv-server or memcached running on it?)")
+    } else {
+        anyhow::Error::new(e).context(format!("binding {what} {addr}"))
+    }
+}
+
 /// Runs the server until `shutdown` completes (see [`shutdown_signals`]).
 ///
 /// memcached's thread model: `cfg.threads` worker threads, each running its own single-threaded
-/// runtime with its own epoll, its own SO_REUSEPORT UDP socket, and the TCP connections handed to it
-/// round-robin by the acceptor (the caller's runtime). A connection never moves between threads, so a
-/// request wakes exactly one thread; with one shared work-stealing runtime, every readable socket also
-/// woke an idle worker (futex and eventfd writes), which cost more than the request itself at depth 1.
-pub async fn serve(cfg: Arc<Config>, shared: Shared, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+/// runtime with its own epoll, its own descriptor of the UDP socket, and the TCP connections handed to
+/// it round-robin by the acceptor (the caller's runtime). A connection never moves between threads,
+/// so a request wakes exactly one thread; with one shared work-stealing runtime, every readable socket
+/// also woke an idle worker (futex and eventfd writes), which cost more than the request itself at
+/// depth 1. Every worker must start (its runtime, its UDP descriptor, its parking set), or start-up
+/// fails.
+pub async fn serve(
+    cfg: Arc<Config>,
+    listeners: Listeners,
+    shared: Shared,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let listener = if cfg.port != 0 {
-        let l = tokio::net::TcpListener::bind((cfg.listen, cfg.port))
-            .await
-            .with_context(|| format!("binding TCP {}:{}", cfg.listen, cfg.port))?;
-        log::info!("listening on tcp://{}", l.local_addr()?);
-        Some(l)
-    } else {
-        None
+    let Listeners { tcp, udp, metrics } = listeners;
+    let listener = match tcp {
+        Some((a, s)) => {
+            let l = tcp::listen(s).map_err(|e| bind_error(e, "TCP", a))?;
+            log::info!("listening on tcp://{}", l.local_addr()?);
+            Some(l)
+        }
+        None => None,
     };
-    let metrics = match cfg.metrics_addr {
-        Some(a) => {
-            let l =
-                tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding the metrics endpoint {a}"))?;
+    let metrics = match metrics {
+        Some((a, s)) => {
+            let l = tcp::listen(s).map_err(|e| bind_error(e, "the metrics endpoint on", a))?;
             log::info!("metrics on http://{}/metrics", l.local_addr()?);
             Some(tokio::spawn(crate::metrics::serve(l, shared.ctx.clone(), stop_rx.clone())))
         }
         None => None,
     };
     let n = cfg.threads.max(1);
-    let mut udp_sockets: Vec<Option<std::net::UdpSocket>> = if cfg.udp_port != 0 {
-        let s = udp::bind(cfg.listen, cfg.udp_port, n)
-            .with_context(|| format!("binding UDP {}:{}", cfg.listen, cfg.udp_port))?;
-        log::info!("listening on udp://{}:{} ({} sockets)", cfg.listen, cfg.udp_port, s.len());
-        s.into_iter().map(Some).collect()
-    } else {
-        (0..n).map(|_| None).collect()
-    };
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(n);
-    let mut conns = Vec::with_capacity(n);
-    for (i, udp) in udp_sockets.iter_mut().enumerate() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        conns.push(tx);
-        let w =
-            Worker { conns: rx, udp: udp.take(), shared: shared.clone(), stop: stop_rx.clone(), done: done_tx.clone() };
-        std::thread::Builder::new()
-            .name(format!("kv-worker-{i}"))
-            .spawn(move || w.run())
-            .context("starting a worker thread")?;
+    if let Some(s) = &udp {
+        log::info!("listening on udp://{} ({n} workers)", s.local_addr()?);
     }
-    drop(done_tx);
-    let acceptor = listener.map(|l| tokio::spawn(tcp::accept_loop(l, shared.clone(), conns, stop_rx.clone())));
-    shutdown.await;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(n);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut conns = Vec::with_capacity(n);
+    let mut started = Ok(());
+    for i in 0..n {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let udp = match udp.as_ref().map(std::net::UdpSocket::try_clone).transpose() {
+            Ok(u) => u,
+            Err(e) => {
+                started =
+                    Err(anyhow::Error::new(e).context("duplicating the UDP socket").context(format!("worker {i}")));
+                break;
+            }
+        };
+        let (shared, stop, done, ready) = (shared.clone(), stop_rx.clone(), done_tx.clone(), ready_tx.clone());
+        let w = Worker { conns: rx, udp, shared, stop, done };
+        let spawned = std::thread::Builder::new().name(format!("kv-worker-{i}")).spawn(move || w.run(i, ready));
+        if let Err(e) = spawned {
+            started = Err(anyhow::Error::new(e).context("starting its thread").context(format!("worker {i}")));
+            break;
+        }
+        conns.push(tx);
+    }
+    drop((done_tx, ready_tx, udp));
+    // Each started thread reports once, and drops its sender (so a thread that died first ends the
+    // wait too). Blocking is fine: nothing else runs on this runtime before serving starts.
+    for _ in 0..conns.len() {
+        let report = ready_rx.recv().unwrap_or_else(|_| Err(anyhow::anyhow!("a worker thread died while starting")));
+        if let (Err(e), true) = (report, started.is_ok()) {
+            started = Err(e);
+        }
+    }
+    if let Err(e) = started {
+        let _ = stop_tx.send(true);
+        return Err(e.context(format!("starting {n} worker threads")));
+    }
+    let mut acceptor = listener.map(|l| tokio::spawn(tcp::accept_loop(l, shared.clone(), conns, stop_rx.clone())));
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        // Only ends early when no worker is left to hand connections to (or it panicked).
+        r = async { acceptor.as_mut().expect("guarded").await }, if acceptor.is_some() => {
+            acceptor = None;
+            match r {
+                Ok(r) => r.map_err(|e| anyhow::anyhow!("{e}: stopping")),
+                Err(e) => Err(anyhow::anyhow!("the TCP acceptor failed: {e}")),
+            }
+        }
+    };
     log::info!("shutting down");
     let _ = stop_tx.send(true);
     if let Some(a) = acceptor {
@@ -102,7 +167,7 @@ pub async fn serve(cfg: Arc<Config>, shared: Shared, shutdown: impl std::future:
     // Workers finish the batch in hand; don't wait forever for a stuck peer.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async { while done_rx.recv().await.is_some() {} })
         .await;
-    Ok(())
+    result
 }
 
 /// One worker thread: a current-thread runtime serving the connections handed to it and its UDP socket.
@@ -116,31 +181,32 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(self) {
+    /// Sets up the runtime, registers the UDP socket and installs the parking set, reports the outcome on
+    /// `ready` (and drops it), then serves.
+    fn run(self, i: usize, ready: std::sync::mpsc::Sender<Result<()>>) {
         let Worker { mut conns, udp, shared, mut stop, done } = self;
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
+        let setup =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("its runtime").and_then(|rt| {
+                let _in_rt = rt.enter();
+                let udp = udp.map(tokio::net::UdpSocket::from_std).transpose().context("registering its UDP socket")?;
+                let parking = park::Parking::install().context("its parking set")?;
+                Ok((rt, udp, parking))
+            });
+        let (rt, udp, parking) = match setup {
+            Ok(x) => {
+                let _ = ready.send(Ok(()));
+                drop(ready);
+                x
+            }
             Err(e) => {
-                log::error!("worker runtime: {e}");
+                let _ = ready.send(Err(e.context(format!("worker {i}"))));
                 return;
             }
         };
         rt.block_on(async {
             if let Some(s) = udp {
-                match tokio::net::UdpSocket::from_std(s) {
-                    Ok(s) => {
-                        tokio::spawn(udp::serve(s, shared.clone(), stop.clone()));
-                    }
-                    Err(e) => log::error!("udp socket: {e}"),
-                }
+                tokio::spawn(udp::serve(s, shared.clone(), stop.clone()));
             }
-            let parking = match park::Parking::install() {
-                Ok(p) => p,
-                Err(e) => {
-                    log::error!("worker parking set: {e}");
-                    return;
-                }
-            };
             let mut woken = Vec::new();
             loop {
                 tokio::select! {

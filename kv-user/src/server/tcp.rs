@@ -1,6 +1,7 @@
 //! TCP front end: an acceptor handing connections to the worker threads, and one tokio task per
 //! connection on its worker, which holds read and write buffers only while it has work (see `Conn`).
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -18,13 +19,38 @@ use crate::protocol::reply;
 const OUT_SOFT_LIMIT: usize = 256 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Accepts connections and hands them to the workers round-robin, as memcached's dispatcher does.
+/// memcached's `tcp_backlog` default.
+const BACKLOG: i32 = 1024;
+
+/// A bound TCP socket, not yet listening: with SO_REUSEADDR (a restart may bind while old connections
+/// sit in TIME_WAIT; a port another process listens on is still refused) and without SO_REUSEPORT, so
+/// no other socket can join it and take a share of the connections. Until [`listen`], connections are
+/// refused, as they should be while the log is replayed.
+pub fn bind(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Starts listening on a socket from [`bind`] (in a runtime, which it is registered with). Two
+/// instances starting at once can both bind; the second one's `listen` fails with `EADDRINUSE`.
+pub fn listen(s: socket2::Socket) -> std::io::Result<TcpListener> {
+    s.listen(BACKLOG)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Accepts connections and hands them to the workers round-robin, as memcached's dispatcher does. A
+/// worker that is gone is skipped from then on; the loop ends only on `stop`, or when no worker is
+/// left to serve a connection (returned as an error, so the process exits rather than accept nothing).
 pub async fn accept_loop(
     listener: TcpListener,
     shared: Shared,
-    workers: Vec<UnboundedSender<std::net::TcpStream>>,
+    mut workers: Vec<UnboundedSender<std::net::TcpStream>>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Result<(), &'static str> {
     let max_conns = shared.ctx.config.max_connections;
     let mut next = 0usize;
     loop {
@@ -38,7 +64,7 @@ pub async fn accept_loop(
                     continue;
                 }
             },
-            _ = stop.changed() => return,
+            _ = stop.changed() => return Ok(()),
         };
         let stats = &shared.ctx.stats;
         if stats.curr_connections.load(Relaxed) as usize >= max_conns {
@@ -52,15 +78,30 @@ pub async fn accept_loop(
         }
         let _ = stream.set_nodelay(true);
         // Moves the socket from this runtime's epoll to the worker's (into_std deregisters it).
-        let Ok(std_stream) = stream.into_std() else { continue };
+        let Ok(mut std_stream) = stream.into_std() else { continue };
         stats.curr_connections.fetch_add(1, Relaxed);
         stats.total_connections.fetch_add(1, Relaxed);
-        if workers[next % workers.len()].send(std_stream).is_err() {
-            // The worker is gone: only during shutdown.
-            stats.curr_connections.fetch_sub(1, Relaxed);
-            return;
+        loop {
+            if workers.is_empty() {
+                stats.curr_connections.fetch_sub(1, Relaxed);
+                return if *stop.borrow() { Ok(()) } else { Err("every worker thread is gone") };
+            }
+            let i = next % workers.len();
+            match workers[i].send(std_stream) {
+                Ok(()) => {
+                    next = i.wrapping_add(1);
+                    break;
+                }
+                Err(back) => {
+                    // Its thread has exited: at shutdown, or after a panic. Hand the connection on.
+                    std_stream = back.0;
+                    workers.swap_remove(i);
+                    if !*stop.borrow() {
+                        log::error!("a worker thread is gone; {} left", workers.len());
+                    }
+                }
+            }
         }
-        next = next.wrapping_add(1);
     }
 }
 
@@ -188,5 +229,39 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<Optio
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker that is gone is skipped (the acceptor returned, and every later connection was
+    /// refused); with none left the loop ends with an error instead of accepting for nobody.
+    #[test]
+    fn acceptor_skips_dead_workers() {
+        use clap::Parser as _;
+        let config = Arc::new(crate::config::Config::parse_from(["kv-server", "--no-persist"]));
+        let store = crate::store::Store::new((&*config).into(), Arc::new(crate::record::NoJournal));
+        let ctx = crate::exec::Ctx::new(Arc::new(store), Arc::new(crate::stats::Stats::new()), config);
+        let shared = Shared { ctx: Arc::new(ctx), log: None };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = listen(bind("127.0.0.1:0".parse().unwrap()).unwrap()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (dead, _) = tokio::sync::mpsc::unbounded_channel();
+            let (live, mut conns) = tokio::sync::mpsc::unbounded_channel();
+            let (stop_tx, stop) = watch::channel(false);
+            let acceptor = tokio::spawn(accept_loop(listener, shared.clone(), vec![dead, live], stop));
+            for _ in 0..3 {
+                let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                conns.recv().await.expect("handed to the live worker");
+            }
+            drop(conns);
+            let _c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            assert_eq!(acceptor.await.unwrap(), Err("every worker thread is gone"));
+            assert_eq!(shared.ctx.stats.curr_connections.load(Relaxed), 3);
+            drop(stop_tx);
+        });
     }
 }

@@ -1,6 +1,8 @@
 //! UDP front end, memcached's framing: every datagram starts with an 8-byte header (request id,
-//! sequence number, datagram count, reserved; big-endian u16s). A request must fit one datagram;
-//! the reply is split into datagrams of at most `UDP_MAX_PAYLOAD` bytes, each with its own header.
+//! sequence number, datagram count, reserved; big-endian u16s). A request must fit one datagram:
+//! as memcached does, one announcing another datagram count than 1 is dropped without an answer, and
+//! the sequence number and reserved field are not looked at. The reply is split into datagrams of
+//! at most `UDP_MAX_PAYLOAD` bytes, each with its own header.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,22 +17,23 @@ use super::Shared;
 use crate::exec::Ctx;
 use crate::protocol::reply;
 
-/// One SO_REUSEPORT socket per worker thread, so the kernel spreads datagrams across them.
-/// Plain std sockets: each is registered with the runtime of the worker that serves it.
-pub fn bind(ip: IpAddr, port: u16, n: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+/// The UDP socket, bound without SO_REUSEPORT or SO_REUSEADDR so that the port is this process's
+/// alone: another process (a second kv-server, or anything of the same user setting SO_REUSEPORT)
+/// gets `EADDRINUSE` instead of a share of the datagrams. The workers serve it through `dup(2)`s of it,
+/// as memcached's threads do: a reuseport group would spread the datagrams across the workers'
+/// sockets, but Linux lets any socket of the same user join such a group, and the kernel then hands
+/// it part of the traffic (SO_ATTACH_REUSEPORT_CBPF cannot keep it out: any member may replace the
+/// program). Plain std socket: each copy is registered with the runtime of the worker serving it; the
+/// kernel queues a datagram once, and whichever worker reads first serves it.
+pub fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(ip, port);
-    let mut out = Vec::new();
-    for _ in 0..n.max(1) {
-        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_reuse_port(true)?;
-        s.set_nonblocking(true)?;
-        // Bursty clients (multigets, benchmarks) overrun the default buffer long before we fall behind.
-        let _ = s.set_recv_buffer_size(4 << 20);
-        s.bind(&addr.into())?;
-        out.push(s.into());
-    }
-    Ok(out)
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_nonblocking(true)?;
+    // Bursty clients (multigets, benchmarks) overrun the default buffer long before we fall behind.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
 }
 
 pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bool>) {
@@ -53,7 +56,7 @@ pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bo
             continue;
         }
         let Some(req) = handle(&buf[..n], &shared.ctx, &mut input, &mut out) else {
-            continue; // no header to answer to
+            continue; // no header, or a multi-datagram request: nothing to answer
         };
         if let Err(e) = shared.durable(req.seq).await {
             log::error!("log write failed: {e}");
@@ -91,15 +94,15 @@ pub struct Request {
 }
 
 /// Runs one request datagram: parses the frame header and executes the payload, leaving the reply
-/// in `out` (empty for noreply). `input` is scratch space. None when there is no header to answer to.
+/// in `out` (empty for noreply). `input` is scratch space. None when there is nothing to answer: no
+/// header, or a multi-datagram request (memcached 1.6 drops those silently too).
 /// Pure apart from the store, so the fuzzer runs exactly what [`serve`] runs.
 pub fn handle(datagram: &[u8], ctx: &Ctx, input: &mut BytesMut, out: &mut BytesMut) -> Option<Request> {
-    let FrameHeader { request_id: req_id, seq, total, .. } = FrameHeader::parse(datagram)?;
-    out.clear();
-    if seq != 0 || total != 1 {
-        out.extend_from_slice(reply::MULTI_PACKET);
-        return Some(Request { req_id, seq: 0 });
+    let FrameHeader { request_id: req_id, total, .. } = FrameHeader::parse(datagram)?;
+    if total != 1 {
+        return None;
     }
+    out.clear();
     input.clear();
     input.extend_from_slice(&datagram[UDP_FRAME_HEADER_LEN..]);
     let mut pipeline = Pipeline::new(ctx.config.item_size_max);
@@ -166,6 +169,27 @@ mod tests {
             out.push(frame.to_vec());
         }
         out
+    }
+
+    /// memcached 1.6.18 and 1.6.38 alike: only the datagram count is checked.
+    #[test]
+    fn frame_header_as_memcached() {
+        use clap::Parser as _;
+        let config = std::sync::Arc::new(crate::config::Config::parse_from(["kv-server", "--no-persist"]));
+        let store = crate::store::Store::new((&*config).into(), std::sync::Arc::new(crate::record::NoJournal));
+        let ctx = Ctx::new(std::sync::Arc::new(store), std::sync::Arc::new(crate::stats::Stats::new()), config);
+        let (mut input, mut out) = (BytesMut::new(), BytesMut::new());
+        let mut run = |seq: u16, total: u16, reserved: u16| {
+            let mut d = FrameHeader { request_id: 7, seq, total, reserved }.to_bytes().to_vec();
+            d.extend_from_slice(b"version\r\n");
+            handle(&d, &ctx, &mut input, &mut out).map(|r| (r.req_id, out.starts_with(b"VERSION ")))
+        };
+        for (seq, reserved) in [(0, 0), (1, 0), (5, 0), (0, 7)] {
+            assert_eq!(run(seq, 1, reserved), Some((7, true)), "seq {seq} reserved {reserved}");
+        }
+        for (seq, total) in [(0, 0), (0, 2), (1, 2), (0, 256)] {
+            assert_eq!(run(seq, total, 0), None, "seq {seq} of {total}");
+        }
     }
 
     #[test]

@@ -145,6 +145,12 @@ fn single_key_hit() {
     assert_eq!(action, XDP_TX);
     assert_eq!(reply_text(&req, &out), b"VALUE foo 5 3\r\nbar\r\nEND\r\n");
     assert_eq!(path.counter(Counter::Hits).unwrap(), 1);
+    // memcached looks only at the datagram count: a sequence number other than 0 is served too, and
+    // the reply is numbered 0 of 1 (reply_text checks).
+    let req = packet(PORT, 0xbeef, 3, 1, b"get foo\r\n");
+    let (action, out) = run(&mut path, &req);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(reply_text(&req, &out), b"VALUE foo 5 3\r\nbar\r\nEND\r\n");
 }
 
 /// A reply copied straight from the slot into the packet is only sent if the slot's sequence number did

@@ -227,7 +227,7 @@ fn http_request_closes() {
     // Commands in memcached's first-letter dispatch never reach the HTTP check.
     assert_eq!(cmd(b"get / HTTP/1.1\r\n"), Command::Get { keys: keys(b"/ HTTP/1.1"), cas: false });
     assert!(!err(b"delete / HTTP/1.1\r\n").close);
-    assert_eq!(err(b"shutdown HTTP/1.1\r\n"), plain(ERROR, 19));
+    assert_eq!(err(b"shutdown HTTP/1.1\r\n"), plain(SHUTDOWN_NOT_ENABLED, 19));
 }
 
 #[test]

@@ -80,6 +80,10 @@ fn mf<'a>() -> MetaFlags<'a> {
 }
 
 const ERROR: &[u8] = b"ERROR\r\n";
+const SHUTDOWN_NOT_ENABLED: &[u8] = b"ERROR: shutdown not enabled\r\n";
+const DETAIL_USAGE: &[u8] = b"CLIENT_ERROR usage: stats detail on|off|dump\r\n";
+const BAD_COMMAND_LINE: &[u8] = b"CLIENT_ERROR bad command line\r\n";
+const ILLEGAL_SLAB_ID: &[u8] = b"CLIENT_ERROR Illegal slab id\r\n";
 const BAD: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
 const EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
 const DELTA: &[u8] = b"CLIENT_ERROR invalid numeric delta argument\r\n";
@@ -161,10 +165,15 @@ fn valid_cases() -> Vec<(&'static [u8], Command<'static>)> {
         (b"version extra\r\n", Version),
         (b"verbosity 1\r\n", Verbosity { level: 1, noreply: false }),
         (b"verbosity 4294967295 noreply\r\n", Verbosity { level: u32::MAX, noreply: true }),
-        (b"stats\r\n", Stats { arg: None }),
-        (b"stats   \r\n", Stats { arg: None }),
-        (b"stats items\r\n", Stats { arg: Some(b"items") }),
-        (b"stats detail on \r\n", Stats { arg: Some(b"detail on") }),
+        (b"stats\r\n", Stats(StatsCmd::General)),
+        (b"stats   \r\n", Stats(StatsCmd::General)),
+        (b"stats items\r\n", Stats(StatsCmd::Items)),
+        (b"stats  items x y\r\n", Stats(StatsCmd::Items)),
+        (b"stats reset now\r\n", Stats(StatsCmd::Reset)),
+        (b"stats detail on \r\n", Stats(StatsCmd::Detail(Detail::On))),
+        (b"stats detail dump x\r\n", Stats(StatsCmd::Detail(Detail::Dump))),
+        (b"stats cachedump 1 0\r\n", Stats(StatsCmd::CacheDump { class: 1, limit: 0 })),
+        (b"stats cachedump 63 4294967295 x\r\n", Stats(StatsCmd::CacheDump { class: 63, limit: u32::MAX })),
         (b"quit\r\n", Quit),
         (b"mn\r\n", MetaNoop),
         (b"mn junk\r\n", MetaNoop),
@@ -341,7 +350,13 @@ fn error_cases() -> Vec<(&'static [u8], &'static [u8])> {
         (b"getx k\r\n", ERROR),
         (b"mx k\r\n", ERROR),
         (b"m\r\n", ERROR),
-        (b"shutdown\r\n", ERROR),
+        (b"shutdown\r\n", SHUTDOWN_NOT_ENABLED),
+        (b"shutdown graceful noreply\r\n", SHUTDOWN_NOT_ENABLED),
+        (b"stats nothing\r\n", ERROR),
+        (b"stats detail\r\n", DETAIL_USAGE),
+        (b"stats cachedump 1\r\n", BAD_COMMAND_LINE),
+        (b"stats cachedump 1 -1\r\n", BAD),
+        (b"stats cachedump 64 1\r\n", ILLEGAL_SLAB_ID),
         (b"set\tk 0 0 1\r\n", ERROR),
         // Wrong token counts (memcached's WANT_TOKENS).
         (b"get\r\n", ERROR),
