@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     match consumed(&full) {
         Some(c) if c <= k => assert_eq!(prefix, full, "split at {k} changed the result"),
         _ => match prefix {
-            Parsed::Incomplete => {}
+            Parsed::Incomplete | Parsed::Partial { .. } => {}
             // Only a line still without its newline may end early: memcached's 2048-byte limit
             // depends on how the bytes arrive.
             Parsed::Error { close: true, consumed, .. } if !buf[..k].contains(&b'\n') && k > MAX_LINE_NO_NEWLINE => {
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
 fn consumed(p: &Parsed<'_>) -> Option<usize> {
     match *p {
         Parsed::Command { consumed, .. } | Parsed::Error { consumed, .. } => Some(consumed),
-        Parsed::Incomplete => None,
+        Parsed::Incomplete | Parsed::Partial { .. } => None,
     }
 }
 
@@ -49,6 +49,11 @@ fn check_one(buf: &[u8], p: &Parsed<'_>) {
     let nl = buf.iter().position(|&b| b == b'\n');
     match *p {
         Parsed::Incomplete => {}
+        // A storage line whose data block has not all arrived: the line is there, the request longer.
+        Parsed::Partial { total, .. } => {
+            let nl = nl.expect("partial request without its line");
+            assert!(nl < total && total > buf.len(), "total {total}, newline at {nl}, len {}", buf.len());
+        }
         Parsed::Command { ref cmd, consumed } => {
             // A command always ends a line, and progress is guaranteed.
             let nl = nl.expect("command without a newline");
