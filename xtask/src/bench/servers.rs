@@ -1,7 +1,7 @@
 //! The servers under test: starting one in the server namespace (and waiting until it answers), and
 //! asking it over TCP from the client namespace (`version`, `stats`).
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -96,16 +96,7 @@ impl Ctx {
                 let mut c = TcpStream::connect_timeout(&addr, Duration::from_millis(300))?;
                 c.set_read_timeout(Some(Duration::from_secs(2)))?;
                 c.write_all(req)?;
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                while !buf.ends_with(end) {
-                    let n = c.read(&mut chunk)?;
-                    if n == 0 {
-                        bail!("closed");
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                Ok(String::from_utf8_lossy(&buf).into_owned())
+                super::memory::client::reply_until(&mut c, end)
             })
             .ok()
     }

@@ -31,6 +31,11 @@ pub fn connect(addr: SocketAddr) -> Result<TcpStream> {
 pub fn request(addr: SocketAddr, req: &[u8], end: &[u8]) -> Result<String> {
     let mut c = connect(addr)?;
     c.write_all(req)?;
+    reply_until(&mut c, end)
+}
+
+/// Reads a reply until it ends with `end`.
+pub fn reply_until(c: &mut TcpStream, end: &[u8]) -> Result<String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     while !buf.ends_with(end) {
