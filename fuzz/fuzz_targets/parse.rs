@@ -49,10 +49,10 @@ fn check_one(buf: &[u8], p: &Parsed<'_>) {
     let nl = buf.iter().position(|&b| b == b'\n');
     match *p {
         Parsed::Incomplete => {}
-        // A storage line whose data block has not all arrived: the line is there, the request longer.
+        // Waiting for a data block: the line is complete and the request would end past the buffer.
         Parsed::Partial { total, .. } => {
-            let nl = nl.expect("partial request without its line");
-            assert!(nl < total && total > buf.len(), "total {total}, newline at {nl}, len {}", buf.len());
+            let nl = nl.expect("a partial data block without its command line");
+            assert!(nl < buf.len() && total > buf.len(), "total {total}, newline at {nl}, len {}", buf.len());
         }
         Parsed::Command { ref cmd, consumed } => {
             // A command always ends a line, and progress is guaranteed.

@@ -87,7 +87,7 @@ fn build(cfg: Arc<Config>, kernel: Option<&Kernel>) -> Result<Shared> {
     } else {
         log::info!("persistence disabled (--no-persist)");
     }
-    start_crawler(&store).context("starting the expiry crawler")?;
+    start_housekeeping(&store).context("starting the housekeeping thread")?;
     let mut ctx = Ctx::new(store, Arc::new(Stats::new()), cfg);
     if let Some(k) = kernel {
         ctx = ctx.with_extra_stats(k.stats.clone());
@@ -95,14 +95,16 @@ fn build(cfg: Arc<Config>, kernel: Option<&Kernel>) -> Result<Shared> {
     Ok(Shared { ctx: Arc::new(ctx), log })
 }
 
-/// Reclaims wholly expired segments in every shard once a second (see `Store::reclaim_expired`), so their
-/// memory is reused even when no write reaches their shard. Ends when the store is dropped.
-fn start_crawler(store: &Arc<Store>) -> std::io::Result<()> {
+/// Once a second: reclaims wholly expired segments in every shard (see `Store::reclaim_expired`), so
+/// their memory is reused even when no write reaches their shard, and gives back the memory of tasks
+/// that parked connections left (`server::release_parked_memory`). Ends when the store is dropped.
+fn start_housekeeping(store: &Arc<Store>) -> std::io::Result<()> {
     let store = Arc::downgrade(store);
-    std::thread::Builder::new().name("kv-crawler".into()).spawn(move || {
+    std::thread::Builder::new().name("kv-housekeeping".into()).spawn(move || {
         while let Some(s) = store.upgrade() {
             s.reclaim_expired();
             drop(s);
+            server::release_parked_memory();
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
     })?;

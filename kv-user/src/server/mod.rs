@@ -17,6 +17,7 @@ use crate::exec::Ctx;
 use crate::persist::Log;
 
 pub use conn::Pipeline;
+pub use park::release_parked_memory;
 
 /// Everything a front end needs to serve a request.
 #[derive(Clone)]

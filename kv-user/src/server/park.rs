@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, IntoRawFd as _, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
@@ -15,6 +16,23 @@ use tokio::io::Interest;
 
 /// How long a connection waits for input in its task before it parks.
 pub const PARK_AFTER: Duration = Duration::from_secs(2);
+
+/// Connections parked since [`release_parked_memory`] last ran.
+static PARKED_SINCE_TRIM: AtomicUsize = AtomicUsize::new(0);
+/// Parkings after which freed task memory is worth handing back.
+const TRIM_AFTER: usize = 256;
+
+/// Hands the memory of the tasks that parked connections left back to the system, once enough of them
+/// did: their tasks are freed into glibc's per-thread arenas, interleaved with live allocations, where
+/// nothing returns it by itself. `malloc_trim` walks the arenas (a few ms), so it runs from a
+/// housekeeping thread about once a second, and only after a wave of parking.
+pub fn release_parked_memory() {
+    if PARKED_SINCE_TRIM.load(Relaxed) >= TRIM_AFTER {
+        PARKED_SINCE_TRIM.store(0, Relaxed);
+        // SAFETY: malloc_trim only returns free heap pages to the kernel; it is thread-safe.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
 
 thread_local! {
     /// The parking set of the worker running on this thread (see [`Parking::install`]).
@@ -54,6 +72,7 @@ impl Parking {
             return Err(io::Error::last_os_error());
         }
         self.parked.borrow_mut().insert(s.into_raw_fd());
+        PARKED_SINCE_TRIM.fetch_add(1, Relaxed);
         Ok(())
     }
 

@@ -121,8 +121,14 @@ pub struct Idle {
     pub server: Server,
     pub conns: usize,
     pub rss_before_kb: u64,
+    /// Right after they are all open.
+    pub rss_open_kb: u64,
+    /// After they have been idle for [`IDLE_FOR`] (kv-server parks a connection silent for 2 s).
     pub rss_after_kb: u64,
 }
+
+/// How long the idle connections stay silent before RSS is read again.
+pub const IDLE_FOR: Duration = Duration::from_secs(3);
 
 /// RSS while stalled uploads hang and after they close.
 #[derive(Debug, Clone)]
@@ -260,9 +266,11 @@ impl Ctx {
         let rss_before_kb = settled_rss(pid)?;
         let conns = self.in_ns(|| client::open_idle(ADDR, n))?;
         self.wait_stat(head, "curr_connections", |c| c >= n as u64)?;
+        let rss_open_kb = settled_rss(pid)?;
+        std::thread::sleep(IDLE_FOR);
         let rss_after_kb = settled_rss(pid)?;
         kv_bench::tcp::close_abortively(conns);
-        let r = Idle { server, conns: n, rss_before_kb, rss_after_kb };
+        let r = Idle { server, conns: n, rss_before_kb, rss_open_kb, rss_after_kb };
         done(head, started, &format!("{:.0} B of RSS per idle connection", report::bytes_per_conn(&r)));
         Ok(r)
     }

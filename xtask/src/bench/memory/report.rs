@@ -35,8 +35,14 @@ pub fn per_mb(bytes: f64) -> f64 {
     1_048_576.0 / bytes
 }
 
+/// RSS per connection once idle for `IDLE_FOR` (what the goal is about).
 pub fn bytes_per_conn(r: &Idle) -> f64 {
     r.rss_after_kb.saturating_sub(r.rss_before_kb) as f64 * 1024.0 / r.conns.max(1) as f64
+}
+
+/// RSS per connection right after opening.
+fn bytes_per_open_conn(r: &Idle) -> f64 {
+    r.rss_open_kb.saturating_sub(r.rss_before_kb) as f64 * 1024.0 / r.conns.max(1) as f64
 }
 
 fn hit_ratio(r: &Hit) -> f64 {
@@ -168,9 +174,16 @@ fn idle_table(s: &mut String, rows: &[Idle]) {
     if rows.is_empty() {
         return;
     }
-    s.push_str("\nIdle connections: RSS growth / connections opened (nothing sent on them)\n\n");
-    s.push_str("| server | connections | RSS before MB | RSS after MB | bytes/conn | goal met |\n");
-    s.push_str("|---|---:|---:|---:|---:|---|\n");
+    let _ = writeln!(
+        s,
+        "\nIdle connections: RSS growth / connections opened (nothing sent on them), once all are open and \
+         after {} s of silence\n",
+        super::IDLE_FOR.as_secs()
+    );
+    s.push_str(
+        "| server | connections | RSS before MB | RSS idle MB | bytes/conn open | bytes/conn idle | goal met |\n",
+    );
+    s.push_str("|---|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
         let b = bytes_per_conn(r);
         let met = if r.server == Server::Memcached {
@@ -180,11 +193,12 @@ fn idle_table(s: &mut String, rows: &[Idle]) {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.1} | {b:.0} | {met} |",
+            "| {} | {} | {:.1} | {:.1} | {:.0} | {b:.0} | {met} |",
             r.server.label(),
             r.conns,
             mb(r.rss_before_kb),
-            mb(r.rss_after_kb)
+            mb(r.rss_after_kb),
+            bytes_per_open_conn(r)
         );
     }
 }
@@ -261,7 +275,8 @@ pub fn json(r: &Results) -> Value {
         .map(|i| {
             json!({
                 "server": i.server.label(), "conns": i.conns, "rss_before_kb": i.rss_before_kb,
-                "rss_after_kb": i.rss_after_kb, "bytes_per_conn": bytes_per_conn(i), "goal_bytes": IDLE_GOAL,
+                "rss_open_kb": i.rss_open_kb, "rss_after_kb": i.rss_after_kb, "idle_secs": super::IDLE_FOR.as_secs(),
+                "bytes_per_conn_open": bytes_per_open_conn(i), "bytes_per_conn": bytes_per_conn(i), "goal_bytes": IDLE_GOAL,
             })
         })
         .collect();
