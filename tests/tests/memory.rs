@@ -135,7 +135,16 @@ fn memory_of_expired_items_is_reused() {
 fn idle_connections_are_parked_and_served() {
     let s = Server::start(&["--no-persist"]);
     let mut watcher = s.client();
-    let before = stats(&mut watcher, "")["curr_connections"];
+    // The harness' readiness probe may still be closing on another worker: wait until the count settles.
+    let mut before = stats(&mut watcher, "")["curr_connections"];
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = stats(&mut watcher, "")["curr_connections"];
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     let mut idle: Vec<Client> = (0..40).map(|_| s.client()).collect();
     let mut midway = s.client();
     midway.send(b"set half 0 0 5\r\nab");
