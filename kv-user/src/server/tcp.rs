@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::conn::Pipeline;
 use super::Shared;
@@ -176,8 +177,15 @@ fn give_conn(mut c: Box<Conn>) {
 /// Serves the connection until it closes (`None`), or returns it once it has been idle for
 /// [`PARK_AFTER`](super::park::PARK_AFTER), to be parked.
 async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<Option<TcpStream>> {
+    use super::park::PARK_AFTER;
     let ctx: &Arc<_> = &shared.ctx;
     let mut conn: Option<Box<Conn>> = None;
+    // One timer for the connection's life, registered once: activity only moves `last_input`, and the
+    // timer, when it fires, parks the connection or is moved to 2 s after the last input. (A new timer
+    // per wait for input cost a timer-wheel insert and removal per request.)
+    let mut last_input = Instant::now();
+    let park_timer = tokio::time::sleep(PARK_AFTER);
+    tokio::pin!(park_timer);
     loop {
         if conn.as_ref().is_some_and(|c| c.idle()) {
             give_conn(conn.take().expect("checked"));
@@ -186,8 +194,15 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<Optio
             Some(c) => c,
             None => {
                 tokio::select! {
+                    biased;
                     r = stream.readable() => r?,
-                    _ = tokio::time::sleep(super::park::PARK_AFTER) => return Ok(Some(stream)),
+                    _ = &mut park_timer => {
+                        if last_input.elapsed() >= PARK_AFTER {
+                            return Ok(Some(stream));
+                        }
+                        park_timer.as_mut().reset(last_input + PARK_AFTER);
+                        continue;
+                    }
                 }
                 conn.insert(take_conn(ctx.config.item_size_max))
             }
@@ -203,6 +218,7 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<Optio
             return Ok(None);
         }
         ctx.stats.bytes_read.fetch_add(n as u64, Relaxed);
+        last_input = Instant::now();
         loop {
             let batch = c.pipeline.run(&mut c.input, ctx, &mut c.out, OUT_SOFT_LIMIT);
             if !c.out.is_empty() {
