@@ -292,12 +292,6 @@ impl Log {
         self.shared.wait_durable(seq).await
     }
 
-    /// Whether record `seq` is durable already, without waiting: `None` when [`Log::wait_durable`] would
-    /// have to wait.
-    pub fn durable_now(&self, seq: u64) -> Option<io::Result<()>> {
-        self.shared.check(seq)
-    }
-
     /// Blocking variant of [`Log::wait_durable`] for non-async callers.
     pub fn wait_durable_blocking(&self, seq: u64) -> io::Result<()> {
         self.shared.wait_durable_blocking(seq)

@@ -115,7 +115,7 @@ impl Shared {
     }
 
     /// `Some` once the wait for `seq` is over.
-    pub(super) fn check(&self, seq: u64) -> Option<io::Result<()>> {
+    fn check(&self, seq: u64) -> Option<io::Result<()>> {
         if seq == REJECTED_SEQ {
             return Some(Err(io::Error::new(io::ErrorKind::InvalidInput, "record too large for the log")));
         }

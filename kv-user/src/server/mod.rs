@@ -31,12 +31,8 @@ impl Shared {
     /// Waits until the journal record `seq` is as durable as `--fsync` promises. 0 means nothing was logged.
     pub async fn durable(&self, seq: u64) -> std::io::Result<()> {
         match (&self.log, seq) {
-            // Boxed: only a write that must wait pays for the waiting state, so the state of every
-            // (idle) connection task stays small.
-            (Some(log), s) if s > 0 => match log.durable_now(s) {
-                Some(r) => r,
-                None => Box::pin(log.wait_durable(s)).await,
-            },
+            // Not boxed: a write would pay an allocation, and idle connections park without a task.
+            (Some(log), s) if s > 0 => log.wait_durable(s).await,
             _ => Ok(()),
         }
     }

@@ -251,7 +251,7 @@ impl Store {
         };
         let fetched = it.has(FETCHED);
         self.emit(Change::Removed { key, cause });
-        shard.remove(l, &self.budget);
+        shard.remove(l, hash, &self.budget);
         let c = &mut shard.counters;
         if cause == Removal::Expired {
             c.get_expired += 1;

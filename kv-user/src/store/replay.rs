@@ -19,7 +19,7 @@ impl Store {
                 let (hash, si) = self.locate(key);
                 let mut g = self.shards[si].lock();
                 if let Some(l) = g.find(hash, key) {
-                    g.remove(l, &self.budget);
+                    g.remove(l, hash, &self.budget);
                 }
                 let flushed = env.flush_at != 0 && now >= env.flush_at && time < env.flush_at;
                 let expired = exptime != 0 && exptime <= now;
@@ -39,7 +39,7 @@ impl Store {
                     e.set_cas(cas);
                     g.note_exptime(l, exptime);
                     if g.item(l).expired(now) {
-                        g.remove(l, &self.budget);
+                        g.remove(l, hash, &self.budget);
                     }
                 }
                 self.finish(g);
@@ -48,7 +48,7 @@ impl Store {
                 let (hash, si) = self.locate(key);
                 let mut g = self.shards[si].lock();
                 if let Some(l) = g.find(hash, key) {
-                    g.remove(l, &self.budget);
+                    g.remove(l, hash, &self.budget);
                 }
                 self.finish(g);
             }

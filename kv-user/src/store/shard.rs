@@ -279,18 +279,18 @@ impl Shard {
         l
     }
 
-    /// Removes the item at `l` from the index and marks it dead; a segment left empty is recycled.
-    pub fn remove(&mut self, l: Loc, budget: &Budget) {
-        let id = self.unindex(l);
+    /// Removes the item at `l` (its key hashing to `hash`) from the index and marks it dead; a segment
+    /// left empty is recycled.
+    pub fn remove(&mut self, l: Loc, hash: u64, budget: &Budget) {
+        let id = self.unindex(l, hash);
         if self.seg(id).live == 0 && self.write != Some(id) {
             self.release(id, budget);
         }
     }
 
     /// Removes the item at `l` from the index and marks it dead; returns its segment (kept even if empty).
-    pub(super) fn unindex(&mut self, l: Loc) -> u32 {
-        let it = self.item(l);
-        let (hash, len) = (self.hasher.hash_one(it.key()), it.len());
+    pub(super) fn unindex(&mut self, l: Loc, hash: u64) -> u32 {
+        let len = self.item(l).len();
         let packed = self.pack.pack(l);
         if let Ok(e) = self.index.find_entry(hash, |&x| x == packed) {
             e.remove();
@@ -326,10 +326,10 @@ impl Shard {
     /// segment stays, even if empty, for the caller to recycle.
     pub(super) fn drop_item(&mut self, l: Loc, cause: Removal, env: &Env<'_>) {
         let it = self.item(l);
-        let fetched = it.has(FETCHED);
+        let (fetched, hash) = (it.has(FETCHED), self.hasher.hash_one(it.key()));
         (env.emit)(it.key(), cause);
         self.count_removal(cause, fetched);
-        self.unindex(l);
+        self.unindex(l, hash);
     }
 
     /// Moves a live item within its segment to `to` (< its offset) and points the index at it.
@@ -419,7 +419,8 @@ impl Shard {
         for id in ids {
             for l in self.live_in(id) {
                 if dead(&self.item(l)) {
-                    self.remove(l, budget);
+                    let hash = self.hasher.hash_one(self.item(l).key());
+                    self.remove(l, hash, budget);
                     n += 1;
                 }
             }

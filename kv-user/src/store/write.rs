@@ -83,7 +83,7 @@ impl Store {
         };
         // The old item goes without a removal: the Stored change below supersedes it.
         if let Lookup::Live(l) = found {
-            g.remove(l, &self.budget);
+            g.remove(l, hash, &self.budget);
         }
         let old = plan.old.as_deref().unwrap_or(&[]);
         let parts: [&[u8]; 2] = if req.mode == SetMode::Prepend { [req.value, old] } else { [old, req.value] };
@@ -127,7 +127,7 @@ impl Store {
                     (DeleteStatus::Deleted, seq)
                 } else {
                     let seq = self.emit(Change::Removed { key, cause: Removal::Deleted });
-                    g.remove(l, &self.budget);
+                    g.remove(l, hash, &self.budget);
                     (DeleteStatus::Deleted, seq)
                 }
             }
@@ -143,7 +143,7 @@ impl Store {
         let seq = match g.find(hash, key) {
             Some(l) => {
                 let seq = self.emit(Change::Removed { key, cause: Removal::Deleted });
-                g.remove(l, &self.budget);
+                g.remove(l, hash, &self.budget);
                 seq
             }
             None => 0,
@@ -191,7 +191,7 @@ impl Store {
                             } else {
                                 let bits = e.bits() & (FETCHED | STALE | TOKEN_SENT);
                                 let meta = Meta { cas, exptime, time: now, atime: now, flags: e.flags(), bits };
-                                g.remove(l, &self.budget);
+                                g.remove(l, hash, &self.budget);
                                 g.insert(hash, key, &[digits], &meta, &env)
                             };
                             let seq = self.emit(Change::Stored(g.item(l).record()));
