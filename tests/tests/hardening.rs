@@ -2,7 +2,7 @@
 //! that cannot start, admin commands, and settings memcached refuses. Each test says what memcached
 //! does; the shared parts also run against it (`KV_TEST_PEER=memcached`).
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
@@ -96,7 +96,9 @@ fn worker_that_cannot_start_fails_start_up() {
             }
             return;
         }
-        if TcpStream::connect(addr).is_ok() {
+        // Up only if it is this child answering: a port from free_port() may meanwhile belong to another
+        // test's server.
+        if TcpStream::connect(addr).is_ok() && answering_pid(addr) == Some(child.id()) {
             break;
         }
         assert!(Instant::now() < deadline, "neither started nor refused");
@@ -240,4 +242,18 @@ fn admin_commands_as_memcached() {
     }
     c.send(b"stats cachedump 1 1\r\n");
     assert!(String::from_utf8(c.read_until(b"END\r\n")).unwrap().lines().count() <= 2);
+}
+
+/// The `pid` a server at `addr` reports in `stats`, if it answers within a second.
+fn answering_pid(addr: SocketAddr) -> Option<u32> {
+    let mut c = TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    c.write_all(b"stats\r\n").ok()?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !raw.ends_with(b"END\r\n") {
+        let n = c.read(&mut chunk).ok().filter(|&n| n > 0)?;
+        raw.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&raw).lines().find_map(|l| l.strip_prefix("STAT pid ")?.trim().parse().ok())
 }
