@@ -123,7 +123,7 @@ pub struct Idle {
     pub rss_before_kb: u64,
     /// Right after they are all open.
     pub rss_open_kb: u64,
-    /// After they have been idle for [`IDLE_FOR`] (kv-server parks a connection silent for 2 s).
+    /// After they have been idle for [`IDLE_FOR`] (kv-server parks a connection that never spoke after 2 s).
     pub rss_after_kb: u64,
 }
 
