@@ -306,7 +306,7 @@ impl Shard {
     }
 
     /// Counts the removal of a stored item found dead or evicted (the caller emits it).
-    pub fn count_removal(&mut self, cause: Removal, fetched: bool) {
+    fn count_removal(&mut self, cause: Removal, fetched: bool) {
         let c = &mut self.counters;
         match cause {
             Removal::Evicted => {
@@ -351,14 +351,11 @@ impl Shard {
         s.offsets().filter(|&o| !Item::at(s.block.bytes(), o).has(DEAD)).map(|o| loc(id, o)).collect()
     }
 
-    /// A new id for `seg`, at the young end of the FIFO.
-    /// Whether another segment can get an id (the store sizes shards so this holds; see `Store::new`).
-    pub(super) fn has_free_id(&self) -> bool {
-        !self.free_ids.is_empty() || self.segs.len() < self.pack.max_segs()
-    }
-
-    pub(super) fn add_seg(&mut self, seg: Seg) -> u32 {
-        assert!(self.has_free_id(), "segment ids exhausted");
+    /// A new id for a segment of `block`, at the young end of the FIFO. The store sizes shards so the
+    /// index can always name it (see `Store::new`).
+    pub(super) fn new_seg(&mut self, block: Block, large: bool) -> u32 {
+        assert!(!self.free_ids.is_empty() || self.segs.len() < self.pack.max_segs(), "segment ids exhausted");
+        let seg = Seg::new(block, large);
         self.counters.segments += 1;
         self.counters.segment_bytes += seg.block.len() as u64;
         let id = match self.free_ids.pop() {
@@ -428,12 +425,8 @@ impl Shard {
         n
     }
 
-    /// Standard block size and whether an item of `len` bytes gets a block of its own.
+    /// Whether an item of `len` bytes gets a block of its own.
     pub(super) fn is_large(&self, len: usize) -> bool {
         len > self.seg_size / 2
-    }
-
-    pub(super) fn new_seg(&mut self, block: Block, large: bool) -> u32 {
-        self.add_seg(Seg::new(block, large))
     }
 }

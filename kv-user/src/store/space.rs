@@ -60,8 +60,7 @@ impl Shard {
             if self.second_chance(front) {
                 continue;
             }
-            let block = self.evict_whole(front, env);
-            env.budget.free(block);
+            self.shed_oldest(env);
             if env.budget.try_take(self.seg_size as u64) {
                 return self.new_seg(Block::new(self.seg_size), false);
             }
@@ -102,8 +101,7 @@ impl Shard {
             if self.seg(front).large && self.second_chance(front) {
                 continue;
             }
-            let old = self.evict_whole(front, env);
-            env.budget.free(old);
+            self.shed_oldest(env);
         }
         block
     }
@@ -143,15 +141,6 @@ impl Shard {
         self.write = Some(id);
     }
 
-    /// Removes every item of segment `id` (dead ones reclaimed, live ones evicted) and returns its block.
-    pub(super) fn evict_whole(&mut self, id: u32, env: &Env<'_>) -> Block {
-        for l in self.live_in(id) {
-            let cause = env.dead_cause(&self.item(l)).unwrap_or(Removal::Evicted);
-            self.drop_item(l, cause, env);
-        }
-        self.take_seg(id)
-    }
-
     /// Recycles the segments whose items are all expired or flushed: standard blocks to the spare pool,
     /// large ones to the system. Looks at segment bounds only, not at items. Returns how many.
     pub(super) fn reclaim_dead(&mut self, env: &Env<'_>) -> usize {
@@ -166,14 +155,17 @@ impl Shard {
         dead.len()
     }
 
-    /// Evicts this shard's oldest segment and frees its block (the store is over budget elsewhere);
-    /// false when the shard holds none.
+    /// Evicts this shard's oldest segment whole (dead items reclaimed, live ones evicted) and gives its
+    /// block back to the system; false when the shard holds none.
     pub(super) fn shed_oldest(&mut self, env: &Env<'_>) -> bool {
         let Some(&front) = self.fifo.front() else {
             return false;
         };
-        let block = self.evict_whole(front, env);
-        env.budget.free(block);
+        for l in self.live_in(front) {
+            let cause = env.dead_cause(&self.item(l)).unwrap_or(Removal::Evicted);
+            self.drop_item(l, cause, env);
+        }
+        env.budget.free(self.take_seg(front));
         true
     }
 }
