@@ -26,7 +26,7 @@ pub enum Counter {
     PassMiss,
     /// Passed: a key whose kernel entry has expired.
     PassExpired,
-    /// Passed: the reply would not fit one datagram, or the frame has no room to grow.
+    /// Passed: the reply would not fit one datagram, or no program could grow the frame to it.
     PassTooBig,
     /// Passed: a key whose kernel entry predates the last flush_all.
     PassFlushed,
@@ -37,10 +37,15 @@ pub enum Counter {
     /// Passed: the slot was rewritten while its reply was copied into the packet; the request was
     /// restored byte for byte first.
     PassTorn,
+    /// Every key hit, but the frame had no room to grow to the reply (a veth frame has only its
+    /// headroom): handed to the TC program, which answers from the skb (or passes with a reason).
+    ToTc,
+    /// Requests the TC program answered (also counted in `Hits`).
+    TcHits,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 16;
+pub const COUNTER_SLOTS: u32 = 18;
 
 /// All counters with their stat names, for `stats`, in index order (`COUNTERS[c as usize].0 == c`).
 pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
@@ -60,6 +65,8 @@ pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
     (Counter::PassNotAllowed, "xdp_pass_not_allowed"),
     (Counter::PassBusy, "xdp_pass_busy"),
     (Counter::PassTorn, "xdp_pass_torn"),
+    (Counter::ToTc, "xdp_to_tc"),
+    (Counter::TcHits, "xdp_tc_hits"),
 ];
 
 impl Counter {
@@ -96,6 +103,8 @@ impl TryFrom<u32> for Counter {
             13 => Counter::PassNotAllowed,
             14 => Counter::PassBusy,
             15 => Counter::PassTorn,
+            16 => Counter::ToTc,
+            17 => Counter::TcHits,
             _ => return Err(v),
         })
     }

@@ -20,11 +20,12 @@ pub const UDP_FRAME_HEADER_LEN: usize = 8;
 /// Largest UDP reply datagram, frame header included (memcached's UDP_MAX_PAYLOAD_SIZE).
 pub const UDP_MAX_PAYLOAD: usize = 1400;
 
-/// Bytes of a request the XDP program looks at (`get`/`gets` line after the frame header).
-/// Longer requests go to user space.
-pub const XDP_REQ_MAX: usize = 512;
-/// Keys one request may name for the XDP path; more go to user space.
-pub const XDP_MAX_KEYS: usize = 8;
+/// Bytes of a request the XDP program looks at (`get`/`gets` line after the frame header): a power of
+/// two above the reply limit, since a hit's reply repeats every key of the request and is longer.
+pub const XDP_REQ_MAX: usize = 2048;
+/// Keys one request may name for the XDP path: as many as can fit the datagram (each answered key
+/// takes at least `VALUE k 0 0\r\n\r\n`, 16 bytes), so the reply's size is what limits a multiget.
+pub const XDP_MAX_KEYS: usize = XDP_REPLY_MAX / 16;
 /// Room for the reply text (everything after the frame header) in one datagram.
 pub const XDP_REPLY_MAX: usize = UDP_MAX_PAYLOAD - UDP_FRAME_HEADER_LEN;
 /// Bytes of preformatted reply one cache entry can hold: `VALUE <key> <flags> <bytes>\r\n<data>\r\n`,

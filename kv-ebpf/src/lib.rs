@@ -8,6 +8,10 @@
 pub mod headers;
 pub mod packet;
 
+/// What `kv_xdp` writes into a frame's metadata to hand it to `kv_tc`: every key hit, but the reply
+/// needs more room than the XDP frame has. Only a frame carrying it is looked at by `kv_tc`.
+pub const TC_MARK: u32 = u32::from_le_bytes(*b"kvTC");
+
 /// The one panic handler of each program. Nothing in the programs may panic (the verifier would refuse
 /// the endless loop): every index is masked or checked, so the compiler drops every panic path.
 #[cfg(target_arch = "bpf")]

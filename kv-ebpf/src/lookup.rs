@@ -86,9 +86,12 @@ impl Seq {
 
 /// A live slot for a key, checked (key, lengths, expiry, generation) under a sequence number read
 /// before; a copy made from it is only valid if the number is unchanged after the copy.
+///
+/// It holds the slot's index, not pointers: a `Hit` is returned through the stack, and the verifier
+/// refuses a partial read of a spilled pointer, which the compiler may emit when it reads an enum or
+/// `Result` holding one (re-deriving the pointer is an inlined array lookup).
 pub struct Hit {
-    pub slot: Slot,
-    seq: Seq,
+    idx: u32,
     seq1: u64,
     /// `get` reply length, and where a `gets` reply inserts the CAS (`cas_len` bytes).
     pub total: usize,
@@ -97,11 +100,16 @@ pub struct Hit {
 }
 
 impl Hit {
+    #[inline(always)]
+    pub fn slot(&self) -> Result<Slot, Counter> {
+        Slot::at(self.idx).ok_or(Counter::PassMiss)
+    }
+
     /// Whether user space left the slot alone since it was checked: what was copied from it is one
     /// consistent state.
     #[inline(always)]
     pub fn unchanged(&self) -> bool {
-        self.seq.read() == self.seq1
+        SEQS.get_ptr(self.idx).is_some_and(|p| Seq(p).read() == self.seq1)
     }
 }
 
@@ -189,7 +197,7 @@ pub fn find_entry(s: &mut Scratch, start: usize, klen: usize) -> Result<Hit, Cou
     if CONFIG.get(CONFIG_FLUSH_GEN).is_none_or(|g| *g != gen) {
         return Err(Counter::PassFlushed);
     }
-    Ok(Hit { slot, seq, seq1, hdr, cas_len, total })
+    Ok(Hit { idx, seq1, hdr, cas_len, total })
 }
 
 /// The slot of the pair at `base` whose key has this length and first word, if any.

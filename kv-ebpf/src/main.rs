@@ -7,6 +7,7 @@
 //! - [`lookup`]: the seqlock read of a cache slot;
 //! - [`reply`]: the reply written over the request (or the request restored);
 //! - [`scratch`]: the per-CPU working memory;
+//! - [`tc`]: `kv_tc`, which answers from the skb what the XDP frame had no room for;
 //! - the `kv_ebpf` library: frame layout and bounds-checked frame access.
 //!
 //! Built for `bpfel-unknown-none` by kv-user's build script; on the host it compiles to an empty binary
@@ -24,17 +25,19 @@ mod reply;
 mod request;
 #[cfg(target_arch = "bpf")]
 mod scratch;
+#[cfg(target_arch = "bpf")]
+mod tc;
 
 #[cfg(target_arch = "bpf")]
 mod prog {
     use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-    use kv_common::{Counter, XDP_REQ_MAX};
-    use kv_ebpf::{headers::TEXT_OFF, packet::load_bytes};
+    use kv_common::Counter;
+    use kv_ebpf::headers::TEXT_OFF;
 
     use crate::{
         maps::{self, count},
         reply::{serve_direct, serve_scratch, Reply},
-        request::{parse_get, parse_headers, MIN_REQ_LEN},
+        request::{parse_get, read_request},
     };
 
     #[xdp]
@@ -53,21 +56,13 @@ mod prog {
     }
 
     fn try_kv_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
-        let req = parse_headers(ctx)?;
-        let scratch = maps::scratch().ok_or(Counter::PassMalformed)?;
-        let text_len = req.text_len;
-        // Two comparisons, not a range check: LLVM folds that into one on a copy of the value, and the
-        // verifier would not see the length passed below bounded.
-        #[allow(clippy::manual_range_contains)]
-        if text_len < MIN_REQ_LEN || text_len > XDP_REQ_MAX {
-            return Err(Counter::PassNotGet);
-        }
-        let n = (text_len & (XDP_REQ_MAX * 2 - 1)) as u32;
-        load_bytes(ctx, TEXT_OFF as u32, &mut scratch.req, n).map_err(|_| Counter::PassMalformed)?;
+        let (req, scratch) = read_request(ctx)?;
         // A frame with nothing after the datagram (no Ethernet padding) can be restored from what was
         // saved, so its reply may be copied straight from the slot into the packet.
-        let exact = ctx.data_end() - ctx.data() == TEXT_OFF + text_len;
-        match parse_get(scratch, text_len, exact)? {
+        let exact = ctx.data_end() - ctx.data() == TEXT_OFF + req.text_len;
+        // Where every key hit but the frame cannot grow to the reply (a veth frame has only its
+        // headroom), the serve_* functions hand it to the TC program, which can grow the skb.
+        match parse_get(scratch, req.text_len, exact)? {
             Reply::Direct(hit) => serve_direct(ctx, &req, scratch, &hit),
             Reply::Scratch { len, keys } => serve_scratch(ctx, &req, scratch, len, keys),
         }

@@ -1,13 +1,16 @@
-//! Bounds-checked access to the frame of an XDP program: the typed pointer helpers [`ptr_at`] and
-//! [`ptr_at_mut`] (the verifier only accepts packet access it has seen checked against `data_end`),
-//! safe loads and stores of [`Plain`] values built on them, and safe wrappers of the XDP packet
-//! helpers.
+//! Bounds-checked access to the frame of an XDP or TC program ([`Frame`]): the typed pointer helpers
+//! [`ptr_at`] and [`ptr_at_mut`] (the verifier only accepts packet access it has seen checked against
+//! `data_end`), safe loads and stores of [`Plain`] values built on them, and safe wrappers of the XDP
+//! packet helpers.
 //!
 //! Frame memory is only ever reached through raw pointers from `ptr_at`, never borrowed: after
 //! [`adjust_head`] or [`adjust_tail`] every packet pointer is stale, and must be derived again with
 //! `ptr_at` (the verifier refuses the old ones).
 
-use aya_ebpf::{helpers::generated as h, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated as h,
+    programs::{TcContext, XdpContext},
+};
 use core::ffi::c_void;
 
 /// A packet access that would end past `data_end`.
@@ -39,9 +42,59 @@ pub fn as_bytes<T: Plain>(v: &T) -> &[u8] {
     unsafe { core::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
+/// A frame a program reads and writes directly: an XDP buffer, or the linear part of a TC program's skb
+/// (which starts at the Ethernet header on ingress, as an XDP frame does).
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Copies `len` frame bytes from `offset` into `dst` (the helper also reaches non-linear data).
+    fn load_bytes(&self, offset: u32, dst: &mut [u8], len: u32) -> Result<(), HelperError>;
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn load_bytes(&self, offset: u32, dst: &mut [u8], len: u32) -> Result<(), HelperError> {
+        if len as usize > dst.len() {
+            return Err(EINVAL);
+        }
+        // SAFETY: the helper writes `len` bytes at `dst`, which holds at least that many (checked above);
+        // it bounds the frame side itself.
+        check(unsafe { h::bpf_xdp_load_bytes(self.ctx, offset, dst.as_mut_ptr() as *mut c_void, len) })
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn load_bytes(&self, offset: u32, dst: &mut [u8], len: u32) -> Result<(), HelperError> {
+        if len as usize > dst.len() {
+            return Err(EINVAL);
+        }
+        // SAFETY: as for XDP: `dst` holds `len` bytes; the helper bounds the skb side itself.
+        check(unsafe {
+            h::bpf_skb_load_bytes(self.skb.skb as *const c_void, offset, dst.as_mut_ptr() as *mut c_void, len)
+        })
+    }
+}
+
 /// Pointer to a `T` at `offset` of the frame, if the frame holds all `size_of::<T>()` bytes of it.
 #[inline(always)]
-pub fn ptr_at<T: Plain>(ctx: &XdpContext, offset: usize) -> Result<*const T, OutOfBounds> {
+pub fn ptr_at<T: Plain>(ctx: &impl Frame, offset: usize) -> Result<*const T, OutOfBounds> {
     let start = ctx.data();
     if start + offset + size_of::<T>() > ctx.data_end() {
         return Err(OutOfBounds);
@@ -51,13 +104,13 @@ pub fn ptr_at<T: Plain>(ctx: &XdpContext, offset: usize) -> Result<*const T, Out
 
 /// Like [`ptr_at`], for writing.
 #[inline(always)]
-pub fn ptr_at_mut<T: Plain>(ctx: &XdpContext, offset: usize) -> Result<*mut T, OutOfBounds> {
+pub fn ptr_at_mut<T: Plain>(ctx: &impl Frame, offset: usize) -> Result<*mut T, OutOfBounds> {
     Ok(ptr_at::<T>(ctx, offset)?.cast_mut())
 }
 
 /// The `T` at `offset` of the frame.
 #[inline(always)]
-pub fn load<T: Plain>(ctx: &XdpContext, offset: usize) -> Result<T, OutOfBounds> {
+pub fn load<T: Plain>(ctx: &impl Frame, offset: usize) -> Result<T, OutOfBounds> {
     let p = ptr_at::<T>(ctx, offset)?;
     // SAFETY: `ptr_at` checked that the `size_of::<T>()` bytes at `p` lie within the frame, which this
     // program run owns; `T: Plain` has alignment 1 and accepts any bytes.
@@ -66,7 +119,7 @@ pub fn load<T: Plain>(ctx: &XdpContext, offset: usize) -> Result<T, OutOfBounds>
 
 /// Copies `src` into the frame at `offset`.
 #[inline(always)]
-pub fn store<T: Plain>(ctx: &XdpContext, offset: usize, src: &T) -> Result<(), OutOfBounds> {
+pub fn store<T: Plain>(ctx: &impl Frame, offset: usize, src: &T) -> Result<(), OutOfBounds> {
     let p = ptr_at_mut::<T>(ctx, offset)?;
     // SAFETY: `ptr_at_mut` checked that the bytes at `p` lie within the frame, which this program run
     // owns; `src` is a Rust object (stack or map value), so it cannot overlap the frame.
@@ -104,17 +157,6 @@ pub fn adjust_head(ctx: &XdpContext, delta: i32) -> Result<(), HelperError> {
 pub fn adjust_tail(ctx: &XdpContext, delta: i32) -> Result<(), HelperError> {
     // SAFETY: as for `adjust_head`.
     check(unsafe { h::bpf_xdp_adjust_tail(ctx.ctx, delta) })
-}
-
-/// Copies `len` frame bytes from `offset` into `dst` (`bpf_xdp_load_bytes`, which also reaches frags).
-#[inline(always)]
-pub fn load_bytes(ctx: &XdpContext, offset: u32, dst: &mut [u8], len: u32) -> Result<(), HelperError> {
-    if len as usize > dst.len() {
-        return Err(EINVAL);
-    }
-    // SAFETY: the helper writes `len` bytes at `dst`, which holds at least that many (checked above);
-    // it bounds the frame side itself.
-    check(unsafe { h::bpf_xdp_load_bytes(ctx.ctx, offset, dst.as_mut_ptr() as *mut c_void, len) })
 }
 
 /// Copies `len` bytes of `src` into the frame at `offset` (`bpf_xdp_store_bytes`).

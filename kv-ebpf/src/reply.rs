@@ -1,9 +1,14 @@
 //! Turning the request into the reply: the reply text assembled in `Scratch::out` (or copied straight
 //! from a slot for a 1-key `get`), the frame resized, the headers rewritten (addresses and ports
 //! swapped, lengths and IPv4 checksum) and `END` appended; and the way back to the request, byte for
-//! byte, when a slot copied straight into the packet turns out torn.
+//! byte, when a slot copied straight into the packet turns out torn. A reply the XDP frame has no room
+//! for is handed to the TC program, which sends the same bytes from the skb ([`serve_skb`]).
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated as h, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_SHOT},
+    helpers::generated as h,
+    programs::{TcContext, XdpContext},
+};
 use core::ffi::c_void;
 use kv_common::{Counter, FrameHeader, CACHE_ENTRY_BUF, END, XDP_REPLY_MAX, XDP_REQ_MAX};
 use kv_ebpf::{
@@ -11,7 +16,7 @@ use kv_ebpf::{
         EthHdr, Ipv4Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, IPPROTO_UDP, IPV4_NO_OPTIONS, IP_HLEN, TEXT_OFF, UDP_PAYLOAD_OFF,
     },
     packet::{adjust_head, adjust_tail, as_bytes, buff_len, load, store, store_bytes, store_raw},
-    volatile_read,
+    volatile_read, TC_MARK,
 };
 
 use crate::{
@@ -46,11 +51,12 @@ pub enum Reply {
 #[inline(always)]
 pub fn append_entry(s: &mut Scratch, start: usize, klen: usize, cas: bool, out: usize) -> Result<usize, Counter> {
     let hit = find_entry(s, start, klen)?;
-    let buf = hit.slot.buf();
+    let slot = hit.slot()?;
+    let buf = slot.buf();
     let (hdr, total) = (hit.hdr, hit.total);
     let out = if cas {
         let out = copy(s, out, buf, hdr)?;
-        let out = copy(s, out, hit.slot.cas(), hit.cas_len)?;
+        let out = copy(s, out, slot.cas(), hit.cas_len)?;
         copy(s, out, buf.wrapping_add(hdr & ENTRY_MASK), total - hdr)?
     } else {
         copy(s, out, buf, total)?
@@ -102,7 +108,7 @@ pub fn finish(s: &mut Scratch, out: usize, keys: u64) -> Result<Reply, Counter> 
 #[inline(always)]
 pub fn serve_scratch(ctx: &XdpContext, req: &Req, s: &mut Scratch, text_len: usize, keys: u64) -> Result<u32, Counter> {
     let frame_len = TEXT_OFF + text_len;
-    resize(ctx, frame_len)?;
+    resize(ctx, frame_len).map_err(|_| hand_to_tc(ctx))?;
     write_headers(req, s, frame_len);
     // In [1, OUT_BUF / 2] by construction, as the helper needs (a compared bound on a copy of the
     // value would not reach the register the compiler passes).
@@ -124,11 +130,12 @@ pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch, hit: &Hit) -> 
     if text > XDP_REPLY_MAX {
         return Err(Counter::PassTooBig);
     }
+    let slot = hit.slot()?;
     // Save the headers before anything moves (the text is already in `s.req`). Plain loads and stores
     // here and below: a helper call costs more than copying 50 bytes.
     s.orig = load(ctx, 0)?;
     let frame_len = TEXT_OFF + text;
-    let grown = resize(ctx, frame_len)?;
+    let grown = resize(ctx, frame_len).map_err(|_| hand_to_tc(ctx))?;
     write_headers(req, s, frame_len);
     // In [1, CACHE_ENTRY_BUF]: the verifier checks the copy against the slot's bounds. Two comparisons on
     // the register passed to the helper (LLVM would fold a range check into one on a copy of it).
@@ -138,7 +145,7 @@ pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch, hit: &Hit) -> 
         && total <= CACHE_ENTRY_BUF
         && s.out.first_chunk::<TEXT_OFF>().is_some_and(|hdrs| store(ctx, 0, hdrs).is_ok())
         // SAFETY: `total` bytes of the slot's reply text: within its buffer (checked just above).
-        && unsafe { store_raw(ctx, TEXT_OFF as u32, hit.slot.buf(), total as u32) }.is_ok()
+        && unsafe { store_raw(ctx, TEXT_OFF as u32, slot.buf(), total as u32) }.is_ok()
         && store(ctx, TEXT_OFF + total, &END_BYTES).is_ok();
     let torn = !hit.unchanged() || maps::test_tear();
     if ok && !torn {
@@ -175,7 +182,8 @@ enum Grown {
 
 /// Makes the frame exactly `frame_len` bytes: grow at the head where the driver has headroom (native
 /// veth has 256 bytes and no tailroom; generic mode guarantees the same headroom), else at the tail.
-fn resize(ctx: &XdpContext, frame_len: usize) -> Result<Grown, Counter> {
+/// Fails, the frame untouched, where it has no room for that: the caller hands it to TC.
+fn resize(ctx: &XdpContext, frame_len: usize) -> Result<Grown, ()> {
     let cur = buff_len(ctx) as i64;
     let delta = (frame_len as i64 - cur) as i32;
     if delta == 0 {
@@ -187,7 +195,55 @@ fn resize(ctx: &XdpContext, frame_len: usize) -> Result<Grown, Counter> {
     if adjust_tail(ctx, delta).is_ok() {
         return Ok(Grown::Tail(delta));
     }
-    Err(Counter::PassTooBig)
+    Err(())
+}
+
+/// Marks the untouched frame for the TC program ([`TC_MARK`] in its metadata) and returns the reason
+/// to pass it with: `ToTc`, or `PassTooBig` where the driver keeps no metadata.
+pub fn hand_to_tc(ctx: &XdpContext) -> Counter {
+    // SAFETY: this run's context; no packet pointer is held across the call.
+    if unsafe { h::bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<u32>() as i32)) } != 0 {
+        return Counter::PassTooBig;
+    }
+    let meta = ctx.metadata();
+    if meta + size_of::<u32>() > ctx.data() {
+        return Counter::PassTooBig;
+    }
+    // SAFETY: the 4 metadata bytes at `meta` lie before `data` (checked above), in this run's buffer.
+    unsafe { core::ptr::write_unaligned(meta as *mut u32, TC_MARK) };
+    Counter::ToTc
+}
+
+/// Answers from the skb a request the XDP program handed over ([`hand_to_tc`]), its reply assembled
+/// again in `s.out` (`text_len` bytes answering `keys` keys): the skb grown to the reply, the whole frame
+/// stored, and sent back out of the interface it came in on.
+#[inline(always)]
+pub fn serve_skb(ctx: &TcContext, req: &Req, s: &mut Scratch, text_len: usize, keys: u64) -> Result<i32, Counter> {
+    let frame_len = TEXT_OFF + text_len;
+    write_headers(req, s, frame_len);
+    // In [1, OUT_BUF / 2], as for `serve_scratch`.
+    let len = ((frame_len as u32).wrapping_sub(1) & (OUT_BUF as u32 / 2 - 1)) + 1;
+    if len as usize != frame_len {
+        return Err(Counter::PassTooBig);
+    }
+    let skb = ctx.skb.skb;
+    // SAFETY: this run's skb; no packet pointer is held across the call (it may reallocate the data).
+    if unsafe { h::bpf_skb_change_tail(skb, len, 0) } != 0 {
+        return Err(Counter::PassTooBig);
+    }
+    // SAFETY: `s.out` holds at least `len` (≤ OUT_BUF / 2) bytes; the helper bounds the skb side.
+    let stored = unsafe { h::bpf_skb_store_bytes(skb, 0, s.out.as_ptr() as *const c_void, len, 0) };
+    if stored != 0 {
+        // The skb was already resized: nothing sane to hand to the stack.
+        return Ok(TC_ACT_SHOT);
+    }
+    count(Counter::Hits, 1);
+    count(Counter::HitKeys, keys);
+    count(Counter::TcHits, 1);
+    // SAFETY: reading the ingress interface index of this run's skb.
+    let ifindex = unsafe { (*skb).ifindex };
+    // SAFETY: a helper that only records where to send the skb once the program returns.
+    Ok(unsafe { h::bpf_redirect(ifindex, 0) } as i32)
 }
 
 /// Writes Ethernet, IPv4, UDP and frame headers of the reply into `s.out[..TEXT_OFF]`: back to the

@@ -1,15 +1,15 @@
 //! The request: its headers, checked as the network stack and the server's socket would check them,
 //! and its `get`/`gets` line, whose keys are looked up and appended to the reply as they are scanned.
 
-use aya_ebpf::{helpers::generated as h, maps::lpm_trie::Key as LpmKey, programs::XdpContext};
+use aya_ebpf::{helpers::generated as h, maps::lpm_trie::Key as LpmKey};
 use core::ffi::c_void;
-use kv_common::{Counter, FrameHeader, MAX_KEY_LEN, UDP_FRAME_HEADER_LEN, XDP_MAX_KEYS};
+use kv_common::{Counter, FrameHeader, MAX_KEY_LEN, UDP_FRAME_HEADER_LEN, XDP_MAX_KEYS, XDP_REQ_MAX};
 use kv_ebpf::{
     headers::{
         EthHdr, Ipv4Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, IPPROTO_UDP, IPV4_FRAGMENT_MASK, IPV4_NO_OPTIONS, IP_HLEN,
         TEXT_OFF, UDP_HLEN, UDP_PAYLOAD_OFF,
     },
-    packet::load,
+    packet::{load, Frame},
     volatile_read, volatile_write,
 };
 
@@ -38,7 +38,7 @@ pub struct Req {
 
 /// Checks the Ethernet, IPv4, UDP and frame headers of a datagram for the server and returns what the
 /// reply needs of them; the error is the reason to pass the frame.
-pub fn parse_headers(ctx: &XdpContext) -> Result<Req, Counter> {
+pub fn parse_headers<F: Frame>(ctx: &F) -> Result<Req, Counter> {
     let eth = load::<EthHdr>(ctx, 0)?;
     if eth.ether_type != ETH_P_IPV4 {
         return Err(Counter::PassNotIpv4);
@@ -92,6 +92,23 @@ pub fn parse_headers(ctx: &XdpContext) -> Result<Req, Counter> {
         return Err(Counter::PassNotAllowed);
     }
     Ok(r)
+}
+
+/// Reads a request: its headers ([`parse_headers`]) and its text, into scratch, for [`parse_get`].
+#[inline(always)]
+pub fn read_request<F: Frame>(ctx: &F) -> Result<(Req, &'static mut Scratch), Counter> {
+    let req = parse_headers(ctx)?;
+    let scratch = maps::scratch().ok_or(Counter::PassMalformed)?;
+    let text_len = req.text_len;
+    // Two comparisons, not a range check: LLVM folds that into one on a copy of the value, and the
+    // verifier would not see the length passed below bounded.
+    #[allow(clippy::manual_range_contains)]
+    if text_len < MIN_REQ_LEN || text_len > XDP_REQ_MAX {
+        return Err(Counter::PassNotGet);
+    }
+    let n = (text_len & (XDP_REQ_MAX * 2 - 1)) as u32;
+    ctx.load_bytes(TEXT_OFF as u32, &mut scratch.req, n).map_err(|_| Counter::PassMalformed)?;
+    Ok((req, scratch))
 }
 
 /// Parses `get|gets <key>( <key>)*\r\n` from `s.req` (`text_len` bytes) and assembles the reply text in

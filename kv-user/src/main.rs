@@ -168,6 +168,14 @@ fn start_kernel_path(cfg: &Config) -> Option<Kernel> {
                 cfg.kcache_value_max,
                 cfg.kcache_admit_hits
             );
+            if let Some(why) = &k.path.tc_missing {
+                log::warn!(
+                    "TC program not attached to {} ({why}): UDP GET hits whose reply needs more room than the \
+                     XDP frame has (on a veth: longer than the request by more than 256 bytes) are answered \
+                     from user space; a kernel with tcx (6.6+) and CAP_NET_ADMIN are needed",
+                    cfg.iface
+                );
+            }
             Some(k)
         }
         Err(e) => {

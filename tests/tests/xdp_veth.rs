@@ -296,3 +296,46 @@ fn udp_from_outside_the_allowlist_gets_no_answer() {
     // TCP is not affected.
     assert_eq!(tcp.get("den").as_deref(), Some(&b"v"[..]));
 }
+
+/// Replies longer than a veth frame can grow to in XDP (its 256 bytes of headroom): the bench's 10-key
+/// multiget, 24 keys, and one key with a 1,000-byte value. The XDP program hands them to its TC half,
+/// which must answer each whole, with the bytes TCP sends.
+#[test]
+fn replies_larger_than_the_xdp_frame_are_answered_by_tc() {
+    let Some(bed) = XdpBed::start_or_skip("mget24", &[]) else { return };
+    let mut tcp = bed.client();
+    let keys: Vec<String> = (0..24).map(|i| format!("key:{}", 1000 + i)).collect();
+    for k in &keys {
+        tcp.set(k, &[b'v'; 32]);
+    }
+    tcp.set("big", &[b'b'; 1000]);
+    let mut udp = Udp::new(&bed);
+    for k in keys.iter().map(String::as_str).chain(["big"]) {
+        tcp.send(format!("get {k}\r\n").as_bytes());
+        let want = tcp.read_until(b"END\r\n");
+        udp.warm(format!("get {k}\r\n").as_bytes(), &want, 200);
+    }
+    let mut requests: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (n, verb) in [(10, "get"), (24, "get"), (24, "gets")] {
+        let req = format!("{verb} {}\r\n", keys[..n].join(" ")).into_bytes();
+        tcp.send(&req);
+        requests.push((req, tcp.read_until(b"END\r\n")));
+    }
+    requests.push((b"get big\r\n".to_vec(), get_reply("big", &[b'b'; 1000])));
+    for (req, want) in &requests {
+        assert!(udp.warm(req, want, 50), "{:?}: {NOT_ADMITTED}; {:?}", String::from_utf8_lossy(req), xdp_stats(&bed));
+    }
+    // Every one answered by the kernel from now on. Mostly by TC: the XDP program answers the few whose
+    // frame happened to get a page-pool buffer with enough tailroom.
+    let (hits, tc) = (bed.kernel_hits(), bed.kernel_counter(Counter::TcHits));
+    for _ in 0..10 {
+        for (req, want) in &requests {
+            let (r, _) = udp.request(req);
+            assert_eq!(String::from_utf8_lossy(&r.body), String::from_utf8_lossy(want));
+        }
+    }
+    let (hits, tc) = (bed.kernel_hits() - hits, bed.kernel_counter(Counter::TcHits) - tc);
+    eprintln!("40 large replies: {hits} from the kernel, {tc} of them by TC; stats {:?}", xdp_stats(&bed));
+    assert_eq!(hits, 40, "every large reply from the kernel");
+    assert!(tc > 20, "the TC program answered only {tc} of 40 large replies");
+}

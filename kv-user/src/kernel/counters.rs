@@ -49,6 +49,10 @@ fn xdp_help(c: Counter) -> Option<&'static str> {
         Counter::Seen => Some("Packets the XDP program looked at."),
         Counter::Hits => Some("Requests answered from the kernel cache."),
         Counter::HitKeys => Some("Keys answered from the kernel cache."),
+        Counter::ToTc => {
+            Some("Requests whose reply needed more room than the XDP frame had, handed to the TC program.")
+        }
+        Counter::TcHits => Some("Requests the TC program answered (counted in xdp_hits too)."),
         _ => None,
     }
 }

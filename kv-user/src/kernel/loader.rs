@@ -1,4 +1,5 @@
-//! Loading and attaching the XDP program. The object is built by build.rs and embedded here.
+//! Loading and attaching the XDP program and its TC ingress half. The object is built by build.rs and
+//! embedded here.
 //!
 //! Dropping [`KernelPath`] detaches the program (aya owns the link) — the server keeps it alive for its
 //! whole life and drops it on shutdown, including SIGINT/SIGTERM; a killed process loses its link fd and
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use aya::{
     maps::{lpm_trie::Key as LpmKey, LpmTrie},
-    programs::Xdp,
+    programs::{tc::TcAttachType, SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 use kv_common::Counter;
@@ -40,6 +41,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Name of the XDP entry point in kv-ebpf.
 pub const XDP_PROGRAM: &str = "kv_xdp";
+/// Name of its TC ingress half, which answers what the XDP frame has no room for.
+pub const TC_PROGRAM: &str = "kv_tc";
 
 /// What the program is specialised for at load time.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +70,9 @@ impl Default for KernelOpts {
 pub struct KernelPath {
     ebpf: Ebpf,
     pub iface: Option<String>,
+    /// Why the TC half is not attached next to the XDP program, if it is not (replies larger than the
+    /// XDP frame can grow to then go to user space).
+    pub tc_missing: Option<String>,
     /// Drains aya-log records while the program is loaded with logging on.
     _logger: Option<LogDrain>,
     /// The one writer of the kernel cache (its shadow must see every write).
@@ -131,8 +137,9 @@ impl KernelPath {
             .context("loading the eBPF object into the kernel")?;
         let logger = if opts.log { Some(LogDrain::start(&mut ebpf, sink)?) } else { None };
         program(&mut ebpf)?.load().context("verifying the XDP program")?;
+        tc_program(&mut ebpf)?.load().context("verifying the TC program")?;
         let cache = Arc::new(KernelCache::open(&ebpf)?);
-        Ok(Self { ebpf, iface: None, _logger: logger, cache })
+        Ok(Self { ebpf, iface: None, tc_missing: None, _logger: logger, cache })
     }
 
     /// Loads and attaches to `iface`.
@@ -142,6 +149,11 @@ impl KernelPath {
             .attach(iface, mode.into())
             .with_context(|| format!("attaching XDP to {iface} in {mode:?} mode"))?;
         path.iface = Some(iface.to_string());
+        // TC ingress through tcx links (kernel 6.6+), which programs of other owners on the same hook
+        // leave alone; dropped with the path, like the XDP link.
+        if let Err(e) = tc_program(&mut path.ebpf)?.attach(iface, TcAttachType::Ingress) {
+            path.tc_missing = Some(format!("{e:#}"));
+        }
         Ok(path)
     }
 
@@ -176,6 +188,11 @@ impl KernelPath {
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     let prog = ebpf.program_mut(XDP_PROGRAM).context("XDP program missing from the object")?;
+    Ok(prog.try_into()?)
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    let prog = ebpf.program_mut(TC_PROGRAM).context("TC program missing from the object")?;
     Ok(prog.try_into()?)
 }
 

@@ -1,9 +1,9 @@
-//! The kernel path: the XDP program that answers UDP GET hits from the kernel cache, and everything user
-//! space does for it. Each concern has one file:
+//! The kernel path: the XDP program that answers UDP GET hits from the kernel cache (with its TC ingress
+//! half for replies the XDP frame has no room for), and everything user space does for it. Each concern has one file:
 //!
 //! | concern | file |
 //! |---|---|
-//! | load, attach, detach the program; its load-time settings | `loader.rs` |
+//! | load, attach, detach the programs; their load-time settings | `loader.rs` |
 //! | typed `bpf(2)` map-element commands | `sys.rs` |
 //! | where a key's reply lives, seqlock writes, the cuckoo step | `slots.rs` |
 //! | a cache entry: the reply bytes and the expiry deadline | `entry.rs` |

@@ -120,7 +120,7 @@ fn xdp_replies_equal_user_space_replies() {
             }
             _ => {
                 let cmd: &[u8] = if rng.below(3) == 0 { b"gets" } else { b"get" };
-                let n = 1 + rng.below(10) as usize;
+                let n = 1 + rng.below(24) as usize;
                 let mut text = cmd.to_vec();
                 for _ in 0..n {
                     text.push(b' ');

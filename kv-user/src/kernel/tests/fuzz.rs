@@ -215,13 +215,14 @@ impl Fuzz {
         self.writes += 1;
     }
 
-    /// A `get`/`gets` request with 1 to 12 keys, mostly from the pool.
+    /// A `get`/`gets` request with 1 to 24 keys, mostly from the pool.
     fn request(&mut self) -> Vec<u8> {
         let cmd: &[u8] = if self.rng.chance(3) { b"gets" } else { b"get" };
         let n = match self.rng.below(10) {
             0..=5 => 1,
             6 | 7 => 2 + self.rng.upto(2),
-            _ => 1 + self.rng.upto(11),
+            8 => 1 + self.rng.upto(11),
+            _ => 12 + self.rng.upto(12),
         };
         let mut t = cmd.to_vec();
         for _ in 0..n {
@@ -315,13 +316,13 @@ impl Fuzz {
                 t.extend_from_slice(&more); // two commands in one datagram
             }
             19 => {
-                // Oversize: a key over 250 bytes, or enough keys to pass 512 bytes of text.
+                // Oversize: a key over 250 bytes, or enough keys to pass what the program reads.
                 if self.rng.chance(2) {
                     let n = 251 + self.rng.upto(300);
                     t = [&b"get "[..], &vec![b'k'; n], b"\r\n"].concat();
                 } else {
                     t.truncate(t.len() - 2);
-                    while t.len() < 520 {
+                    while t.len() < kv_common::XDP_REQ_MAX + 8 {
                         let k = self.key();
                         t.push(b' ');
                         t.extend_from_slice(&k);
