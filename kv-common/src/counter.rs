@@ -10,7 +10,7 @@ pub enum Counter {
     Hits,
     /// Keys answered from the kernel cache.
     HitKeys,
-    /// Passed: not IPv4 (IPv6, ARP, ...).
+    /// Passed: neither IPv4 nor IPv6 (ARP, VLAN-tagged, ...).
     PassNotIpv4,
     /// Passed: IPv4 options or a fragment.
     PassIpOptionsOrFragment,
@@ -42,10 +42,12 @@ pub enum Counter {
     ToTc,
     /// Requests the TC program answered (also counted in `Hits`).
     TcHits,
+    /// Requests over IPv6 answered in the kernel (also counted in `Hits`).
+    Ipv6Hits,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 18;
+pub const COUNTER_SLOTS: u32 = 19;
 
 /// All counters with their stat names, for `stats`, in index order (`COUNTERS[c as usize].0 == c`).
 pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
@@ -67,6 +69,7 @@ pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
     (Counter::PassTorn, "xdp_pass_torn"),
     (Counter::ToTc, "xdp_to_tc"),
     (Counter::TcHits, "xdp_tc_hits"),
+    (Counter::Ipv6Hits, "xdp_hits_ipv6"),
 ];
 
 impl Counter {
@@ -105,6 +108,7 @@ impl TryFrom<u32> for Counter {
             15 => Counter::PassTorn,
             16 => Counter::ToTc,
             17 => Counter::TcHits,
+            18 => Counter::Ipv6Hits,
             _ => return Err(v),
         })
     }

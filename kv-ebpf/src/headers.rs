@@ -1,5 +1,5 @@
-//! Layout of the frames the programs look at: Ethernet, IPv4 without options, UDP, then memcached's UDP
-//! frame header ([`kv_common::FrameHeader`]). The header types are byte arrays only (alignment 1, no
+//! Layout of the frames the programs look at: Ethernet, IPv4 without options or IPv6 without extension
+//! headers, UDP, then memcached's UDP frame header ([`kv_common::FrameHeader`]). The header types are byte arrays only (alignment 1, no
 //! padding, every bit pattern valid), so they can be read straight from packet memory at any offset.
 
 use kv_common::UDP_FRAME_HEADER_LEN;
@@ -17,8 +17,15 @@ pub const UDP_PAYLOAD_OFF: usize = ETH_HLEN + IP_HLEN + UDP_HLEN;
 /// Offset of the memcached text after Ethernet, IPv4 (no options), UDP and the frame header.
 pub const TEXT_OFF: usize = UDP_PAYLOAD_OFF + UDP_FRAME_HEADER_LEN;
 
+/// IPv6 header (extension headers are not looked at: such datagrams go to the stack).
+pub const IP6_HLEN: usize = 40;
+/// Offset of the memcached text in an IPv6 frame.
+pub const TEXT6_OFF: usize = ETH_HLEN + IP6_HLEN + UDP_HLEN + UDP_FRAME_HEADER_LEN;
+
 /// EtherType of IPv4, as on the wire.
 pub const ETH_P_IPV4: [u8; 2] = 0x0800u16.to_be_bytes();
+/// EtherType of IPv6, as on the wire.
+pub const ETH_P_IPV6: [u8; 2] = 0x86ddu16.to_be_bytes();
 /// Version 4, IHL 5 (20 bytes, no options).
 pub const IPV4_NO_OPTIONS: u8 = 0x45;
 /// IPv4 protocol number of UDP.
@@ -52,6 +59,13 @@ header! {
     Ipv4Hdr[IP_HLEN] {
         ver_ihl: u8, tos: u8, tot_len: [u8; 2], id: [u8; 2], frag_off: [u8; 2], ttl: u8, proto: u8,
         check: [u8; 2], src: [u8; 4], dst: [u8; 4],
+    }
+}
+
+header! {
+    /// IPv6 header; multi-byte fields big-endian.
+    Ipv6Hdr[IP6_HLEN] {
+        ver_tc_flow: [u8; 4], payload_len: [u8; 2], next_hdr: u8, hop_limit: u8, src: [u8; 16], dst: [u8; 16],
     }
 }
 

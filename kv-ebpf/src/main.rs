@@ -58,8 +58,9 @@ mod prog {
     fn try_kv_xdp(ctx: &XdpContext) -> Result<u32, Counter> {
         let (req, scratch) = read_request(ctx)?;
         // A frame with nothing after the datagram (no Ethernet padding) can be restored from what was
-        // saved, so its reply may be copied straight from the slot into the packet.
-        let exact = ctx.data_end() - ctx.data() == TEXT_OFF + req.text_len;
+        // saved, so its reply may be copied straight from the slot into the packet (IPv4: an IPv6 reply
+        // needs the UDP checksum over the assembled text).
+        let exact = !req.v6 && ctx.data_end() - ctx.data() == TEXT_OFF + req.text_len;
         // Where every key hit but the frame cannot grow to the reply (a veth frame has only its
         // headroom), the serve_* functions hand it to the TC program, which can grow the skb.
         match parse_get(scratch, req.text_len, exact)? {

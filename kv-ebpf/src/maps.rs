@@ -19,6 +19,19 @@ static KV_PORT: u16 = 11211;
 #[unsafe(no_mangle)]
 static KV_LISTEN_IP: u32 = 0;
 
+/// Non-zero: IPv4 datagrams reach the server's socket (it listens on an IPv4 address, or on `::`
+/// dual-stack). The loader overrides it.
+#[unsafe(no_mangle)]
+static KV_LISTEN_V4: u8 = 1;
+
+/// Non-zero: IPv6 datagrams reach the server's socket (it listens on an IPv6 address).
+#[unsafe(no_mangle)]
+static KV_LISTEN_V6: u8 = 0;
+
+/// IPv6 address the server listens on; all zero = any. The loader overrides it.
+#[unsafe(no_mangle)]
+static KV_LISTEN_IP6: [u8; 16] = [0; 16];
+
 /// Non-zero: log every pass with its reason through aya-log (`-vv`). Hits are never logged: a log
 /// record costs microseconds, more than the whole kernel hit path.
 #[unsafe(no_mangle)]
@@ -55,6 +68,10 @@ pub static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_SLOTS, 0);
 #[map(name = "ALLOW")]
 pub static ALLOW: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(ALLOW_MAX, BPF_F_NO_PREALLOC);
 
+/// IPv6 source prefixes allowed to use UDP, as `ALLOW` is for IPv4.
+#[map(name = "ALLOW6")]
+pub static ALLOW6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(ALLOW_MAX, BPF_F_NO_PREALLOC);
+
 /// Per-CPU working memory (see [`Scratch`]).
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -76,6 +93,21 @@ pub fn port() -> u16 {
 #[inline(always)]
 pub fn listen_ip() -> u32 {
     global!(KV_LISTEN_IP)
+}
+
+#[inline(always)]
+pub fn listen_v4() -> bool {
+    global!(KV_LISTEN_V4) != 0
+}
+
+#[inline(always)]
+pub fn listen_v6() -> bool {
+    global!(KV_LISTEN_V6) != 0
+}
+
+#[inline(always)]
+pub fn listen_ip6() -> [u8; 16] {
+    global!(KV_LISTEN_IP6)
 }
 
 #[inline(always)]

@@ -10,10 +10,11 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use core::ffi::c_void;
-use kv_common::{Counter, FrameHeader, CACHE_ENTRY_BUF, END, XDP_REPLY_MAX, XDP_REQ_MAX};
+use kv_common::{Counter, FrameHeader, CACHE_ENTRY_BUF, END, UDP_FRAME_HEADER_LEN, XDP_REPLY_MAX, XDP_REQ_MAX};
 use kv_ebpf::{
     headers::{
-        EthHdr, Ipv4Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, IPPROTO_UDP, IPV4_NO_OPTIONS, IP_HLEN, TEXT_OFF, UDP_PAYLOAD_OFF,
+        EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, IPV4_NO_OPTIONS, IP_HLEN,
+        TEXT_OFF, UDP_HLEN,
     },
     packet::{adjust_head, adjust_tail, as_bytes, buff_len, load, store, store_bytes, store_raw},
     volatile_read, TC_MARK,
@@ -23,7 +24,7 @@ use crate::{
     lookup::{find_entry, Hit},
     maps::{self, count},
     request::Req,
-    scratch::{Scratch, OUT_BUF, OUT_HALF_MASK, OUT_MASK},
+    scratch::{Scratch, CSUM_CHUNK, OUT_BUF, OUT_HALF_MASK, OUT_MASK, REPLY_OFF, UDP6_OFF},
 };
 
 /// [`END`] as an array, for a bounds-checked store of its exact length.
@@ -71,7 +72,7 @@ pub fn append_entry(s: &mut Scratch, start: usize, klen: usize, cas: bool, out: 
 #[inline(always)]
 fn copy(s: &mut Scratch, out: usize, src: *const u8, len: usize) -> Result<usize, Counter> {
     // Leave room for END\r\n; the frame must fit one datagram.
-    if out + len + END.len() > TEXT_OFF + XDP_REPLY_MAX {
+    if out + len + END.len() > REPLY_OFF + XDP_REPLY_MAX {
         return Err(Counter::PassTooBig);
     }
     // Volatile reads keep the masks: the compiler can prove them redundant from the check above, but
@@ -94,35 +95,52 @@ fn copy(s: &mut Scratch, out: usize, src: *const u8, len: usize) -> Result<usize
 /// Appends END to the reply text assembled in `s.out`, which ends at `out` and answers `keys` keys.
 #[inline(always)]
 pub fn finish(s: &mut Scratch, out: usize, keys: u64) -> Result<Reply, Counter> {
-    if out < TEXT_OFF || out + END.len() > TEXT_OFF + XDP_REPLY_MAX {
+    if out < REPLY_OFF || out + END.len() > REPLY_OFF + XDP_REPLY_MAX {
         return Err(Counter::PassTooBig);
     }
+    // END, then zeros to a whole 32-bit word for an IPv6 checksum (`udp6_checksum`).
     for (i, b) in END.iter().enumerate() {
         s.out[(out + i) & OUT_MASK] = *b;
     }
-    Ok(Reply::Scratch { len: out + END.len() - TEXT_OFF, keys })
+    for i in 0..3 {
+        s.out[(out + END.len() + i) & OUT_MASK] = 0;
+    }
+    Ok(Reply::Scratch { len: out + END.len() - REPLY_OFF, keys })
 }
 
 /// Sends the reply assembled in `s.out` (`text_len` bytes of text answering `keys` keys): resize, headers,
 /// then the whole frame stored at once.
 #[inline(always)]
 pub fn serve_scratch(ctx: &XdpContext, req: &Req, s: &mut Scratch, text_len: usize, keys: u64) -> Result<u32, Counter> {
-    let frame_len = TEXT_OFF + text_len;
+    let frame_len = req.text_off() + text_len;
     resize(ctx, frame_len).map_err(|_| hand_to_tc(ctx))?;
-    write_headers(req, s, frame_len);
+    let start = write_headers(req, s, text_len) & START_MASK;
     // In [1, OUT_BUF / 2] by construction, as the helper needs (a compared bound on a copy of the
     // value would not reach the register the compiler passes).
     let len = ((frame_len as u32).wrapping_sub(1) & (OUT_BUF as u32 / 2 - 1)) + 1;
-    if len as usize != frame_len || store_bytes(ctx, 0, &s.out, len).is_err() {
+    // SAFETY: `len` bytes from `start` (≤ START_MASK) lie within `s.out` (OUT_BUF bytes).
+    if len as usize != frame_len || unsafe { store_raw(ctx, 0, s.out.as_ptr().add(start), len) }.is_err() {
         // The frame was already resized: nothing sane to hand to the stack.
         return Ok(xdp_action::XDP_ABORTED);
     }
-    count(Counter::Hits, 1);
-    count(Counter::HitKeys, keys);
+    count_hit(req, keys);
     Ok(xdp_action::XDP_TX)
 }
 
-/// Answers a 1-key `get` hit: resize, headers, then the slot's reply and `END` copied from the map
+/// Bound of where a frame starts in `s.out` (0 or [`V4_START`]), for the verifier.
+const START_MASK: usize = 31;
+const _: () = assert!(V4_START <= START_MASK && START_MASK + OUT_BUF / 2 <= OUT_BUF);
+
+#[inline(always)]
+fn count_hit(req: &Req, keys: u64) {
+    count(Counter::Hits, 1);
+    count(Counter::HitKeys, keys);
+    if req.v6 {
+        count(Counter::Ipv6Hits, 1);
+    }
+}
+
+/// Answers a 1-key `get` hit over IPv4: resize, headers, then the slot's reply and `END` copied from the map
 /// into the packet. If user space rewrote the slot meanwhile (the sequence number moved), the reply
 /// may be torn: the request is put back byte for byte and passed, as if it had never been touched.
 pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch, hit: &Hit) -> Result<u32, Counter> {
@@ -136,14 +154,14 @@ pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch, hit: &Hit) -> 
     s.orig = load(ctx, 0)?;
     let frame_len = TEXT_OFF + text;
     let grown = resize(ctx, frame_len).map_err(|_| hand_to_tc(ctx))?;
-    write_headers(req, s, frame_len);
+    write_headers(req, s, text);
     // In [1, CACHE_ENTRY_BUF]: the verifier checks the copy against the slot's bounds. Two comparisons on
     // the register passed to the helper (LLVM would fold a range check into one on a copy of it).
     let total = volatile_read(&hit.total);
     #[allow(clippy::manual_range_contains)]
     let ok = total >= 1
         && total <= CACHE_ENTRY_BUF
-        && s.out.first_chunk::<TEXT_OFF>().is_some_and(|hdrs| store(ctx, 0, hdrs).is_ok())
+        && <&[u8; TEXT_OFF]>::try_from(&s.out[V4_START..REPLY_OFF]).is_ok_and(|hdrs| store(ctx, 0, hdrs).is_ok())
         // SAFETY: `total` bytes of the slot's reply text: within its buffer (checked just above).
         && unsafe { store_raw(ctx, TEXT_OFF as u32, slot.buf(), total as u32) }.is_ok()
         && store(ctx, TEXT_OFF + total, &END_BYTES).is_ok();
@@ -219,8 +237,8 @@ pub fn hand_to_tc(ctx: &XdpContext) -> Counter {
 /// stored, and sent back out of the interface it came in on.
 #[inline(always)]
 pub fn serve_skb(ctx: &TcContext, req: &Req, s: &mut Scratch, text_len: usize, keys: u64) -> Result<i32, Counter> {
-    let frame_len = TEXT_OFF + text_len;
-    write_headers(req, s, frame_len);
+    let frame_len = req.text_off() + text_len;
+    let start = write_headers(req, s, text_len) & START_MASK;
     // In [1, OUT_BUF / 2], as for `serve_scratch`.
     let len = ((frame_len as u32).wrapping_sub(1) & (OUT_BUF as u32 / 2 - 1)) + 1;
     if len as usize != frame_len {
@@ -231,14 +249,13 @@ pub fn serve_skb(ctx: &TcContext, req: &Req, s: &mut Scratch, text_len: usize, k
     if unsafe { h::bpf_skb_change_tail(skb, len, 0) } != 0 {
         return Err(Counter::PassTooBig);
     }
-    // SAFETY: `s.out` holds at least `len` (≤ OUT_BUF / 2) bytes; the helper bounds the skb side.
-    let stored = unsafe { h::bpf_skb_store_bytes(skb, 0, s.out.as_ptr() as *const c_void, len, 0) };
+    // SAFETY: `len` bytes from `start` (≤ START_MASK) lie within `s.out`; the helper bounds the skb side.
+    let stored = unsafe { h::bpf_skb_store_bytes(skb, 0, s.out.as_ptr().add(start) as *const c_void, len, 0) };
     if stored != 0 {
         // The skb was already resized: nothing sane to hand to the stack.
         return Ok(TC_ACT_SHOT);
     }
-    count(Counter::Hits, 1);
-    count(Counter::HitKeys, keys);
+    count_hit(req, keys);
     count(Counter::TcHits, 1);
     // SAFETY: reading the ingress interface index of this run's skb.
     let ifindex = unsafe { (*skb).ifindex };
@@ -246,32 +263,98 @@ pub fn serve_skb(ctx: &TcContext, req: &Req, s: &mut Scratch, text_len: usize, k
     Ok(unsafe { h::bpf_redirect(ifindex, 0) } as i32)
 }
 
-/// Writes Ethernet, IPv4, UDP and frame headers of the reply into `s.out[..TEXT_OFF]`: back to the
-/// sender, `frame_len` bytes in all.
+/// Start in `s.out` of an IPv4 reply frame, whose headers end where the reply text starts.
+const V4_START: usize = REPLY_OFF - TEXT_OFF;
+
+/// Writes the Ethernet, IP, UDP and frame headers of the reply (back to the sender, answering with
+/// `text_len` bytes of text) into `s.out`, right before the reply text at [`REPLY_OFF`]; returns where
+/// in `s.out` the frame starts (IPv6 headers are 20 bytes longer). An IPv6 reply gets its UDP checksum
+/// (mandatory there) over the text, which [`finish`] zero-padded to whole 32-bit words.
 #[inline(always)]
-fn write_headers(r: &Req, s: &mut Scratch, frame_len: usize) {
+fn write_headers(r: &Req, s: &mut Scratch, text_len: usize) -> usize {
+    let udp_len = (UDP_HLEN + UDP_FRAME_HEADER_LEN + text_len) as u16;
+    let frame = FrameHeader { request_id: r.req_id, seq: 0, total: 1, reserved: 0 };
     let o = &mut s.out;
+    o[REPLY_OFF - UDP_FRAME_HEADER_LEN..REPLY_OFF].copy_from_slice(&frame.to_bytes());
+    // UDP checksum 0 for now: "none" over IPv4 (veth's offload would otherwise leave it partial).
+    let udp = UdpHdr { src_port: r.dport, dst_port: r.sport, len: udp_len.to_be_bytes(), check: [0, 0] };
+    o[UDP6_OFF..UDP6_OFF + UDP_HLEN].copy_from_slice(as_bytes(&udp));
+    if r.v6 {
+        let eth = EthHdr { dst: r.eth_src, src: r.eth_dst, ether_type: ETH_P_IPV6 };
+        o[..ETH_HLEN].copy_from_slice(as_bytes(&eth));
+        let ip = Ipv6Hdr {
+            ver_tc_flow: [0x60, 0, 0, 0],
+            payload_len: udp_len.to_be_bytes(),
+            next_hdr: IPPROTO_UDP,
+            hop_limit: REPLY_TTL,
+            src: r.ip_dst,
+            dst: r.ip_src,
+        };
+        o[ETH_HLEN..UDP6_OFF].copy_from_slice(as_bytes(&ip));
+        let check = udp6_checksum(s, &r.ip_dst, &r.ip_src, udp_len as usize);
+        s.out[UDP6_OFF + 6..UDP6_OFF + 8].copy_from_slice(&check.to_be_bytes());
+        return 0;
+    }
     let eth = EthHdr { dst: r.eth_src, src: r.eth_dst, ether_type: ETH_P_IPV4 };
-    o[..ETH_HLEN].copy_from_slice(as_bytes(&eth));
-    let ip_len = (frame_len - ETH_HLEN) as u16;
+    o[V4_START..V4_START + ETH_HLEN].copy_from_slice(as_bytes(&eth));
     let mut ip = Ipv4Hdr {
         ver_ihl: IPV4_NO_OPTIONS,
         tos: 0,
-        tot_len: ip_len.to_be_bytes(),
+        tot_len: (udp_len + IP_HLEN as u16).to_be_bytes(),
         id: [0, 0],
         frag_off: IPV4_DF,
         ttl: REPLY_TTL,
         proto: IPPROTO_UDP,
         check: [0, 0],
-        src: r.ip_dst,
-        dst: r.ip_src,
+        src: [r.ip_dst[0], r.ip_dst[1], r.ip_dst[2], r.ip_dst[3]],
+        dst: [r.ip_src[0], r.ip_src[1], r.ip_src[2], r.ip_src[3]],
     };
     ip.check = (!ip.csum_fold()).to_be_bytes();
-    o[ETH_HLEN..ETH_HLEN + IP_HLEN].copy_from_slice(as_bytes(&ip));
-    let udp_len = ip_len - IP_HLEN as u16;
-    // UDP checksum 0 ("none", legal over IPv4): veth's offload would otherwise leave it partial.
-    let udp = UdpHdr { src_port: r.dport, dst_port: r.sport, len: udp_len.to_be_bytes(), check: [0, 0] };
-    o[ETH_HLEN + IP_HLEN..UDP_PAYLOAD_OFF].copy_from_slice(as_bytes(&udp));
-    let frame = FrameHeader { request_id: r.req_id, seq: 0, total: 1, reserved: 0 };
-    o[UDP_PAYLOAD_OFF..TEXT_OFF].copy_from_slice(&frame.to_bytes());
+    o[V4_START + ETH_HLEN..UDP6_OFF].copy_from_slice(as_bytes(&ip));
+    V4_START
+}
+
+/// The UDP checksum of an IPv6 reply whose UDP header (checksum 0) and `udp_len - 8` bytes of payload
+/// are in `s.out` from [`UDP6_OFF`], zero-padded to a multiple of 4: the pseudo-header summed here,
+/// the datagram by `bpf_csum_diff` in chunks of at most 512 bytes (the helper's limit).
+#[inline(always)]
+fn udp6_checksum(s: &mut Scratch, src: &[u8; 16], dst: &[u8; 16], udp_len: usize) -> u16 {
+    let mut sum = udp_len as u64 + IPPROTO_UDP as u64;
+    for i in 0..8 {
+        sum += u16::from_be_bytes([src[2 * i], src[2 * i + 1]]) as u64;
+        sum += u16::from_be_bytes([dst[2 * i], dst[2 * i + 1]]) as u64;
+    }
+    let padded = (udp_len + 3) & !3;
+    let mut data = 0u64;
+    for i in 0..3 {
+        let off = i * CSUM_CHUNK;
+        if off >= padded {
+            break;
+        }
+        let n = (padded - off).min(CSUM_CHUNK) & 0x3fc;
+        // SAFETY: `n` bytes from `UDP6_OFF + off` (at most 54 + 1024 + 1020) lie within `s.out`; the helper
+        // only reads them (`to` is `*mut` by the C prototype alone).
+        let r = unsafe {
+            h::bpf_csum_diff(core::ptr::null_mut(), 0, s.out.as_mut_ptr().add(UDP6_OFF + off) as *mut u32, n as u32, 0)
+        };
+        // The helper's sum is of 16-bit words as this little-endian machine loads them: byte-swapped.
+        data += (r as u64) & 0xffff_ffff;
+    }
+    let data = fold(data).swap_bytes();
+    let check = !fold(sum + data as u64);
+    // 0 means "no checksum", which IPv6 forbids: its other representation.
+    if check == 0 {
+        0xffff
+    } else {
+        check
+    }
+}
+
+/// Ones' complement fold of a sum of 16-bit words.
+#[inline(always)]
+fn fold(mut sum: u64) -> u16 {
+    for _ in 0..4 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }

@@ -6,8 +6,8 @@ use core::ffi::c_void;
 use kv_common::{Counter, FrameHeader, MAX_KEY_LEN, UDP_FRAME_HEADER_LEN, XDP_MAX_KEYS, XDP_REQ_MAX};
 use kv_ebpf::{
     headers::{
-        EthHdr, Ipv4Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, IPPROTO_UDP, IPV4_FRAGMENT_MASK, IPV4_NO_OPTIONS, IP_HLEN,
-        TEXT_OFF, UDP_HLEN, UDP_PAYLOAD_OFF,
+        EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IP6_HLEN, IPPROTO_UDP, IPV4_FRAGMENT_MASK,
+        IPV4_NO_OPTIONS, IP_HLEN, TEXT6_OFF, TEXT_OFF, UDP_HLEN,
     },
     packet::{load, Frame},
     volatile_read, volatile_write,
@@ -15,9 +15,9 @@ use kv_ebpf::{
 
 use crate::{
     lookup::find_entry,
-    maps::{self, ALLOW},
+    maps::{self, ALLOW, ALLOW6},
     reply::{append_entry, finish, Reply},
-    scratch::{ScanState, Scratch, REQ_MASK},
+    scratch::{ScanState, Scratch, REPLY_OFF, REQ_MASK},
 };
 
 /// Shortest request the program looks at: `get k\r\n`.
@@ -27,21 +27,87 @@ pub const MIN_REQ_LEN: usize = b"get k\r\n".len();
 pub struct Req {
     pub eth_dst: [u8; 6],
     pub eth_src: [u8; 6],
-    pub ip_src: [u8; 4],
-    pub ip_dst: [u8; 4],
+    /// IPv4 addresses in the first 4 bytes, or IPv6 addresses.
+    pub ip_src: [u8; 16],
+    pub ip_dst: [u8; 16],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub req_id: u16,
+    pub v6: bool,
     /// Bytes of memcached text after the frame header.
     pub text_len: usize,
 }
 
-/// Checks the Ethernet, IPv4, UDP and frame headers of a datagram for the server and returns what the
+impl Req {
+    /// Offset of the memcached text in the frame (and length of the headers before it).
+    #[inline(always)]
+    pub fn text_off(&self) -> usize {
+        if self.v6 {
+            TEXT6_OFF
+        } else {
+            TEXT_OFF
+        }
+    }
+}
+
+/// Checks the Ethernet, IP, UDP and frame headers of a datagram for the server and returns what the
 /// reply needs of them; the error is the reason to pass the frame.
 pub fn parse_headers<F: Frame>(ctx: &F) -> Result<Req, Counter> {
     let eth = load::<EthHdr>(ctx, 0)?;
-    if eth.ether_type != ETH_P_IPV4 {
+    let (ip_src, ip_dst, udp_off, ip_payload) = if eth.ether_type == ETH_P_IPV4 {
+        ipv4(ctx)?
+    } else if eth.ether_type == ETH_P_IPV6 {
+        ipv6(ctx)?
+    } else {
         return Err(Counter::PassNotIpv4);
+    };
+    let v6 = udp_off != ETH_HLEN + IP_HLEN;
+    let udp = load::<UdpHdr>(ctx, udp_off)?;
+    if u16::from_be_bytes(udp.dst_port) != maps::port() {
+        return Err(Counter::PassOtherPort);
+    }
+    let udp_len = u16::from_be_bytes(udp.len) as usize;
+    let pkt_len = ctx.data_end() - ctx.data();
+    if udp_len < UDP_HLEN + UDP_FRAME_HEADER_LEN || ip_payload != udp_len || udp_off + udp_len > pkt_len {
+        return Err(Counter::PassMalformed);
+    }
+    // The stack drops an IPv6 datagram without a UDP checksum (it is mandatory there); so must we.
+    if v6 && udp.check == [0, 0] {
+        return Err(Counter::PassMalformed);
+    }
+    let frame = FrameHeader::from_bytes(load(ctx, udp_off + UDP_HLEN)?);
+    // A datagram count other than 1 is a multi-datagram request, which user space drops (as memcached
+    // does); the sequence number is not looked at, by memcached either.
+    if frame.total != 1 {
+        return Err(Counter::PassMalformed);
+    }
+    let allowed = if v6 {
+        ALLOW6.get(LpmKey::new(128, ip_src)).is_some()
+    } else {
+        ALLOW.get(LpmKey::new(32, [ip_src[0], ip_src[1], ip_src[2], ip_src[3]])).is_some()
+    };
+    if !allowed {
+        return Err(Counter::PassNotAllowed);
+    }
+    Ok(Req {
+        eth_dst: eth.dst,
+        eth_src: eth.src,
+        ip_src,
+        ip_dst,
+        sport: udp.src_port,
+        dport: udp.dst_port,
+        req_id: frame.request_id,
+        v6,
+        text_len: udp_len - UDP_HLEN - UDP_FRAME_HEADER_LEN,
+    })
+}
+
+/// Source and destination (in 16 bytes), offset of the UDP header and IP payload length of an IPv4
+/// datagram, checked as the stack and the server's socket would check it.
+#[inline(always)]
+fn ipv4<F: Frame>(ctx: &F) -> Result<([u8; 16], [u8; 16], usize, usize), Counter> {
+    if !maps::listen_v4() {
+        return Err(Counter::PassOtherPort);
     }
     let ip = load::<Ipv4Hdr>(ctx, ETH_HLEN)?;
     if ip.ver_ihl >> 4 != 4 {
@@ -62,36 +128,37 @@ pub fn parse_headers<F: Frame>(ctx: &F) -> Result<Req, Counter> {
     if listen != 0 && u32::from_ne_bytes(ip.dst) != listen {
         return Err(Counter::PassOtherPort);
     }
-    let udp = load::<UdpHdr>(ctx, ETH_HLEN + IP_HLEN)?;
-    if u16::from_be_bytes(udp.dst_port) != maps::port() {
+    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if ip_len < IP_HLEN {
+        return Err(Counter::PassMalformed);
+    }
+    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+    src[..4].copy_from_slice(&ip.src);
+    dst[..4].copy_from_slice(&ip.dst);
+    Ok((src, dst, ETH_HLEN + IP_HLEN, ip_len - IP_HLEN))
+}
+
+/// As [`ipv4`], for IPv6 without extension headers.
+#[inline(always)]
+fn ipv6<F: Frame>(ctx: &F) -> Result<([u8; 16], [u8; 16], usize, usize), Counter> {
+    if !maps::listen_v6() {
         return Err(Counter::PassOtherPort);
     }
-    let ip_len = u16::from_be_bytes(ip.tot_len) as usize;
-    let udp_len = u16::from_be_bytes(udp.len) as usize;
-    let pkt_len = ctx.data_end() - ctx.data();
-    if udp_len < UDP_HLEN + UDP_FRAME_HEADER_LEN || ip_len != IP_HLEN + udp_len || ETH_HLEN + ip_len > pkt_len {
+    let ip = load::<Ipv6Hdr>(ctx, ETH_HLEN)?;
+    if ip.ver_tc_flow[0] >> 4 != 6 {
         return Err(Counter::PassMalformed);
     }
-    let frame = FrameHeader::from_bytes(load(ctx, UDP_PAYLOAD_OFF)?);
-    // A datagram count other than 1 is a multi-datagram request, which user space drops (as memcached
-    // does); the sequence number is not looked at, by memcached either.
-    if frame.total != 1 {
-        return Err(Counter::PassMalformed);
+    // Extension headers (hop-by-hop options, routing, fragments, ...) are the stack's to interpret.
+    match ip.next_hdr {
+        IPPROTO_UDP => {}
+        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254 => return Err(Counter::PassIpOptionsOrFragment),
+        _ => return Err(Counter::PassNotUdp),
     }
-    let r = Req {
-        eth_dst: eth.dst,
-        eth_src: eth.src,
-        ip_src: ip.src,
-        ip_dst: ip.dst,
-        sport: udp.src_port,
-        dport: udp.dst_port,
-        req_id: frame.request_id,
-        text_len: udp_len - UDP_HLEN - UDP_FRAME_HEADER_LEN,
-    };
-    if ALLOW.get(LpmKey::new(32, r.ip_src)).is_none() {
-        return Err(Counter::PassNotAllowed);
+    let listen = maps::listen_ip6();
+    if listen != [0; 16] && ip.dst != listen {
+        return Err(Counter::PassOtherPort);
     }
-    Ok(r)
+    Ok((ip.src, ip.dst, ETH_HLEN + IP6_HLEN, u16::from_be_bytes(ip.payload_len) as usize))
 }
 
 /// Reads a request: its headers ([`parse_headers`]) and its text, into scratch, for [`parse_get`].
@@ -107,7 +174,7 @@ pub fn read_request<F: Frame>(ctx: &F) -> Result<(Req, &'static mut Scratch), Co
         return Err(Counter::PassNotGet);
     }
     let n = (text_len & (XDP_REQ_MAX * 2 - 1)) as u32;
-    ctx.load_bytes(TEXT_OFF as u32, &mut scratch.req, n).map_err(|_| Counter::PassMalformed)?;
+    ctx.load_bytes(req.text_off() as u32, &mut scratch.req, n).map_err(|_| Counter::PassMalformed)?;
     Ok((req, scratch))
 }
 
@@ -156,7 +223,7 @@ pub fn parse_get(s: &mut Scratch, text_len: usize, exact: bool) -> Result<Reply,
             if cas == 0 && exact {
                 return Ok(Reply::Direct(find_entry(s, first, klen)?));
             }
-            let out = append_entry(s, first, klen, cas != 0, TEXT_OFF)?;
+            let out = append_entry(s, first, klen, cas != 0, REPLY_OFF)?;
             return finish(s, out, 1);
         }
     }
@@ -166,7 +233,7 @@ pub fn parse_get(s: &mut Scratch, text_len: usize, exact: bool) -> Result<Reply,
         key_start: pos,
         done: 0,
         body_end: (text_len - 2) as u64,
-        out: TEXT_OFF as u64,
+        out: REPLY_OFF as u64,
         keys: 0,
         cas,
         err: 0,
@@ -257,7 +324,7 @@ fn scan_byte(s: &mut Scratch, i: u64) -> Result<bool, Counter> {
         return Err(Counter::PassNotGet);
     }
     let out = s.scan.out;
-    if !(TEXT_OFF as u64..=(TEXT_OFF + kv_common::XDP_REPLY_MAX) as u64).contains(&out) {
+    if !(REPLY_OFF as u64..=(REPLY_OFF + kv_common::XDP_REPLY_MAX) as u64).contains(&out) {
         return Err(Counter::PassMalformed);
     }
     let cas = s.scan.cas != 0;

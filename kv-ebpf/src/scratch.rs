@@ -3,7 +3,7 @@
 
 use kv_common::{CacheKey, XDP_REQ_MAX};
 
-use kv_ebpf::headers::TEXT_OFF;
+use kv_ebpf::headers::{ETH_HLEN, IP6_HLEN, TEXT6_OFF, TEXT_OFF};
 
 /// Size of the scratch buffer the reply is assembled in: a power of two (indices are masked with
 /// `OUT_BUF - 1`, which the verifier can follow) and more than twice the largest frame, so that
@@ -16,6 +16,14 @@ pub const OUT_HALF_MASK: usize = OUT_BUF / 2 - 1;
 /// Index mask of `Scratch::req`.
 pub const REQ_MASK: usize = XDP_REQ_MAX - 1;
 const _: () = assert!(OUT_BUF.is_power_of_two() && XDP_REQ_MAX.is_power_of_two());
+
+/// Where the reply text starts in `Scratch::out`, for either family: after the longer (IPv6) headers,
+/// which are written right before it (the IPv4 ones 20 bytes further in).
+pub const REPLY_OFF: usize = TEXT6_OFF;
+/// Where an IPv6 reply's UDP header is in `Scratch::out` (its frame starts at 0).
+pub const UDP6_OFF: usize = ETH_HLEN + IP6_HLEN;
+/// Bytes per `bpf_csum_diff` call (its limit).
+pub const CSUM_CHUNK: usize = 512;
 
 /// Room kept for the request's headers (`TEXT_OFF` of them are used).
 const ORIG_BUF: usize = 64;

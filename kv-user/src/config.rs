@@ -124,8 +124,8 @@ pub struct Config {
     /// User-space GET hits on an item before it is admitted to the kernel cache.
     #[arg(long = "kcache-admit-hits", default_value_t = 2)]
     pub kcache_admit_hits: u32,
-    /// IPv4 source prefixes (CIDR) whose UDP requests are answered, by the kernel and by user space
-    /// (amplification guard). Loopback (127.0.0.0/8, ::1) is always allowed. Repeatable.
+    /// Source prefixes (CIDR, IPv4 or IPv6) whose UDP requests are answered, by the kernel and by user
+    /// space (amplification guard). Loopback (127.0.0.0/8, ::1) is always allowed. Repeatable.
     #[arg(long = "udp-allow", value_parser = parse_cidr)]
     pub udp_allow: Vec<Cidr>,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (e.g. 127.0.0.1:9150). Off by default.
@@ -133,29 +133,49 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-/// An IPv4 prefix.
+/// An IPv4 or IPv6 prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
-    pub addr: std::net::Ipv4Addr,
+    pub addr: IpAddr,
     pub prefix: u32,
 }
 
 impl Cidr {
-    pub const LOOPBACK: Cidr = Cidr { addr: std::net::Ipv4Addr::new(127, 0, 0, 0), prefix: 8 };
+    pub const LOOPBACK: Cidr = Cidr { addr: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), prefix: 8 };
+    pub const LOOPBACK6: Cidr = Cidr { addr: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), prefix: 128 };
 
-    pub fn contains(&self, ip: std::net::Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
-        u32::from(ip) & mask == u32::from(self.addr) & mask
+    /// Whether `ip` is in the prefix; an IPv4-mapped IPv6 address (a dual-stack socket's view of an
+    /// IPv4 client) counts as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix).unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
     }
 }
 
-/// Parses `a.b.c.d/n` (or a bare address, /32).
+/// Parses `a.b.c.d/n` or `x:y::z/n` (a bare address: the whole address).
 pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
-    let (a, p) = s.split_once('/').unwrap_or((s, "32"));
-    let addr: std::net::Ipv4Addr = a.parse().map_err(|_| format!("invalid IPv4 address in {s}"))?;
-    let prefix: u32 = p.parse().map_err(|_| format!("invalid prefix length in {s}"))?;
-    if prefix > 32 {
-        return Err(format!("prefix length over 32 in {s}"));
+    let (a, p) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+    let addr: IpAddr = a.parse().map_err(|_| format!("invalid IP address in {s}"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u32 = match p {
+        Some(p) => p.parse().map_err(|_| format!("invalid prefix length in {s}"))?,
+        None => max,
+    };
+    if prefix > max {
+        return Err(format!("prefix length over {max} in {s}"));
     }
     Ok(Cidr { addr, prefix })
 }
@@ -163,7 +183,7 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
 impl Config {
     /// The UDP allowlist: loopback plus `--udp-allow`.
     pub fn udp_allowlist(&self) -> Vec<Cidr> {
-        std::iter::once(Cidr::LOOPBACK).chain(self.udp_allow.iter().copied()).collect()
+        [Cidr::LOOPBACK, Cidr::LOOPBACK6].into_iter().chain(self.udp_allow.iter().copied()).collect()
     }
 }
 
@@ -180,11 +200,8 @@ impl From<&Config> for crate::store::StoreOptions {
 
 impl From<&Config> for crate::kernel::KernelOptions {
     fn from(c: &Config) -> Self {
-        // Datagrams to other addresses are left to the stack when the server listens on one address.
-        let listen = match c.listen {
-            IpAddr::V4(a) if !a.is_unspecified() => Some(a),
-            _ => None,
-        };
+        // Datagrams the server's socket would not receive are left to the stack.
+        let listen = Some(c.listen);
         crate::kernel::KernelOptions {
             iface: c.iface.clone(),
             mode: c.xdp_mode,
@@ -401,12 +418,7 @@ fn file_args(table: &toml::Table, on_cli: impl Fn(&str) -> bool) -> Result<Vec<S
 
 /// Whether UDP from `ip` may be answered under `allow` (from [`Config::udp_allowlist`]).
 pub fn udp_allowed(allow: &[Cidr], ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => allow.iter().any(|c| c.contains(v4)),
-        std::net::IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| allow.iter().any(|c| c.contains(v4)))
-        }
-    }
+    allow.iter().any(|c| c.contains(ip))
 }
 
 /// Parses memcached-style sizes: plain bytes or with a k/m/g suffix.
@@ -453,6 +465,17 @@ mod tests {
         assert!(udp_allowed(&allow, "::1".parse().unwrap()));
         assert!(udp_allowed(&allow, "10.77.3.2".parse().unwrap()));
         assert!(!udp_allowed(&allow, "192.0.2.1".parse().unwrap()));
+        // IPv6 prefixes, and IPv4 clients seen through a dual-stack socket.
+        let allow = Config::parse_from(["kv-server", "--udp-allow", "fd00:77::/32", "--udp-allow", "10.0.0.0/8"])
+            .udp_allowlist();
+        assert!(udp_allowed(&allow, "fd00:77:1::5".parse().unwrap()));
+        assert!(!udp_allowed(&allow, "fd00:78::5".parse().unwrap()));
+        assert!(udp_allowed(&allow, "::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!udp_allowed(&allow, "::2".parse().unwrap()));
+        assert_eq!(parse_cidr("fd00::1").unwrap().prefix, 128);
+        assert!(parse_cidr("fd00::/129").is_err());
+        assert!(parse_cidr("0.0.0.0/0").unwrap().contains("192.0.2.1".parse().unwrap()));
+        assert!(parse_cidr("::/0").unwrap().contains("fd00::1".parse().unwrap()));
     }
 
     #[test]

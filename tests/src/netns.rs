@@ -51,6 +51,8 @@ pub struct XdpBed {
     pub server: Child,
     /// The server's address (10.77.N.1:PORT), reachable from the client namespace.
     pub addr: SocketAddr,
+    /// Its IPv6 address (fd77:0:0:N::1, port PORT) when started with [`XdpBed::start_ipv6`].
+    pub addr6: Option<SocketAddr>,
     pub veth: VethPair,
     /// The client veth's XDP program (needed for XDP_TX replies to arrive); detached on drop.
     client_xdp: Option<KernelPath>,
@@ -66,6 +68,16 @@ pub struct XdpBed {
 impl XdpBed {
     /// Sets everything up; on failure returns why (the caller passes it to [`unavailable`]).
     pub fn start(tag: &str, extra: &[&str]) -> Result<XdpBed> {
+        XdpBed::start_with(tag, extra, false)
+    }
+
+    /// As [`Self::start`], with IPv6 addresses on the veth too (fd77:0:0:N::1 and ::2) and the server
+    /// listening on `::` (both families), its UDP open to fd77::/16.
+    pub fn start_ipv6(tag: &str, extra: &[&str]) -> Result<XdpBed> {
+        XdpBed::start_with(tag, extra, true)
+    }
+
+    fn start_with(tag: &str, extra: &[&str], ipv6: bool) -> Result<XdpBed> {
         if crate::targets_memcached() {
             bail!("the XDP path is kv-server only");
         }
@@ -79,6 +91,15 @@ impl XdpBed {
         let veth =
             VethPair::new(&server_ns, &client_ns, &format!("10.77.{subnet}.1/24"), &format!("10.77.{subnet}.2/24"))
                 .context("creating the veth pair")?;
+        let addr6 = if ipv6 {
+            // No duplicate address detection: the addresses are usable at once, and nothing else is here.
+            let (a, b) = (format!("fd77:0:0:{subnet:x}::1"), format!("fd77:0:0:{subnet:x}::2"));
+            server_ns.ip(&["-6", "addr", "add", &format!("{a}/64"), "dev", &veth.if_a, "nodad"])?;
+            client_ns.ip(&["-6", "addr", "add", &format!("{b}/64"), "dev", &veth.if_b, "nodad"])?;
+            Some(SocketAddr::new(a.parse()?, PORT))
+        } else {
+            None
+        };
         let client_if = veth.if_b.clone();
         let client_xdp = client_ns
             .run(move || {
@@ -91,10 +112,12 @@ impl XdpBed {
         let port = PORT.to_string();
         let server = server_ns
             .command(crate::server_bin())
-            .args(["-l", &veth.addr_a.to_string(), "-p", &port, "-U", &port, "--iface", &veth.if_a])
+            .args(["-l", &if ipv6 { "::".to_string() } else { veth.addr_a.to_string() }])
+            .args(["-p", &port, "-U", &port, "--iface", &veth.if_a])
             .args(["--xdp-mode", "native", "--no-persist"])
             // The client's prefix may use UDP unless the test sets its own allowlist.
             .args(if extra.contains(&"--udp-allow") { &[][..] } else { &["--udp-allow", "10.77.0.0/16"][..] })
+            .args(if ipv6 { &["--udp-allow", "fd77::/16"][..] } else { &[][..] })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
@@ -104,6 +127,7 @@ impl XdpBed {
         let mut bed = XdpBed {
             server,
             addr,
+            addr6,
             veth,
             client_xdp: Some(client_xdp),
             server_ns,
@@ -170,6 +194,20 @@ impl XdpBed {
     pub fn udp_socket(&self) -> UdpSocket {
         let local = SocketAddr::V4(SocketAddrV4::new(self.veth.addr_b, 0));
         self.client_ns.run(move || UdpSocket::bind(local).expect("binding a UDP socket in the client namespace"))
+    }
+
+    /// A UDP socket in the client namespace on its IPv6 address ([`Self::start_ipv6`] beds only).
+    pub fn udp_socket6(&self) -> UdpSocket {
+        let server = self.addr6.expect("an IPv6 testbed");
+        let local = match server.ip() {
+            std::net::IpAddr::V6(a) => {
+                let mut o = a.octets();
+                o[15] = 2;
+                SocketAddr::new(std::net::Ipv6Addr::from(o).into(), 0)
+            }
+            v4 => SocketAddr::new(v4, 0),
+        };
+        self.client_ns.run(move || UdpSocket::bind(local).expect("binding an IPv6 UDP socket in the client namespace"))
     }
 
     /// `stats` over a fresh TCP connection from the client namespace, as name → value.

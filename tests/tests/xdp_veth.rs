@@ -339,3 +339,51 @@ fn replies_larger_than_the_xdp_frame_are_answered_by_tc() {
     assert_eq!(hits, 40, "every large reply from the kernel");
     assert!(tc > 20, "the TC program answered only {tc} of 40 large replies");
 }
+
+/// IPv6: gets and multigets from an IPv6 client are answered in the kernel (`xdp_hits_ipv6` rises), with
+/// the bytes TCP sends; the reply's UDP checksum is checked by the client's stack, which drops a bad one.
+#[test]
+fn ipv6_gets_are_answered_in_the_kernel() {
+    let bed = match XdpBed::start_ipv6("ipv6", &[]) {
+        Ok(b) => b,
+        Err(e) => return kv_tests::netns::unavailable(&format!("no IPv6 XDP testbed: {e:#}")),
+    };
+    let mut tcp = bed.client();
+    let keys: Vec<String> = (0..12).map(|i| format!("v6key:{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        tcp.set(k, &vec![b'a' + i as u8; 3 * i + 1]);
+    }
+    let sock = bed.udp_socket6();
+    let to = bed.addr6.unwrap();
+    let mut id = 0x600u16;
+    let mut request = |payload: &[u8]| {
+        id += 1;
+        let before = bed.kernel_counter(Counter::Ipv6Hits);
+        let r = udp_request_retry(&sock, to, id, payload);
+        (r.body, bed.kernel_counter(Counter::Ipv6Hits) > before)
+    };
+    let mut answered = Vec::new();
+    for req in keys
+        .iter()
+        .map(|k| format!("get {k}\r\n"))
+        .chain([format!("get {}\r\n", keys[..3].join(" ")), format!("gets {}\r\n", keys.join(" "))])
+    {
+        tcp.send(req.as_bytes());
+        let want = tcp.read_until(b"END\r\n");
+        let mut hot = false;
+        for i in 0..100 {
+            let (body, kernel) = request(req.as_bytes());
+            assert_eq!(String::from_utf8_lossy(&body), String::from_utf8_lossy(&want), "reply {i} to {req:?}");
+            if kernel {
+                hot = true;
+                break;
+            }
+        }
+        answered.push(hot);
+    }
+    let stats = xdp_stats(&bed);
+    eprintln!("answered over IPv6 in the kernel: {answered:?}; stats {stats:?}");
+    assert!(answered.iter().all(|a| *a), "{NOT_ADMITTED}; {stats:?}");
+    let v6_hits: u64 = stats.iter().find(|(k, _)| k == "xdp_hits_ipv6").map_or(0, |(_, v)| v.parse().unwrap());
+    assert!(v6_hits >= 14, "stats xdp_hits_ipv6 = {v6_hits}");
+}

@@ -53,6 +53,7 @@ fn xdp_help(c: Counter) -> Option<&'static str> {
             Some("Requests whose reply needed more room than the XDP frame had, handed to the TC program.")
         }
         Counter::TcHits => Some("Requests the TC program answered (counted in xdp_hits too)."),
+        Counter::Ipv6Hits => Some("Requests over IPv6 answered in the kernel (counted in xdp_hits too)."),
         _ => None,
     }
 }

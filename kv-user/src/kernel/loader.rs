@@ -5,6 +5,7 @@
 //! whole life and drops it on shutdown, including SIGINT/SIGTERM; a killed process loses its link fd and
 //! the kernel detaches the program then.
 
+use std::net::IpAddr;
 use std::os::fd::AsRawFd as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,8 +54,10 @@ pub struct KernelOpts {
     pub cache_entries: u32,
     /// Log every pass and its reason from the kernel (aya-log), for debugging (`-vv`).
     pub log: bool,
-    /// The address the server listens on: datagrams to other addresses are left to the stack. None: any.
-    pub listen: Option<std::net::Ipv4Addr>,
+    /// The address the server's UDP socket is bound to: datagrams it would not receive (another
+    /// address, or the other family) are left to the stack. `::` takes both families (dual-stack);
+    /// None: any address of either family.
+    pub listen: Option<std::net::IpAddr>,
     /// Tests only: the program treats every reply it copies straight from a slot as torn, exercising
     /// the path that restores the request and passes it.
     pub test_tear: bool,
@@ -121,8 +124,7 @@ impl KernelPath {
     pub fn load_with_logger(opts: KernelOpts, sink: &'static dyn log::Log) -> Result<Self> {
         let log = u8::from(opts.log);
         let tear = u8::from(opts.test_tear);
-        // The packet's bytes read as a native integer, as the program compares them.
-        let listen = opts.listen.map_or(0, |a| u32::from_ne_bytes(a.octets()));
+        let (v4, v6, listen, listen6) = listen_globals(opts.listen);
         let slots = slots_for(opts.cache_entries);
         let mask = slots - 1;
         let mut ebpf = EbpfLoader::new()
@@ -131,6 +133,9 @@ impl KernelPath {
             .override_global("KV_SLOT_MASK", &mask, true)
             .override_global("KV_TEST_TEAR", &tear, true)
             .override_global("KV_LISTEN_IP", &listen, true)
+            .override_global("KV_LISTEN_V4", &v4, true)
+            .override_global("KV_LISTEN_V6", &v6, true)
+            .override_global("KV_LISTEN_IP6", &listen6, true)
             .map_max_entries("CACHE", slots)
             .map_max_entries("SEQS", slots)
             .load(EBPF_OBJECT)
@@ -167,11 +172,20 @@ impl KernelPath {
         Ok(self.counters_handle()?.get(c))
     }
 
-    /// Lets UDP from `addr/prefix` (IPv4) be answered.
-    pub fn allow(&mut self, addr: std::net::Ipv4Addr, prefix: u32) -> Result<()> {
-        let map = self.ebpf.map_mut("ALLOW").context("ALLOW map missing")?;
-        let mut trie: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(map)?;
-        trie.insert(&LpmKey::new(prefix, addr.octets()), 1, 0)?;
+    /// Lets UDP from `addr/prefix` be answered.
+    pub fn allow(&mut self, addr: IpAddr, prefix: u32) -> Result<()> {
+        match addr {
+            IpAddr::V4(a) => {
+                let map = self.ebpf.map_mut("ALLOW").context("ALLOW map missing")?;
+                let mut trie: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(map)?;
+                trie.insert(&LpmKey::new(prefix, a.octets()), 1, 0)?;
+            }
+            IpAddr::V6(a) => {
+                let map = self.ebpf.map_mut("ALLOW6").context("ALLOW6 map missing")?;
+                let mut trie: LpmTrie<_, [u8; 16], u8> = LpmTrie::try_from(map)?;
+                trie.insert(&LpmKey::new(prefix, a.octets()), 1, 0)?;
+            }
+        }
         Ok(())
     }
 
@@ -194,6 +208,19 @@ fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 fn tc_program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
     let prog = ebpf.program_mut(TC_PROGRAM).context("TC program missing from the object")?;
     Ok(prog.try_into()?)
+}
+
+/// The program's listen globals for a socket bound to `listen`: whether IPv4 and IPv6 datagrams reach
+/// it, and the one address of each family it takes (0: any). The IPv4 address is the packet's bytes read
+/// as a native integer, as the program compares them.
+fn listen_globals(listen: Option<IpAddr>) -> (u8, u8, u32, [u8; 16]) {
+    match listen {
+        None => (1, 1, 0, [0; 16]),
+        Some(IpAddr::V4(a)) => (1, 0, u32::from_ne_bytes(a.octets()), [0; 16]),
+        // `::` is bound dual-stack (server::udp::bind clears IPV6_V6ONLY).
+        Some(IpAddr::V6(a)) if a.is_unspecified() => (1, 1, 0, [0; 16]),
+        Some(IpAddr::V6(a)) => (0, 1, 0, a.octets()),
+    }
 }
 
 /// Cache slots for a requested capacity: a power of two, at least 64.

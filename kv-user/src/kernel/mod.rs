@@ -47,8 +47,8 @@ pub struct KernelOptions {
     pub mode: XdpMode,
     /// What the program is specialised for at load time.
     pub load: KernelOpts,
-    /// IPv4 source prefixes whose UDP requests are answered.
-    pub allow: Vec<(std::net::Ipv4Addr, u32)>,
+    /// Source prefixes whose UDP requests are answered.
+    pub allow: Vec<(std::net::IpAddr, u32)>,
     /// Largest value the kernel serves.
     pub value_max: usize,
     /// User-space hits before an item is admitted.

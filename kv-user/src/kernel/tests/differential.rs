@@ -83,7 +83,7 @@ fn xdp_replies_equal_user_space_replies() {
             }
             Err(e) => panic!("BPF required but loading failed: {e:#}"),
         };
-    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0).into(), 8).unwrap();
     let cfg = Arc::new(Config::parse_from(["kv-server"]));
     // Admit on the first user-space hit, so the kernel holds much of the key pool.
     let sync = Arc::new(KernelSync::new(path.cache_handle().unwrap(), 1024, 1));
@@ -169,7 +169,7 @@ fn keys_admitted_through_the_store_are_found_by_xdp() {
         assert!(!bpf_required(), "BPF required");
         return;
     };
-    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0).into(), 8).unwrap();
     let cfg = Arc::new(Config::parse_from(["kv-server"]));
     let sync = Arc::new(KernelSync::new(path.cache_handle().unwrap(), 1024, 2));
     let store = Arc::new(Store::new(StoreOptions::from(&*cfg), Arc::new(NoJournal)).observed_by(sync.clone()));

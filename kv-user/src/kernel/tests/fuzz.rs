@@ -100,6 +100,9 @@ fn udp_reference(ctx: &Ctx, text: &[u8]) -> Vec<u8> {
 /// address is not modelled (the program is loaded without a listening address: any).
 fn delivered(pkt: &[u8]) -> Option<Result<&[u8], ()>> {
     let be = |at: usize| u16::from_be_bytes([pkt[at], pkt[at + 1]]) as usize;
+    if pkt.len() >= 14 && be(12) == 0x86dd {
+        return delivered6(pkt);
+    }
     if pkt.len() < 34 || be(12) != 0x0800 {
         return None;
     }
@@ -130,6 +133,32 @@ fn delivered(pkt: &[u8]) -> Option<Result<&[u8], ()>> {
         return None;
     }
     // A datagram count other than 1 is dropped unanswered (the sequence number is not looked at).
+    if payload[4..6] != [0, 1] {
+        return Some(Err(()));
+    }
+    Some(Ok(&payload[8..]))
+}
+
+/// [`delivered`] for IPv6: no extension headers (the stack would walk them; the program passes them), a
+/// UDP checksum present (mandatory; its value is not modelled, as for IPv4: offloads leave it partial),
+/// the test's IPv6 allowlist (fd00:0:0:77::/64).
+fn delivered6(pkt: &[u8]) -> Option<Result<&[u8], ()>> {
+    let be = |at: usize| u16::from_be_bytes([pkt[at], pkt[at + 1]]) as usize;
+    if pkt.len() < 62 || pkt[14] >> 4 != 6 || pkt[20] != 17 || pkt[22..30] != super::ipv6::SRC[..8] {
+        return None;
+    }
+    let payload_len = be(18);
+    let udp_len = be(58);
+    if 54 + payload_len > pkt.len() || udp_len < 8 || udp_len > payload_len || be(56) != PORT as usize {
+        return None;
+    }
+    if be(60) == 0 {
+        return None;
+    }
+    let payload = &pkt[62..54 + udp_len];
+    if payload.len() < 8 {
+        return None;
+    }
     if payload[4..6] != [0, 1] {
         return Some(Err(()));
     }
@@ -362,6 +391,55 @@ impl Fuzz {
         t
     }
 
+    /// Mutations of an IPv6 frame's headers; the UDP checksum is recomputed afterwards unless the
+    /// mutation was to drop it, so that most frames reach the text.
+    fn mutate_frame6(&mut self, mut p: Vec<u8>) -> Vec<u8> {
+        let r = &mut self.rng;
+        let mut keep_check = false;
+        match r.below(24) {
+            0..=12 => {}
+            13 => {
+                let v = if r.chance(2) { r.below(65536) } else { (p.len() as u64 - 54).wrapping_add(r.below(9)) - 4 };
+                p[18..20].copy_from_slice(&(v as u16).to_be_bytes());
+            }
+            14 => {
+                let v = if r.chance(2) { r.below(65536) } else { (p.len() as u64 - 54).wrapping_add(r.below(9)) - 4 };
+                p[58..60].copy_from_slice(&(v as u16).to_be_bytes());
+            }
+            // Extension headers and other protocols.
+            15 => p[20] = [0, 43, 44, 60, 58, 6, r.next() as u8][r.below(7) as usize],
+            16 => p[14] = (p[14] & 0x0f) | ((r.below(16) as u8) << 4),
+            17 => p[22 + r.below(16) as usize] ^= 1 << r.below(8),
+            18 => {
+                let port = [11212, 0, 53, r.next() as u16][r.below(4) as usize];
+                p[56..58].copy_from_slice(&port.to_be_bytes());
+            }
+            19 => {
+                p[60..62].copy_from_slice(&[0, 0]);
+                keep_check = true;
+            }
+            20 => {
+                let i = 64 + r.below(6) as usize;
+                p[i] = if r.chance(2) { r.next() as u8 } else { p[i] ^ 1 };
+            }
+            21 => {
+                let n = 14 + r.upto(p.len() - 14);
+                p.truncate(n);
+            }
+            22 => p.extend_from_slice(&[0; 6]), // Ethernet padding
+            _ => {
+                let i = r.below(p.len() as u64) as usize;
+                p[i] = r.next() as u8;
+            }
+        }
+        if !keep_check && p.len() >= 62 {
+            p[60..62].copy_from_slice(&[0, 0]);
+            let c = super::ipv6::udp6_checksum(&p);
+            p[60..62].copy_from_slice(&c.to_be_bytes());
+        }
+        p
+    }
+
     fn mutate_frame(&mut self, mut p: Vec<u8>) -> Vec<u8> {
         let r = &mut self.rng;
         match r.below(32) {
@@ -505,8 +583,13 @@ fn fuzz(path: &mut KernelPath, packets: u64, seed: u64, plant_every: Option<u64>
         }
         let clean = f.request();
         let text = f.mutate_text(clean.clone());
-        let built = packet(PORT, f.rng.next() as u16, 0, 1, &text);
-        let pkt = f.mutate_frame(built.clone());
+        let v6 = f.rng.chance(4);
+        let built = if v6 {
+            super::ipv6::packet6_id(17, super::ipv6::SRC, f.rng.next() as u16, &text)
+        } else {
+            packet(PORT, f.rng.next() as u16, 0, 1, &text)
+        };
+        let pkt = if v6 { f.mutate_frame6(built.clone()) } else { f.mutate_frame(built.clone()) };
         let mutated = text != clean || pkt != built;
         let expected = delivered(&pkt).map(|d| match d {
             Ok(text) => udp_reference(&f.ctx, text),
@@ -517,7 +600,8 @@ fn fuzz(path: &mut KernelPath, packets: u64, seed: u64, plant_every: Option<u64>
             XDP_TX => {
                 tx += 1;
                 tx_mutated += u64::from(mutated);
-                match (&expected, try_reply_text(&pkt, &out)) {
+                let reply = if v6 { super::ipv6::try_reply_text6(&pkt, &out) } else { try_reply_text(&pkt, &out) };
+                match (&expected, reply) {
                     (None, _) => Some("answered a packet the stack would not deliver to the server".to_string()),
                     (_, Err(e)) => Some(e),
                     (Some(want), Ok(got)) if got != *want => Some(format!(
@@ -571,6 +655,7 @@ fn seed() -> u64 {
 #[test]
 fn xdp_fuzz_matches_user_space() {
     let Some(mut path) = load_with(512) else { return };
+    super::ipv6::allow_client(&mut path);
     let long = std::env::var("KV_LONG").is_ok_and(|v| v == "1");
     let packets: u64 = match std::env::var("KV_FUZZ_PACKETS") {
         Ok(n) => n.parse().expect("KV_FUZZ_PACKETS"),

@@ -17,7 +17,7 @@ pub(crate) fn load_with(cache_entries: u32) -> Option<KernelPath> {
     match KernelPath::load(KernelOpts { port: PORT, cache_entries, log: false, ..Default::default() }) {
         Ok(mut p) => {
             // Test packets come from 10.0.0.2.
-            p.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+            p.allow(std::net::Ipv4Addr::new(10, 0, 0, 0).into(), 8).unwrap();
             Some(p)
         }
         Err(e) if !bpf_required() => {
@@ -162,7 +162,7 @@ fn torn_direct_reply_restores_the_request() {
     let mut path =
         KernelPath::load(KernelOpts { port: PORT, cache_entries: 1024, test_tear: true, ..Default::default() })
             .unwrap();
-    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0).into(), 8).unwrap();
     put(&mut path, b"foo", 5, 77, b"bar", 0);
     put(&mut path, b"big", 0, 78, &[b'v'; 200], 0);
     for (i, text) in [&b"get foo\r\n"[..], b"get big\r\n"].iter().enumerate() {
@@ -184,10 +184,14 @@ fn torn_direct_reply_restores_the_request() {
 fn bad_ip_checksum_and_other_addresses_pass() {
     let Some(_) = load() else { return };
     let listen = std::net::Ipv4Addr::new(10, 0, 0, 1);
-    let mut path =
-        KernelPath::load(KernelOpts { port: PORT, cache_entries: 1024, listen: Some(listen), ..Default::default() })
-            .unwrap();
-    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+    let mut path = KernelPath::load(KernelOpts {
+        port: PORT,
+        cache_entries: 1024,
+        listen: Some(listen.into()),
+        ..Default::default()
+    })
+    .unwrap();
+    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0).into(), 8).unwrap();
     put(&mut path, b"foo", 0, 1, b"bar", 0);
     let req = packet(PORT, 1, 0, 1, b"get foo\r\n");
     assert_eq!(run(&mut path, &req).0, XDP_TX, "to the listening address");
@@ -282,9 +286,12 @@ fn malformed_truncated_fragmented_and_foreign_packets_pass() {
     let mut tcp = good.clone();
     tcp[14 + 9] = 6;
     assert_pass_untouched(&mut path, &tcp);
-    let mut v6 = good.clone();
-    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-    assert_pass_untouched(&mut path, &v6);
+    let mut arp = good.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    let mut bad_v6 = good.clone();
+    bad_v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_pass_untouched(&mut path, &arp);
+    assert_pass_untouched(&mut path, &bad_v6);
     // IPv4 with options (IHL 6): same text, headers 4 bytes longer.
     let mut opts = good[..34].to_vec();
     opts[14] = 0x46;
@@ -386,14 +393,17 @@ fn counters_per_reason() {
     put(&mut path, b"old", 0, 1, b"v", 1);
     put(&mut path, b"big", 0, 1, &[b'z'; 1000], 0);
     let good = packet(PORT, 1, 0, 1, b"get k k\r\n");
-    let mut v6 = good.clone();
-    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let mut arp = good.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    let mut bad_v6 = good.clone();
+    bad_v6[12..14].copy_from_slice(&[0x86, 0xdd]);
     let mut frag = good.clone();
     frag[14 + 6] |= 0x20;
     let mut tcp = good.clone();
     tcp[14 + 9] = 6;
     let cases: Vec<(Vec<u8>, Counter)> = vec![
-        (v6, Counter::PassNotIpv4),
+        (arp, Counter::PassNotIpv4),
+        (bad_v6, Counter::PassMalformed),
         (frag, Counter::PassIpOptionsOrFragment),
         (tcp, Counter::PassNotUdp),
         (packet(PORT + 1, 1, 0, 1, b"get k\r\n"), Counter::PassOtherPort),
@@ -558,7 +568,7 @@ fn keys_sharing_all_their_slots_displace_the_oldest() {
 fn every_admitted_key_is_found() {
     let mut path =
         KernelPath::load(KernelOpts { port: PORT, cache_entries: 16384, log: false, ..Default::default() }).unwrap();
-    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).unwrap();
+    path.allow(std::net::Ipv4Addr::new(10, 0, 0, 0).into(), 8).unwrap();
     let h = path.cache_handle().unwrap();
     // The benchmark's load: 10,000 keys in 16,384 slots. Each key's value names it, so a key served from
     // a slot it was moved to (one cuckoo step) is checked byte for byte.
@@ -590,3 +600,4 @@ fn every_admitted_key_is_found() {
 
 mod differential;
 mod fuzz;
+mod ipv6;
