@@ -8,9 +8,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const FIELDS: [&str; 20] = [
+const FIELDS: [&str; 28] = [
     "proto",
     "mode",
+    "workload",
+    "get_ratio",
+    "key_size_mean",
+    "value_size_mean",
+    "value_size_max",
+    "req_key_size_mean",
+    "req_value_size_mean",
+    "oversize_sets",
     "threads",
     "conns",
     "depth",
@@ -96,6 +104,13 @@ fn udp_reflector_counts_echoes_as_other() {
 }
 
 #[test]
+fn etc_refuses_a_fixed_value_size() {
+    let (code, _, err) = kv_load(&["--server", "127.0.0.1:1", "--workload", "etc", "--value-size", "10"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--value-size does not apply"), "{err}");
+}
+
+#[test]
 fn unreachable_server_fails_clearly() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -160,6 +175,24 @@ fn against_memcached_if_installed() {
     let v = with(&["--proto", "udp", "--multiget", "10", "--depth", "4"]);
     assert!(v["requests"].as_u64().unwrap() > 100, "{v}");
     assert_eq!(v["hits"], v["requests"], "multiget completes on END, not per key message: {v}");
+
+    // ETC: the preload stores exactly the keys the run reads (no misses), with sizes memcached accepts (no errors);
+    // the sets rewrite the same keys.
+    for proto in ["udp", "tcp"] {
+        let v = with(&["--proto", proto, "--workload", "etc", "--preload", "--depth", "8"]);
+        assert!(v["requests"].as_u64().unwrap() > 500, "{v}");
+        assert_eq!(
+            (v["misses"].as_u64(), v["errors"].as_u64(), v["other"].as_u64()),
+            (Some(0), Some(0), Some(0)),
+            "{v}"
+        );
+        assert_eq!(v["workload"], "etc");
+        assert!((v["get_ratio"].as_f64().unwrap() - 30.0 / 31.0).abs() < 1e-9);
+        let hits = v["hits"].as_u64().unwrap();
+        assert!(hits < v["requests"].as_u64().unwrap(), "some sets: {v}");
+        let (k, val) = (v["key_size_mean"].as_f64().unwrap(), v["value_size_mean"].as_f64().unwrap());
+        assert!((33.0..40.0).contains(&k) && (120.0..280.0).contains(&val), "{v}");
+    }
 
     let v = with(&["--proto", "tcp", "--mode", "open", "--rate", "2000"]);
     let req = v["requests"].as_u64().unwrap();
