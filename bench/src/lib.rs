@@ -1,6 +1,7 @@
 //! kv-load internals: a memcached-protocol load generator (UDP with sendmmsg/recvmmsg, pipelined TCP), closed loop
 //! (peak throughput) and open loop (latency at an offered rate, measured from intended send times).
 
+pub mod ceiling;
 pub mod etc;
 pub mod keys;
 pub mod proto;

@@ -200,3 +200,51 @@ fn against_memcached_if_installed() {
     assert_eq!(v["offered_rps"], 2000.0);
     assert_eq!(v["mode"], "open");
 }
+
+struct Ceiling(Child);
+impl Drop for Ceiling {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn tcp_ceiling_answers_every_get_with_a_hit() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_tcp-ceiling"))
+        .args(["--listen", &addr, "--threads", "2", "--key-len", "7", "--value-size", "32"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tcp-ceiling");
+    let _c = Ceiling(child);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "tcp-ceiling did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Depth 1 and deep pipelines (replies outgrow a socket buffer: the EPOLLOUT path), multiget too.
+    for depth in ["1", "16", "4096"] {
+        let v = run_json(&[
+            "--server",
+            &addr,
+            "--proto",
+            "tcp",
+            "--conns",
+            "3",
+            "--depth",
+            depth,
+            "--multiget",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--json",
+        ]);
+        assert!(v["requests"].as_u64().unwrap() > 500, "{v}");
+        assert_eq!(v["hits"], v["requests"], "{v}");
+    }
+}

@@ -162,7 +162,7 @@ fn build(root: &Path) -> Result<()> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(["build", "--release", "-p", "kv-user", "--bin", "kv-server"]);
     if root.join("bench/Cargo.toml").is_file() {
-        cmd.args(["-p", "kv-bench", "--bin", "kv-load"]);
+        cmd.args(["-p", "kv-bench", "--bin", "kv-load", "--bin", "tcp-ceiling"]);
     } else {
         eprintln!("bench: no bench/ crate (kv-bench) in this workspace; using an existing kv-load if there is one");
     }

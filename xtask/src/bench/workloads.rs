@@ -19,6 +19,9 @@ pub enum Server {
     /// into a page of its own, a cost a real NIC does not have and memcached's row does not pay.
     KvNoBpfFsync,
     Reflector,
+    /// tcp-ceiling (kv-bench): one fixed reply per `get` line from user space, no store: the most a TCP
+    /// server can do on this path, as the reflector is for UDP.
+    TcpCeiling,
 }
 
 impl Server {
@@ -30,6 +33,7 @@ impl Server {
             Server::KvFsync => "kv-server(xdp,fsync)",
             Server::KvNoBpfFsync => "kv-server(no-bpf,fsync)",
             Server::Reflector => "reflector(xdp_tx)",
+            Server::TcpCeiling => "tcp-ceiling",
         }
     }
 }
@@ -58,6 +62,8 @@ pub struct Workload {
     pub idle: u32,
     /// Also measure the XDP program's own run time (separate short run, BPF statistics on).
     pub bpf_stats: bool,
+    /// kv-load's `--workload etc` (per-key ETC sizes, GET:SET 30:1) instead of `--value-size`.
+    pub etc: bool,
 }
 
 impl Workload {
@@ -74,7 +80,15 @@ impl Workload {
             open_half_mc: false,
             idle: 0,
             bpf_stats: false,
+            etc: false,
         }
+    }
+}
+
+impl Workload {
+    /// Some requests are sets (which XDP passes as `not_get`): ETC, or a `--get-ratio` below 1.
+    pub fn has_sets(&self) -> bool {
+        self.etc || self.args.windows(2).any(|a| a[0] == "--get-ratio" && a[1].parse::<f64>().is_ok_and(|r| r < 1.0))
     }
 }
 
@@ -93,10 +107,16 @@ pub fn plan(quick: bool) -> Vec<Workload> {
     let cat = |a: &[&'static str], b: &[&'static str]| -> Vec<&'static str> { a.iter().chain(b).copied().collect() };
     let mut udp_get = w("udp-get", Proto::Udp, &cat(&udp, &["--get-ratio", "1"]), &all);
     udp_get.bpf_stats = true;
-    let tcp_d1 =
-        Workload { skip_note: no_reflector, ..w("tcp-depth-1", Proto::Tcp, &["--conns", "2", "--depth", "1"], &real) };
+    // TCP GET at depth 1 and 16 also against the fixed-reply ceiling.
+    let tcp_ceiling = [Memcached, KvNoBpf, KvXdp, TcpCeiling];
+    let tcp_d1 = Workload {
+        skip_note: no_reflector,
+        ..w("tcp-depth-1", Proto::Tcp, &["--conns", "2", "--depth", "1"], &tcp_ceiling)
+    };
+    // Facebook's ETC pool: per-key sizes (values 0 B to ~50 KB here), GET:SET 30:1.
+    let udp_etc = Workload { etc: true, skip_note: no_reflector, ..w("udp-etc", Proto::Udp, &udp, &real) };
     if quick {
-        return vec![udp_get, tcp_d1];
+        return vec![udp_get, udp_etc, tcp_d1];
     }
     let mut v = vec![udp_get];
     for (name, extra) in [
@@ -105,10 +125,14 @@ pub fn plan(quick: bool) -> Vec<Workload> {
     ] {
         v.push(Workload { skip_note: no_reflector, ..w(name, Proto::Udp, &cat(&udp, extra), &real) });
     }
+    v.push(udp_etc);
     v.push(tcp_d1);
     // Connection counts are totals: threads x per-thread conns.
+    v.push(Workload {
+        skip_note: no_reflector,
+        ..w("tcp-depth-16", Proto::Tcp, &["--conns", "2", "--depth", "16"], &tcp_ceiling)
+    });
     for (name, threads, a) in [
-        ("tcp-depth-16", 2, &["--conns", "2", "--depth", "16"][..]),
         ("tcp-conns-1", 1, &["--conns", "1", "--depth", "1"][..]),
         ("tcp-conns-50", 2, &["--conns", "25", "--depth", "1"][..]),
         ("tcp-conns-1000", 2, &["--conns", "500", "--depth", "1"][..]),
@@ -151,7 +175,9 @@ mod tests {
 
     #[test]
     fn plans() {
-        assert_eq!(shape(&plan(true)), [("udp-get", 4, 2, true), ("tcp-depth-1", 3, 2, true)]);
+        use Server::*;
+        let real = [Memcached, KvNoBpf, KvXdp];
+        assert_eq!(shape(&plan(true)), [("udp-get", 4, 2, true), ("udp-etc", 3, 2, true), ("tcp-depth-1", 4, 2, true)]);
         let full = plan(false);
         assert_eq!(
             shape(&full),
@@ -159,8 +185,9 @@ mod tests {
                 ("udp-get", 4, 2, true),
                 ("udp-get90-set10", 3, 2, true),
                 ("udp-multiget-10", 3, 2, true),
-                ("tcp-depth-1", 3, 2, true),
-                ("tcp-depth-16", 3, 2, true),
+                ("udp-etc", 3, 2, true),
+                ("tcp-depth-1", 4, 2, true),
+                ("tcp-depth-16", 4, 2, true),
                 ("tcp-conns-1", 3, 1, true),
                 ("tcp-conns-50", 3, 2, true),
                 ("tcp-conns-1000", 3, 2, true),
@@ -173,6 +200,15 @@ mod tests {
         let set = full.iter().find(|w| w.name == "tcp-set-100").unwrap();
         assert_eq!(set.servers, [Server::Memcached, Server::KvNoBpfFsync, Server::KvFsync]);
         assert_eq!(full.iter().filter(|w| w.bpf_stats).map(|w| w.name).collect::<Vec<_>>(), ["udp-get"]);
+        let etc: Vec<&Workload> = full.iter().filter(|w| w.etc).collect();
+        assert_eq!(etc.len(), 1);
+        assert_eq!((etc[0].name, etc[0].proto, &etc[0].servers[..]), ("udp-etc", Proto::Udp, &real[..]));
+        assert!(!etc[0].args.iter().any(|a| a == "--get-ratio"), "ETC's own 30:1 mix");
+        let ceiling: Vec<&str> =
+            full.iter().filter(|w| w.servers.contains(&Server::TcpCeiling)).map(|w| w.name).collect();
+        assert_eq!(ceiling, ["tcp-depth-1", "tcp-depth-16"]);
+        let with_sets: Vec<&str> = full.iter().filter(|w| w.has_sets()).map(|w| w.name).collect();
+        assert_eq!(with_sets, ["udp-get90-set10", "udp-etc", "tcp-set-100"]);
         assert_eq!(full.iter().filter(|w| w.idle > 0).map(|w| w.idle).collect::<Vec<_>>(), [10_000, 50_000]);
     }
 }
