@@ -11,8 +11,9 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use super::bed::{SERVER_IF, SERVER_IP};
+use super::cpus::pin_command;
 use super::procs::{self, check_interrupted, ns_command, tail, Proc, Sample, INTERRUPTED};
-use super::workloads::{args, plan, Proto, Server, Workload, KEYS, VALUE_SIZE, ZIPF};
+use super::workloads::{args, plan_for, Proto, Server, Workload, KEYS, VALUE_SIZE, ZIPF};
 use super::{Ctx, Row, PORT};
 
 impl Row {
@@ -34,7 +35,7 @@ impl Row {
 
 impl Ctx {
     pub(super) fn run_all(&mut self) -> Result<()> {
-        let plan = plan(self.opts.quick);
+        let plan = plan_for(self.opts.quick, self.client_threads());
         let total: usize = plan.iter().map(|w| w.servers.len()).sum();
         let mut step = 0;
         eprintln!(
@@ -127,6 +128,7 @@ impl Ctx {
                         kv_user::kernel::bench::attach_reflector(SERVER_IF, kv_user::kernel::XdpMode::Native, PORT)
                     })
                     .context("attaching the reflector to the server veth")?;
+                self.pin_network();
                 (None, Some(r))
             }
             _ => {
@@ -270,7 +272,11 @@ impl Ctx {
     ) -> Result<(Option<Value>, Vec<Sample>)> {
         let log = self.logs.join(format!("{tag}.kv-load.log"));
         std::fs::write(self.logs.join(format!("{tag}.kv-load.args")), a.join(" "))?;
-        let child = ns_command(&self.bed.client_ns, &self.kv_load, a, &log)?.spawn().context("starting kv-load")?;
+        let mut cmd = ns_command(&self.bed.client_ns, &self.kv_load, a, &log)?;
+        if let Some(p) = &self.pin {
+            pin_command(&mut cmd, &p.client);
+        }
+        let child = cmd.spawn().context("starting kv-load")?;
         let mut p = Proc { child, name: "kv-load".into() };
         let tty = std::io::stderr().is_terminal();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

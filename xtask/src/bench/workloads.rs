@@ -64,6 +64,8 @@ pub struct Workload {
     pub bpf_stats: bool,
     /// kv-load's `--workload etc` (per-key ETC sizes, GET:SET 30:1) instead of `--value-size`.
     pub etc: bool,
+    /// TCP connections in all (threads x per-thread `--conns`) that the workload is named after.
+    pub total_conns: Option<u32>,
 }
 
 impl Workload {
@@ -81,6 +83,7 @@ impl Workload {
             idle: 0,
             bpf_stats: false,
             etc: false,
+            total_conns: None,
         }
     }
 }
@@ -96,7 +99,39 @@ pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// The default plan: `THREADS` kv-load threads.
+#[cfg(test)]
 pub fn plan(quick: bool) -> Vec<Workload> {
+    plan_for(quick, THREADS)
+}
+
+/// The plan with `threads` kv-load threads where the default has `THREADS` (many-core mode: one per client
+/// CPU; per-thread connections and sockets stay, so the load grows with the threads). Workloads named by a
+/// connection total keep that total: the most threads, up to `threads`, that divide it evenly.
+pub fn plan_for(quick: bool, threads: u32) -> Vec<Workload> {
+    let mut v = default_plan(quick);
+    for w in &mut v {
+        if let Some(total) = w.total_conns {
+            let t = (1..=threads.min(total)).rev().find(|t| total % t == 0).unwrap_or(1);
+            w.threads = t;
+            w.args = conns_args(&w.args, total / t);
+        } else if w.threads == THREADS {
+            w.threads = threads;
+        }
+    }
+    v
+}
+
+/// `args` with its `--conns` value replaced.
+fn conns_args(a: &[String], conns: u32) -> Vec<String> {
+    let mut a = a.to_vec();
+    if let Some(i) = a.iter().position(|x| x == "--conns") {
+        a[i + 1] = conns.to_string();
+    }
+    a
+}
+
+fn default_plan(quick: bool) -> Vec<Workload> {
     use Server::*;
     let all = [Memcached, KvNoBpf, KvXdp, Reflector];
     let real = [Memcached, KvNoBpf, KvXdp];
@@ -127,17 +162,18 @@ pub fn plan(quick: bool) -> Vec<Workload> {
     }
     v.push(udp_etc);
     v.push(tcp_d1);
-    // Connection counts are totals: threads x per-thread conns.
     v.push(Workload {
         skip_note: no_reflector,
         ..w("tcp-depth-16", Proto::Tcp, &["--conns", "2", "--depth", "16"], &tcp_ceiling)
     });
+    // Connection counts are totals: threads x per-thread conns.
     for (name, threads, a) in [
         ("tcp-conns-1", 1, &["--conns", "1", "--depth", "1"][..]),
         ("tcp-conns-50", 2, &["--conns", "25", "--depth", "1"][..]),
         ("tcp-conns-1000", 2, &["--conns", "500", "--depth", "1"][..]),
     ] {
-        v.push(Workload { skip_note: no_reflector, threads, ..w(name, Proto::Tcp, a, &real) });
+        let total_conns = Some(threads * a[1].parse::<u32>().expect("a number"));
+        v.push(Workload { skip_note: no_reflector, threads, total_conns, ..w(name, Proto::Tcp, a, &real) });
     }
     v.push(Workload {
         preload: false,
@@ -158,6 +194,7 @@ pub fn plan(quick: bool) -> Vec<Workload> {
         v.push(Workload {
             idle,
             skip_note: no_reflector,
+            total_conns: Some(50),
             ..w(name, Proto::Tcp, &["--conns", "25", "--depth", "1"], &real)
         });
     }
@@ -207,6 +244,28 @@ mod tests {
         let ceiling: Vec<&str> =
             full.iter().filter(|w| w.servers.contains(&Server::TcpCeiling)).map(|w| w.name).collect();
         assert_eq!(ceiling, ["tcp-depth-1", "tcp-depth-16"]);
+        // Many-core: threads follow the client CPUs; the connection totals stay.
+        let conns = |w: &Workload| {
+            w.threads * w.args[w.args.iter().position(|a| a == "--conns").unwrap() + 1].parse::<u32>().unwrap()
+        };
+        for (threads, w) in [(12, plan_for(false, 12)), (2, plan_for(false, 2)), (1, plan_for(false, 1))] {
+            for (a, b) in w.iter().zip(&full) {
+                assert_eq!(a.name, b.name);
+                match b.total_conns {
+                    Some(total) => assert_eq!(conns(a), total, "{} at {threads} threads", a.name),
+                    None => assert_eq!(a.threads, threads, "{}", a.name),
+                }
+            }
+            let t: Vec<u32> = w.iter().filter(|w| w.total_conns.is_some()).map(|w| w.threads).collect();
+            assert_eq!(
+                t,
+                match threads {
+                    12 => [1, 10, 10, 10, 10],
+                    2 => [1, 2, 2, 2, 2],
+                    _ => [1, 1, 1, 1, 1],
+                }
+            );
+        }
         let with_sets: Vec<&str> = full.iter().filter(|w| w.has_sets()).map(|w| w.name).collect();
         assert_eq!(with_sets, ["udp-get90-set10", "udp-etc", "tcp-set-100"]);
         assert_eq!(full.iter().filter(|w| w.idle > 0).map(|w| w.idle).collect::<Vec<_>>(), [10_000, 50_000]);
