@@ -52,7 +52,7 @@ enum Task {
     /// Benchmark memcached, kv-server (user space / XDP) and a bare XDP_TX reflector in network
     /// namespaces with kv-load; prints a table, writes results.json and a chart (root needed).
     Bench {
-        /// Short smoke run (about a minute): UDP GET and TCP depth 1 only, 2 s windows; the memory rows
+        /// Short smoke run (about a minute): UDP GET, UDP ETC and TCP depth 1 only, 2 s windows; the memory rows
         /// at reduced sizes.
         #[arg(long)]
         quick: bool,
