@@ -1,6 +1,9 @@
 //! kv-load internals: a memcached-protocol load generator (UDP with sendmmsg/recvmmsg, pipelined TCP), closed loop
 //! (peak throughput) and open loop (latency at an offered rate, measured from intended send times).
 
+pub mod ceiling;
+pub mod etc;
+pub mod keys;
 pub mod proto;
 pub mod sched;
 pub mod sys;
@@ -15,6 +18,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
+use crate::keys::KeySpace;
 use crate::proto::Outcome;
 use crate::zipf::{Rng, Zipf};
 
@@ -38,10 +42,15 @@ pub struct Config {
     pub conns: usize,
     pub depth: usize,
     pub zipf: Arc<Zipf>,
+    /// Key text and value size per key index.
+    pub keys: Arc<KeySpace>,
+    /// Value bytes of the longest value: a set of `n` bytes sends the first `n`.
     pub value: Arc<Vec<u8>>,
     pub get_ratio: f64,
     pub multiget: usize,
     pub seed: u64,
+    /// Sets of longer values are sent as gets of the same key instead (UDP: a request must fit one datagram).
+    pub max_set_value: usize,
 }
 
 impl Config {
@@ -110,6 +119,8 @@ pub struct Stats {
     /// Diagnostics (stderr only): datagrams that matched no outstanding request, send errors.
     pub stray: u64,
     pub send_errors: u64,
+    /// Sets turned into gets because their value was over `Config::max_set_value`.
+    pub oversize_sets: u64,
 }
 
 impl Default for Stats {
@@ -126,6 +137,7 @@ impl Default for Stats {
             other: 0,
             stray: 0,
             send_errors: 0,
+            oversize_sets: 0,
         }
     }
 }
@@ -176,6 +188,7 @@ impl Stats {
         self.other += o.other;
         self.stray += o.stray;
         self.send_errors += o.send_errors;
+        self.oversize_sets += o.oversize_sets;
     }
 }
 
@@ -184,10 +197,14 @@ impl Stats {
 pub struct ReqGen {
     rng: Rng,
     zipf: Arc<Zipf>,
+    keys: Arc<KeySpace>,
     value: Arc<Vec<u8>>,
     get_ratio: f64,
     multiget: usize,
+    max_set_value: usize,
     ranks: Vec<u64>,
+    /// Sets sent as gets (value over `max_set_value`).
+    pub oversize_sets: u64,
 }
 
 impl ReqGen {
@@ -195,36 +212,45 @@ impl ReqGen {
         ReqGen {
             rng: Rng::new(cfg.seed ^ stream_seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             zipf: cfg.zipf.clone(),
+            keys: cfg.keys.clone(),
             value: cfg.value.clone(),
             get_ratio: cfg.get_ratio,
             multiget: cfg.multiget,
+            max_set_value: cfg.max_set_value,
             ranks: Vec::with_capacity(cfg.multiget),
+            oversize_sets: 0,
         }
     }
 
     /// Append one request to `out`; returns (is_get, keys in it).
     pub fn next(&mut self, out: &mut Vec<u8>) -> (bool, u32) {
         let is_get = self.get_ratio >= 1.0 || self.rng.next_f64() < self.get_ratio;
-        if is_get {
-            self.ranks.clear();
-            for _ in 0..self.multiget {
-                let r = self.zipf.sample(&mut self.rng);
-                self.ranks.push(r);
-            }
-            proto::build_get(out, &self.ranks);
-            (true, self.multiget as u32)
-        } else {
+        if !is_get {
             let r = self.zipf.sample(&mut self.rng);
-            proto::build_set(out, r, &self.value);
-            (false, 1)
+            let len = self.keys.value_len(r);
+            if len <= self.max_set_value {
+                proto::build_set_in(out, &self.keys, r, &self.value[..len]);
+                return (false, 1);
+            }
+            self.oversize_sets += 1;
+            proto::build_get_in(out, &self.keys, &[r]);
+            return (true, 1);
         }
+        self.ranks.clear();
+        for _ in 0..self.multiget {
+            let r = self.zipf.sample(&mut self.rng);
+            self.ranks.push(r);
+        }
+        proto::build_get_in(out, &self.keys, &self.ranks);
+        (true, self.multiget as u32)
     }
 
     /// Largest request this generator can produce, in bytes.
-    pub fn max_request_len(keys: u64, multiget: usize, value_size: usize) -> usize {
-        let key = 4 + (keys.max(1) - 1).to_string().len();
-        let get = 3 + multiget * (1 + key) + 2;
-        let set = 4 + key + 5 + value_size.to_string().len() + 2 + value_size + 2;
+    pub fn max_request_len(keys: &KeySpace, multiget: usize, max_set_value: usize) -> usize {
+        let key = keys.max_key_len();
+        let get = proto::get_len(key, multiget);
+        // Longer sets go out as single-key gets, which the multiget bound covers.
+        let set = proto::set_len(key, keys.max_value_len().min(max_set_value));
         get.max(set)
     }
 }
@@ -246,10 +272,12 @@ mod tests {
             conns: 1,
             depth: 1,
             zipf: Arc::new(Zipf::new(1000, 0.99)),
+            keys: Arc::new(KeySpace::fixed(1000, 100)),
             value: Arc::new(value_bytes(100)),
             get_ratio,
             multiget,
             seed: 1,
+            max_set_value: usize::MAX,
         }
     }
 
@@ -257,7 +285,7 @@ mod tests {
     fn reqgen_mix_and_max_len() {
         let c = cfg(0.9, 3);
         let mut g = ReqGen::new(&c, 0);
-        let max = ReqGen::max_request_len(1000, 3, 100);
+        let max = ReqGen::max_request_len(&c.keys, 3, usize::MAX);
         let mut gets = 0;
         for _ in 0..10_000 {
             let mut out = Vec::new();
@@ -276,6 +304,47 @@ mod tests {
         let mut out = Vec::new();
         proto::build_set(&mut out, 999, &c.value);
         assert_eq!(out.len(), max);
+    }
+
+    #[test]
+    fn etc_sets_write_each_keys_own_size_and_oversize_sets_become_gets() {
+        let mut c = cfg(0.5, 1);
+        let ks = KeySpace::etc(1000, 7);
+        c.value = Arc::new(value_bytes(ks.max_value_len()));
+        c.keys = Arc::new(ks.clone());
+        let limit = 200;
+        c.max_set_value = limit;
+        let mut g = ReqGen::new(&c, 3);
+        let max = ReqGen::max_request_len(&ks, 1, limit);
+        let (mut sets, mut gets) = (0, 0);
+        for _ in 0..5_000 {
+            let mut out = Vec::new();
+            let (is_get, n) = g.next(&mut out);
+            assert_eq!(n, 1);
+            assert!(out.len() <= max);
+            let line_end = out.windows(2).position(|w| w == b"\r\n").unwrap();
+            let line = std::str::from_utf8(&out[..line_end]).unwrap();
+            let f: Vec<&str> = line.split(' ').collect();
+            let i = (0..1000).find(|&i| {
+                let mut k = Vec::new();
+                ks.write_key(&mut k, i);
+                k == f[1].as_bytes()
+            });
+            let i = i.expect("a key of the key space");
+            if is_get {
+                gets += 1;
+                assert_eq!(f[0], "get");
+            } else {
+                sets += 1;
+                assert_eq!(f[0], "set");
+                let len: usize = f[4].parse().unwrap();
+                assert_eq!(len, ks.value_len(i));
+                assert!(len <= limit);
+                assert_eq!(out.len(), line_end + 2 + len + 2);
+            }
+        }
+        assert!(sets > 1_000 && gets > 2_000, "{sets} {gets}");
+        assert!(g.oversize_sets > 0 && g.oversize_sets + sets + gets >= 5_000);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
+use kv_bench::keys::KeySpace;
 use kv_bench::sys::{now_ns, raise_nofile};
 use kv_bench::zipf::Zipf;
 use kv_bench::{tcp, udp, value_bytes, Config, Mode, ReqGen, Shared, Stats, Timing};
@@ -19,6 +20,14 @@ use kv_bench::{tcp, udp, value_bytes, Config, Mode, ReqGen, Shared, Stats, Timin
 enum Proto {
     Udp,
     Tcp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WorkloadArg {
+    /// `key:<i>` keys, every value `--value-size` bytes, gets only unless `--get-ratio`.
+    Fixed,
+    /// Facebook's ETC pool (SIGMETRICS'12): per-key sizes drawn from (seed, key), GET:SET 30:1.
+    Etc,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -56,18 +65,21 @@ struct Args {
     /// Requests in flight per connection/socket (default 64 for UDP, 1 for TCP).
     #[arg(long)]
     depth: Option<usize>,
-    /// Number of distinct keys (key:0 .. key:N-1).
+    /// Key and value sizes: `fixed` (`key:<i>`, `--value-size`) or `etc` (Facebook's ETC pool, sizes per key).
+    #[arg(long, value_enum, default_value = "fixed")]
+    workload: WorkloadArg,
+    /// Number of distinct keys (key:0 .. key:N-1 for the fixed workload).
     #[arg(long, default_value_t = 10000)]
     keys: u64,
     /// Zipf exponent of key popularity (0 = uniform).
     #[arg(long, default_value_t = 0.99)]
     zipf: f64,
-    /// Value size in bytes for sets and the preload.
-    #[arg(long, default_value_t = 32)]
-    value_size: usize,
-    /// Fraction of requests that are gets; the rest are sets.
-    #[arg(long, default_value_t = 1.0)]
-    get_ratio: f64,
+    /// Value size in bytes for sets and the preload (fixed workload; default 32).
+    #[arg(long)]
+    value_size: Option<usize>,
+    /// Fraction of requests that are gets; the rest are sets (default 1.0; 30/31 for `--workload etc`).
+    #[arg(long)]
+    get_ratio: Option<f64>,
     /// Keys per get.
     #[arg(long, default_value_t = 1)]
     multiget: usize,
@@ -91,6 +103,17 @@ struct Args {
 struct Report {
     proto: &'static str,
     mode: &'static str,
+    workload: &'static str,
+    get_ratio: f64,
+    /// Mean key and value bytes over the keys, the longest value, and the means over requests (each key weighted by
+    /// its popularity).
+    key_size_mean: f64,
+    value_size_mean: f64,
+    value_size_max: u32,
+    req_key_size_mean: f64,
+    req_value_size_mean: f64,
+    /// Sets sent as gets because they did not fit one UDP datagram.
+    oversize_sets: u64,
     threads: usize,
     conns: usize,
     depth: usize,
@@ -113,6 +136,9 @@ struct Report {
 
 #[derive(Serialize, Debug)]
 struct PreloadReport {
+    workload: &'static str,
+    key_size_mean: f64,
+    value_size_mean: f64,
     preloaded: u64,
     preload_s: f64,
     errors: u64,
@@ -161,7 +187,12 @@ fn run(args: Args) -> Result<()> {
     if !(args.zipf >= 0.0 && args.zipf.is_finite()) {
         bail!("--zipf must be >= 0");
     }
-    if !(0.0..=1.0).contains(&args.get_ratio) {
+    let etc = args.workload == WorkloadArg::Etc;
+    if etc && args.value_size.is_some() {
+        bail!("--value-size does not apply to --workload etc (each key has its own size)");
+    }
+    let get_ratio = args.get_ratio.unwrap_or(if etc { kv_bench::etc::GET_RATIO } else { 1.0 });
+    if !(0.0..=1.0).contains(&get_ratio) {
         bail!("--get-ratio must be in [0, 1]");
     }
     let valid_times = args.duration > 0.0 && args.duration.is_finite() && args.warmup >= 0.0 && args.warmup.is_finite();
@@ -177,9 +208,39 @@ fn run(args: Args) -> Result<()> {
         }
         (Mode::Closed, None) => 0.0,
     };
-    let max_req = ReqGen::max_request_len(args.keys, args.multiget, args.value_size);
-    if args.proto == Proto::Udp && max_req + 8 > 65_507 {
+    let keys = if etc {
+        KeySpace::etc(args.keys, args.seed)
+    } else {
+        KeySpace::fixed(args.keys, args.value_size.unwrap_or(32) as u32)
+    };
+    let zipf = Zipf::new(args.keys, args.zipf);
+    let sizes = keys.sizes(&zipf);
+    // ETC over UDP: the rare set whose value does not fit a datagram goes out as a get of its key (counted as
+    // oversize_sets); a fixed value size that does not fit is an error.
+    let max_set_value = if etc && args.proto == Proto::Udp {
+        let key = keys.max_key_len();
+        udp::MAX_REQUEST - (kv_bench::proto::set_len(key, udp::MAX_REQUEST) - udp::MAX_REQUEST)
+    } else {
+        usize::MAX
+    };
+    let max_req = ReqGen::max_request_len(&keys, args.multiget, max_set_value);
+    if args.proto == Proto::Udp && max_req > udp::MAX_REQUEST {
         bail!("a request of up to {max_req} bytes does not fit in one UDP datagram; use smaller values or --proto tcp");
+    }
+    let workload = if etc { "etc" } else { "fixed" };
+    if etc {
+        eprintln!(
+            "[kv-load] etc: {} keys, key bytes mean {:.1}, value bytes mean {:.1} (max {}); per request (Zipf {}): \
+             key {:.1}, value {:.1}; get ratio {:.4}",
+            args.keys,
+            sizes.key_mean,
+            sizes.value_mean,
+            sizes.value_max,
+            args.zipf,
+            sizes.req_key_mean,
+            sizes.req_value_mean,
+            get_ratio
+        );
     }
 
     let want_fds = (args.idle_conns + args.threads * args.conns + 256) as u64;
@@ -196,9 +257,9 @@ fn run(args: Args) -> Result<()> {
         udp::probe(server)?;
     }
 
-    let value = Arc::new(value_bytes(args.value_size));
+    let value = Arc::new(value_bytes(keys.max_value_len()));
     if args.preload || args.preload_only {
-        let p = tcp::preload(server, args.keys, &value, 256)?;
+        let p = tcp::preload(server, &keys, &value, 256)?;
         eprintln!(
             "[kv-load] preload: {} keys stored in {:.2} s ({} errors, {} other replies)",
             p.keys, p.secs, p.errors, p.other
@@ -209,6 +270,9 @@ fn run(args: Args) -> Result<()> {
         if args.preload_only {
             if args.json {
                 let r = PreloadReport {
+                    workload,
+                    key_size_mean: round1(sizes.key_mean),
+                    value_size_mean: round1(sizes.value_mean),
                     preloaded: p.keys,
                     preload_s: (p.secs * 1000.0).round() / 1000.0,
                     errors: p.errors,
@@ -241,11 +305,13 @@ fn run(args: Args) -> Result<()> {
         threads: args.threads,
         conns: args.conns,
         depth,
-        zipf: Arc::new(Zipf::new(args.keys, args.zipf)),
+        zipf: Arc::new(zipf),
+        keys: Arc::new(keys),
         value,
-        get_ratio: args.get_ratio,
+        get_ratio,
         multiget: args.multiget,
         seed: args.seed,
+        max_set_value,
     });
     let base = Instant::now();
     let measure_ns = (args.warmup * 1e9) as u64;
@@ -300,6 +366,14 @@ fn run(args: Args) -> Result<()> {
     let report = Report {
         proto: if args.proto == Proto::Udp { "udp" } else { "tcp" },
         mode: if mode == Mode::Open { "open" } else { "closed" },
+        workload,
+        get_ratio,
+        key_size_mean: round1(sizes.key_mean),
+        value_size_mean: round1(sizes.value_mean),
+        value_size_max: sizes.value_max,
+        req_key_size_mean: round1(sizes.req_key_mean),
+        req_value_size_mean: round1(sizes.req_value_mean),
+        oversize_sets: total.oversize_sets,
         threads: args.threads,
         conns: args.conns,
         depth,

@@ -5,6 +5,8 @@ use std::io::Write;
 
 use kv_common::FrameHeader;
 
+use crate::keys::KeySpace;
+
 /// UDP frame header length: request id, sequence number, datagram count, reserved (all big-endian u16).
 pub const UDP_HDR: usize = kv_common::UDP_FRAME_HEADER_LEN;
 
@@ -51,9 +53,40 @@ pub fn build_get(out: &mut Vec<u8>, ranks: &[u64]) {
 pub fn build_set(out: &mut Vec<u8>, rank: u64, value: &[u8]) {
     out.extend_from_slice(b"set ");
     write_key(out, rank);
+    write_set_tail(out, value);
+}
+
+/// `get <key a> <key b> ...\r\n` with the keys of `ks`.
+pub fn build_get_in(out: &mut Vec<u8>, ks: &KeySpace, ranks: &[u64]) {
+    out.extend_from_slice(b"get");
+    for &r in ranks {
+        out.push(b' ');
+        ks.write_key(out, r);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `set <key> 0 0 <len>\r\n<value>\r\n` with the key of `ks`.
+pub fn build_set_in(out: &mut Vec<u8>, ks: &KeySpace, rank: u64, value: &[u8]) {
+    out.extend_from_slice(b"set ");
+    ks.write_key(out, rank);
+    write_set_tail(out, value);
+}
+
+fn write_set_tail(out: &mut Vec<u8>, value: &[u8]) {
     write!(out, " 0 0 {}\r\n", value.len()).expect("write to Vec");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Bytes of `set <key> 0 0 <len>\r\n<value>\r\n` for a key of `key_len` and a value of `value_len` bytes.
+pub fn set_len(key_len: usize, value_len: usize) -> usize {
+    b"set ".len() + key_len + b" 0 0 ".len() + value_len.to_string().len() + 2 + value_len + 2
+}
+
+/// Bytes of a `get` of keys of `key_len` bytes each, `nkeys` of them.
+pub fn get_len(key_len: usize, nkeys: usize) -> usize {
+    3 + nkeys * (1 + key_len) + 2
 }
 
 pub fn write_udp_header(out: &mut Vec<u8>, id: u16) {
@@ -228,6 +261,13 @@ mod tests {
         let mut s = Vec::new();
         build_set(&mut s, 5, b"abc");
         assert_eq!(s, b"set key:5 0 0 3\r\nabc\r\n");
+        assert_eq!(s.len(), set_len(5, 3));
+        let ks = KeySpace::fixed(100, 3);
+        let (mut g2, mut s2) = (Vec::new(), Vec::new());
+        build_get_in(&mut g2, &ks, &[3, 17]);
+        build_set_in(&mut s2, &ks, 5, b"abc");
+        assert_eq!((&g2[..], &s2[..]), (&b[8..], &s[..]));
+        assert_eq!(get_len(5, 1), b"get key:5\r\n".len());
         assert_eq!(value_byte(0), b'a');
         assert_eq!(value_byte(27), b'b');
     }

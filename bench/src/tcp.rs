@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::keys::KeySpace;
 use crate::proto::{self, Outcome};
 use crate::sched::Schedule;
 use crate::sys::{now_ns, ppoll};
@@ -216,6 +217,7 @@ pub fn run(cfg: &Config, thread: usize, timing: &Timing, shared: &Shared) -> Res
             reported = completed;
         }
     }
+    stats.oversize_sets = conns.iter().map(|c| c.gen.oversize_sets).sum();
     Ok(stats)
 }
 
@@ -228,20 +230,22 @@ pub struct Preload {
     pub secs: f64,
 }
 
-/// Set every key `0..keys` once over one TCP connection, `batch` sets in flight at a time.
-pub fn preload(server: SocketAddr, keys: u64, value: &[u8], batch: usize) -> Result<Preload> {
+/// Set every key of `keys` once, with its own value size (a prefix of `value`), over one TCP connection, `batch`
+/// sets in flight at a time.
+pub fn preload(server: SocketAddr, keys: &KeySpace, value: &[u8], batch: usize) -> Result<Preload> {
     let start = Instant::now();
     let mut s = connect(server)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut rbuf = ReadBuf::default();
-    let mut wbuf = Vec::with_capacity(batch * (value.len() + 32));
+    let mut wbuf = Vec::new();
     let mut res = Preload::default();
     let mut next = 0u64;
-    while next < keys {
+    let n = keys.n();
+    while next < n {
         wbuf.clear();
-        let end = (next + batch as u64).min(keys);
+        let end = (next + batch as u64).min(n);
         for k in next..end {
-            proto::build_set(&mut wbuf, k, value);
+            proto::build_set_in(&mut wbuf, keys, k, &value[..keys.value_len(k)]);
         }
         s.write_all(&wbuf).context("preload: write")?;
         let mut want = end - next;

@@ -14,6 +14,8 @@ use crate::sched::Schedule;
 use crate::sys::{now_ns, ppoll};
 use crate::{Config, Mode, ReqGen, Shared, Stats, Timing, TIMEOUT_NS};
 
+/// Largest request payload in one datagram: the IPv4 UDP maximum less memcached's frame header.
+pub const MAX_REQUEST: usize = 65_507 - UDP_HDR;
 /// Largest window per socket: at least 4 bits of generation stay in each 16-bit request id.
 pub const MAX_DEPTH: usize = 4096;
 /// Datagrams per recvmmsg call and bytes kept of each (the header and the start of the payload are all we read).
@@ -254,6 +256,7 @@ pub fn run(cfg: &Config, thread: usize, timing: &Timing, shared: &Shared) -> Res
             reported = completed;
         }
     }
+    stats.oversize_sets = socks.iter().map(|s| s.gen.oversize_sets).sum();
     Ok(stats)
 }
 

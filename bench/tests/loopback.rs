@@ -8,9 +8,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const FIELDS: [&str; 20] = [
+const FIELDS: [&str; 28] = [
     "proto",
     "mode",
+    "workload",
+    "get_ratio",
+    "key_size_mean",
+    "value_size_mean",
+    "value_size_max",
+    "req_key_size_mean",
+    "req_value_size_mean",
+    "oversize_sets",
     "threads",
     "conns",
     "depth",
@@ -96,6 +104,13 @@ fn udp_reflector_counts_echoes_as_other() {
 }
 
 #[test]
+fn etc_refuses_a_fixed_value_size() {
+    let (code, _, err) = kv_load(&["--server", "127.0.0.1:1", "--workload", "etc", "--value-size", "10"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--value-size does not apply"), "{err}");
+}
+
+#[test]
 fn unreachable_server_fails_clearly() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -161,9 +176,92 @@ fn against_memcached_if_installed() {
     assert!(v["requests"].as_u64().unwrap() > 100, "{v}");
     assert_eq!(v["hits"], v["requests"], "multiget completes on END, not per key message: {v}");
 
+    // ETC: the preload stores exactly the keys the run reads (no misses), with sizes memcached accepts (no errors);
+    // the sets rewrite the same keys.
+    for proto in ["udp", "tcp"] {
+        let v = with(&["--proto", proto, "--workload", "etc", "--preload", "--depth", "8"]);
+        assert!(v["requests"].as_u64().unwrap() > 500, "{v}");
+        assert_eq!(
+            (v["misses"].as_u64(), v["errors"].as_u64(), v["other"].as_u64()),
+            (Some(0), Some(0), Some(0)),
+            "{v}"
+        );
+        assert_eq!(v["workload"], "etc");
+        assert!((v["get_ratio"].as_f64().unwrap() - 30.0 / 31.0).abs() < 1e-9);
+        let hits = v["hits"].as_u64().unwrap();
+        assert!(hits < v["requests"].as_u64().unwrap(), "some sets: {v}");
+        let (k, val) = (v["key_size_mean"].as_f64().unwrap(), v["value_size_mean"].as_f64().unwrap());
+        assert!((33.0..40.0).contains(&k) && (120.0..280.0).contains(&val), "{v}");
+    }
+
     let v = with(&["--proto", "tcp", "--mode", "open", "--rate", "2000"]);
     let req = v["requests"].as_u64().unwrap();
     assert!((700..=1100).contains(&req), "open loop at 2000/s for 0.5 s: {v}");
     assert_eq!(v["offered_rps"], 2000.0);
     assert_eq!(v["mode"], "open");
+}
+
+struct Ceiling(Child);
+impl Drop for Ceiling {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn tcp_ceiling_answers_every_get_with_a_hit() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_tcp-ceiling"))
+        .args(["--listen", &addr, "--threads", "2", "--key-len", "7", "--value-size", "32"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tcp-ceiling");
+    let _c = Ceiling(child);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "tcp-ceiling did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Depth 1 and deep pipelines, multiget too.
+    for depth in ["1", "16", "4096"] {
+        let v = run_json(&[
+            "--server",
+            &addr,
+            "--proto",
+            "tcp",
+            "--conns",
+            "3",
+            "--depth",
+            depth,
+            "--multiget",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--json",
+        ]);
+        assert!(v["requests"].as_u64().unwrap() > 500, "{v}");
+        assert_eq!(v["hits"], v["requests"], "{v}");
+    }
+
+    // A client that writes 400,000 gets before reading anything: the 23 MB of replies outgrow the socket buffers,
+    // so the responder must wait for EPOLLOUT (reading nothing meanwhile) and still answer every line in order.
+    let n = 400_000;
+    let mut w = std::net::TcpStream::connect(&addr).unwrap();
+    let mut r = w.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        use std::io::Write;
+        w.write_all(&b"get k\r\n".repeat(n)).unwrap();
+        w
+    });
+    thread::sleep(Duration::from_millis(300));
+    let reply = kv_bench::ceiling::reply(7, 32);
+    let mut got = vec![0u8; n * reply.len()];
+    std::io::Read::read_exact(&mut r, &mut got).unwrap();
+    assert!(got.chunks(reply.len()).all(|c| c == reply));
+    drop(writer.join().unwrap());
 }

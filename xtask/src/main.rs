@@ -52,7 +52,7 @@ enum Task {
     /// Benchmark memcached, kv-server (user space / XDP) and a bare XDP_TX reflector in network
     /// namespaces with kv-load; prints a table, writes results.json and a chart (root needed).
     Bench {
-        /// Short smoke run (about a minute): UDP GET and TCP depth 1 only, 2 s windows; the memory rows
+        /// Short smoke run (about a minute): UDP GET, UDP ETC and TCP depth 1 only, 2 s windows; the memory rows
         /// at reduced sizes.
         #[arg(long)]
         quick: bool,
@@ -63,6 +63,13 @@ enum Task {
         /// connections, stalled uploads); default both.
         #[arg(long, value_enum)]
         only: Option<Part>,
+        /// Many-core mode: CPUs (e.g. 0-3) for the servers, their threads (one per CPU) and their veth
+        /// end's packet work; needs --client-cpus, a disjoint set.
+        #[arg(long)]
+        server_cpus: Option<String>,
+        /// Many-core mode: CPUs (e.g. 4-15) for kv-load (one thread per CPU) and its veth end.
+        #[arg(long)]
+        client_cpus: Option<String>,
     },
     /// Run every cargo-fuzz target (fuzz/) for a bounded time on a copy of its seed corpus (nightly).
     Fuzz {
@@ -78,7 +85,9 @@ fn main() -> std::process::ExitCode {
     let result = std::env::set_current_dir(&root).map_err(anyhow::Error::from).and_then(|()| match cli.task {
         Task::Run { args } => run(&root, &args),
         Task::Test { no_lint, no_bench, long, args } => test(&root, no_lint, no_bench, long, &args),
-        Task::Bench { quick, out, only } => bench(&root, quick, out, only),
+        Task::Bench { quick, out, only, server_cpus, client_cpus } => {
+            bench(&root, quick, out, only, [server_cpus, client_cpus])
+        }
         Task::Fuzz { seconds } => fuzz::run(&root, seconds).map(|runs| print_fuzz(&runs)),
     });
     match result {
@@ -216,7 +225,7 @@ fn bench_command(quick: bool) -> Command {
 /// Plain xtask has no dependency on kv-user (whose build needs the eBPF toolchain this very binary
 /// installs), so it sets the toolchain up and re-runs itself, in release, with the `bench` feature.
 #[cfg(not(feature = "bench"))]
-fn bench(_root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>) -> Result<()> {
+fn bench(_root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>, cpus: [Option<String>; 2]) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
     setup::ebpf_toolchain()?;
     let mut cmd = bench_command(quick);
@@ -232,17 +241,23 @@ fn bench(_root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>) ->
     if let Some(p) = only {
         cmd.args(["--only", if matches!(p, Part::Memory) { "memory" } else { "throughput" }]);
     }
+    for (flag, list) in ["--server-cpus", "--client-cpus"].into_iter().zip(cpus) {
+        if let Some(list) = list {
+            cmd.args([flag, &list]);
+        }
+    }
     // exec: Ctrl-C then reaches the benchmark itself, which cleans up.
     Err(cmd.exec()).context("running the benchmark")
 }
 
 #[cfg(feature = "bench")]
-fn bench(root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>) -> Result<()> {
+fn bench(root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>, cpus: [Option<String>; 2]) -> Result<()> {
     let only = only.map(|p| match p {
         Part::Throughput => bench::Part::Throughput,
         Part::Memory => bench::Part::Memory,
     });
-    bench::run(root, bench::Opts { quick, out, only })
+    let [server_cpus, client_cpus] = cpus;
+    bench::run(root, bench::Opts { quick, out, only, server_cpus, client_cpus })
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -9,6 +9,7 @@
 //! (RSS per item, overfilling `-m`, hit ratio, idle connections, stalled uploads).
 
 mod bed;
+mod cpus;
 mod memory;
 mod procs;
 mod report;
@@ -37,6 +38,9 @@ pub struct Opts {
     pub out: Option<PathBuf>,
     /// Run only the throughput rows or only the memory rows (default both).
     pub only: Option<Part>,
+    /// Many-core mode: CPU lists (`0-3,6`) for the servers and for kv-load, both or neither.
+    pub server_cpus: Option<String>,
+    pub client_cpus: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +86,8 @@ struct Ctx {
     warmup: u32,
     conn_limit: u64,
     bed: Bed,
+    /// Many-core mode's CPU sets (None: the default, 2 shared cores and THREADS everywhere).
+    pin: Option<cpus::Pinning>,
     rows: Vec<Row>,
     memory: memory::Results,
     /// (workload, which servers are left out and why).
@@ -90,6 +96,8 @@ struct Ctx {
 
 pub fn run(root: &Path, opts: Opts) -> Result<()> {
     let started = Instant::now();
+    let pin = cpus::Pinning::from_flags(opts.server_cpus.as_deref(), opts.client_cpus.as_deref(), &cpus::available())?;
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark needs root (network namespaces, XDP)");
     }
@@ -122,7 +130,16 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
     let (duration, warmup) = if opts.quick { (2, 1) } else { (5, 1) };
     let hard = procs::nofile_hard();
     let conn_limit = 60_000.min(hard.saturating_sub(500));
-    let bed = Bed::create().context("creating the namespaces")?;
+    let bed = Bed::create(pin.as_ref()).context("creating the namespaces")?;
+    if let Some(p) = &pin {
+        eprintln!(
+            "bench: many-core mode: servers on CPUs {} ({} threads), kv-load on CPUs {} ({} threads)",
+            cpus::format_list(&p.server),
+            p.server.len(),
+            cpus::format_list(&p.client),
+            p.client.len()
+        );
+    }
     let mut ctx = Ctx {
         opts,
         release,
@@ -133,6 +150,7 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
         warmup,
         conn_limit,
         bed,
+        pin,
         rows: Vec::new(),
         memory: Default::default(),
         skips: Vec::new(),
@@ -145,7 +163,12 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
         result = ctx.run_memory();
     }
     // Whatever happened, report what was measured.
-    let written = report::write(&ctx.out, &ctx.rows, &ctx.memory, &ctx.skips, &machine(), ctx.opts.quick, FONT);
+    let mut m = machine();
+    if let Some(p) = &ctx.pin {
+        m["server_cpus"] = json!(cpus::format_list(&p.server));
+        m["client_cpus"] = json!(cpus::format_list(&p.client));
+    }
+    let written = report::write(&ctx.out, &ctx.rows, &ctx.memory, &ctx.skips, &m, ctx.opts.quick, FONT);
     let cleanup = ctx.bed.server_ns.name.clone();
     drop(ctx);
     let left = kv_netns::ip(&["netns", "list"]);
@@ -158,11 +181,36 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
     Ok(())
 }
 
+impl Ctx {
+    /// Worker threads of every server: one per server CPU in many-core mode.
+    fn server_threads(&self) -> u32 {
+        self.pin.as_ref().map_or(workloads::THREADS, |p| p.server.len() as u32)
+    }
+
+    /// kv-load threads for a workload planned with `THREADS`: one per client CPU in many-core mode.
+    fn client_threads(&self) -> u32 {
+        self.pin.as_ref().map_or(workloads::THREADS, |p| p.client.len() as u32)
+    }
+
+    /// Many-core mode: the veth NAPI kthreads (threaded once XDP is on an end) pinned to their side's CPUs.
+    /// Called after each server start, since an XDP attach or detach recreates the server end's NAPI.
+    fn pin_network(&self) {
+        let Some(p) = &self.pin else { return };
+        for (ns, iface, set) in
+            [(&self.bed.server_ns, bed::SERVER_IF, &p.server), (&self.bed.client_ns, bed::CLIENT_IF, &p.client)]
+        {
+            if cpus::set_threaded(ns, iface) {
+                cpus::pin_napi_threads(iface, set);
+            }
+        }
+    }
+}
+
 fn build(root: &Path) -> Result<()> {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.args(["build", "--release", "-p", "kv-user", "--bin", "kv-server"]);
     if root.join("bench/Cargo.toml").is_file() {
-        cmd.args(["-p", "kv-bench", "--bin", "kv-load"]);
+        cmd.args(["-p", "kv-bench", "--bin", "kv-load", "--bin", "tcp-ceiling"]);
     } else {
         eprintln!("bench: no bench/ crate (kv-bench) in this workspace; using an existing kv-load if there is one");
     }

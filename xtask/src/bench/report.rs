@@ -10,8 +10,15 @@ use serde_json::{json, Value};
 
 use super::{memory, Row, Server};
 
-const SERVERS: [Server; 6] =
-    [Server::Memcached, Server::KvNoBpf, Server::KvXdp, Server::KvNoBpfFsync, Server::KvFsync, Server::Reflector];
+const SERVERS: [Server; 7] = [
+    Server::Memcached,
+    Server::KvNoBpf,
+    Server::KvXdp,
+    Server::KvNoBpfFsync,
+    Server::KvFsync,
+    Server::Reflector,
+    Server::TcpCeiling,
+];
 
 fn ratio(rows: &[Row], r: &Row) -> Option<f64> {
     let mc = rows.iter().find(|m| m.server == Server::Memcached && m.workload == r.workload && m.load.is_some())?;
@@ -171,6 +178,7 @@ fn color(s: Server) -> RGBColor {
         Server::KvFsync => RGBColor(148, 103, 189),
         Server::KvNoBpfFsync => RGBColor(23, 190, 207),
         Server::Reflector => RGBColor(44, 160, 44),
+        Server::TcpCeiling => RGBColor(214, 39, 40),
     }
 }
 

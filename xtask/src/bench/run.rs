@@ -11,8 +11,9 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use super::bed::{SERVER_IF, SERVER_IP};
+use super::cpus::pin_command;
 use super::procs::{self, check_interrupted, ns_command, tail, Proc, Sample, INTERRUPTED};
-use super::workloads::{args, plan, Proto, Server, Workload, KEYS, VALUE_SIZE, ZIPF};
+use super::workloads::{args, plan_for, Proto, Server, Workload, KEYS, VALUE_SIZE, ZIPF};
 use super::{Ctx, Row, PORT};
 
 impl Row {
@@ -34,7 +35,7 @@ impl Row {
 
 impl Ctx {
     pub(super) fn run_all(&mut self) -> Result<()> {
-        let plan = plan(self.opts.quick);
+        let plan = plan_for(self.opts.quick, self.client_threads());
         let total: usize = plan.iter().map(|w| w.servers.len()).sum();
         let mut step = 0;
         eprintln!(
@@ -80,7 +81,7 @@ impl Ctx {
             ("--duration", duration.to_string()),
             ("--warmup", self.warmup.to_string()),
             ("--keys", KEYS.to_string()),
-            ("--value-size", VALUE_SIZE.to_string()),
+            if w.etc { ("--workload", "etc".to_string()) } else { ("--value-size", VALUE_SIZE.to_string()) },
             ("--zipf", ZIPF.to_string()),
             ("--seed", "1".to_string()),
         ] {
@@ -127,6 +128,7 @@ impl Ctx {
                         kv_user::kernel::bench::attach_reflector(SERVER_IF, kv_user::kernel::XdpMode::Native, PORT)
                     })
                     .context("attaching the reflector to the server veth")?;
+                self.pin_network();
                 (None, Some(r))
             }
             _ => {
@@ -138,8 +140,9 @@ impl Ctx {
             }
         };
         let pid = proc.as_ref().map(Proc::pid);
-        if w.preload && server != Server::Reflector {
-            let mut a = self.common_args(&Workload::new(w.name, Proto::Tcp, &[], &[]), 1);
+        if w.preload && !matches!(server, Server::Reflector | Server::TcpCeiling) {
+            // The same key space as the run (ETC: same seed, so the same keys and sizes).
+            let mut a = self.common_args(&Workload { etc: w.etc, ..Workload::new(w.name, Proto::Tcp, &[], &[]) }, 1);
             a.retain(|x| x != "--json");
             a.push("--preload-only".into());
             self.kv_load(&format!("{tag}-preload"), &a, None, Duration::from_secs(120), head, false)?;
@@ -181,8 +184,20 @@ impl Ctx {
             let (hits, pkts) = (d("xdp_hits"), d("xdp_packets"));
             row.extra.insert("xdp_hits".into(), json!(hits));
             row.extra.insert("xdp_packets".into(), json!(pkts));
+            // GET packets: all but the sets (and other commands), which pass as not_get.
+            let gets = pkts - d("xdp_pass_not_get");
+            row.extra.insert("xdp_get_packets".into(), json!(gets));
+            for k in after.keys().filter(|k| k.starts_with("xdp_pass_")) {
+                row.extra.insert(k.clone(), json!(d(k)));
+            }
             if pkts > 0.0 && w.proto == Proto::Udp {
-                notes.push(format!("XDP answered {:.0}% of {pkts:.0} packets", 100.0 * hits / pkts));
+                let mut note = format!("XDP answered {:.0}% of {pkts:.0} packets", 100.0 * hits / pkts);
+                if gets > 0.0 && w.has_sets() {
+                    let share = hits / gets;
+                    row.extra.insert("xdp_get_share".into(), json!(share));
+                    note.push_str(&format!(" ({:.0}% of the GETs)", 100.0 * share));
+                }
+                notes.push(note);
                 // Why the rest went to user space: every pass reason above 2% of the packets.
                 let mut reasons: Vec<(String, f64)> = after
                     .keys()
@@ -257,7 +272,11 @@ impl Ctx {
     ) -> Result<(Option<Value>, Vec<Sample>)> {
         let log = self.logs.join(format!("{tag}.kv-load.log"));
         std::fs::write(self.logs.join(format!("{tag}.kv-load.args")), a.join(" "))?;
-        let child = ns_command(&self.bed.client_ns, &self.kv_load, a, &log)?.spawn().context("starting kv-load")?;
+        let mut cmd = ns_command(&self.bed.client_ns, &self.kv_load, a, &log)?;
+        if let Some(p) = &self.pin {
+            pin_command(&mut cmd, &p.client);
+        }
+        let child = cmd.spawn().context("starting kv-load")?;
         let mut p = Proc { child, name: "kv-load".into() };
         let tty = std::io::stderr().is_terminal();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -9,19 +9,32 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 
 use super::bed::{SERVER_IF, SERVER_IP, SUBNET};
+use super::cpus::pin_command;
 use super::procs::{check_interrupted, ns_command, tail, which, Proc};
-use super::workloads::{args, Server, THREADS};
+use kv_bench::keys::KeySpace;
+use kv_bench::zipf::Zipf;
+
+use super::workloads::{args, Server, KEYS, VALUE_SIZE, ZIPF};
 use super::{Ctx, PORT};
 
 impl Ctx {
     pub(super) fn start_server(&self, server: Server, tag: &str, data_dir: Option<&Path>) -> Result<Proc> {
-        let (port, threads, conns) = (PORT.to_string(), THREADS.to_string(), self.conn_limit.to_string());
+        let (port, threads, conns) = (PORT.to_string(), self.server_threads().to_string(), self.conn_limit.to_string());
         let ip = SERVER_IP.to_string();
         let (bin, a): (PathBuf, Vec<String>) = match server {
             Server::Memcached => (
                 PathBuf::from("memcached"),
                 args(&["-u", "root", "-l", &ip, "-p", &port, "-U", &port, "-t", &threads, "-m", "1024", "-c", &conns]),
             ),
+            Server::TcpCeiling => {
+                // Its one reply is as long as a real hit's: the value size, and the key length the requests
+                // carry on average (each key weighted by its popularity).
+                let sizes = KeySpace::fixed(KEYS as u64, VALUE_SIZE).sizes(&Zipf::new(KEYS as u64, ZIPF));
+                let key_len = (sizes.req_key_mean.round() as usize).to_string();
+                let listen = format!("{ip}:{port}");
+                let a = ["--listen", &listen, "--threads", &threads, "--key-len", &key_len];
+                (self.release.join("tcp-ceiling"), args(&[&a[..], &["--value-size", &VALUE_SIZE.to_string()]].concat()))
+            }
             _ => {
                 let mut a = args(&["-l", &ip, "-p", &port, "-U", &port, "-t", &threads, "-m", "1024", "-c", &conns]);
                 a.extend(args(&["--udp-allow", SUBNET]));
@@ -65,7 +78,11 @@ impl Ctx {
         let bin = if bin.is_absolute() { bin.to_path_buf() } else { which(bin)? };
         let log = self.logs.join(format!("{tag}.server.log"));
         std::fs::write(self.logs.join(format!("{tag}.server.args")), a.join(" "))?;
-        let child = ns_command(&self.bed.server_ns, &bin, a, &log)?.spawn().context("starting the server")?;
+        let mut cmd = ns_command(&self.bed.server_ns, &bin, a, &log)?;
+        if let Some(p) = &self.pin {
+            pin_command(&mut cmd, &p.server);
+        }
+        let child = cmd.spawn().context("starting the server")?;
         let mut p = Proc { child, name: server.label().to_string() };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -74,6 +91,7 @@ impl Ctx {
                 bail!("{} exited at start; its output: {}\n{}", server.label(), log.display(), tail(&log));
             }
             if ready() {
+                self.pin_network();
                 return Ok(p);
             }
             if Instant::now() > deadline {

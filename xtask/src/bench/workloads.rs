@@ -19,6 +19,9 @@ pub enum Server {
     /// into a page of its own, a cost a real NIC does not have and memcached's row does not pay.
     KvNoBpfFsync,
     Reflector,
+    /// tcp-ceiling (kv-bench): one fixed reply per `get` line from user space, no store: the most a TCP
+    /// server can do on this path, as the reflector is for UDP.
+    TcpCeiling,
 }
 
 impl Server {
@@ -30,6 +33,7 @@ impl Server {
             Server::KvFsync => "kv-server(xdp,fsync)",
             Server::KvNoBpfFsync => "kv-server(no-bpf,fsync)",
             Server::Reflector => "reflector(xdp_tx)",
+            Server::TcpCeiling => "tcp-ceiling",
         }
     }
 }
@@ -58,6 +62,10 @@ pub struct Workload {
     pub idle: u32,
     /// Also measure the XDP program's own run time (separate short run, BPF statistics on).
     pub bpf_stats: bool,
+    /// kv-load's `--workload etc` (per-key ETC sizes, GET:SET 30:1) instead of `--value-size`.
+    pub etc: bool,
+    /// TCP connections in all (threads x per-thread `--conns`) that the workload is named after.
+    pub total_conns: Option<u32>,
 }
 
 impl Workload {
@@ -74,7 +82,16 @@ impl Workload {
             open_half_mc: false,
             idle: 0,
             bpf_stats: false,
+            etc: false,
+            total_conns: None,
         }
+    }
+}
+
+impl Workload {
+    /// Some requests are sets (which XDP passes as `not_get`): ETC, or a `--get-ratio` below 1.
+    pub fn has_sets(&self) -> bool {
+        self.etc || self.args.windows(2).any(|a| a[0] == "--get-ratio" && a[1].parse::<f64>().is_ok_and(|r| r < 1.0))
     }
 }
 
@@ -82,7 +99,39 @@ pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// The default plan: `THREADS` kv-load threads.
+#[cfg(test)]
 pub fn plan(quick: bool) -> Vec<Workload> {
+    plan_for(quick, THREADS)
+}
+
+/// The plan with `threads` kv-load threads where the default has `THREADS` (many-core mode: one per client
+/// CPU; per-thread connections and sockets stay, so the load grows with the threads). Workloads named by a
+/// connection total keep that total: the most threads, up to `threads`, that divide it evenly.
+pub fn plan_for(quick: bool, threads: u32) -> Vec<Workload> {
+    let mut v = default_plan(quick);
+    for w in &mut v {
+        if let Some(total) = w.total_conns {
+            let t = (1..=threads.min(total)).rev().find(|t| total % t == 0).unwrap_or(1);
+            w.threads = t;
+            w.args = conns_args(&w.args, total / t);
+        } else if w.threads == THREADS {
+            w.threads = threads;
+        }
+    }
+    v
+}
+
+/// `args` with its `--conns` value replaced.
+fn conns_args(a: &[String], conns: u32) -> Vec<String> {
+    let mut a = a.to_vec();
+    if let Some(i) = a.iter().position(|x| x == "--conns") {
+        a[i + 1] = conns.to_string();
+    }
+    a
+}
+
+fn default_plan(quick: bool) -> Vec<Workload> {
     use Server::*;
     let all = [Memcached, KvNoBpf, KvXdp, Reflector];
     let real = [Memcached, KvNoBpf, KvXdp];
@@ -93,10 +142,16 @@ pub fn plan(quick: bool) -> Vec<Workload> {
     let cat = |a: &[&'static str], b: &[&'static str]| -> Vec<&'static str> { a.iter().chain(b).copied().collect() };
     let mut udp_get = w("udp-get", Proto::Udp, &cat(&udp, &["--get-ratio", "1"]), &all);
     udp_get.bpf_stats = true;
-    let tcp_d1 =
-        Workload { skip_note: no_reflector, ..w("tcp-depth-1", Proto::Tcp, &["--conns", "2", "--depth", "1"], &real) };
+    // TCP GET at depth 1 and 16 also against the fixed-reply ceiling.
+    let tcp_ceiling = [Memcached, KvNoBpf, KvXdp, TcpCeiling];
+    let tcp_d1 = Workload {
+        skip_note: no_reflector,
+        ..w("tcp-depth-1", Proto::Tcp, &["--conns", "2", "--depth", "1"], &tcp_ceiling)
+    };
+    // Facebook's ETC pool: per-key sizes (values 0 B to ~50 KB here), GET:SET 30:1.
+    let udp_etc = Workload { etc: true, skip_note: no_reflector, ..w("udp-etc", Proto::Udp, &udp, &real) };
     if quick {
-        return vec![udp_get, tcp_d1];
+        return vec![udp_get, udp_etc, tcp_d1];
     }
     let mut v = vec![udp_get];
     for (name, extra) in [
@@ -105,15 +160,20 @@ pub fn plan(quick: bool) -> Vec<Workload> {
     ] {
         v.push(Workload { skip_note: no_reflector, ..w(name, Proto::Udp, &cat(&udp, extra), &real) });
     }
+    v.push(udp_etc);
     v.push(tcp_d1);
+    v.push(Workload {
+        skip_note: no_reflector,
+        ..w("tcp-depth-16", Proto::Tcp, &["--conns", "2", "--depth", "16"], &tcp_ceiling)
+    });
     // Connection counts are totals: threads x per-thread conns.
     for (name, threads, a) in [
-        ("tcp-depth-16", 2, &["--conns", "2", "--depth", "16"][..]),
         ("tcp-conns-1", 1, &["--conns", "1", "--depth", "1"][..]),
         ("tcp-conns-50", 2, &["--conns", "25", "--depth", "1"][..]),
         ("tcp-conns-1000", 2, &["--conns", "500", "--depth", "1"][..]),
     ] {
-        v.push(Workload { skip_note: no_reflector, threads, ..w(name, Proto::Tcp, a, &real) });
+        let total_conns = Some(threads * a[1].parse::<u32>().expect("a number"));
+        v.push(Workload { skip_note: no_reflector, threads, total_conns, ..w(name, Proto::Tcp, a, &real) });
     }
     v.push(Workload {
         preload: false,
@@ -134,6 +194,7 @@ pub fn plan(quick: bool) -> Vec<Workload> {
         v.push(Workload {
             idle,
             skip_note: no_reflector,
+            total_conns: Some(50),
             ..w(name, Proto::Tcp, &["--conns", "25", "--depth", "1"], &real)
         });
     }
@@ -151,7 +212,9 @@ mod tests {
 
     #[test]
     fn plans() {
-        assert_eq!(shape(&plan(true)), [("udp-get", 4, 2, true), ("tcp-depth-1", 3, 2, true)]);
+        use Server::*;
+        let real = [Memcached, KvNoBpf, KvXdp];
+        assert_eq!(shape(&plan(true)), [("udp-get", 4, 2, true), ("udp-etc", 3, 2, true), ("tcp-depth-1", 4, 2, true)]);
         let full = plan(false);
         assert_eq!(
             shape(&full),
@@ -159,8 +222,9 @@ mod tests {
                 ("udp-get", 4, 2, true),
                 ("udp-get90-set10", 3, 2, true),
                 ("udp-multiget-10", 3, 2, true),
-                ("tcp-depth-1", 3, 2, true),
-                ("tcp-depth-16", 3, 2, true),
+                ("udp-etc", 3, 2, true),
+                ("tcp-depth-1", 4, 2, true),
+                ("tcp-depth-16", 4, 2, true),
                 ("tcp-conns-1", 3, 1, true),
                 ("tcp-conns-50", 3, 2, true),
                 ("tcp-conns-1000", 3, 2, true),
@@ -173,6 +237,37 @@ mod tests {
         let set = full.iter().find(|w| w.name == "tcp-set-100").unwrap();
         assert_eq!(set.servers, [Server::Memcached, Server::KvNoBpfFsync, Server::KvFsync]);
         assert_eq!(full.iter().filter(|w| w.bpf_stats).map(|w| w.name).collect::<Vec<_>>(), ["udp-get"]);
+        let etc: Vec<&Workload> = full.iter().filter(|w| w.etc).collect();
+        assert_eq!(etc.len(), 1);
+        assert_eq!((etc[0].name, etc[0].proto, &etc[0].servers[..]), ("udp-etc", Proto::Udp, &real[..]));
+        assert!(!etc[0].args.iter().any(|a| a == "--get-ratio"), "ETC's own 30:1 mix");
+        let ceiling: Vec<&str> =
+            full.iter().filter(|w| w.servers.contains(&Server::TcpCeiling)).map(|w| w.name).collect();
+        assert_eq!(ceiling, ["tcp-depth-1", "tcp-depth-16"]);
+        // Many-core: threads follow the client CPUs; the connection totals stay.
+        let conns = |w: &Workload| {
+            w.threads * w.args[w.args.iter().position(|a| a == "--conns").unwrap() + 1].parse::<u32>().unwrap()
+        };
+        for (threads, w) in [(12, plan_for(false, 12)), (2, plan_for(false, 2)), (1, plan_for(false, 1))] {
+            for (a, b) in w.iter().zip(&full) {
+                assert_eq!(a.name, b.name);
+                match b.total_conns {
+                    Some(total) => assert_eq!(conns(a), total, "{} at {threads} threads", a.name),
+                    None => assert_eq!(a.threads, threads, "{}", a.name),
+                }
+            }
+            let t: Vec<u32> = w.iter().filter(|w| w.total_conns.is_some()).map(|w| w.threads).collect();
+            assert_eq!(
+                t,
+                match threads {
+                    12 => [1, 10, 10, 10, 10],
+                    2 => [1, 2, 2, 2, 2],
+                    _ => [1, 1, 1, 1, 1],
+                }
+            );
+        }
+        let with_sets: Vec<&str> = full.iter().filter(|w| w.has_sets()).map(|w| w.name).collect();
+        assert_eq!(with_sets, ["udp-get90-set10", "udp-etc", "tcp-set-100"]);
         assert_eq!(full.iter().filter(|w| w.idle > 0).map(|w| w.idle).collect::<Vec<_>>(), [10_000, 50_000]);
     }
 }
