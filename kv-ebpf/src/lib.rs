@@ -8,9 +8,16 @@
 pub mod headers;
 pub mod packet;
 
-/// What `kv_xdp` writes into a frame's metadata to hand it to `kv_tc`: every key hit, but the reply
-/// needs more room than the XDP frame has. Only a frame carrying it is looked at by `kv_tc`.
-pub const TC_MARK: u32 = u32::from_le_bytes(*b"kvTC");
+/// What `kv_xdp` writes into a frame's metadata to hand it to `kv_tc` (with the UDP port in the low 16
+/// bits, so that the `kv_tc` of another instance on the same interface leaves it alone): every key hit,
+/// but the reply needs more room than the XDP frame has. Only a frame carrying it is looked at by `kv_tc`.
+pub const TC_MARK: u32 = u32::from_le_bytes(*b"\0\0kv");
+
+/// The mark for a request to `port`.
+#[inline(always)]
+pub const fn tc_mark(port: u16) -> u32 {
+    TC_MARK | port as u32
+}
 
 /// The one panic handler of each program. Nothing in the programs may panic (the verifier would refuse
 /// the endless loop): every index is masked or checked, so the compiler drops every panic path.

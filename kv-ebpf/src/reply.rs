@@ -17,7 +17,7 @@ use kv_ebpf::{
         TEXT_OFF, UDP_HLEN,
     },
     packet::{adjust_head, adjust_tail, as_bytes, buff_len, load, store, store_bytes, store_raw},
-    volatile_read, TC_MARK,
+    tc_mark, volatile_read,
 };
 
 use crate::{
@@ -216,7 +216,7 @@ fn resize(ctx: &XdpContext, frame_len: usize) -> Result<Grown, ()> {
     Err(())
 }
 
-/// Marks the untouched frame for the TC program ([`TC_MARK`] in its metadata) and returns the reason
+/// Marks the untouched frame for the TC program ([`tc_mark`] in its metadata) and returns the reason
 /// to pass it with: `ToTc`, or `PassTooBig` where the driver keeps no metadata.
 pub fn hand_to_tc(ctx: &XdpContext) -> Counter {
     // SAFETY: this run's context; no packet pointer is held across the call.
@@ -228,7 +228,7 @@ pub fn hand_to_tc(ctx: &XdpContext) -> Counter {
         return Counter::PassTooBig;
     }
     // SAFETY: the 4 metadata bytes at `meta` lie before `data` (checked above), in this run's buffer.
-    unsafe { core::ptr::write_unaligned(meta as *mut u32, TC_MARK) };
+    unsafe { core::ptr::write_unaligned(meta as *mut u32, tc_mark(maps::port())) };
     Counter::ToTc
 }
 

@@ -1,34 +1,39 @@
 //! `kv_tc`, the TC ingress half of the kernel path: it answers the requests `kv_xdp` could not grow
 //! its frame for (a veth frame has only its 256 bytes of headroom), which `kv_xdp` marks in the frame's
-//! metadata ([`TC_MARK`]) and passes. The skb can grow, so the same reply, assembled by the same code
+//! metadata ([`tc_mark`]) and passes. The skb can grow, so the same reply, assembled by the same code
 //! from the same slots under their seqlocks, is sent back out of the interface it came in on. Anything
-//! else, and any request that no longer hits, goes on to the stack untouched.
+//! else, and any request that no longer hits, goes on untouched: to the next program on the hook (tcx
+//! runs them in order: another instance's `kv_tc`, a firewall), then the stack.
 
-use aya_ebpf::{bindings::TC_ACT_OK, helpers::generated as h, macros::classifier, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, helpers::generated as h, macros::classifier, programs::TcContext};
 use kv_common::{Counter, XDP_REQ_MAX};
-use kv_ebpf::{headers::TEXT_OFF, TC_MARK};
+use kv_ebpf::{headers::TEXT6_OFF, tc_mark};
 
 use crate::{
-    maps::count,
+    maps::{self, count},
     reply::{serve_skb, Reply},
     request::{parse_get, read_request},
 };
 
+/// "Not answered here": tcx goes on to the next program (`TCX_NEXT`), a classic clsact filter to the
+/// next filter; with none left the skb goes up the stack.
+const NEXT: i32 = TC_ACT_UNSPEC;
+
 #[classifier]
 pub fn kv_tc(ctx: TcContext) -> i32 {
     if !marked(&ctx) {
-        return TC_ACT_OK;
+        return NEXT;
     }
     match try_kv_tc(&ctx) {
         Ok(action) => action,
         Err(reason) => {
             count(reason, 1);
-            TC_ACT_OK
+            NEXT
         }
     }
 }
 
-/// Whether `kv_xdp` handed this frame over: its metadata is the mark.
+/// Whether this instance's `kv_xdp` handed the frame over: its metadata is the mark for our port.
 #[inline(always)]
 fn marked(ctx: &TcContext) -> bool {
     // SAFETY: reading two fields of this run's `__sk_buff` context.
@@ -37,13 +42,13 @@ fn marked(ctx: &TcContext) -> bool {
         return false;
     }
     // SAFETY: the 4 bytes at `meta` lie before `data` (checked above): the metadata of this skb.
-    unsafe { core::ptr::read_unaligned(meta as *const u32) == TC_MARK }
+    unsafe { core::ptr::read_unaligned(meta as *const u32) == tc_mark(maps::port()) }
 }
 
 fn try_kv_tc(ctx: &TcContext) -> Result<i32, Counter> {
     // The headers must be in the linear part for direct access (they are after XDP; this is cheap then).
     // SAFETY: this run's skb; no packet pointer is held across the call.
-    if unsafe { h::bpf_skb_pull_data(ctx.skb.skb, (TEXT_OFF + XDP_REQ_MAX) as u32) } != 0 {
+    if unsafe { h::bpf_skb_pull_data(ctx.skb.skb, (TEXT6_OFF + XDP_REQ_MAX) as u32) } != 0 {
         // A frame shorter than that cannot be pulled that far; its headers are linear anyway.
         // SAFETY: as above.
         unsafe { h::bpf_skb_pull_data(ctx.skb.skb, 0) };
