@@ -387,3 +387,71 @@ fn ipv6_gets_are_answered_in_the_kernel() {
     let v6_hits: u64 = stats.iter().find(|(k, _)| k == "xdp_hits_ipv6").map_or(0, |(_, v)| v.parse().unwrap());
     assert!(v6_hits >= 14, "stats xdp_hits_ipv6 = {v6_hits}");
 }
+
+/// Two servers on one interface (ports 11211 and 11311) share its XDP hook through the dispatcher: both
+/// answer hits in the kernel, each from its own cache; stopping one leaves the other's kernel path
+/// working; the last one out detaches.
+#[test]
+fn two_instances_share_an_interface() {
+    let Some(mut bed) = XdpBed::start_or_skip("two", &[]) else { return };
+    let port2: u16 = 11311;
+    let ip = bed.addr.ip().to_string();
+    let p2 = port2.to_string();
+    let mut second = bed
+        .server_ns
+        .command(kv_tests::server_bin())
+        .args(["-l", &ip, "-p", &p2, "-U", &p2, "--iface", &bed.veth.if_a, "--xdp-mode", "native"])
+        .args(["--no-persist", "--udp-allow", "10.77.0.0/16"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the second instance");
+    let addr2 = std::net::SocketAddr::new(bed.addr.ip(), port2);
+    let ready = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        bed.client_ns.run(|| std::net::TcpStream::connect_timeout(&addr2, Duration::from_millis(100)).is_ok())
+    });
+    assert!(ready, "the second instance did not start");
+    let hits2 = || -> u64 {
+        let id = kv_tests::netns::instance_prog_id(&bed.server_ns, &bed.veth.if_a, port2).expect("its program");
+        kv_tests::netns::program_counter(id, Counter::Hits).expect("its counters")
+    };
+    let mut c1 = bed.client();
+    let mut c2 = bed.client_ns.run(|| kv_tests::Client::connect(addr2));
+    c1.set("one", b"first");
+    c2.set("two", b"second");
+    let sock = bed.udp_socket();
+    let mut id = 0x700u16;
+    let mut udp_get = |to: std::net::SocketAddr, key: &str| {
+        id += 1;
+        udp_request_retry(&sock, to, id, format!("get {key}\r\n").as_bytes()).body
+    };
+    // Each instance's hits come from its own kernel cache.
+    let (mut hot1, mut hot2) = (false, false);
+    for _ in 0..100 {
+        let (h1, h2) = (bed.kernel_hits(), hits2());
+        assert_eq!(udp_get(bed.addr, "one"), get_reply("one", b"first"));
+        assert_eq!(udp_get(addr2, "two"), get_reply("two", b"second"));
+        hot1 |= bed.kernel_hits() > h1;
+        hot2 |= hits2() > h2;
+        if hot1 && hot2 {
+            break;
+        }
+    }
+    assert!(hot1 && hot2, "kernel hits: first instance {hot1}, second {hot2}");
+    // Neither sees the other's keys, in the kernel or in user space.
+    assert_eq!(udp_get(addr2, "one"), b"END\r\n");
+    assert_eq!(udp_get(bed.addr, "two"), b"END\r\n");
+    // The first one stops: the second keeps its kernel path.
+    kv_tests::netns::stop(&mut bed.server);
+    let before = hits2();
+    for _ in 0..5 {
+        assert_eq!(udp_get(addr2, "two"), get_reply("two", b"second"));
+    }
+    assert_eq!(hits2(), before + 5, "the second instance's kernel path after the first stopped");
+    // The last one out detaches the dispatcher.
+    kv_tests::netns::stop(&mut second);
+    let left = kv_tests::netns::xdp_prog_id(&bed.server_ns, &bed.veth.if_a).unwrap();
+    assert_eq!(left, None, "an XDP program is still attached after both instances stopped");
+}
