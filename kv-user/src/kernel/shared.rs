@@ -187,9 +187,11 @@ impl SharedHook {
             None => attach_dispatcher(&locked, iface, mode)?,
         };
         tables.sweep();
+        // A slot still naming our port belongs to an instance that is gone whatever its pid says (a reused
+        // pid): this process holds the port's socket (bound before the kernel path starts).
         if let Ok(slot @ 1..) = tables.ports.lookup(&(port as u32)) {
             let owner = tables.owners.lookup(&(slot - 1)).unwrap_or(0);
-            bail!("UDP port {port} on {iface} is already served in the kernel by kv-server pid {}", owner >> 32);
+            tables.free(slot - 1, owner);
         }
         let slot = (0..DISPATCH_SLOTS)
             .find(|s| tables.owners.lookup(s).is_ok_and(|o| o == 0))
