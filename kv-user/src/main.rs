@@ -171,8 +171,7 @@ fn start_kernel_path(cfg: &Config) -> Option<Kernel> {
             if let Some(why) = &k.path.unshared {
                 log::warn!(
                     "XDP attached to {} directly, not behind the shared dispatcher ({why}): another kv-server \
-                     on this interface will not get the kernel path; to share it, run as root (CAP_SYS_ADMIN) \
-                     with bpffs at /sys/fs/bpf",
+                     on this interface will not get the kernel path; to share it, run as root (CAP_SYS_ADMIN)",
                     cfg.iface
                 );
             }

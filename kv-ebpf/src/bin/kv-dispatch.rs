@@ -1,8 +1,8 @@
 //! The per-interface dispatcher (`kv_dispatch`), an object of its own: an interface has one XDP hook, so
 //! when several kv-servers (one UDP port each) share an interface, this program is what is attached, and
 //! it tail-calls the `kv_xdp` of the instance serving the datagram's UDP port, each with its own cache.
-//! `PORTS[port]` is that instance's slot in `PROGS` plus one (0: none), `OWNERS[slot]` who holds it;
-//! anything else passes untouched.
+//! `PORTS[port]` is that instance's slot in `PROGS` plus one (0: none), `OWNERS[slot]` who holds it,
+//! `HOME` where the dispatcher is attached; anything else passes untouched.
 //! The loader (kv_user::kernel::shared) keeps the tables; this program only reads them.
 //!
 //! Built for `bpfel-unknown-none` by kv-user's build script; on the host it compiles to an empty binary.
@@ -34,6 +34,11 @@ mod prog {
     #[map(name = "PROGS")]
     static PROGS: ProgramArray = ProgramArray::with_max_entries(DISPATCH_SLOTS, 0);
 
+    /// Where this dispatcher is attached (network namespace inode << 32 | ifindex), written by the
+    /// loader: a bpf link reports only the ifindex, which repeats across namespaces.
+    #[map(name = "HOME")]
+    static HOME: Array<u64> = Array::with_max_entries(1, 0);
+
     /// Slot → its owner (pid << 32 | port), 0 while free: the loader's bookkeeping, and a slot is only
     /// used while it has one (an instance takes its port out before it frees its slot).
     #[map(name = "OWNERS")]
@@ -41,6 +46,10 @@ mod prog {
 
     #[xdp]
     pub fn kv_dispatch(ctx: XdpContext) -> u32 {
+        // Not yet told where it is: the loader has not finished setting it up.
+        if HOME.get(0).is_none_or(|&h| h == 0) {
+            return xdp_action::XDP_PASS;
+        }
         if let Ok(Some(slot)) = slot(&ctx) {
             // SAFETY: a tail call with this run's own context; on failure (an emptied slot) it returns
             // here and the frame passes.

@@ -154,8 +154,8 @@ impl KernelPath {
     }
 
     /// Loads and attaches to `iface`: behind the interface's dispatcher, which instances on other ports
-    /// share ([`SharedHook`]), or, where that is not possible (no bpffs, no CAP_SYS_ADMIN to find
-    /// another instance's dispatcher), directly, as the only program on the interface.
+    /// share ([`SharedHook`]), or, where that is not possible (no CAP_SYS_ADMIN to open another
+    /// instance's dispatcher), directly, as the only program on the interface.
     pub fn attach(iface: &str, mode: XdpMode, opts: KernelOpts) -> Result<Self> {
         let mut path = Self::load(opts)?;
         let prog = program(&mut path.ebpf)?;

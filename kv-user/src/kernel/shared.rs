@@ -1,21 +1,24 @@
-//! Sharing one interface's XDP hook between kv-server instances (one UDP port each): the first attaches
-//! the dispatcher (`kv_dispatch`, kv-ebpf/src/bin/kv-dispatch.rs) and pins its link in bpffs, so that the
-//! hook outlives it; each instance puts its own `kv_xdp` into the dispatcher's `PROGS` and its port into
-//! `PORTS`; the last one out unpins the link, which detaches the dispatcher.
+//! Sharing one interface's XDP hook between kv-server instances (one UDP port each). The first attaches
+//! the dispatcher (`kv_dispatch`, kv-ebpf/src/bin/kv-dispatch.rs); each instance puts its own `kv_xdp`
+//! into the dispatcher's `PROGS` and its port into `PORTS`, and holds a descriptor of the dispatcher's
+//! bpf link. The link lives while any instance holds it: when the last one exits, however it exits, the
+//! kernel detaches the dispatcher. And when no instance holds `PROGS` open, the kernel empties it, so a
+//! dead instance's program never answers once every instance is gone.
 //!
-//! Per interface (and network namespace) there is one directory, `/sys/fs/bpf/kv-server/<netns>-<ifindex>`,
-//! holding only the pinned link; it is also the lock (flock) that orders instances joining and leaving.
-//! The tables are found through the dispatcher program itself (its map ids), not pinned: when every
-//! instance is gone, nothing holds `PROGS` open and the kernel empties it, so a dead instance's program
-//! never answers for it. While others run, an instance that died without leaving is removed by the
-//! others' sweep (once a second), which checks each slot's owner process.
+//! Nothing is pinned (bpffs is per mount namespace, and `ip netns exec` or a container gives each
+//! process its own): an instance finds the dispatcher by walking the kernel's bpf links for an XDP link
+//! on its interface whose program is a `kv_dispatch` whose `HOME` names this network namespace (a link
+//! reports only the ifindex). Joins and leaves are ordered by a lock that is an abstract unix socket,
+//! which is per network namespace and released by the kernel when its process dies. While instances
+//! run, each sweeps once a second: a slot whose owner process is gone is freed.
+//!
+//! Walking links and opening another process's program and maps by id needs CAP_SYS_ADMIN.
 
-use std::fs::File;
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{MapData, MapInfo};
@@ -29,9 +32,6 @@ use super::sys::MapFd;
 /// The dispatcher's object, as built for bpfel-unknown-none.
 pub static DISPATCH_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kv-dispatch"));
 const DISPATCH_PROGRAM: &str = "kv_dispatch";
-const BPFFS: &str = "/sys/fs/bpf";
-/// statfs magic of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The dispatcher's tables, opened by their ids.
 struct Tables {
@@ -41,10 +41,12 @@ struct Tables {
     progs: MapFd<u32, u32>,
     /// Slot → owner: pid << 32 | port; 0 = free.
     owners: MapFd<u32, u64>,
+    /// [0]: netns inode << 32 | ifindex.
+    home: MapFd<u32, u64>,
 }
 
 impl Tables {
-    /// The tables of the dispatcher program `prog_id`, which must be a `kv_dispatch`.
+    /// The tables of program `prog_id` if it is a `kv_dispatch`.
     fn of_program(prog_id: u32) -> Result<Tables> {
         let prog = aya::programs::loaded_programs()
             .filter_map(|p| p.ok())
@@ -53,12 +55,13 @@ impl Tables {
         if prog.name_as_str() != Some(DISPATCH_PROGRAM) {
             bail!("program {prog_id} ({:?}) is not kv-server's dispatcher", prog.name_as_str());
         }
-        let (mut ports, mut progs, mut owners) = (None, None, None);
+        let (mut ports, mut progs, mut owners, mut home) = (None, None, None, None);
         for id in prog.map_ids()?.context("the kernel does not report the dispatcher's maps")? {
             let slot = match MapInfo::from_id(id)?.name_as_str() {
                 Some("PORTS") => &mut ports,
                 Some("PROGS") => &mut progs,
                 Some("OWNERS") => &mut owners,
+                Some("HOME") => &mut home,
                 _ => continue,
             };
             *slot = Some(MapData::from_id(id)?);
@@ -68,6 +71,7 @@ impl Tables {
             ports: MapFd::new(&open(ports, "PORTS")?)?,
             progs: MapFd::new(&open(progs, "PROGS")?)?,
             owners: MapFd::new(&open(owners, "OWNERS")?)?,
+            home: MapFd::new(&open(home, "HOME")?)?,
         })
     }
 
@@ -106,89 +110,162 @@ fn alive(pid: i32) -> bool {
         && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
-/// The per-interface directory, locked (exclusively) while this value lives.
-struct Locked {
-    dir: PathBuf,
-    _lock: File,
-}
-
-impl Locked {
-    /// The directory of `iface` in the calling thread's network namespace.
-    fn dir_of(iface: &str) -> Result<PathBuf> {
-        ensure_bpffs()?;
-        // thread-self: a thread may have entered another namespace than the process's main thread.
-        let netns = std::fs::metadata("/proc/thread-self/ns/net").context("reading this network namespace")?.ino();
-        let ifindex = ifindex(iface)?;
-        Ok(Path::new(BPFFS).join("kv-server").join(format!("{netns}-{ifindex}")))
-    }
-
-    /// `create`: make the directory if it is missing (joining), else fail (sweeping, leaving).
-    fn open(dir: PathBuf, create: bool) -> Result<Locked> {
-        if create {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let lock = File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
-        // SAFETY: flock on a descriptor this value owns; it blocks until the other instance is done.
-        if unsafe { libc::flock(lock.as_fd().as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("locking the interface's kv-server directory");
-        }
-        Ok(Locked { dir, _lock: lock })
-    }
-
-    fn link(&self) -> PathBuf {
-        self.dir.join("link")
-    }
-}
-
-/// Mounts bpffs at /sys/fs/bpf unless it is there.
-fn ensure_bpffs() -> Result<()> {
-    // SAFETY: statfs fills the struct for a NUL-terminated path; zeroed is a valid initial value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let path = c"/sys/fs/bpf";
-    // SAFETY: as above; `st` is live and writable.
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    // SAFETY: mount(2) with NUL-terminated strings and no data.
-    let r = unsafe { libc::mount(c"bpf".as_ptr(), path.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("bpffs is not mounted at /sys/fs/bpf and mounting it failed");
-    }
-    Ok(())
-}
-
-fn ifindex(iface: &str) -> Result<u32> {
+/// Where an interface is: its network namespace's inode and its index, as `HOME` holds them.
+fn home_of(iface: &str) -> Result<u64> {
+    // thread-self: a thread may have entered another namespace than the process's main thread.
+    let netns = std::fs::metadata("/proc/thread-self/ns/net").context("reading this network namespace")?.ino();
     let name = std::ffi::CString::new(iface)?;
     // SAFETY: a NUL-terminated name.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {iface}")),
-        i => Ok(i),
+    let ifindex = match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => return Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {iface}")),
+        i => i,
+    };
+    Ok(netns << 32 | ifindex as u64)
+}
+
+/// The lock of one interface's dispatcher: an abstract unix socket named after it, bound while held.
+/// Abstract names are per network namespace, and the kernel releases the name when the process dies.
+struct Lock {
+    _bound: OwnedFd,
+}
+
+impl Lock {
+    fn take(home: u64) -> Result<Lock> {
+        let name = format!("kv-server-xdp-{}", home & 0xffff_ffff);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // SAFETY: plain socket(2); the descriptor is owned right below.
+            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error()).context("creating the dispatcher lock");
+            }
+            // SAFETY: a descriptor socket(2) just returned to us.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: sockaddr_un is plain data; zeroed is a valid value (family set below).
+            let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            // sun_path[0] = 0: the abstract namespace.
+            for (d, s) in addr.sun_path[1..].iter_mut().zip(name.bytes()) {
+                *d = s as libc::c_char;
+            }
+            let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t;
+            // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
+            if unsafe { libc::bind(fd.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, len) } == 0 {
+                return Ok(Lock { _bound: fd });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EADDRINUSE) || Instant::now() > deadline {
+                return Err(e).context("taking the dispatcher lock");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
+}
+
+/// bpf(2) with a 24-byte attribute block (the commands below use no more).
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 3]) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a live, writable 24-byte bpf_attr prefix; the commands used here either take
+    // ids and flags only, or a pointer to an info buffer the caller keeps live for the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+const BPF_LINK_TYPE_XDP: u32 = 6;
+
+/// Type, program id and (for an XDP link) interface index of a bpf link: `bpf_link_info` is type, id,
+/// prog_id, then the type's fields (XDP: ifindex at offset 16, 0 once the interface is gone).
+fn link_info(fd: &OwnedFd) -> std::io::Result<(u32, u32, u32)> {
+    let mut info = [0u32; 16];
+    // BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
+    let head = fd.as_raw_fd() as u64 | (std::mem::size_of_val(&info) as u64) << 32;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut [head, info.as_mut_ptr() as u64, 0])?;
+    Ok((info[0], info[2], info[4]))
+}
+
+/// The dispatcher attached at `home` (its link, held open, and its tables), if there is one.
+fn find(home: u64) -> Option<(OwnedFd, Tables)> {
+    let ifindex = (home & 0xffff_ffff) as u32;
+    let mut id = 0u32;
+    loop {
+        // BPF_LINK_GET_NEXT_ID: start_id (u32), next_id (u32, out).
+        let mut attr = [id as u64, 0, 0];
+        bpf(BPF_LINK_GET_NEXT_ID, &mut attr).ok()?;
+        id = (attr[0] >> 32) as u32;
+        // BPF_LINK_GET_FD_BY_ID: link_id (u32).
+        let Ok(fd) = bpf(BPF_LINK_GET_FD_BY_ID, &mut [id as u64, 0, 0]) else { continue };
+        // SAFETY: the kernel just returned this descriptor to us; owned here, closed on drop.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        match link_info(&fd) {
+            Ok((BPF_LINK_TYPE_XDP, prog, at)) if at == ifindex => {
+                if let Ok(t) = Tables::of_program(prog) {
+                    if t.home.lookup(&0).ok() == Some(home) {
+                        return Some((fd, t));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Loads and attaches the dispatcher; returns its link and tables.
+fn attach_dispatcher(iface: &str, mode: XdpMode, home: u64) -> Result<(OwnedFd, Tables)> {
+    let mut ebpf = EbpfLoader::new().load(DISPATCH_OBJECT).context("loading the dispatcher")?;
+    let prog: &mut Xdp =
+        ebpf.program_mut(DISPATCH_PROGRAM).context("dispatcher missing from its object")?.try_into()?;
+    prog.load().context("verifying the dispatcher")?;
+    let prog_id = prog.info()?.id();
+    let tables = Tables::of_program(prog_id)?;
+    tables.home.update(&0, &home)?;
+    let id = prog.attach(iface, mode.into()).map_err(|e| {
+        anyhow::anyhow!(
+            "attaching XDP to {iface} in {mode:?} mode: {e} (if {iface} has another XDP program, detach it: \
+             ip link set dev {iface} xdp off)"
+        )
+    })?;
+    let link: FdLink = prog.take_link(id)?.try_into().context("the XDP attachment is not a bpf link")?;
+    // A descriptor of our own: the link stays attached while it is open, whatever happens to `ebpf`.
+    Ok((link_fd(&link)?, tables))
+}
+
+/// A descriptor of `link`'s bpf link, found by its id (aya's FdLink does not expose its descriptor).
+fn link_fd(link: &FdLink) -> Result<OwnedFd> {
+    let id = link.info()?.id();
+    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut [id as u64, 0, 0])?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// This instance's place on a shared hook; leaves it when dropped (and stops its sweeper).
 pub struct SharedHook {
-    /// The interface's directory (leaving may happen on a thread in another network namespace).
-    dir: PathBuf,
+    home: u64,
     slot: u32,
     owner: u64,
     stop: Arc<AtomicBool>,
+    /// Keeps the dispatcher attached while this instance runs.
+    _link: OwnedFd,
 }
 
 impl SharedHook {
     /// Puts `prog` (this instance's `kv_xdp`) behind the dispatcher of `iface` for UDP `port`, attaching
     /// the dispatcher (in `mode`) if no instance has.
     pub fn join(iface: &str, mode: XdpMode, port: u16, prog: &ProgramFd) -> Result<SharedHook> {
-        let locked = Locked::open(Locked::dir_of(iface)?, true)?;
-        remove_defunct_pins(&locked.dir);
-        let tables = match live_pin(&locked, ifindex(iface)?) {
-            Some(prog_id) => Tables::of_program(prog_id)?,
-            None => attach_dispatcher(&locked, iface, mode)?,
+        let home = home_of(iface)?;
+        let lock = Lock::take(home)?;
+        let (link, tables) = match find(home) {
+            Some(found) => found,
+            None => attach_dispatcher(iface, mode, home)?,
         };
         tables.sweep();
-        // A slot still naming our port belongs to an instance that is gone whatever its pid says (a reused
-        // pid): this process holds the port's socket (bound before the kernel path starts).
+        // A slot still naming our port belongs to an instance that is gone whatever its pid says (a
+        // reused pid): this process holds the port's socket (bound before the kernel path starts).
         if let Ok(slot @ 1..) = tables.ports.lookup(&(port as u32)) {
             let owner = tables.owners.lookup(&(slot - 1)).unwrap_or(0);
             tables.free(slot - 1, owner);
@@ -200,125 +277,39 @@ impl SharedHook {
         tables.owners.update(&slot, &owner)?;
         tables.progs.update(&slot, &(prog.as_fd().as_raw_fd() as u32))?;
         tables.ports.update(&(port as u32), &(slot + 1))?;
-        let hook_dir = locked.dir.clone();
-        drop(locked);
+        drop(lock);
         let stop = Arc::new(AtomicBool::new(false));
-        let (flag, dir) = (stop.clone(), hook_dir.clone());
+        let flag = stop.clone();
         std::thread::Builder::new().name("kv-xdp-sweep".into()).spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
+            std::thread::sleep(Duration::from_secs(1));
             if flag.load(Ordering::Relaxed) {
                 return;
             }
-            if let Ok(l) = Locked::open(dir.clone(), false) {
-                if let Ok(t) = pinned_tables(&l) {
-                    t.sweep();
-                }
+            if let Ok(_lock) = Lock::take(home) {
+                tables.sweep();
             }
         })?;
-        Ok(SharedHook { dir: hook_dir, slot, owner, stop })
+        Ok(SharedHook { home, slot, owner, stop, _link: link })
     }
-}
-
-/// The dispatcher program id of the pinned link if it is still attached to `ifindex`. A pin left by an
-/// instance that died in a network namespace since deleted (its link then attached to nothing, and the
-/// namespace's inode number free for reuse) is removed.
-fn live_pin(l: &Locked, ifindex: u32) -> Option<u32> {
-    let (prog_id, attached_to) = xdp_link_info(&l.link()).ok()?;
-    if attached_to == ifindex {
-        return Some(prog_id);
-    }
-    let _ = std::fs::remove_file(l.link());
-    None
-}
-
-/// Program id and interface index of the XDP bpf link pinned at `path` (`bpf_link_info`: type, id,
-/// prog_id, then for XDP links the ifindex at offset 16, 0 once the interface is gone; aya's `LinkInfo`
-/// has no ifindex).
-fn xdp_link_info(path: &Path) -> std::io::Result<(u32, u32)> {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    let bpf = |cmd: libc::c_long, attr: &[u64; 3]| {
-        // SAFETY: `attr` is a live, 24-byte bpf_attr prefix for the command; the pointers in it (a path,
-        // an info buffer) are live for the call, as the callers below guarantee.
-        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), std::mem::size_of_val(attr)) };
-        if r < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(r)
-        }
-    };
-    use std::os::unix::ffi::OsStrExt as _;
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
-    let fd = bpf(BPF_OBJ_GET, &[cpath.as_ptr() as u64, 0, 0])?;
-    // SAFETY: the kernel just returned this descriptor to us; it is owned here and closed on drop.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    let mut info = [0u32; 16];
-    // BPF_OBJ_GET_INFO_BY_FD: bpf_fd (u32), info_len (u32), info (u64).
-    let head = fd.as_raw_fd() as u64 | (std::mem::size_of_val(&info) as u64) << 32;
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &[head, info.as_mut_ptr() as u64, 0])?;
-    Ok((info[2], info[4]))
-}
-
-/// Removes the pins of other interfaces' dispatchers whose interface is gone (a namespace deleted while
-/// its instances were killed): each pin holds a dispatcher and its tables in kernel memory.
-fn remove_defunct_pins(except: &Path) {
-    let Some(root) = except.parent() else { return };
-    let Ok(dirs) = std::fs::read_dir(root) else { return };
-    for dir in dirs.flatten().map(|d| d.path()).filter(|d| d != except) {
-        let link = dir.join("link");
-        if xdp_link_info(&link).is_ok_and(|(_, ifindex)| ifindex == 0) {
-            let _ = std::fs::remove_file(&link);
-            let _ = std::fs::remove_dir(&dir);
-        }
-    }
-}
-
-/// The tables behind the pinned link, if there is one.
-fn pinned_tables(l: &Locked) -> Result<Tables> {
-    let pinned = aya::programs::links::PinnedLink::from_pin(l.link())?;
-    Tables::of_program(FdLink::from(pinned).info()?.program_id())
-}
-
-/// Loads and attaches the dispatcher, pins its link; returns its tables.
-fn attach_dispatcher(l: &Locked, iface: &str, mode: XdpMode) -> Result<Tables> {
-    let mut ebpf = EbpfLoader::new().load(DISPATCH_OBJECT).context("loading the dispatcher")?;
-    let prog: &mut Xdp =
-        ebpf.program_mut(DISPATCH_PROGRAM).context("dispatcher missing from its object")?.try_into()?;
-    prog.load().context("verifying the dispatcher")?;
-    let id = prog.attach(iface, mode.into()).map_err(|e| {
-        anyhow::anyhow!(
-            "attaching XDP to {iface} in {mode:?} mode: {e} (if {iface} has another XDP program, detach it: \
-             ip link set dev {iface} xdp off)"
-        )
-    })?;
-    let link: FdLink = prog.take_link(id)?.try_into().context("the XDP attachment is not a bpf link")?;
-    let prog_id = link.info()?.program_id();
-    link.pin(l.link()).with_context(|| format!("pinning the dispatcher's link at {}", l.link().display()))?;
-    Tables::of_program(prog_id)
 }
 
 impl Drop for SharedHook {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let Ok(l) = Locked::open(self.dir.clone(), false) else { return };
-        let Ok(t) = pinned_tables(&l) else { return };
-        if t.owners.lookup(&self.slot).ok() == Some(self.owner) {
-            t.free(self.slot, self.owner);
+        let Ok(_lock) = Lock::take(self.home) else { return };
+        if let Some((_, t)) = find(self.home) {
+            if t.owners.lookup(&self.slot).ok() == Some(self.owner) {
+                t.free(self.slot, self.owner);
+            }
         }
-        // The last one out: unpinning drops the link's last reference, which detaches the dispatcher.
-        if t.sweep() == 0 {
-            let _ = std::fs::remove_file(l.link());
-            let _ = std::fs::remove_dir(&l.dir);
-        }
+        // Closing `_link` next: the last instance's close detaches the dispatcher.
     }
 }
 
 /// The program id of the instance serving UDP `port` behind `iface`'s dispatcher, if any (for tests and
 /// diagnostics; run in the interface's network namespace).
 pub fn served_by(iface: &str, port: u16) -> Result<Option<u32>> {
-    let l = Locked::open(Locked::dir_of(iface)?, false)?;
-    let t = pinned_tables(&l)?;
+    let Some((_, t)) = find(home_of(iface)?) else { return Ok(None) };
     match t.ports.lookup(&(port as u32)) {
         Ok(slot @ 1..) => Ok(t.progs.lookup(&(slot - 1)).ok()),
         _ => Ok(None),
