@@ -9,12 +9,20 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> u64;
 }
 
-/// The wall clock.
+/// The wall clock at the store's one-second resolution: CLOCK_REALTIME_COARSE, the time of the last
+/// timer tick, which the vDSO reads without the clock source (a few ns instead of a `clock_gettime`
+/// that reads the TSC, or traps where the VM's clock source has no vDSO path). memcached's clock is
+/// coarser still (a timer updates it once a second). It never runs ahead of CLOCK_REALTIME, so the
+/// kernel path's deadlines, computed from the precise clock, still fall before the store's expiry.
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
-        unix_now()
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid, writable timespec for the call; CLOCK_REALTIME_COARSE exists on every
+        // Linux this runs on (2.6.32+).
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+        u64::try_from(ts.tv_sec).unwrap_or(0)
     }
 }
 
@@ -54,5 +62,19 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_clock_never_runs_ahead_and_lags_at_most_a_second() {
+        for _ in 0..1000 {
+            let coarse = SystemClock.now();
+            let precise = unix_now();
+            assert!(coarse <= precise && precise - coarse <= 1, "coarse {coarse}, precise {precise}");
+        }
     }
 }

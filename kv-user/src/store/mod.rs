@@ -44,7 +44,7 @@ pub use types::*;
 use crate::record::{Journal, Record, Snapshot};
 use item::FETCHED;
 use memory::Budget;
-use shard::{Env, Loc, Shard};
+use shard::{Env, Hit, Shard};
 
 /// memcached's REALTIME_MAXDELTA: exptimes up to 30 days are relative, larger ones absolute Unix times.
 pub const REALTIME_MAXDELTA: i64 = 60 * 60 * 24 * 30;
@@ -101,7 +101,7 @@ pub struct StoreOptions {
 }
 
 enum Lookup {
-    Live(Loc),
+    Live(Hit),
     Missing,
 }
 
@@ -242,16 +242,16 @@ impl Store {
 
     /// Finds a live item, reclaiming it if it is expired or flushed.
     fn lookup(&self, shard: &mut Shard, hash: u64, key: &[u8], env: &Env<'_>) -> Lookup {
-        let Some(l) = shard.find(hash, key) else {
+        let Some(h) = shard.find_hit(hash, key) else {
             return Lookup::Missing;
         };
-        let it = shard.item(l);
+        let it = shard.item(h.loc);
         let Some(cause) = env.dead_cause(&it) else {
-            return Lookup::Live(l);
+            return Lookup::Live(h);
         };
         let fetched = it.has(FETCHED);
         self.emit(Change::Removed { key, cause });
-        shard.remove(l, hash, &self.budget);
+        shard.remove_hit(h, &self.budget);
         let c = &mut shard.counters;
         if cause == Removal::Expired {
             c.get_expired += 1;

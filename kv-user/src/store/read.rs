@@ -17,7 +17,7 @@ impl Store {
         let mut g = self.shards[si].lock();
         let mut out = Fetched::default();
         let found = match self.lookup(&mut g, hash, key, &env) {
-            Lookup::Live(l) => Some(l),
+            Lookup::Live(h) => Some(h.loc),
             Lookup::Missing => match opts.vivify {
                 None => None,
                 Some(v) => {

@@ -18,8 +18,8 @@ impl Store {
                 self.cas.fetch_max(cas, Ordering::Relaxed);
                 let (hash, si) = self.locate(key);
                 let mut g = self.shards[si].lock();
-                if let Some(l) = g.find(hash, key) {
-                    g.remove(l, hash, &self.budget);
+                if let Some(h) = g.find_hit(hash, key) {
+                    g.remove_hit(h, &self.budget);
                 }
                 let flushed = env.flush_at != 0 && now >= env.flush_at && time < env.flush_at;
                 let expired = exptime != 0 && exptime <= now;
@@ -47,8 +47,8 @@ impl Store {
             Record::Delete { key } => {
                 let (hash, si) = self.locate(key);
                 let mut g = self.shards[si].lock();
-                if let Some(l) = g.find(hash, key) {
-                    g.remove(l, hash, &self.budget);
+                if let Some(h) = g.find_hit(hash, key) {
+                    g.remove_hit(h, &self.budget);
                 }
                 self.finish(g);
             }

@@ -32,6 +32,13 @@ pub(super) fn off_of(l: Loc) -> usize {
     (l & 0xffff_ffff) as usize
 }
 
+/// An indexed item: its place and its bucket in the index, valid until the index next changes.
+#[derive(Clone, Copy)]
+pub(crate) struct Hit {
+    pub loc: Loc,
+    slot: usize,
+}
+
 /// Items start at multiples of this, so the index can store offsets divided by it.
 pub(super) const ALIGN: usize = 4;
 
@@ -223,8 +230,15 @@ impl Shard {
     }
 
     pub fn find(&self, hash: u64, key: &[u8]) -> Option<Loc> {
+        self.find_hit(hash, key).map(|h| h.loc)
+    }
+
+    /// [`Shard::find`] with the item's index bucket, so removing it takes no second probe.
+    pub fn find_hit(&self, hash: u64, key: &[u8]) -> Option<Hit> {
         let p = self.pack;
-        self.index.find(hash, |&x| self.item(p.unpack(x)).key() == key).map(|&x| p.unpack(x))
+        let slot = self.index.find_bucket_index(hash, |&x| self.item(p.unpack(x)).key() == key)?;
+        let &x = self.index.get_bucket(slot).expect("bucket just found");
+        Some(Hit { loc: p.unpack(x), slot })
     }
 
     pub fn item(&self, l: Loc) -> Item<'_> {
@@ -283,6 +297,20 @@ impl Shard {
     /// left empty is recycled.
     pub fn remove(&mut self, l: Loc, hash: u64, budget: &Budget) {
         let id = self.unindex(l, hash);
+        self.release_if_empty(id, budget);
+    }
+
+    /// [`Shard::remove`] of an item found by [`Shard::find_hit`], the index unchanged since.
+    pub fn remove_hit(&mut self, h: Hit, budget: &Budget) {
+        if let Ok(e) = self.index.get_bucket_entry(h.slot) {
+            debug_assert_eq!(self.pack.unpack(*e.get()), h.loc, "the index changed since the hit");
+            e.remove();
+        }
+        let id = self.mark_dead(h.loc);
+        self.release_if_empty(id, budget);
+    }
+
+    fn release_if_empty(&mut self, id: u32, budget: &Budget) {
         if self.seg(id).live == 0 && self.write != Some(id) {
             self.release(id, budget);
         }
@@ -290,11 +318,16 @@ impl Shard {
 
     /// Removes the item at `l` from the index and marks it dead; returns its segment (kept even if empty).
     pub(super) fn unindex(&mut self, l: Loc, hash: u64) -> u32 {
-        let len = self.item(l).len();
         let packed = self.pack.pack(l);
         if let Ok(e) = self.index.find_entry(hash, |&x| x == packed) {
             e.remove();
         }
+        self.mark_dead(l)
+    }
+
+    /// Marks the item at `l`, already out of the index, dead; returns its segment.
+    fn mark_dead(&mut self, l: Loc) -> u32 {
+        let len = self.item(l).len();
         self.item_mut(l).set_bit(DEAD, true);
         self.counters.curr_items -= 1;
         self.counters.bytes -= len as u64;

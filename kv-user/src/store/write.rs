@@ -32,8 +32,8 @@ impl Store {
         let fresh = |exptime| Ok(Plan { old: None, flags: req.flags, exptime, bits: 0 });
         let found = self.lookup(&mut g, hash, req.key, &env);
         let plan: Result<Plan, SetStatus> = match found {
-            Lookup::Live(l) => {
-                let old = g.item(l);
+            Lookup::Live(h) => {
+                let (l, old) = (h.loc, g.item(h.loc));
                 match req.mode {
                     SetMode::Add => {
                         // memcached bumps the existing item on a failed add.
@@ -82,8 +82,8 @@ impl Store {
             }
         };
         // The old item goes without a removal: the Stored change below supersedes it.
-        if let Lookup::Live(l) = found {
-            g.remove(l, hash, &self.budget);
+        if let Lookup::Live(h) = found {
+            g.remove_hit(h, &self.budget);
         }
         let old = plan.old.as_deref().unwrap_or(&[]);
         let parts: [&[u8]; 2] = if req.mode == SetMode::Prepend { [req.value, old] } else { [old, req.value] };
@@ -107,7 +107,8 @@ impl Store {
         let mut g = self.shards[si].lock();
         let res = match self.lookup(&mut g, hash, key, &env) {
             Lookup::Missing => (DeleteStatus::NotFound, 0),
-            Lookup::Live(l) => {
+            Lookup::Live(h) => {
+                let l = h.loc;
                 let cas = g.item(l).cas();
                 if opts.compare_cas.is_some_and(|c| c != cas) {
                     (DeleteStatus::Exists, 0)
@@ -127,7 +128,7 @@ impl Store {
                     (DeleteStatus::Deleted, seq)
                 } else {
                     let seq = self.emit(Change::Removed { key, cause: Removal::Deleted });
-                    g.remove(l, hash, &self.budget);
+                    g.remove_hit(h, &self.budget);
                     (DeleteStatus::Deleted, seq)
                 }
             }
@@ -140,10 +141,10 @@ impl Store {
     pub fn remove(&self, key: &[u8]) -> u64 {
         let (hash, si) = self.locate(key);
         let mut g = self.shards[si].lock();
-        let seq = match g.find(hash, key) {
-            Some(l) => {
+        let seq = match g.find_hit(hash, key) {
+            Some(h) => {
                 let seq = self.emit(Change::Removed { key, cause: Removal::Deleted });
-                g.remove(l, hash, &self.budget);
+                g.remove_hit(h, &self.budget);
                 seq
             }
             None => 0,
@@ -161,8 +162,8 @@ impl Store {
         let env = self.env(now, &emit);
         let mut g = self.shards[si].lock();
         let out = match self.lookup(&mut g, hash, key, &env) {
-            Lookup::Live(l) => {
-                let e = g.item(l);
+            Lookup::Live(h) => {
+                let (l, e) = (h.loc, g.item(h.loc));
                 if opts.compare_cas != 0 && opts.compare_cas != e.cas() {
                     ArithOutcome::fail(ArithStatus::Exists)
                 } else {
@@ -191,7 +192,7 @@ impl Store {
                             } else {
                                 let bits = e.bits() & (FETCHED | STALE | TOKEN_SENT);
                                 let meta = Meta { cas, exptime, time: now, atime: now, flags: e.flags(), bits };
-                                g.remove(l, hash, &self.budget);
+                                g.remove_hit(h, &self.budget);
                                 g.insert(hash, key, &[digits], &meta, &env)
                             };
                             let seq = self.emit(Change::Stored(g.item(l).record()));
