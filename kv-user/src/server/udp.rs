@@ -102,6 +102,7 @@ fn serve(sock: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
     let mut replies: Vec<Reply> = Vec::with_capacity(RECV_BATCH);
     let allow = shared.ctx.config.udp_allowlist();
     let stats = &shared.ctx.stats;
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
     while !stop.load(Acquire) {
         let n = match rx.recv(fd, libc::MSG_WAITFORONE) {
             Ok(n) => n,
@@ -132,13 +133,11 @@ fn serve(sock: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
         stats.bytes_read.fetch_add(read, Relaxed);
         // One wait covers every write of the batch; replies leave only once what they report is durable.
         let seq = replies.iter().map(|r| r.seq).max().unwrap_or(0);
-        if let (Some(log), true) = (&shared.log, seq > 0) {
-            if log.wait_durable_blocking(seq).is_err() {
-                for r in replies.iter_mut().filter(|r| r.seq > 0) {
-                    if let Err(e) = log.wait_durable_blocking(r.seq) {
-                        log::error!("log write failed: {e}");
-                        r.failed = true;
-                    }
+        if seq > 0 && block_on(shared.durable(seq), &waker).is_err() {
+            for r in replies.iter_mut().filter(|r| r.seq > 0) {
+                if let Err(e) = block_on(shared.durable(r.seq), &waker) {
+                    log::error!("log write failed: {e}");
+                    r.failed = true;
                 }
             }
         }
@@ -153,6 +152,32 @@ fn serve(sock: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
         for out in outs.iter_mut().take(n).filter(|o| o.capacity() > OUT_KEEP) {
             *out = BytesMut::new();
         }
+    }
+}
+
+/// Wakes the thread that waits in [`block_on`].
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs `f` on this thread, parked while it is pending: the journal's durability wait is the same future
+/// the TCP connections await (woken by the log writer's notification), without a runtime here.
+fn block_on<F: std::future::Future>(f: F, waker: &std::task::Waker) -> F::Output {
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
     }
 }
 
