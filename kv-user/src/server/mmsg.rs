@@ -228,7 +228,7 @@ mod tests {
         for (i, c) in clients.iter().enumerate() {
             c.send_to(format!("hello {i}").as_bytes(), addr).unwrap();
         }
-        c_big(&clients[0], addr);
+        clients[0].send_to(&vec![1u8; 65_000], addr).unwrap();
         let mut rx = RecvBatch::default();
         let mut got = Vec::new();
         while got.len() < 4 {
@@ -274,8 +274,19 @@ mod tests {
         }
     }
 
-    fn c_big(c: &UdpSocket, to: std::net::SocketAddr) {
-        c.send_to(&vec![1u8; 65_000], to).unwrap();
+    #[test]
+    fn ipv6_sources() {
+        let Ok(server) = UdpSocket::bind("[::1]:0") else { return }; // no IPv6 loopback here
+        let client = UdpSocket::bind("[::1]:0").unwrap();
+        client.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+        client.send_to(b"six", server.local_addr().unwrap()).unwrap();
+        let mut rx = RecvBatch::default();
+        assert_eq!(rx.recv(server.as_raw_fd(), libc::MSG_WAITFORONE).unwrap(), 1);
+        assert_eq!(rx.peer(0).ip(), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        let out = [Outgoing { to: rx.peer(0), head: [6; 8], payload: b"!" }];
+        assert_eq!(SendBatch::default().send(server.as_raw_fd(), out).datagrams, 1);
+        let mut buf = [0u8; 16];
+        assert_eq!(client.recv(&mut buf).unwrap(), 9);
     }
 
     /// A destination the kernel refuses costs that datagram only.
