@@ -145,3 +145,31 @@ fn runt_datagrams_are_ignored() {
     let v = udp_request(s.addr(), 5, b"version\r\n");
     assert!(v.starts_with(b"VERSION "));
 }
+
+#[test]
+fn acknowledged_udp_sets_survive_a_crash() {
+    // Sets sent back to back are read and answered in batches; each STORED leaves only once the journal
+    // holds it durably (`--fsync always`), so a SIGKILL right after loses none of them.
+    let mut s = Server::start(&["--fsync", "always"]);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for id in 0..40u16 {
+        send_raw(&sock, s.addr(), id, 0, 1, format!("set d{id} 0 0 2\r\n{:02}\r\n", id % 100).as_bytes());
+    }
+    let mut stored = 0;
+    for _ in 0..40 {
+        let mut buf = [0u8; 64];
+        let (n, _) = sock.recv_from(&mut buf).expect("a reply to every set");
+        assert_eq!(&buf[8..n], b"STORED\r\n");
+        stored += 1;
+    }
+    assert_eq!(stored, 40);
+    s.crash_and_restart();
+    let mut c = s.client();
+    for id in 0..40u16 {
+        c.expect(
+            format!("get d{id}\r\n").as_bytes(),
+            format!("VALUE d{id} 0 2\r\n{:02}\r\nEND\r\n", id % 100).as_bytes(),
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! `exec::execute`, the worker threads, and signals and clean shutdown. main.rs builds what they serve.
 
 mod conn;
+mod mmsg;
 mod park;
 mod tcp;
 pub mod udp;
@@ -71,11 +72,11 @@ fn bind_error(e: std::io::Error, what: &str, addr: SocketAddr) -> anyhow::Error 
 /// Runs the server until `shutdown` completes (see [`shutdown_signals`]).
 ///
 /// memcached's thread model: `cfg.threads` worker threads, each running its own single-threaded
-/// runtime with its own epoll, its own descriptor of the UDP socket, and the TCP connections handed to
-/// it round-robin by the acceptor (the caller's runtime). A connection never moves between threads,
+/// runtime with its own epoll and the TCP connections handed to it round-robin by the acceptor (the
+/// caller's runtime); UDP is served by as many threads of its own (see [`udp::Threads`]). A connection never moves between threads,
 /// so a request wakes exactly one thread; with one shared work-stealing runtime, every readable socket
 /// also woke an idle worker (futex and eventfd writes), which cost more than the request itself at
-/// depth 1. Every worker must start (its runtime, its UDP descriptor, its parking set), or start-up
+/// depth 1. Every worker must start (its runtime, its parking set), and every UDP thread, or start-up
 /// fails.
 pub async fn serve(
     cfg: Arc<Config>,
@@ -111,16 +112,8 @@ pub async fn serve(
     let mut started = Ok(());
     for i in 0..n {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let udp = match udp.as_ref().map(std::net::UdpSocket::try_clone).transpose() {
-            Ok(u) => u,
-            Err(e) => {
-                started =
-                    Err(anyhow::Error::new(e).context("duplicating the UDP socket").context(format!("worker {i}")));
-                break;
-            }
-        };
         let (shared, stop, done, ready) = (shared.clone(), stop_rx.clone(), done_tx.clone(), ready_tx.clone());
-        let w = Worker { conns: rx, udp, shared, stop, done };
+        let w = Worker { conns: rx, shared, stop, done };
         let spawned = std::thread::Builder::new().name(format!("kv-worker-{i}")).spawn(move || w.run(i, ready));
         if let Err(e) = spawned {
             started = Err(anyhow::Error::new(e).context("starting its thread").context(format!("worker {i}")));
@@ -128,7 +121,7 @@ pub async fn serve(
         }
         conns.push(tx);
     }
-    drop((done_tx, ready_tx, udp));
+    drop(ready_tx);
     // Each started thread reports once, and drops its sender (so a thread that died first ends the
     // wait too). Blocking is fine: nothing else runs on this runtime before serving starts.
     for _ in 0..conns.len() {
@@ -141,6 +134,14 @@ pub async fn serve(
         let _ = stop_tx.send(true);
         return Err(e.context(format!("starting {n} worker threads")));
     }
+    let udp = match udp.map(|s| udp::Threads::start(s, n, &shared, &done_tx)).transpose() {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = stop_tx.send(true);
+            return Err(anyhow::Error::new(e).context(format!("starting {n} UDP threads")));
+        }
+    };
+    drop(done_tx);
     let mut acceptor = listener.map(|l| tokio::spawn(tcp::accept_loop(l, shared.clone(), conns, stop_rx.clone())));
     let result = tokio::select! {
         _ = shutdown => Ok(()),
@@ -155,6 +156,9 @@ pub async fn serve(
     };
     log::info!("shutting down");
     let _ = stop_tx.send(true);
+    if let Some(u) = &udp {
+        u.stop();
+    }
     if let Some(a) = acceptor {
         let _ = a.await;
     }
@@ -167,10 +171,9 @@ pub async fn serve(
     result
 }
 
-/// One worker thread: a current-thread runtime serving the connections handed to it and its UDP socket.
+/// One worker thread: a current-thread runtime serving the connections handed to it.
 struct Worker {
     conns: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
-    udp: Option<std::net::UdpSocket>,
     shared: Shared,
     stop: watch::Receiver<bool>,
     /// Dropped when the thread is done, which is what `serve` waits for.
@@ -178,18 +181,17 @@ struct Worker {
 }
 
 impl Worker {
-    /// Sets up the runtime, registers the UDP socket and installs the parking set, reports the outcome on
-    /// `ready` (and drops it), then serves.
+    /// Sets up the runtime and installs the parking set, reports the outcome on `ready` (and drops it),
+    /// then serves.
     fn run(self, i: usize, ready: std::sync::mpsc::Sender<Result<()>>) {
-        let Worker { mut conns, udp, shared, mut stop, done } = self;
+        let Worker { mut conns, shared, mut stop, done } = self;
         let setup =
             tokio::runtime::Builder::new_current_thread().enable_all().build().context("its runtime").and_then(|rt| {
                 let _in_rt = rt.enter();
-                let udp = udp.map(tokio::net::UdpSocket::from_std).transpose().context("registering its UDP socket")?;
                 let parking = park::Parking::install().context("its parking set")?;
-                Ok((rt, udp, parking))
+                Ok((rt, parking))
             });
-        let (rt, udp, parking) = match setup {
+        let (rt, parking) = match setup {
             Ok(x) => {
                 let _ = ready.send(Ok(()));
                 drop(ready);
@@ -201,9 +203,6 @@ impl Worker {
             }
         };
         rt.block_on(async {
-            if let Some(s) = udp {
-                tokio::spawn(udp::serve(s, shared.clone(), stop.clone()));
-            }
             let mut woken = Vec::new();
             loop {
                 tokio::select! {
@@ -218,8 +217,6 @@ impl Worker {
                     _ = stop.changed() => break,
                 }
             }
-            // Let the UDP task see the stop and finish its datagram.
-            tokio::task::yield_now().await;
         });
         // Dropping the runtime drops the connection tasks; what they acknowledged is already logged.
         drop(rt);

@@ -5,26 +5,27 @@
 //! at most `UDP_MAX_PAYLOAD` bytes, each with its own header.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering::Relaxed;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use kv_common::{FrameHeader, UDP_FRAME_HEADER_LEN, UDP_MAX_PAYLOAD};
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
 
 use super::conn::Pipeline;
+use super::mmsg::{Outgoing, RecvBatch, SendBatch, RECV_BATCH};
 use super::Shared;
 use crate::exec::Ctx;
 use crate::protocol::reply;
 
 /// The UDP socket, bound without SO_REUSEPORT or SO_REUSEADDR so that the port is this process's
 /// alone: another process (a second kv-server, or anything of the same user setting SO_REUSEPORT)
-/// gets `EADDRINUSE` instead of a share of the datagrams. The workers serve it through `dup(2)`s of it,
-/// as memcached's threads do: a reuseport group would spread the datagrams across the workers'
-/// sockets, but Linux lets any socket of the same user join such a group, and the kernel then hands
-/// it part of the traffic (SO_ATTACH_REUSEPORT_CBPF cannot keep it out: any member may replace the
-/// program). Plain std socket: each copy is registered with the runtime of the worker serving it; the
-/// kernel queues a datagram once, and whichever worker reads first serves it.
+/// gets `EADDRINUSE` instead of a share of the datagrams. The UDP threads all read this one socket, as
+/// memcached's threads do: a reuseport group would spread the datagrams across per-thread sockets, but
+/// Linux lets any socket of the same user join such a group, and the kernel then hands it part of the
+/// traffic (SO_ATTACH_REUSEPORT_CBPF cannot keep it out: any member may replace the program). The
+/// kernel queues a datagram once, and the thread it wakes serves it (see [`Threads`]).
 pub fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(ip, port);
@@ -36,54 +37,152 @@ pub fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
-pub async fn serve(sock: UdpSocket, shared: Shared, mut stop: watch::Receiver<bool>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut input = BytesMut::with_capacity(64 * 1024);
-    let mut out = BytesMut::with_capacity(64 * 1024);
-    let mut frame = BytesMut::with_capacity(UDP_MAX_PAYLOAD);
+/// The UDP threads: `-t` of them, each blocking in `recvmmsg` on the one socket. A thread blocked in a
+/// receive is an exclusive waiter in the kernel, so an arriving datagram wakes one idle thread, not all
+/// (descriptors registered in every worker's epoll woke every idle worker per datagram); a woken thread
+/// takes what else is queued with it, runs the batch, and answers it with `sendmmsg`.
+pub struct Threads {
+    sock: Arc<std::net::UdpSocket>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Threads {
+    /// Starts `n` threads serving `sock`; each holds a clone of `done` until it returns. Threads already
+    /// started stop again if a later one cannot start.
+    pub fn start(
+        sock: std::net::UdpSocket,
+        n: usize,
+        shared: &Shared,
+        done: &tokio::sync::mpsc::Sender<()>,
+    ) -> std::io::Result<Threads> {
+        sock.set_nonblocking(false)?;
+        let t = Threads { sock: Arc::new(sock), stop: Arc::new(AtomicBool::new(false)) };
+        for i in 0..n {
+            let (sock, stop, shared, done) = (t.sock.clone(), t.stop.clone(), shared.clone(), done.clone());
+            std::thread::Builder::new().name(format!("kv-udp-{i}")).spawn(move || {
+                serve(&sock, &shared, &stop);
+                drop(done);
+            })?;
+        }
+        Ok(t)
+    }
+
+    /// Tells the threads to return once their batch in hand is answered, and wakes those waiting.
+    pub fn stop(&self) {
+        self.stop.store(true, Release);
+        // Shutting down reading wakes every thread blocked in a receive, and later receives return at once
+        // (an unconnected socket reports ENOTCONN, but the shutdown takes effect).
+        // SAFETY: shutdown on a descriptor this struct keeps open; no memory is passed.
+        unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RD) };
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Per-reply state of a batch: which slot it answers and whether its write must be reported as failed.
+struct Reply {
+    slot: usize,
+    req_id: u16,
+    seq: u64,
+    failed: bool,
+}
+
+/// One UDP thread's loop.
+fn serve(sock: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
+    let fd = sock.as_raw_fd();
+    let (mut rx, mut tx) = (RecvBatch::default(), SendBatch::default());
+    let mut input = BytesMut::new();
+    // One reply buffer per slot, so each reply starts at offset 0 as it would alone (its size limits
+    // count only its own bytes) and goes out without a copy.
+    let mut outs: Vec<BytesMut> = (0..RECV_BATCH).map(|_| BytesMut::new()).collect();
+    let mut replies: Vec<Reply> = Vec::with_capacity(RECV_BATCH);
     let allow = shared.ctx.config.udp_allowlist();
-    loop {
-        let (n, peer) = tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => { log::debug!("udp recv: {e}"); continue; }
-            },
-            _ = stop.changed() => return,
-        };
-        shared.ctx.stats.bytes_read.fetch_add(n as u64, Relaxed);
-        // Amplification guard: a spoofed source outside the allowlist gets nothing back.
-        if !crate::config::udp_allowed(&allow, peer.ip()) {
-            continue;
-        }
-        let Some(req) = handle(&buf[..n], &shared.ctx, &mut input, &mut out) else {
-            continue; // no header, or a multi-datagram request: nothing to answer
-        };
-        if let Err(e) = shared.durable(req.seq).await {
-            log::error!("log write failed: {e}");
-            out.clear();
-            out.extend_from_slice(reply::FAILED_TO_PERSIST);
-        }
-        let mut frames = Frames::new(req.req_id, &out);
-        while frames.next_into(&mut frame) {
-            match sock.send_to(&frame, peer).await {
-                Ok(n) => {
-                    shared.ctx.stats.bytes_written.fetch_add(n as u64, Relaxed);
+    let stats = &shared.ctx.stats;
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    while !stop.load(Acquire) {
+        let n = match rx.recv(fd, libc::MSG_WAITFORONE) {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    log::debug!("udp recv: {e}");
                 }
-                Err(e) => {
-                    log::debug!("udp send to {peer}: {e}");
-                    break;
+                continue;
+            }
+        };
+        if stop.load(Acquire) {
+            return;
+        }
+        replies.clear();
+        let mut read = 0;
+        for (slot, out) in outs.iter_mut().enumerate().take(n) {
+            read += rx.len_of(slot) as u64;
+            // Amplification guard: a spoofed source outside the allowlist gets nothing back.
+            if !rx.peer(slot).ip().is_some_and(|ip| crate::config::udp_allowed(&allow, ip)) {
+                continue;
+            }
+            let Some(datagram) = rx.datagram(slot) else { continue };
+            // None: no header, or a multi-datagram request: nothing to answer.
+            if let Some(req) = handle(datagram, &shared.ctx, &mut input, out) {
+                replies.push(Reply { slot, req_id: req.req_id, seq: req.seq, failed: false });
+            }
+        }
+        stats.bytes_read.fetch_add(read, Relaxed);
+        // One wait covers every write of the batch; replies leave only once what they report is durable.
+        let seq = replies.iter().map(|r| r.seq).max().unwrap_or(0);
+        if seq > 0 && block_on(shared.durable(seq), &waker).is_err() {
+            for r in replies.iter_mut().filter(|r| r.seq > 0) {
+                if let Err(e) = block_on(shared.durable(r.seq), &waker) {
+                    log::error!("log write failed: {e}");
+                    r.failed = true;
                 }
             }
         }
-        // One huge multiget must not pin its reply's memory for the worker's lifetime.
-        if out.capacity() > OUT_KEEP {
-            out = BytesMut::with_capacity(64 * 1024);
+        let datagrams = replies.iter().flat_map(|r| {
+            let reply = if r.failed { reply::FAILED_TO_PERSIST } else { &outs[r.slot][..] };
+            let to = rx.peer(r.slot);
+            Frames::new(r.req_id, reply).map(move |(head, payload)| Outgoing { to, head, payload })
+        });
+        let sent = tx.send(fd, datagrams);
+        stats.bytes_written.fetch_add(sent.bytes, Relaxed);
+        // One huge multiget must not pin its reply's memory for the thread's lifetime.
+        for out in outs.iter_mut().take(n).filter(|o| o.capacity() > OUT_KEEP) {
+            *out = BytesMut::new();
         }
     }
 }
 
-/// Reply buffer capacity kept between datagrams; a larger one is released after its reply is sent.
-const OUT_KEEP: usize = 1 << 20;
+/// Wakes the thread that waits in [`block_on`].
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs `f` on this thread, parked while it is pending: the journal's durability wait is the same future
+/// the TCP connections await (woken by the log writer's notification), without a runtime here.
+fn block_on<F: std::future::Future>(f: F, waker: &std::task::Waker) -> F::Output {
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// Reply buffer capacity kept per slot between batches; a larger one is released after its reply is sent.
+const OUT_KEEP: usize = 64 * 1024;
 
 /// A request datagram after [`handle`]: whom to answer, and which journal record must be durable first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +209,8 @@ pub fn handle(datagram: &[u8], ctx: &Ctx, input: &mut BytesMut, out: &mut BytesM
     Some(Request { req_id, seq: batch.seq })
 }
 
-/// Splits a reply into framed datagrams of at most `UDP_MAX_PAYLOAD` bytes. Nothing for an empty
+/// Splits a reply into framed datagrams of at most `UDP_MAX_PAYLOAD` bytes: each item is a datagram's
+/// header and its part of the reply (borrowed, so a batch sends it without a copy). Nothing for an empty
 /// reply (noreply).
 pub struct Frames<'a> {
     req_id: u16,
@@ -131,30 +231,35 @@ impl<'a> Frames<'a> {
 
     /// Writes the next datagram into `frame`; false when there are no more.
     pub fn next_into(&mut self, frame: &mut BytesMut) -> bool {
-        if self.done {
-            return false;
-        }
+        let Some((head, payload)) = self.next() else { return false };
         frame.clear();
-        let Some(total) = self.total else {
-            // memcached errors out the same way.
-            self.done = true;
-            put_header(frame, self.req_id, 0, 1);
-            frame.extend_from_slice(reply::OUT_OF_MEMORY_GET);
-            return true;
-        };
-        let Some(chunk) = self.chunks.next() else {
-            self.done = true;
-            return false;
-        };
-        put_header(frame, self.req_id, self.seq, total);
-        frame.extend_from_slice(chunk);
-        self.seq = self.seq.wrapping_add(1);
+        frame.extend_from_slice(&head);
+        frame.extend_from_slice(payload);
         true
     }
 }
 
-fn put_header(f: &mut BytesMut, request_id: u16, seq: u16, total: u16) {
-    f.extend_from_slice(&FrameHeader { request_id, seq, total, reserved: 0 }.to_bytes());
+impl<'a> Iterator for Frames<'a> {
+    type Item = ([u8; UDP_FRAME_HEADER_LEN], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let head = |seq, total| FrameHeader { request_id: self.req_id, seq, total, reserved: 0 }.to_bytes();
+        let Some(total) = self.total else {
+            // memcached errors out the same way.
+            self.done = true;
+            return Some((head(0, 1), reply::OUT_OF_MEMORY_GET));
+        };
+        let Some(chunk) = self.chunks.next() else {
+            self.done = true;
+            return None;
+        };
+        let h = head(self.seq, total);
+        self.seq = self.seq.wrapping_add(1);
+        Some((h, chunk))
+    }
 }
 
 #[cfg(test)]
@@ -171,13 +276,17 @@ mod tests {
         out
     }
 
+    fn ctx() -> Ctx {
+        use clap::Parser as _;
+        let config = Arc::new(crate::config::Config::parse_from(["kv-server", "--no-persist"]));
+        let store = crate::store::Store::new((&*config).into(), Arc::new(crate::record::NoJournal));
+        Ctx::new(Arc::new(store), Arc::new(crate::stats::Stats::new()), config)
+    }
+
     /// memcached 1.6.18 and 1.6.38 alike: only the datagram count is checked.
     #[test]
     fn frame_header_as_memcached() {
-        use clap::Parser as _;
-        let config = std::sync::Arc::new(crate::config::Config::parse_from(["kv-server", "--no-persist"]));
-        let store = crate::store::Store::new((&*config).into(), std::sync::Arc::new(crate::record::NoJournal));
-        let ctx = Ctx::new(std::sync::Arc::new(store), std::sync::Arc::new(crate::stats::Stats::new()), config);
+        let ctx = ctx();
         let (mut input, mut out) = (BytesMut::new(), BytesMut::new());
         let mut run = |seq: u16, total: u16, reserved: u16| {
             let mut d = FrameHeader { request_id: 7, seq, total, reserved }.to_bytes().to_vec();
@@ -219,5 +328,69 @@ mod tests {
         assert!(got[0][8..].starts_with(b"SERVER_ERROR"));
         // The largest numberable reply is still sent in full.
         assert_eq!(frames(9, &reply[..CHUNK * 65535]).len(), 65535);
+    }
+
+    /// The threads answer batches of requests from several sources, each reply framed and sent back to its
+    /// own source, and return promptly once stopped.
+    #[test]
+    fn threads_answer_batches_and_stop() {
+        use std::net::UdpSocket;
+        use std::time::{Duration, Instant};
+        let shared = Shared { ctx: Arc::new(ctx()), log: None };
+        let value = "v".repeat(3000);
+        let mut p = Pipeline::new(1 << 20);
+        let mut out = BytesMut::new();
+        p.run(
+            &mut BytesMut::from(format!("set k 0 0 3000\r\n{value}\r\n").as_bytes()),
+            &shared.ctx,
+            &mut out,
+            usize::MAX,
+        );
+        assert_eq!(&out[..], b"STORED\r\n");
+        let sock = bind("127.0.0.1".parse().unwrap(), 0).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let (done, mut finished) = tokio::sync::mpsc::channel::<()>(1);
+        let threads = Threads::start(sock, 2, &shared, &done).unwrap();
+        drop(done);
+        let clients: Vec<UdpSocket> = (0..3).map(|_| UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
+        // More requests than one receive batch takes, sent before any is read.
+        let per = RECV_BATCH as u16;
+        for (c, client) in clients.iter().enumerate() {
+            client.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            for i in 0..per {
+                let id = c as u16 * 1000 + i;
+                let body: &[u8] = if i % 2 == 0 { b"get k\r\n" } else { b"mn\r\n" };
+                let mut d = FrameHeader { request_id: id, seq: 0, total: 1, reserved: 0 }.to_bytes().to_vec();
+                d.extend_from_slice(body);
+                client.send_to(&d, addr).unwrap();
+            }
+        }
+        let want_get = format!("VALUE k 0 3000\r\n{value}\r\nEND\r\n");
+        for (c, client) in clients.iter().enumerate() {
+            let mut parts = std::collections::HashMap::<u16, Vec<(u16, Vec<u8>)>>::new();
+            let mut buf = [0u8; 2048];
+            let want_datagrams = per as usize / 2 * want_get.len().div_ceil(CHUNK) + per as usize / 2;
+            for _ in 0..want_datagrams {
+                let n = client.recv(&mut buf).unwrap();
+                let h = FrameHeader::parse(&buf[..n]).unwrap();
+                parts.entry(h.request_id).or_default().push((h.seq, buf[8..n].to_vec()));
+            }
+            assert_eq!(parts.len(), per as usize);
+            for (id, mut p) in parts {
+                assert_eq!(id / 1000, c as u16, "a reply went to another source");
+                p.sort();
+                let got: Vec<u8> = p.into_iter().flat_map(|(_, d)| d).collect();
+                let want = if id % 2 == 0 { want_get.as_bytes() } else { b"MN\r\n" };
+                assert_eq!(got, want, "request {id}");
+            }
+        }
+        let stats = &shared.ctx.stats;
+        assert!(stats.bytes_written.load(Relaxed) > 3 * 16 * 3000);
+        let t = Instant::now();
+        threads.stop();
+        while finished.try_recv() != Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) {
+            assert!(t.elapsed() < Duration::from_secs(2), "UDP threads still running after stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
