@@ -33,6 +33,11 @@ pub fn bind(ip: IpAddr, port: u16) -> std::io::Result<std::net::UdpSocket> {
     s.set_nonblocking(true)?;
     // Bursty clients (multigets, benchmarks) overrun the default buffer long before we fall behind.
     let _ = s.set_recv_buffer_size(4 << 20);
+    // `::` takes IPv4 too, whatever net.ipv6.bindv6only says: the XDP program is told so
+    // (kernel::loader's listen globals).
+    if ip.is_ipv6() && ip.is_unspecified() {
+        s.set_only_v6(false)?;
+    }
     s.bind(&addr.into())?;
     Ok(s.into())
 }
