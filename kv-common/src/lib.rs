@@ -113,6 +113,22 @@ pub const fn slot_pairs(hash: u64, mask: u32) -> (u32, u32) {
     (hash as u32 & mask & !1, (hash >> 32) as u32 & mask & !1)
 }
 
+/// The tag of a key (of this hash) in its slot's word of `SEQS`: the high 32 bits of the word name the
+/// key the slot holds, the low 32 bits are the slot's sequence number (odd while it is rewritten). The
+/// XDP program picks the slot whose tag matches from the four candidates' words, which lie in one or two
+/// cache lines, instead of reading each candidate slot (each in lines of its own); the full key check
+/// under the seqlock still decides. Never 0, the tag of an empty slot.
+#[inline(always)]
+pub const fn slot_tag(hash: u64) -> u32 {
+    (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32 | 1
+}
+
+/// A slot's word in `SEQS`: tag and sequence number (see [`slot_tag`]).
+#[inline(always)]
+pub const fn seq_word(tag: u32, seq: u64) -> u64 {
+    (tag as u64) << 32 | (seq & 0xffff_ffff)
+}
+
 /// One slot of the kernel cache: an array map, indexed by key hash (see [`slot_pairs`]). An array never
 /// frees or reuses its elements, so the XDP program can copy a slot while user space rewrites it and
 /// detect that with the slot's sequence number in `SEQS` (odd while a write is in progress), instead of

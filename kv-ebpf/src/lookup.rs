@@ -5,7 +5,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use core::mem::offset_of;
 use kv_common::{
-    hash_finish, hash_init, hash_step, slot_pairs, CacheEntry, CacheKey, Counter, CACHE_ENTRY_BUF, CACHE_KEY_BUF,
+    hash_finish, hash_init, hash_step, slot_pairs, slot_tag, CacheEntry, CacheKey, Counter, CACHE_ENTRY_BUF, CACHE_KEY_BUF,
     CAS_FIELD_LEN, CONFIG_FLUSH_GEN, MAX_KEY_LEN,
 };
 use kv_ebpf::{volatile_read, volatile_write};
@@ -152,20 +152,20 @@ pub fn find_entry(s: &mut Scratch, start: usize, klen: usize) -> Result<Hit, Cou
     // on each exit path; an unknown value lets those paths merge here instead of multiplying.
     let klen = volatile_read(&s.key.len) as usize & KEY_LEN_MASK;
     let words = klen.div_ceil(8);
-    // The key lives in one of the four slots of its two pairs, or nowhere. A cheap look at each slot's
-    // key length and first word picks the slot; the full check under the seqlock below decides.
-    let (a, b) = slot_pairs(hash_finish(hash), maps::slot_mask());
-    let first = s.key.data_words()[0];
-    let idx = match way(a, klen, first) {
-        Some(i) => i,
-        None => way(b, klen, first).ok_or(Counter::PassMiss)?,
-    };
-    let seq = Seq(SEQS.get_ptr(idx).ok_or(Counter::PassMiss)?);
-    let slot = Slot::at(idx).ok_or(Counter::PassMiss)?;
+    // The key lives in one of the four slots of its two pairs, or nowhere. The tags in the slots' words
+    // of SEQS pick the slot; the full check under the seqlock below decides.
+    let hash = hash_finish(hash);
+    let (a, b) = slot_pairs(hash, maps::slot_mask());
+    let tag = slot_tag(hash);
     // Seqlock read: user space makes the sequence odd, rewrites the slot, makes it even again. What is
-    // read between two equal even numbers is one consistent state; anything read here may be torn
-    // until that final check, so every length is bounded before use.
-    let seq1 = seq.read();
+    // read between two equal even words is one consistent state; anything read here may be torn
+    // until that final check, so every length is bounded before use. The word the tag was found in is
+    // the first read.
+    let (idx, seq1) = match way(a, tag) {
+        Some(w) => w,
+        None => way(b, tag).ok_or(Counter::PassMiss)?,
+    };
+    let slot = Slot::at(idx).ok_or(Counter::PassMiss)?;
     if seq1 & 1 != 0 {
         return Err(Counter::PassBusy);
     }
@@ -200,14 +200,13 @@ pub fn find_entry(s: &mut Scratch, start: usize, klen: usize) -> Result<Hit, Cou
     Ok(Hit { idx, seq1, hdr, cas_len, total })
 }
 
-/// The slot of the pair at `base` whose key has this length and first word, if any.
+/// The slot of the pair at `base` whose word in SEQS carries this tag, with that word, if any.
 #[inline(always)]
-fn way(base: u32, klen: usize, first: u64) -> Option<u32> {
+fn way(base: u32, tag: u32) -> Option<(u32, u64)> {
     for idx in [base, base | 1] {
-        let slot = Slot::at(idx)?;
-        let (len, word) = (slot.key_len(), slot.key_word(0));
-        if len == klen && word == first {
-            return Some(idx);
+        let word = Seq(SEQS.get_ptr(idx)?).read();
+        if (word >> 32) as u32 == tag {
+            return Some((idx, word));
         }
     }
     None

@@ -240,12 +240,13 @@ impl XdpBed {
     pub fn kernel_cache_insert(&self, key: &[u8], flags: u32, cas: u64, value: &[u8]) -> Result<()> {
         let mut cache: Array<MapData, CacheEntry> = Array::try_from(open_map(self.cache_id)?)?;
         let mut seqs: Array<MapData, u64> = Array::try_from(open_map(self.map_id("SEQS")?)?)?;
-        let idx = CacheKey::new(key).context("bad key")?.hash() as u32 & (cache.len() - 1);
+        let hash = CacheKey::new(key).context("bad key")?.hash();
+        let idx = hash as u32 & (cache.len() - 1);
         let e = kv_user::kernel::cache_entry(key, flags, cas, value, 0, 0).context("entry too big")?;
         let seq = seqs.get(&idx, 0)?;
         seqs.set(idx, seq | 1, 0)?;
         cache.set(idx, e, 0)?;
-        seqs.set(idx, (seq | 1) + 1, 0)?;
+        seqs.set(idx, kv_common::seq_word(kv_common::slot_tag(hash), (seq | 1) + 1), 0)?;
         Ok(())
     }
 
@@ -254,7 +255,7 @@ impl XdpBed {
         let mut seqs: Array<MapData, u64> = Array::try_from(open_map(self.map_id("SEQS")?)?)?;
         let idx = CacheKey::new(key).context("bad key")?.hash() as u32 & (seqs.len() - 1);
         let seq = seqs.get(&idx, 0)?;
-        seqs.set(idx, seq | 1, 0)?;
+        seqs.set(idx, seq & !0xffff_ffff | (seq + 1) & 0xffff_ffff | 1, 0)?;
         Ok(())
     }
 

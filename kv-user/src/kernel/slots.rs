@@ -14,7 +14,8 @@ use super::sys::MapFd;
 ///
 /// A key lives in one of the four slots of its two pairs ([`kv_common::slot_pairs`]), or nowhere.
 /// Each slot has a sequence
-/// number in `SEQS` that a write makes odd, then rewrites the slot, then makes even again; the XDP program
+/// number in `SEQS` (beside the tag of the key it holds, [`kv_common::slot_tag`]) that a write makes odd,
+/// then rewrites the slot, then makes even again; the XDP program
 /// only uses a copy taken between two equal even numbers (a seqlock: no torn reads, and array slots are
 /// never freed or recycled). User space is the only writer: a per-slot lock orders writers of one slot
 /// (keys of different store shards can share a slot) and a shadow records which key each slot holds, so
@@ -34,6 +35,8 @@ pub struct KernelCache {
 struct Shadow {
     /// The slot's sequence number as last written.
     seq: u64,
+    /// The tag in the slot's word ([`kv_common::slot_tag`] of the key it holds; 0: none).
+    tag: u32,
     /// When it was last written (a counter): the older of a full pair is replaced.
     stamp: u64,
     /// The key the slot answers for, and the flush generation it was written in.
@@ -95,15 +98,16 @@ impl KernelCache {
         }
     }
 
-    fn set_seq(&self, idx: usize, seq: u64) -> std::io::Result<()> {
-        self.seqs.update(&(idx as u32), &seq)
+    /// Writes the slot's word in SEQS: its tag and sequence number.
+    fn set_seq(&self, idx: usize, sh: &Shadow) -> std::io::Result<()> {
+        self.seqs.update(&(idx as u32), &kv_common::seq_word(sh.tag, sh.seq))
     }
 
     /// Makes the slot unreadable (odd sequence number).
     fn begin(&self, idx: usize, sh: &mut Shadow) -> std::io::Result<()> {
         if sh.seq.is_multiple_of(2) {
             sh.seq += 1;
-            self.set_seq(idx, sh.seq)?;
+            self.set_seq(idx, sh)?;
         }
         Ok(())
     }
@@ -114,7 +118,8 @@ impl KernelCache {
         self.begin(idx, sh)?;
         self.cache.update(&(idx as u32), entry)?;
         sh.seq += 1;
-        self.set_seq(idx, sh.seq)?;
+        sh.tag = CacheKey::new(key).map_or(0, |k| kv_common::slot_tag(k.hash()));
+        self.set_seq(idx, sh)?;
         sh.key = Some((key.into(), entry.gen));
         sh.stamp = self.stamp.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -217,7 +222,12 @@ impl KernelCache {
             Some(i) => {
                 let (idx, sh) = l.get_mut(i);
                 sh.key = None;
-                self.begin(idx, sh)?;
+                // Unreadable, and no longer tagged: the program then misses instead of finding it busy.
+                if sh.seq.is_multiple_of(2) {
+                    sh.seq += 1;
+                }
+                sh.tag = 0;
+                self.set_seq(idx, sh)?;
                 Ok(true)
             }
             None => Ok(false),
