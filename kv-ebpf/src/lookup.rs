@@ -5,8 +5,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use core::mem::offset_of;
 use kv_common::{
-    hash_finish, hash_init, hash_step, slot_pairs, slot_tag, CacheEntry, CacheKey, Counter, CACHE_ENTRY_BUF, CACHE_KEY_BUF,
-    CAS_FIELD_LEN, CONFIG_FLUSH_GEN, MAX_KEY_LEN,
+    hash_finish, hash_init, hash_step, slot_pairs, slot_tag, CacheEntry, CacheKey, Counter, CACHE_ENTRY_BUF,
+    CACHE_KEY_BUF, CAS_FIELD_LEN, CONFIG_FLUSH_GEN, MAX_KEY_LEN,
 };
 use kv_ebpf::{volatile_read, volatile_write};
 
