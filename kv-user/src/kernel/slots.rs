@@ -43,10 +43,11 @@ struct Shadow {
     key: Option<(Box<[u8]>, u64)>,
 }
 
-/// A key's candidate slot indexes (2 or 4, ascending).
+/// A key's candidate slot indexes (2 or 4, ascending), and its tag (from the same hash).
 struct Slots {
     idx: [usize; 4],
     n: usize,
+    tag: u32,
 }
 
 /// A key's candidate slots with their shadows locked.
@@ -89,12 +90,14 @@ impl KernelCache {
     }
     /// The distinct slots a key may live in, ascending (the lock order): its two pairs.
     fn slots(&self, key: &CacheKey) -> Slots {
-        let (a, b) = kv_common::slot_pairs(key.hash(), self.mask);
+        let hash = key.hash();
+        let (a, b) = kv_common::slot_pairs(hash, self.mask);
         let (lo, hi) = (a.min(b) as usize, a.max(b) as usize);
+        let tag = kv_common::slot_tag(hash);
         if lo == hi {
-            Slots { idx: [lo, lo + 1, 0, 0], n: 2 }
+            Slots { idx: [lo, lo + 1, 0, 0], n: 2, tag }
         } else {
-            Slots { idx: [lo, lo + 1, hi, hi + 1], n: 4 }
+            Slots { idx: [lo, lo + 1, hi, hi + 1], n: 4, tag }
         }
     }
 
@@ -113,12 +116,13 @@ impl KernelCache {
     }
 
     /// Writes `entry` into slot `idx`. On error the slot stays unreadable.
-    fn write(&self, idx: usize, sh: &mut Shadow, key: &[u8], entry: &CacheEntry) -> std::io::Result<()> {
+    /// `tag`: the key's ([`Slots::tag`]).
+    fn write(&self, idx: usize, sh: &mut Shadow, key: &[u8], tag: u32, entry: &CacheEntry) -> std::io::Result<()> {
         sh.key = None;
         self.begin(idx, sh)?;
         self.cache.update(&(idx as u32), entry)?;
         sh.seq += 1;
-        sh.tag = CacheKey::new(key).map_or(0, |k| kv_common::slot_tag(k.hash()));
+        sh.tag = tag;
         self.set_seq(idx, sh)?;
         sh.key = Some((key.into(), entry.gen));
         sh.stamp = self.stamp.fetch_add(1, Ordering::Relaxed);
@@ -158,8 +162,9 @@ impl KernelCache {
                 None => l.iter().enumerate().min_by_key(|(_, (_, sh))| sh.stamp).map_or(0, |(i, _)| i),
             },
         };
+        let tag = l.slots.tag;
         let (idx, sh) = l.get_mut(pick);
-        self.write(idx, sh, key, entry)
+        self.write(idx, sh, key, tag, entry)
     }
 
     /// Moves the key of one of the locked (full) slots to a free slot of its other pair, returning the
@@ -181,7 +186,7 @@ impl KernelCache {
                     continue;
                 }
                 let entry = self.cache.lookup(&(from as u32))?;
-                self.write(to, &mut dst, &k, &entry)?;
+                self.write(to, &mut dst, &k, theirs.tag, &entry)?;
                 // Keep the moved key's age, so that eviction order is unchanged by the move.
                 dst.stamp = sh.stamp;
                 return Ok(Some(i));
@@ -206,8 +211,9 @@ impl KernelCache {
         let found = l.iter().position(|(_, sh)| self.holds(sh, key));
         match found {
             Some(i) => {
+                let tag = l.slots.tag;
                 let (idx, sh) = l.get_mut(i);
-                self.write(idx, sh, key, entry)?;
+                self.write(idx, sh, key, tag, entry)?;
                 Ok(true)
             }
             None => Ok(false),
@@ -223,11 +229,9 @@ impl KernelCache {
                 let (idx, sh) = l.get_mut(i);
                 sh.key = None;
                 // Unreadable, and no longer tagged: the program then misses instead of finding it busy.
-                if sh.seq.is_multiple_of(2) {
-                    sh.seq += 1;
-                }
+                // (The slot held the key, so its last write completed: `begin` writes the word.)
                 sh.tag = 0;
-                self.set_seq(idx, sh)?;
+                self.begin(idx, sh)?;
                 Ok(true)
             }
             None => Ok(false),
