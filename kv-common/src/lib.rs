@@ -161,6 +161,11 @@ pub struct CacheEntry {
 pub const CONFIG_FLUSH_GEN: u32 = 0;
 pub const CONFIG_SLOTS: u32 = 1;
 
+/// Entries of the dispatcher's `PORTS` table: one per UDP port.
+pub const DISPATCH_PORTS: u32 = 65536;
+/// Instances one interface's dispatcher can hold (its `PROGS` slots).
+pub const DISPATCH_SLOTS: u32 = 64;
+
 /// Capacity of the `ALLOW` LPM trie (IPv4 source prefixes allowed to use UDP).
 pub const ALLOW_MAX: u32 = 64;
 

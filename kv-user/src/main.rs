@@ -168,6 +168,13 @@ fn start_kernel_path(cfg: &Config) -> Option<Kernel> {
                 cfg.kcache_value_max,
                 cfg.kcache_admit_hits
             );
+            if let Some(why) = &k.path.unshared {
+                log::warn!(
+                    "XDP attached to {} directly, not behind the shared dispatcher ({why}): another kv-server \
+                     on this interface will not get the kernel path; to share it, run as root (CAP_SYS_ADMIN)",
+                    cfg.iface
+                );
+            }
             if let Some(why) = &k.path.tc_missing {
                 log::warn!(
                     "TC program not attached to {} ({why}): UDP GET hits whose reply needs more room than the \

@@ -38,6 +38,16 @@ pub use kv_user::kernel::bpf_required;
 /// port cannot collide with anything.
 pub const PORT: u16 = 11211;
 
+/// The `kv_xdp` program serving UDP `port` on `iface` in `ns`: behind the interface's shared dispatcher,
+/// or attached directly.
+pub fn instance_prog_id(ns: &Netns, iface: &str, port: u16) -> Result<u32> {
+    let name = iface.to_string();
+    if let Ok(Some(id)) = ns.run(move || kv_user::kernel::served_by(&name, port)) {
+        return Ok(id);
+    }
+    xdp_prog_id(ns, iface)?.context("the server runs but has no XDP program on its veth (attach failed: no BPF?)")
+}
+
 /// Why a testbed could not be set up: the test fails under `KV_REQUIRE_BPF=1`, else it skips.
 #[track_caller]
 pub fn unavailable(why: &str) {
@@ -138,8 +148,7 @@ impl XdpBed {
         };
         bed.wait_ready()?;
         // The server attaches XDP before it serves, so by now it is attached or it never will be.
-        bed.prog_id = xdp_prog_id(&bed.server_ns, &bed.veth.if_a)?
-            .context("the server runs but has no XDP program on its veth (attach failed: no BPF?)")?;
+        bed.prog_id = instance_prog_id(&bed.server_ns, &bed.veth.if_a, PORT)?;
         bed.counters_id = bed.map_id("COUNTERS")?;
         bed.cache_id = bed.map_id("CACHE")?;
         Ok(bed)
@@ -280,11 +289,40 @@ impl XdpBed {
 
 impl Drop for XdpBed {
     fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        stop(&mut self.server);
         self.client_xdp.take();
         // Then the fields: veth (deleted), namespaces (deleted).
     }
+}
+
+/// Stops a server as an operator would (SIGTERM: it detaches and leaves the interface's dispatcher),
+/// killing it if it has not exited within 5 s.
+pub fn stop(server: &mut Child) {
+    // SAFETY: signalling a child this test started and has not reaped.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if matches!(server.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// Counter `c` of the `kv_xdp` program `prog_id` (summed over CPUs).
+pub fn program_counter(prog_id: u32, c: Counter) -> Result<u64> {
+    let prog = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .find(|p| p.id() == prog_id)
+        .with_context(|| format!("program {prog_id} not loaded"))?;
+    for id in prog.map_ids()?.context("map ids unavailable")? {
+        if MapInfo::from_id(id)?.name_as_str() == Some("COUNTERS") {
+            return Ok(KernelCounters::from_map(MapData::from_id(id)?)?.get(c));
+        }
+    }
+    bail!("program {prog_id} has no COUNTERS map")
 }
 
 fn open_map(id: u32) -> Result<Map> {

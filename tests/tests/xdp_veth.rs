@@ -387,3 +387,106 @@ fn ipv6_gets_are_answered_in_the_kernel() {
     let v6_hits: u64 = stats.iter().find(|(k, _)| k == "xdp_hits_ipv6").map_or(0, |(_, v)| v.parse().unwrap());
     assert!(v6_hits >= 14, "stats xdp_hits_ipv6 = {v6_hits}");
 }
+
+/// Two servers on one interface (ports 11211 and 11311) share its XDP hook through the dispatcher: both
+/// answer hits in the kernel, each from its own cache; one killed with SIGKILL leaves the other's kernel
+/// path working and, restarted, takes its port back; the last one out detaches.
+#[test]
+fn two_instances_share_an_interface() {
+    let Some(mut bed) = XdpBed::start_or_skip("two", &[]) else { return };
+    let ip = bed.addr.ip().to_string();
+    let spawn = |ns: &kv_tests::netns::Netns, iface: &str, port: u16| {
+        let p = port.to_string();
+        ns.command(kv_tests::server_bin())
+            .args(["-l", &ip, "-p", &p, "-U", &p, "--iface", iface, "--xdp-mode", "native"])
+            .args(["--no-persist", "--udp-allow", "10.77.0.0/16"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting an instance")
+    };
+    let ready = |bed: &XdpBed, addr: std::net::SocketAddr| {
+        (0..250).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            bed.client_ns.run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok())
+        })
+    };
+    let hits = |bed: &XdpBed, port: u16| -> u64 {
+        let id = kv_tests::netns::instance_prog_id(&bed.server_ns, &bed.veth.if_a, port).expect("its program");
+        kv_tests::netns::program_counter(id, Counter::Hits).expect("its counters")
+    };
+    let (port1, port2) = (bed.addr.port(), 11311u16);
+    let addr1 = bed.addr;
+    let addr2 = std::net::SocketAddr::new(bed.addr.ip(), port2);
+    let mut second = spawn(&bed.server_ns, &bed.veth.if_a, port2);
+    assert!(ready(&bed, addr2), "the second instance did not start");
+    bed.client().set("one", b"first");
+    bed.client_ns.run(|| kv_tests::Client::connect(addr2)).set("two", b"second");
+    let sock = bed.udp_socket();
+    let mut id = 0x700u16;
+    let mut udp_get = |to: std::net::SocketAddr, key: &str| {
+        id += 1;
+        udp_request_retry(&sock, to, id, format!("get {key}\r\n").as_bytes()).body
+    };
+    // Each instance's hits come from its own kernel cache.
+    let (mut hot1, mut hot2) = (false, false);
+    for _ in 0..100 {
+        let (h1, h2) = (hits(&bed, port1), hits(&bed, port2));
+        assert_eq!(udp_get(addr1, "one"), get_reply("one", b"first"));
+        assert_eq!(udp_get(addr2, "two"), get_reply("two", b"second"));
+        hot1 |= hits(&bed, port1) > h1;
+        hot2 |= hits(&bed, port2) > h2;
+        if hot1 && hot2 {
+            break;
+        }
+    }
+    assert!(hot1 && hot2, "kernel hits: first instance {hot1}, second {hot2}");
+    // Neither sees the other's keys, in the kernel or in user space.
+    assert_eq!(udp_get(addr2, "one"), b"END\r\n");
+    assert_eq!(udp_get(addr1, "two"), b"END\r\n");
+    // A reply too large for an XDP frame on a veth goes through the second instance's own TC program.
+    let keys: Vec<String> = (0..12).map(|i| format!("multi-{i:02}-{}", "k".repeat(20))).collect();
+    let mut c2 = bed.client_ns.run(|| kv_tests::Client::connect(addr2));
+    let mut want = Vec::new();
+    for k in &keys {
+        let v = format!("{k}={}", "v".repeat(24));
+        c2.set(k, v.as_bytes());
+        want.extend_from_slice(format!("VALUE {k} 0 {}\r\n{v}\r\n", v.len()).as_bytes());
+    }
+    want.extend_from_slice(b"END\r\n");
+    let tc_hits = |bed: &XdpBed| {
+        let id = kv_tests::netns::instance_prog_id(&bed.server_ns, &bed.veth.if_a, port2).expect("its program");
+        kv_tests::netns::program_counter(id, Counter::TcHits).expect("its counters")
+    };
+    let multiget = format!("get {}", keys.join(" "));
+    let by_tc = (0..100).any(|_| {
+        let t = tc_hits(&bed);
+        assert_eq!(udp_get(addr2, &multiget[4..]), want);
+        tc_hits(&bed) > t
+    });
+    assert!(by_tc, "the second instance's TC program never answered a 12-key get");
+    // The first one dies without a word: the second keeps its kernel path.
+    bed.server.kill().expect("SIGKILL");
+    bed.server.wait().expect("reaping the first instance");
+    let before = hits(&bed, port2);
+    for _ in 0..5 {
+        assert_eq!(udp_get(addr2, "two"), get_reply("two", b"second"));
+    }
+    assert_eq!(hits(&bed, port2), before + 5, "the second instance's kernel path after the first was killed");
+    // Restarted (empty: --no-persist), the first takes its port back and answers from its own kernel cache.
+    bed.server = spawn(&bed.server_ns, &bed.veth.if_a, port1);
+    assert!(ready(&bed, addr1), "the first instance did not restart");
+    bed.client().set("one", b"again");
+    let hot = (0..100).any(|_| {
+        let h = hits(&bed, port1);
+        assert_eq!(udp_get(addr1, "one"), get_reply("one", b"again"));
+        hits(&bed, port1) > h
+    });
+    assert!(hot, "the restarted first instance got no kernel hits");
+    // The last one out detaches the dispatcher.
+    kv_tests::netns::stop(&mut bed.server);
+    kv_tests::netns::stop(&mut second);
+    let left = kv_tests::netns::xdp_prog_id(&bed.server_ns, &bed.veth.if_a).unwrap();
+    assert_eq!(left, None, "an XDP program is still attached after both instances stopped");
+}

@@ -19,6 +19,7 @@ use aya::{
 use kv_common::Counter;
 
 use super::counters::KernelCounters;
+use super::shared::SharedHook;
 use super::slots::KernelCache;
 
 /// Where the XDP program runs: in the driver (native) or after the stack built an skb (generic).
@@ -71,6 +72,11 @@ impl Default for KernelOpts {
 
 /// A loaded (and possibly attached) XDP program with its maps.
 pub struct KernelPath {
+    /// This instance's place behind the interface's shared dispatcher (dropped first: it leaves the
+    /// dispatcher before the program goes).
+    hook: Option<SharedHook>,
+    /// Why the program was attached directly rather than behind the shared dispatcher, if it was.
+    pub unshared: Option<String>,
     ebpf: Ebpf,
     pub iface: Option<String>,
     /// Why the TC half is not attached next to the XDP program, if it is not (replies larger than the
@@ -144,15 +150,24 @@ impl KernelPath {
         program(&mut ebpf)?.load().context("verifying the XDP program")?;
         tc_program(&mut ebpf)?.load().context("verifying the TC program")?;
         let cache = Arc::new(KernelCache::open(&ebpf)?);
-        Ok(Self { ebpf, iface: None, tc_missing: None, _logger: logger, cache })
+        Ok(Self { hook: None, unshared: None, ebpf, iface: None, tc_missing: None, _logger: logger, cache })
     }
 
-    /// Loads and attaches to `iface`.
+    /// Loads and attaches to `iface`: behind the interface's dispatcher, which instances on other ports
+    /// share ([`SharedHook`]), or, where that is not possible (no CAP_SYS_ADMIN to open another
+    /// instance's dispatcher), directly, as the only program on the interface.
     pub fn attach(iface: &str, mode: XdpMode, opts: KernelOpts) -> Result<Self> {
         let mut path = Self::load(opts)?;
-        program(&mut path.ebpf)?
-            .attach(iface, mode.into())
-            .with_context(|| format!("attaching XDP to {iface} in {mode:?} mode"))?;
+        let prog = program(&mut path.ebpf)?;
+        match SharedHook::join(iface, mode, opts.port, prog.fd()?) {
+            Ok(hook) => path.hook = Some(hook),
+            Err(shared) => {
+                prog.attach(iface, mode.into()).with_context(|| {
+                    format!("attaching XDP to {iface} in {mode:?} mode (sharing the interface failed too: {shared:#})")
+                })?;
+                path.unshared = Some(format!("{shared:#}"));
+            }
+        }
         path.iface = Some(iface.to_string());
         // TC ingress through tcx links (kernel 6.6+), which programs of other owners on the same hook
         // leave alone; dropped with the path, like the XDP link.

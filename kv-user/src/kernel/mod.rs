@@ -4,6 +4,7 @@
 //! | concern | file |
 //! |---|---|
 //! | load, attach, detach the programs; their load-time settings | `loader.rs` |
+//! | share an interface's XDP hook between instances (the dispatcher) | `shared.rs` |
 //! | typed `bpf(2)` map-element commands | `sys.rs` |
 //! | where a key's reply lives, seqlock writes, the cuckoo step | `slots.rs` |
 //! | a cache entry: the reply bytes and the expiry deadline | `entry.rs` |
@@ -23,6 +24,7 @@ mod coherence;
 mod counters;
 mod entry;
 mod loader;
+mod shared;
 mod slots;
 mod sys;
 #[cfg(test)]
@@ -37,6 +39,7 @@ pub use coherence::{KernelSync, SyncStats};
 pub use counters::{KernelCounters, KernelStats};
 pub use entry::cache_entry;
 pub use loader::{slots_for, KernelOpts, KernelPath, XdpMode, EBPF_OBJECT, XDP_PROGRAM};
+pub use shared::served_by;
 pub use slots::KernelCache;
 
 /// What the server runs the kernel path with.

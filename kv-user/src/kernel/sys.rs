@@ -12,6 +12,7 @@ use aya::Pod;
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_ANY: u64 = 0;
 
 /// The `bpf_attr` layout of the map element commands.
@@ -62,6 +63,12 @@ impl<K: Pod, V: Pod> MapFd<K, V> {
         unsafe { self.elem_cmd(BPF_MAP_LOOKUP_ELEM, key, value.as_mut_ptr().cast()) }?;
         // SAFETY: the lookup succeeded, so the kernel filled all of `value`; V is Pod (any bytes are valid).
         Ok(unsafe { value.assume_init() })
+    }
+
+    /// BPF_MAP_DELETE_ELEM (for a program array: empties the slot).
+    pub fn delete(&self, key: &K) -> std::io::Result<()> {
+        // SAFETY: the delete command reads only `key`; the value pointer is not used (null).
+        unsafe { self.elem_cmd(BPF_MAP_DELETE_ELEM, key, std::ptr::null()) }
     }
 
     /// # Safety
