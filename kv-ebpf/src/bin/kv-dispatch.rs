@@ -39,17 +39,14 @@ mod prog {
     #[map(name = "HOME")]
     static HOME: Array<u64> = Array::with_max_entries(1, 0);
 
-    /// Slot → its owner (pid << 32 | port), 0 while free: the loader's bookkeeping, and a slot is only
-    /// used while it has one (an instance takes its port out before it frees its slot).
+    /// Slot → its owner (pid << 32 | port), 0 while free: the loader's bookkeeping. Not read per packet:
+    /// an instance fills its slot before it enters its port and takes its port out before it frees its
+    /// slot, so a port always names a slot that is held (or being emptied: the tail call then fails).
     #[map(name = "OWNERS")]
     static OWNERS: Array<u64> = Array::with_max_entries(DISPATCH_SLOTS, 0);
 
     #[xdp]
     pub fn kv_dispatch(ctx: XdpContext) -> u32 {
-        // Not yet told where it is: the loader has not finished setting it up.
-        if HOME.get(0).is_none_or(|&h| h == 0) {
-            return xdp_action::XDP_PASS;
-        }
         if let Ok(Some(slot)) = slot(&ctx) {
             // SAFETY: a tail call with this run's own context; on failure (an emptied slot) it returns
             // here and the frame passes.
@@ -78,8 +75,13 @@ mod prog {
             return Ok(None);
         };
         let port = u16::from_be_bytes(load::<UdpHdr>(ctx, udp_off)?.dst_port);
-        let slot = PORTS.get(port as u32).and_then(|&s| s.checked_sub(1));
-        Ok(slot.filter(|&s| OWNERS.get(s).is_some_and(|&o| o != 0)))
+        if port == 0 {
+            // No socket receives port 0, so this branch costs a served datagram nothing; it keeps HOME and
+            // OWNERS among the program's maps, where instances find them (by the program's map ids). Slot
+            // DISPATCH_SLOTS does not exist: the tail call fails and the frame passes.
+            return Ok(HOME.get(0).zip(OWNERS.get(0)).map(|_| DISPATCH_SLOTS));
+        }
+        Ok(PORTS.get(port as u32).and_then(|&s| s.checked_sub(1)))
     }
 
     #[unsafe(link_section = "license")]
