@@ -599,5 +599,6 @@ fn every_admitted_key_is_found() {
 }
 
 mod differential;
+mod dispatch;
 mod fuzz;
 mod ipv6;
