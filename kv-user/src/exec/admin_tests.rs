@@ -148,7 +148,7 @@ fn memlimit_grows_and_shrinks() {
     assert!(run(&c, "stats settings\r\n").contains("STAT maxbytes 104857600\r\n"));
     assert_eq!(run(&c, "cache_memlimit 8\r\n"), "OK\r\n");
     assert!(c.store.memory_used() <= 8 << 20, "evicted down to the new limit: {}", c.store.memory_used());
-    assert!(c.store.len() > 0 && c.store.len() < 1000, "{} items left", c.store.len());
+    assert!(!c.store.is_empty() && c.store.len() < 1000, "{} items left", c.store.len());
     assert!(run(&c, "stats\r\n").contains("STAT limit_maxbytes 8388608\r\n"));
     assert_eq!(run(&c, "cache_memlimit 7\r\n"), "MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n");
     assert_eq!(run(&c, "cache_memlimit 16 noreply\r\n"), "");

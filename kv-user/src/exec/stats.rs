@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use super::{put_u64, Ctx, Outcome, VERSION};
 use crate::protocol::command::{Detail, StatsCmd};
 use crate::protocol::reply::{self as r, CRLF};
+use crate::stats::read;
 use crate::store::{chunk_size, ItemMeta, CLASSES, PAGE_SIZE};
 
 /// `STAT <name> `: the start of every `stats` line.
@@ -176,23 +177,50 @@ fn class_stat(out: &mut BytesMut, prefix: &str, class: u8, name: &str, v: u64) {
 
 /// The store has no slab classes (items of every size are packed into segments), so each live item is
 /// counted in the class memcached would give it by size (`store::class_of`): `number` and
-/// `mem_requested` (the store's bytes for them, so the classes add up to `bytes`) are exact. Not
-/// listed, for lack of a per-class measurement: age, the eviction and reclaim counters (their totals
-/// are in `stats`), the segmented-LRU lines (number_hot/warm/cold, hits_to_*) and the crawler lines.
+/// `mem_requested` (the store's bytes for them, so the classes add up to `bytes`) are exact. The
+/// eviction and reclaim counters are kept server-wide only: the totals go on the first class listed
+/// and the others show 0, so sums over classes (what exporters compute) are right. Not listed, for
+/// lack of a measurement: age, evicted_nonzero/evicted_time, the segmented-LRU lines
+/// (number_hot/warm/cold, hits_to_*) and the crawler lines. tailrepairs is 0: no slab chunks to
+/// repair; moves_within_lru counts live items moved when their segment was recycled.
 fn items(ctx: &Ctx, out: &mut BytesMut) {
     let counts = ctx.store.class_counts();
-    for c in CLASSES.filter(|&c| counts.items[usize::from(c)] > 0) {
+    let st = ctx.store.stats();
+    let totals = [
+        ("evicted", st.evictions),
+        ("outofmemory", read(&ctx.stats.store_no_memory)),
+        ("tailrepairs", 0),
+        ("reclaimed", st.reclaimed),
+        ("expired_unfetched", st.expired_unfetched),
+        ("evicted_unfetched", st.evicted_unfetched),
+        ("moves_within_lru", st.moves),
+    ];
+    for (i, c) in CLASSES.filter(|&c| counts.items[usize::from(c)] > 0).enumerate() {
         class_stat(out, "items:", c, "number", counts.items[usize::from(c)]);
         class_stat(out, "items:", c, "mem_requested", counts.bytes[usize::from(c)]);
+        for (name, v) in totals {
+            class_stat(out, "items:", c, name, if i == 0 { v } else { 0 });
+        }
     }
 }
 
 /// The classes of [`items`] with memcached's geometry: chunk_size and chunks_per_page are memcached's
 /// for the class, used_chunks the items in it, and total_pages the pages memcached would need for them
-/// (the store's real memory is segments: total_malloced, what `-m` bounds). Per-class command counters
-/// are not kept (the server-wide ones are in `stats`).
+/// (the store's real memory is segments: total_malloced, what `-m` bounds). Command counters are kept
+/// server-wide only: on the first class listed, 0 on the others (as in [`items`]).
 fn slabs(ctx: &Ctx, out: &mut BytesMut) {
     let counts = ctx.store.class_counts();
+    let k = &*ctx.stats;
+    let totals = [
+        ("get_hits", read(&k.get_hits)),
+        ("cmd_set", read(&k.cmd_set)),
+        ("delete_hits", read(&k.delete_hits)),
+        ("incr_hits", read(&k.incr_hits)),
+        ("decr_hits", read(&k.decr_hits)),
+        ("cas_hits", read(&k.cas_hits)),
+        ("cas_badval", read(&k.cas_badval)),
+        ("touch_hits", read(&k.touch_hits)),
+    ];
     let mut active = 0;
     for c in CLASSES.filter(|&c| counts.items[usize::from(c)] > 0) {
         let n = counts.items[usize::from(c)];
@@ -206,6 +234,9 @@ fn slabs(ctx: &Ctx, out: &mut BytesMut) {
         class_stat(out, "", c, "free_chunks", pages * per_page - n);
         class_stat(out, "", c, "free_chunks_end", 0);
         class_stat(out, "", c, "mem_requested", counts.bytes[usize::from(c)]);
+        for (name, v) in totals {
+            class_stat(out, "", c, name, if active == 0 { v } else { 0 });
+        }
         active += 1;
     }
     stat_u64(out, "active_slabs", active);

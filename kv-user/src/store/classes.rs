@@ -24,7 +24,7 @@ const fn chunk_sizes() -> [u32; 39] {
     let mut i = 0;
     while i < 38 {
         let mut s = size as u64;
-        if s % 8 != 0 {
+        if !s.is_multiple_of(8) {
             s += 8 - s % 8;
         }
         out[i] = s as u32;
