@@ -128,6 +128,9 @@ pub struct Config {
     /// space (amplification guard). Loopback (127.0.0.0/8, ::1) is always allowed. Repeatable.
     #[arg(long = "udp-allow", value_parser = parse_cidr)]
     pub udp_allow: Vec<Cidr>,
+    /// Allow the `shutdown` command (memcached's -A): a client can then stop the server cleanly.
+    #[arg(short = 'A', long = "enable-shutdown")]
+    pub enable_shutdown: bool,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (e.g. 127.0.0.1:9150). Off by default.
     #[arg(long = "metrics-addr", value_name = "IP:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -366,6 +369,7 @@ impl Config {
         put("kcache-entries", self.kcache_entries.to_string());
         put("kcache-value-max", self.kcache_value_max.to_string());
         put("kcache-admit-hits", self.kcache_admit_hits.to_string());
+        put("enable-shutdown", self.enable_shutdown.to_string());
         put("udp-allow", format!("[{}]", allow.join(", ")));
         match self.metrics_addr {
             Some(a) => put("metrics-addr", s(&a.to_string())),

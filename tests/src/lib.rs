@@ -213,7 +213,7 @@ fn memcached_flags(extra: &[String]) -> Vec<String> {
                 out.push(f.clone());
                 out.push(it.next().expect("flag value").clone());
             }
-            "-v" | "-vv" | "-vvv" => out.push(f.clone()),
+            "-v" | "-vv" | "-vvv" | "-A" => out.push(f.clone()),
             "--fsync" | "--data-dir" | "--iface" | "--xdp-mode" => {
                 it.next();
             }

@@ -223,7 +223,7 @@ fn stats_parity_names_and_values() {
         assert_eq!(s.get(*name), Some(v), "stats settings {name}");
     }
 
-    // A one-byte value lands in memcached's first slab class; kv-server reports everything as class 1.
+    // A one-byte value lands in memcached's first slab class, in kv-server too (classes are size bands).
     let i = stats(&mut c, "items");
     for name in ["number", "evicted", "outofmemory", "reclaimed", "expired_unfetched", "evicted_unfetched"] {
         assert!(i.contains_key(&format!("items:1:{name}")), "stats items has no items:1:{name}");

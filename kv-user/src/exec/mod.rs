@@ -4,6 +4,9 @@
 //! Replies are built with `extend_from_slice` and `itoa` only: a GET hit costs a refcount on the value and
 //! the growth of `out`, nothing else.
 
+mod admin;
+#[cfg(test)]
+mod admin_tests;
 mod arith;
 mod get;
 mod meta;
@@ -17,6 +20,8 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use bytes::BytesMut;
+
+pub use admin::AdminState;
 
 use crate::config::Config;
 use crate::protocol::command::Command;
@@ -37,12 +42,15 @@ pub struct Ctx {
     pub verbosity: Arc<AtomicU32>,
     /// Extra `STAT` lines (the kernel path's counters), when the kernel path is up.
     pub extra_stats: Option<Arc<dyn crate::stats::Source>>,
+    /// Operator settings (`-A`, the crawler switches).
+    pub admin: Arc<AdminState>,
 }
 
 impl Ctx {
     pub fn new(store: Arc<Store>, stats: Arc<Stats>, config: Arc<Config>) -> Ctx {
         let verbosity = Arc::new(AtomicU32::new(u32::from(config.verbose)));
-        Ctx { store, stats, config, verbosity, extra_stats: None }
+        let admin = Arc::new(AdminState::new(config.enable_shutdown));
+        Ctx { store, stats, config, verbosity, extra_stats: None, admin }
     }
 
     /// The context with `extra` adding `stats` lines (set before the context is shared).
@@ -115,7 +123,14 @@ pub fn execute_from(
         Command::MetaDelete { key, flags } => meta::md(key, &flags, ctx, out),
         Command::MetaArith { key, flags } => meta::ma(key, &flags, ctx, out),
         Command::MetaNoop => meta::code_only(r::MN, ctx, out),
-        Command::MetaDebug { .. } => meta::code_only(r::EN, ctx, out),
+        Command::MetaDebug { key, base64 } => admin::me(key, base64, ctx, out),
+        Command::LruCrawler(c) => return admin::lru_crawler(c, from, stop_at, ctx, out),
+        Command::CacheMemlimit { mb, noreply } => admin::cache_memlimit(mb, noreply, ctx, out),
+        Command::Slabs { reply } => {
+            out.extend_from_slice(reply);
+            Outcome::default()
+        }
+        Command::Shutdown(mode) => admin::shutdown(mode, ctx, out),
     };
     (o, None)
 }

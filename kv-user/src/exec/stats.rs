@@ -8,8 +8,8 @@ use bytes::BytesMut;
 use super::{put_u64, Ctx, Outcome, VERSION};
 use crate::protocol::command::{Detail, StatsCmd};
 use crate::protocol::reply::{self as r, CRLF};
-use crate::record::{Record, Snapshot as _};
 use crate::stats::read;
+use crate::store::{chunk_size, ItemMeta, CLASSES, PAGE_SIZE};
 
 /// `STAT <name> `: the start of every `stats` line.
 fn stat_head(out: &mut BytesMut, name: &str) {
@@ -82,31 +82,31 @@ pub(super) fn stats(cmd: StatsCmd, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
     Outcome::default()
 }
 
-/// `stats cachedump <class> <limit>`: `ITEM <key> [<bytes> b; <exptime> s]` per item, as memcached's
-/// `item_cachedump`: at most `limit` items (0: no limit) and 2 MB. Every item is in class 1 here (see
-/// [`items`]), listed in no particular order (memcached: the class's cold LRU, newest first). Keys that
-/// could not be written on a text line (binary keys stored with `b`) are skipped, as memcached does.
+/// `stats cachedump <class> <limit>`: `ITEM <key> [<bytes> b; <exptime> s]` per item of the class
+/// (see [`items`]), as memcached's `item_cachedump`: at most `limit` items (0: no limit) and 2 MB,
+/// oldest first (memcached: the class's cold LRU, newest first). Keys that could not be written on a
+/// text line (binary keys stored with `b`) are skipped, as memcached does.
 fn cachedump(class: u32, limit: u32, ctx: &Ctx, out: &mut BytesMut) {
     const MAX_REPLY: usize = 2 << 20;
-    if class != 1 {
-        return;
-    }
     let (start, mut shown) = (out.len(), 0u32);
-    ctx.store.for_each_live(&mut |rec| {
-        let Record::Set { key, exptime, value, .. } = *rec else { return };
+    let mut shard = 0;
+    let mut visit = |m: &ItemMeta<'_>| {
         let full = (limit != 0 && shown >= limit) || out.len() - start >= MAX_REPLY;
-        if full || key.iter().any(|&b| matches!(b, b' ' | b'\r' | b'\n' | 0)) {
+        if full || u32::from(m.class) != class || m.key.iter().any(|&b| matches!(b, b' ' | b'\r' | b'\n' | 0)) {
             return;
         }
-        let mut line = Vec::with_capacity(key.len() + 40);
+        let mut line = Vec::with_capacity(m.key.len() + 40);
         line.extend_from_slice(b"ITEM ");
-        line.extend_from_slice(key);
-        line.extend_from_slice(format!(" [{} b; {exptime} s]\r\n", value.len()).as_bytes());
+        line.extend_from_slice(m.key);
+        line.extend_from_slice(format!(" [{} b; {} s]\r\n", m.value_len, m.exptime).as_bytes());
         if out.len() - start + line.len() <= MAX_REPLY {
             out.extend_from_slice(&line);
             shown += 1;
         }
-    });
+    };
+    while ctx.store.for_each_meta_in(shard, &mut visit) {
+        shard += 1;
+    }
 }
 
 fn general(ctx: &Ctx, out: &mut BytesMut) {
@@ -123,6 +123,14 @@ fn general(ctx: &Ctx, out: &mut BytesMut) {
     crate::stats::general_numbers(&ctx.stat_sources(), &mut |d, v| stat_u64(out, d.name, v));
 }
 
+fn yes_no(b: bool) -> &'static [u8] {
+    if b {
+        b"yes"
+    } else {
+        b"no"
+    }
+}
+
 fn settings(ctx: &Ctx, out: &mut BytesMut) {
     let c = &*ctx.config;
     stat_u64(out, "maxbytes", ctx.store.limit_maxbytes());
@@ -136,7 +144,7 @@ fn settings(ctx: &Ctx, out: &mut BytesMut) {
     stat_str(out, "evictions", b"on");
     stat_str(out, "domain_socket", b"NULL");
     stat_str(out, "umask", b"700");
-    stat_str(out, "shutdown_command", b"no");
+    stat_str(out, "shutdown_command", yes_no(ctx.admin.shutdown_enabled));
     stat_str(out, "growth_factor", b"1.25");
     stat_u64(out, "chunk_size", 48);
     stat_u64(out, "num_threads", c.threads as u64);
@@ -153,7 +161,7 @@ fn settings(ctx: &Ctx, out: &mut BytesMut) {
     stat_str(out, "maxconns_fast", b"yes");
     stat_str(out, "flush_enabled", b"yes");
     stat_str(out, "dump_enabled", b"yes");
-    stat_str(out, "lru_crawler", b"no");
+    stat_str(out, "lru_crawler", yes_no(ctx.admin.crawler_enabled.load(Ordering::Relaxed)));
     stat_str(out, "lru_maintainer_thread", b"no");
     stat_str(out, "temporary_ttl", b"0");
     // Connections are never closed for idleness (memcached: 0 = off).
@@ -162,53 +170,75 @@ fn settings(ctx: &Ctx, out: &mut BytesMut) {
     stat_str(out, "persistence", if c.no_persist { b"no".as_slice() } else { b"yes".as_slice() });
 }
 
-/// The store has no slab classes: items of every size are packed into segments. `stats items` and
-/// `stats slabs` report them as one class, 1 (what memcached shows for small items), so tools that read
-/// `items:<class>:...` see the totals. Omitted for lack of a measurement: age (the store does not track
-/// the oldest item's age), evicted_nonzero, evicted_time, the segmented-LRU lines (number_hot/warm/cold,
-/// hits_to_*) and the crawler lines. tailrepairs is 0 because there are no slab chunks to repair;
-/// moves_within_lru counts live items moved when their segment was recycled.
-fn items(ctx: &Ctx, out: &mut BytesMut) {
-    let st = ctx.store.stats();
-    if st.curr_items == 0 {
-        return;
-    }
-    stat_u64(out, "items:1:number", st.curr_items);
-    stat_u64(out, "items:1:mem_requested", st.bytes);
-    stat_u64(out, "items:1:evicted", st.evictions);
-    stat_u64(out, "items:1:outofmemory", read(&ctx.stats.store_no_memory));
-    stat_u64(out, "items:1:tailrepairs", 0);
-    stat_u64(out, "items:1:reclaimed", st.reclaimed);
-    stat_u64(out, "items:1:expired_unfetched", st.expired_unfetched);
-    stat_u64(out, "items:1:evicted_unfetched", st.evicted_unfetched);
-    stat_u64(out, "items:1:moves_within_lru", st.moves);
+/// `items:<class>:<name>` / `<class>:<name>`.
+fn class_stat(out: &mut BytesMut, prefix: &str, class: u8, name: &str, v: u64) {
+    stat_u64(out, &format!("{prefix}{class}:{name}"), v);
 }
 
-/// One class (see [`items`]) whose "pages" are segments: chunk_size is the segment size (an item
-/// larger than half of it has a block of its own, counted as a page too), total_pages the segments
-/// held, used_chunks the items, free_chunks the emptied segments waiting for reuse; total_malloced is
-/// all item memory held (segments, spare segments and the index), what `-m` bounds. Its command
-/// counters are the server's.
-fn slabs(ctx: &Ctx, out: &mut BytesMut) {
+/// The store has no slab classes (items of every size are packed into segments), so each live item is
+/// counted in the class memcached would give it by size (`store::class_of`): `number` and
+/// `mem_requested` (the store's bytes for them, so the classes add up to `bytes`) are exact. The
+/// eviction and reclaim counters are kept server-wide only: the totals go on the first class listed
+/// and the others show 0, so sums over classes (what exporters compute) are right. Not listed, for
+/// lack of a measurement: age, evicted_nonzero/evicted_time, the segmented-LRU lines
+/// (number_hot/warm/cold, hits_to_*) and the crawler lines. tailrepairs is 0: no slab chunks to
+/// repair; moves_within_lru counts live items moved when their segment was recycled.
+fn items(ctx: &Ctx, out: &mut BytesMut) {
+    let counts = ctx.store.class_counts();
     let st = ctx.store.stats();
-    if st.segments > 0 {
-        stat_u64(out, "1:chunk_size", ctx.store.segment_size() as u64);
-        stat_u64(out, "1:chunks_per_page", 1);
-        stat_u64(out, "1:total_pages", st.segments);
-        stat_u64(out, "1:total_chunks", st.segments);
-        stat_u64(out, "1:used_chunks", st.curr_items);
-        stat_u64(out, "1:free_chunks", ctx.store.spare_segments() as u64);
-        stat_u64(out, "1:mem_requested", st.bytes);
-        let c = &*ctx.stats;
-        stat_u64(out, "1:get_hits", read(&c.get_hits));
-        stat_u64(out, "1:cmd_set", read(&c.cmd_set));
-        stat_u64(out, "1:delete_hits", read(&c.delete_hits));
-        stat_u64(out, "1:incr_hits", read(&c.incr_hits));
-        stat_u64(out, "1:decr_hits", read(&c.decr_hits));
-        stat_u64(out, "1:cas_hits", read(&c.cas_hits));
-        stat_u64(out, "1:cas_badval", read(&c.cas_badval));
-        stat_u64(out, "1:touch_hits", read(&c.touch_hits));
+    let totals = [
+        ("evicted", st.evictions),
+        ("outofmemory", read(&ctx.stats.store_no_memory)),
+        ("tailrepairs", 0),
+        ("reclaimed", st.reclaimed),
+        ("expired_unfetched", st.expired_unfetched),
+        ("evicted_unfetched", st.evicted_unfetched),
+        ("moves_within_lru", st.moves),
+    ];
+    for (i, c) in CLASSES.filter(|&c| counts.items[usize::from(c)] > 0).enumerate() {
+        class_stat(out, "items:", c, "number", counts.items[usize::from(c)]);
+        class_stat(out, "items:", c, "mem_requested", counts.bytes[usize::from(c)]);
+        for (name, v) in totals {
+            class_stat(out, "items:", c, name, if i == 0 { v } else { 0 });
+        }
     }
-    stat_u64(out, "active_slabs", u64::from(st.segments > 0));
+}
+
+/// The classes of [`items`] with memcached's geometry: chunk_size and chunks_per_page are memcached's
+/// for the class, used_chunks the items in it, and total_pages the pages memcached would need for them
+/// (the store's real memory is segments: total_malloced, what `-m` bounds). Command counters are kept
+/// server-wide only: on the first class listed, 0 on the others (as in [`items`]).
+fn slabs(ctx: &Ctx, out: &mut BytesMut) {
+    let counts = ctx.store.class_counts();
+    let k = &*ctx.stats;
+    let totals = [
+        ("get_hits", read(&k.get_hits)),
+        ("cmd_set", read(&k.cmd_set)),
+        ("delete_hits", read(&k.delete_hits)),
+        ("incr_hits", read(&k.incr_hits)),
+        ("decr_hits", read(&k.decr_hits)),
+        ("cas_hits", read(&k.cas_hits)),
+        ("cas_badval", read(&k.cas_badval)),
+        ("touch_hits", read(&k.touch_hits)),
+    ];
+    let mut active = 0;
+    for c in CLASSES.filter(|&c| counts.items[usize::from(c)] > 0) {
+        let n = counts.items[usize::from(c)];
+        let per_page = u64::from(PAGE_SIZE / chunk_size(c));
+        let pages = n.div_ceil(per_page);
+        class_stat(out, "", c, "chunk_size", u64::from(chunk_size(c)));
+        class_stat(out, "", c, "chunks_per_page", per_page);
+        class_stat(out, "", c, "total_pages", pages);
+        class_stat(out, "", c, "total_chunks", pages * per_page);
+        class_stat(out, "", c, "used_chunks", n);
+        class_stat(out, "", c, "free_chunks", pages * per_page - n);
+        class_stat(out, "", c, "free_chunks_end", 0);
+        class_stat(out, "", c, "mem_requested", counts.bytes[usize::from(c)]);
+        for (name, v) in totals {
+            class_stat(out, "", c, name, if active == 0 { v } else { 0 });
+        }
+        active += 1;
+    }
+    stat_u64(out, "active_slabs", active);
     stat_u64(out, "total_malloced", ctx.store.memory_used());
 }

@@ -224,7 +224,7 @@ fn misc_commands() {
     let o = execute(&Command::Quit, &t.ctx, &mut out);
     assert!(o.close && out.is_empty());
     assert_eq!(t.run(Command::MetaNoop), "MN\r\n");
-    assert_eq!(t.run(Command::MetaDebug { key: b"k" }), "EN\r\n");
+    assert_eq!(t.run(Command::MetaDebug { key: b"k", base64: false }), "EN\r\n");
 }
 
 #[test]

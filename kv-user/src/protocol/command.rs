@@ -158,10 +158,49 @@ pub enum Command<'a> {
     },
     /// mn
     MetaNoop,
-    /// me <key> (debug): answered with `EN` (not supported) rather than `ERROR`.
+    /// `me <key> [b]` (debug): the item's metadata. `base64`: the key is base64 (already validated).
     MetaDebug {
         key: &'a [u8],
+        base64: bool,
     },
+    /// `lru_crawler <subcommand> ...`.
+    LruCrawler(Crawler<'a>),
+    /// `cache_memlimit <megabytes> [noreply]`, already range-checked (8 ..= 1e9).
+    CacheMemlimit {
+        mb: u32,
+        noreply: bool,
+    },
+    /// `slabs reassign|automove ...`: the store has no slab pages to move, so the parser settles the
+    /// reply (possibly empty, for noreply) and the command changes nothing.
+    Slabs {
+        reply: &'static [u8],
+    },
+    /// `shutdown [graceful]`; whether it is allowed is the executor's call (`-A`).
+    Shutdown(ShutdownMode),
+}
+
+/// `lru_crawler` subcommands. Class lists stay raw: memcached checks that the crawler is enabled
+/// before it parses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crawler<'a> {
+    /// `crawl <all|hash|c1,c2,...>`
+    Crawl(&'a [u8]),
+    /// `metadump <all|hash|c1,c2,...>`
+    Metadump(&'a [u8]),
+    Tocrawl(u32),
+    /// Microseconds, at most one second.
+    Sleep(u32),
+    Enable,
+    Disable,
+}
+
+/// How `shutdown` was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    Now,
+    Graceful,
+    /// Any other argument: `CLIENT_ERROR invalid shutdown mode` once shutdown is enabled.
+    Invalid,
 }
 
 /// Which `stats` listing: memcached's `process_stat` picks it by the first argument alone and ignores

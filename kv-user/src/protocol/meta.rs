@@ -135,10 +135,12 @@ fn debug<'a>(toks: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     if toks.count() < 3 || key.len() > KEY_MAX_LENGTH {
         return error(BAD_FORMAT, consumed);
     }
-    if toks.count() >= 4 && toks.get(2) == b"b" && base64::decoded_len(key).is_none() {
+    // memcached reads only a `b` right after the key; other tokens are ignored.
+    let base64 = toks.count() >= 4 && toks.get(2) == b"b";
+    if base64 && base64::decoded_len(key).is_none() {
         return error(BAD_FORMAT, consumed);
     }
-    command(Command::MetaDebug { key }, consumed)
+    command(Command::MetaDebug { key, base64 }, consumed)
 }
 
 fn opaque_too_long(flags: &MetaFlags<'_>) -> bool {

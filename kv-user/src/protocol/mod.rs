@@ -4,6 +4,7 @@
 //! `tokenize_command` parser), with the stricter number parsing of later 1.6 releases. Where we
 //! deviate, the item is listed in `parse.rs`' module docs.
 
+mod admin;
 pub mod base64;
 pub mod command;
 mod meta;

@@ -27,13 +27,12 @@
 //!   `-` for signed fields, no `+`/whitespace, range-checked (flags and verbosity are u32, exptime
 //!   and bytes i32, delta and cas u64). memcached 1.6.38's `strtol` path silently truncated
 //!   out-of-range values.
-//! * `shutdown` is answered as by a memcached started without `-A`: `ERROR: shutdown not enabled`.
-//!   Admin commands other than the ones in [`Command`] (`slabs`, `lru`, `watch`, `lru_crawler`,
-//!   `cache_memlimit`, ...) get `ERROR`.
+//! * Operator commands (`lru_crawler`, `cache_memlimit`, `slabs`, `shutdown`): see `admin.rs`.
+//!   Admin commands not in [`Command`] (`lru`, `watch`, `extstore`, ...) get `ERROR`.
 //! * Meta: see `meta.rs`.
 
 use super::command::{ArithCmd, Command, GatCmd, Keys, SetMode, StoreCmd, TouchCmd};
-use super::{meta, reply};
+use super::{admin, meta, reply};
 
 /// Longest key, as memcached's `KEY_MAX_LENGTH` (the wire contract's, shared with the XDP program).
 pub use kv_common::MAX_KEY_LEN as KEY_MAX_LENGTH;
@@ -195,7 +194,7 @@ impl<'a> Tokens<'a> {
     }
 
     /// memcached's `set_noreply_maybe`: the last token is exactly `noreply`.
-    fn noreply(&self) -> bool {
+    pub(super) fn noreply(&self) -> bool {
         self.n > 0 && self.get(self.n - 1) == b"noreply"
     }
 }
@@ -250,7 +249,10 @@ fn parse_line<'a>(buf: &'a [u8], line: &'a [u8], consumed: usize, limits: &Limit
         b"version" => ok(Command::Version),
         b"quit" => ok(Command::Quit),
         b"stats" => stats(&toks, consumed),
-        b"shutdown" => error(reply::SHUTDOWN_NOT_ENABLED, consumed),
+        b"shutdown" => admin::shutdown(&toks, consumed),
+        b"lru_crawler" => admin::lru_crawler(&toks, consumed),
+        b"cache_memlimit" => admin::cache_memlimit(&toks, consumed),
+        b"slabs" => admin::slabs(&toks, consumed),
         _ => unknown(&toks, consumed),
     }
 }

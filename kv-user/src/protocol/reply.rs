@@ -72,7 +72,7 @@ pub const MS_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ms M token\r\n";
 pub const MA_MODE: &[u8] = b"CLIENT_ERROR invalid mode for ma M token\r\n";
 
 // Admin commands.
-/// `shutdown` on a server not started with memcached's `-A` (kv-server has no such switch).
+/// `shutdown` on a server started without `-A` / `--enable-shutdown`.
 pub const SHUTDOWN_NOT_ENABLED: &[u8] = b"ERROR: shutdown not enabled\r\n";
 pub const DETAIL_USAGE: &[u8] = b"CLIENT_ERROR usage: stats detail on|off|dump\r\n";
 /// `stats cachedump` with fewer than two arguments.
@@ -89,3 +89,21 @@ pub const OUT_OF_MEMORY_GET: &[u8] = b"SERVER_ERROR out of memory writing get re
 pub const FAILED_TO_PERSIST: &[u8] = b"SERVER_ERROR failed to persist\r\n";
 /// Sent to a connection refused over the connection limit (maxconns_fast).
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
+
+// Operator commands (memcached's process_lru_crawler_command, process_memlimit_command,
+// process_slabs_command, process_shutdown_command).
+pub const SHUTDOWN_MODE: &[u8] = b"CLIENT_ERROR invalid shutdown mode\r\n";
+pub const CRAWLER_DISABLED: &[u8] = b"CLIENT_ERROR lru crawler disabled\r\n";
+pub const CRAWLER_BADCLASS: &[u8] = b"BADCLASS invalid class id\r\n";
+pub const CRAWLER_NOTSTARTED: &[u8] = b"NOTSTARTED no items to crawl\r\n";
+/// `lru_crawler crawl hash`: only metadump walks the hash table.
+pub const CRAWLER_UNKNOWN: &[u8] = b"ERROR an unknown error happened\r\n";
+pub const CRAWLER_START_FAILED: &[u8] = b"ERROR failed to start lru crawler thread\r\n";
+pub const CRAWLER_SLEEP: &[u8] = b"CLIENT_ERROR sleep must be one second or less\r\n";
+pub const MEMLIMIT_TOO_SMALL: &[u8] = b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n";
+pub const MEMLIMIT_NOT_BYTES: &[u8] = b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n";
+pub const REASSIGN_NOSPARE: &[u8] = b"NOSPARE source class has no spare pages\r\n";
+pub const REASSIGN_SAME: &[u8] = b"SAME src and dst class are identical\r\n";
+pub const REASSIGN_BADCLASS: &[u8] = b"BADCLASS invalid src or dst class id\r\n";
+/// Prefix of the `me` reply.
+pub const ME: &[u8] = b"ME ";

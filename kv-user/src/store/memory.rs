@@ -10,7 +10,8 @@ use parking_lot::Mutex;
 use super::block::Block;
 
 pub(crate) struct Budget {
-    limit: u64,
+    /// Changed online by `cache_memlimit`.
+    limit: AtomicU64,
     used: AtomicU64,
     /// Emptied standard blocks, still charged, waiting for any shard.
     spare: Mutex<Vec<Block>>,
@@ -18,11 +19,16 @@ pub(crate) struct Budget {
 
 impl Budget {
     pub fn new(limit: u64) -> Budget {
-        Budget { limit, used: AtomicU64::new(0), spare: Mutex::new(Vec::new()) }
+        Budget { limit: AtomicU64::new(limit), used: AtomicU64::new(0), spare: Mutex::new(Vec::new()) }
     }
 
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.limit.load(Relaxed)
+    }
+
+    /// A new limit; the caller evicts down to it.
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Relaxed);
     }
 
     /// Bytes charged: blocks in segments and in the spare pool, and the indexes.
@@ -31,12 +37,12 @@ impl Budget {
     }
 
     pub fn over(&self) -> bool {
-        self.used() > self.limit
+        self.used() > self.limit()
     }
 
     /// Charges `n` bytes if that stays within the limit.
     pub fn try_take(&self, n: u64) -> bool {
-        self.used.fetch_update(Relaxed, Relaxed, |u| (u + n <= self.limit).then_some(u + n)).is_ok()
+        self.used.fetch_update(Relaxed, Relaxed, |u| (u + n <= self.limit()).then_some(u + n)).is_ok()
     }
 
     /// Charges `n` bytes even past the limit (nothing was left to evict in this shard; the store then

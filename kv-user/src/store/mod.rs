@@ -13,8 +13,10 @@
 //! both while the shard lock is held, so the log's and the kernel's order per key is the store's order.
 //! The journal's sequence number goes back to the caller to await durability.
 
+mod admin;
 mod block;
 mod changes;
+mod classes;
 mod item;
 mod memory;
 #[cfg(test)]
@@ -36,7 +38,9 @@ use hashbrown::DefaultHashBuilder;
 use parking_lot::{Mutex, MutexGuard};
 
 pub use crate::clock::{Clock, ManualClock, SystemClock};
+pub use admin::ItemMeta;
 pub use changes::{Change, Observer, Removal};
+pub use classes::{chunk_size, class_of, ClassCounts, CLASSES, MAX_CLASS_ID, PAGE_SIZE};
 pub use item::HEADER as ITEM_HEADER;
 pub use shard::ItemCounters;
 pub use types::*;
@@ -269,6 +273,12 @@ impl Store {
     fn finish(&self, g: MutexGuard<'_, Shard>) {
         let own = g.id;
         drop(g);
+        self.evict_over_budget(own);
+    }
+
+    /// Frees spare blocks, then evicts the oldest segments of every shard in turn (`last` last) until
+    /// the store is within its budget or holds nothing more.
+    fn evict_over_budget(&self, last: usize) {
         if !self.budget.over() {
             return;
         }
@@ -278,8 +288,8 @@ impl Store {
         let now = self.now();
         let emit = |k: &[u8], c| self.removed(k, c);
         let env = self.env(now, &emit);
-        let others = (0..n).map(|off| (start + off) & self.shard_mask).filter(|&i| i != own);
-        for i in others.chain([own]) {
+        let others = (0..n).map(|off| (start + off) & self.shard_mask).filter(|&i| i != last);
+        for i in others.chain([last]) {
             let mut g = self.shards[i].lock();
             while self.budget.over() && g.shed_oldest(&env) {}
             if !self.budget.over() {

@@ -12,7 +12,10 @@ use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
+use kv_common::item_size;
+
 use super::block::Block;
+use super::classes::{class_of, ClassCounts};
 use super::item::{item_len, Item, ItemMut, Meta, DEAD, FETCHED};
 use super::memory::Budget;
 use super::Removal;
@@ -202,6 +205,8 @@ pub(crate) struct Shard {
     pub(super) seg_size: usize,
     hasher: DefaultHashBuilder,
     pub counters: ItemCounters,
+    /// Live items per memcached size class (operator stats).
+    pub classes: ClassCounts,
 }
 
 impl Shard {
@@ -218,6 +223,7 @@ impl Shard {
             seg_size,
             hasher,
             counters: ItemCounters::default(),
+            classes: ClassCounts::default(),
         }
     }
 
@@ -267,7 +273,8 @@ impl Shard {
 
     /// Appends a new item (the caller removed any old one) and indexes it; may recycle memory first.
     pub fn insert(&mut self, hash: u64, key: &[u8], value: &[&[u8]], meta: &Meta, env: &Env<'_>) -> Loc {
-        let len = item_len(key.len(), value.iter().map(|v| v.len()).sum());
+        let vlen: usize = value.iter().map(|v| v.len()).sum();
+        let len = item_len(key.len(), vlen);
         let (id, off) = self.place(len, env);
         let s = self.seg_mut(id);
         ItemMut::write(s.block.bytes_mut(), off, key, value, meta);
@@ -290,6 +297,7 @@ impl Shard {
         }
         self.counters.curr_items += 1;
         self.counters.bytes += len as u64;
+        self.classes.note(class_of(item_size(key.len(), meta.flags, vlen)), len, true);
         l
     }
 
@@ -327,7 +335,9 @@ impl Shard {
 
     /// Marks the item at `l`, already out of the index, dead; returns its segment.
     fn mark_dead(&mut self, l: Loc) -> u32 {
-        let len = self.item(l).len();
+        let it = self.item(l);
+        let (len, class) = (it.len(), class_of(item_size(it.klen(), it.flags(), it.vlen())));
+        self.classes.note(class, len, false);
         self.item_mut(l).set_bit(DEAD, true);
         self.counters.curr_items -= 1;
         self.counters.bytes -= len as u64;

@@ -80,7 +80,6 @@ fn mf<'a>() -> MetaFlags<'a> {
 }
 
 const ERROR: &[u8] = b"ERROR\r\n";
-const SHUTDOWN_NOT_ENABLED: &[u8] = b"ERROR: shutdown not enabled\r\n";
 const DETAIL_USAGE: &[u8] = b"CLIENT_ERROR usage: stats detail on|off|dump\r\n";
 const BAD_COMMAND_LINE: &[u8] = b"CLIENT_ERROR bad command line\r\n";
 const ILLEGAL_SLAB_ID: &[u8] = b"CLIENT_ERROR Illegal slab id\r\n";
@@ -177,7 +176,7 @@ fn valid_cases() -> Vec<(&'static [u8], Command<'static>)> {
         (b"quit\r\n", Quit),
         (b"mn\r\n", MetaNoop),
         (b"mn junk\r\n", MetaNoop),
-        (b"me k\r\n", MetaDebug { key: b"k" }),
+        (b"me k\r\n", MetaDebug { key: b"k", base64: false }),
         (b"mg k\r\n", MetaGet { key: b"k", flags: mf() }),
         (
             b"mg k v f t c s k O123 q\r\n",
@@ -350,8 +349,6 @@ fn error_cases() -> Vec<(&'static [u8], &'static [u8])> {
         (b"getx k\r\n", ERROR),
         (b"mx k\r\n", ERROR),
         (b"m\r\n", ERROR),
-        (b"shutdown\r\n", SHUTDOWN_NOT_ENABLED),
-        (b"shutdown graceful noreply\r\n", SHUTDOWN_NOT_ENABLED),
         (b"stats nothing\r\n", ERROR),
         (b"stats detail\r\n", DETAIL_USAGE),
         (b"stats cachedump 1\r\n", BAD_COMMAND_LINE),
@@ -518,4 +515,5 @@ fn noreply_suppresses_classic_error_replies() {
     assert_eq!(err(b"ms k 1 q\r\nxyz"), plain(CHUNK, 13));
 }
 
+mod admin;
 mod limits;
