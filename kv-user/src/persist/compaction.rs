@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::format::{encode, file_header, FILE_HEADER_LEN};
+use super::format::{encode, file_header, Version, FILE_HEADER_LEN};
 use super::{copy_range, lock, sync_dir, Shared, IO_CHUNK};
 use crate::record::Snapshot;
 
@@ -64,12 +64,17 @@ impl Shared {
             return Err(e);
         }
         let started = Instant::now();
-        // Everything from this offset on must be carried over: the snapshot may miss it.
-        let mark = lock(&self.writer.state).pos;
+        // Everything from this offset on must be carried over: the snapshot may miss it. The snapshot's records
+        // are stamped with this moment, taken in log order, so stamps never decrease along the new file either.
+        let now = crate::clock::unix_now_ns_coarse();
+        let (mark, stamp) = {
+            let mut st = lock(&self.writer.state);
+            (st.pos, st.next_stamp(now))
+        };
         // Until our rename, this path is the writer's file.
         let old = File::open(&self.paths.log)?;
         let tmp = OpenOptions::new().write(true).create(true).truncate(true).open(&self.paths.tmp)?;
-        let res = self.compact_into(snap, &old, tmp, mark);
+        let res = self.compact_into(snap, &old, tmp, mark, stamp);
         if res.is_err() {
             let _ = fs::remove_file(&self.paths.tmp);
         }
@@ -86,10 +91,17 @@ impl Shared {
         res
     }
 
-    fn compact_into(&self, snap: &dyn Snapshot, old: &File, tmp: File, mark: u64) -> io::Result<CompactStats> {
+    fn compact_into(
+        &self,
+        snap: &dyn Snapshot,
+        old: &File,
+        tmp: File,
+        mark: u64,
+        stamp: u64,
+    ) -> io::Result<CompactStats> {
         let mut stats = CompactStats::default();
         let mut w = BufWriter::with_capacity(IO_CHUNK, &tmp);
-        w.write_all(&file_header())?;
+        w.write_all(&file_header(Version::CURRENT))?;
         let mut written = FILE_HEADER_LEN as u64;
         let mut err = None;
         let mut scratch = Vec::new();
@@ -98,7 +110,7 @@ impl Shared {
                 return;
             }
             scratch.clear();
-            match encode(rec, &mut scratch) {
+            match encode(rec, stamp, &mut scratch) {
                 Ok(()) => match w.write_all(&scratch) {
                     Ok(()) => {
                         written += scratch.len() as u64;

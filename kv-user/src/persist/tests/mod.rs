@@ -3,6 +3,7 @@
 mod compaction;
 mod lifecycle;
 mod recovery;
+mod stamps;
 mod writer;
 
 use std::collections::HashMap;
