@@ -35,7 +35,8 @@ pub(super) struct Compaction {
     /// Serializes compactions.
     one: Mutex<()>,
     pub(super) min_bytes: AtomicU64,
-    /// Log size after the last compaction or start-up.
+    /// Log size after the last compaction (or a failed one), 0 from start-up: the log must double from it
+    /// before the next one, so a compaction that carried over a large tail is not repeated at once.
     pub(super) base_size: AtomicU64,
     pub(super) count: AtomicU64,
 }
@@ -52,10 +53,14 @@ impl Compaction {
 }
 
 impl Shared {
-    pub(super) fn needs_compaction(&self) -> bool {
+    /// The trigger: the log is over the minimum size and more than twice both the live data (`live_bytes`, the
+    /// store's estimate) and its size after the last compaction. From start-up only the live data counts, so a
+    /// log replayed into far fewer live bytes is compacted right away, not once it has doubled again.
+    pub(super) fn needs_compaction(&self, live_bytes: u64) -> bool {
         let pos = lock(&self.writer.state).pos;
         let c = &self.compaction;
-        pos > c.min_bytes.load(Ordering::Relaxed) && pos > 2 * c.base_size.load(Ordering::Relaxed)
+        let floor = live_bytes.max(c.base_size.load(Ordering::Relaxed));
+        pos > c.min_bytes.load(Ordering::Relaxed) && pos / 2 > floor
     }
 
     pub(super) fn compact(&self, snap: &dyn Snapshot) -> io::Result<CompactStats> {
@@ -189,17 +194,26 @@ impl Shared {
         Ok(stats)
     }
 
+    /// Checks the trigger at once (right after replay, a log much larger than the live data is compacted before
+    /// it grows further), then once a second.
     pub(super) fn compactor_loop(&self, snap: &dyn Snapshot) {
-        while !self.life.sleep(Duration::from_secs(1)) {
-            if !self.needs_compaction() || self.failed() {
-                continue;
-            }
-            if let Err(e) = self.compact(snap) {
-                if !self.life.stopping() {
-                    log::warn!("log compaction failed: {e}");
-                    // Don't retry every second on e.g. ENOSPC: wait for the log to double again.
-                    self.compaction.base_size.store(lock(&self.writer.state).pos, Ordering::Relaxed);
+        loop {
+            let live = snap.live_bytes();
+            if !self.failed() && self.needs_compaction(live) {
+                log::info!(
+                    "compacting the log: {} bytes for about {live} bytes of live items",
+                    lock(&self.writer.state).pos
+                );
+                if let Err(e) = self.compact(snap) {
+                    if !self.life.stopping() {
+                        log::warn!("log compaction failed: {e}");
+                        // Don't retry every second on e.g. ENOSPC: wait for the log to double again.
+                        self.compaction.base_size.store(lock(&self.writer.state).pos, Ordering::Relaxed);
+                    }
                 }
+            }
+            if self.life.sleep(Duration::from_secs(1)) {
+                break;
             }
         }
     }

@@ -66,8 +66,10 @@
 //! fsyncs, renames over `kv.log` and fsyncs the directory. The final copy and the switch happen under the I/O lock,
 //! which pauses the writers but not [`Journal::record`]; records appended meanwhile go to the new file.
 //! Until the rename the old file is complete, so a crash at any point loses nothing acknowledged.
-//! Trigger ([`Log::needs_compaction`]): the log is larger than a minimum (64 MiB by default) and more than twice
-//! its size right after the last compaction (or after start-up).
+//! Trigger ([`Log::needs_compaction`], checked right after start-up and then once a second): the log is larger than
+//! a minimum (64 MiB by default) and more than twice both the live data ([`Snapshot::live_bytes`]) and its size
+//! right after the last compaction. After a restart only the live data counts: a large log replayed into little
+//! live data is compacted at once.
 
 mod compaction;
 mod format;
@@ -275,7 +277,6 @@ impl Log {
             st.pos = recovery.bytes;
             st.last_stamp = recovery.last_stamp_ns;
         }
-        sh.compaction.base_size.store(recovery.bytes, Ordering::Relaxed);
         let mut started = self.spawn(&mut threads, "kv-log-writer", Shared::writer_loop);
         if started.is_ok() && sh.policy == FsyncPolicy::Everysec {
             started = self.spawn(&mut threads, "kv-log-fsync", Shared::fsync_loop);
@@ -313,9 +314,10 @@ impl Log {
         self.shared.wait_durable_blocking(seq)
     }
 
-    /// True when the log has grown past the compaction threshold.
-    pub fn needs_compaction(&self) -> bool {
-        self.shared.needs_compaction()
+    /// True when the log has grown past the compaction threshold, given about `live_bytes` of live data
+    /// ([`Snapshot::live_bytes`]).
+    pub fn needs_compaction(&self, live_bytes: u64) -> bool {
+        self.shared.needs_compaction(live_bytes)
     }
 
     /// Sets the minimum log size for [`Log::needs_compaction`] (default [`DEFAULT_COMPACT_MIN_BYTES`]).
@@ -329,8 +331,8 @@ impl Log {
         self.shared.compact(snapshot)
     }
 
-    /// Starts a thread that checks the threshold once a second and compacts from `snapshot`; it stops on close.
-    /// Call it after [`Log::recover`].
+    /// Starts a thread that checks the threshold at once and then once a second, and compacts from `snapshot`;
+    /// it stops on close. Call it after [`Log::recover`].
     pub fn start_compactor(&self, snapshot: Arc<dyn Snapshot>) -> io::Result<()> {
         let mut threads = lock(&self.threads);
         match self.phase() {

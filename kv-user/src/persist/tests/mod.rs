@@ -226,6 +226,11 @@ impl Snapshot for FakeStore {
             }
         }
     }
+
+    fn live_bytes(&self) -> u64 {
+        let st = self.state();
+        st.iter().map(|(k, it)| (k.len() + it.value.len() + 48) as u64).sum()
+    }
 }
 
 fn random_op(rng: &mut u64, tag: usize, n: u64) -> Owned {
