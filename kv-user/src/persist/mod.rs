@@ -77,6 +77,7 @@ mod lock;
 mod recovery;
 #[cfg(test)]
 mod tests;
+pub mod tools;
 mod walk;
 mod writer;
 
