@@ -10,8 +10,8 @@
 //! # Modules
 //! `lock` (the directory lock), `recovery` (replay, tail repair, upgrade of an older format), `writer` (append
 //! buffer, group commit, the fsync thread, durability waits), `compaction`, `format` (the record format, its only
-//! encoder and decoder), `walk` (reading a log file record by record); this module owns the [`Log`]
-//! type, its life cycle and the public API.
+//! encoder and decoder), `walk` (reading a log file record by record), `tools` (`kv-server log`); this module owns
+//! the [`Log`] type, its life cycle and the public API.
 //!
 //! # Files (in the data directory)
 //! - `kv.log`: the live log. `kv.log.tmp`: a compaction or format upgrade in progress (removed at start-up if left
