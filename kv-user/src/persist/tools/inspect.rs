@@ -29,20 +29,22 @@ pub(super) fn verify(dir: &Path) -> anyhow::Result<i32> {
     match damage(walk.end(), at) {
         None => {
             let note = version_note(log.version);
-            println!(
+            writeln!(
+                io::stdout(),
                 "{name}: sound: format version {v}{note}, {records} records, {} bytes, {}",
                 log.len,
                 span.describe()
-            );
+            )?;
             Ok(SOUND)
         }
         Some(why) => {
-            println!(
+            writeln!(
+                io::stdout(),
                 "{name}: DAMAGED: {why}; the {records} records before it are sound (format version {v}, up to offset \
                  {at}); {} bytes from there on cannot be trusted (`kv-server log truncate --at {at}` cuts them off; \
                  a server cuts them at start-up)",
                 log.len - at
-            );
+            )?;
             Ok(DAMAGED)
         }
     }
@@ -277,14 +279,22 @@ pub(super) fn stats(args: &StatsArgs) -> anyhow::Result<i32> {
             "unknown_time_records": span.unknown,
             "damage": problem,
         });
-        println!("{obj}");
+        writeln!(io::stdout(), "{obj}")?;
     } else {
-        println!("log:      {} (format version {v})", log.path.display());
-        println!("bytes:    {} in the file, {at} in whole records", log.len);
-        println!("records:  {records}: set {}, touch {}, delete {}, flush_all {}", ops[0], ops[1], ops[2], ops[3]);
-        println!("keys:     {} seen, {} live now ({live_bytes} bytes of records to keep)", keys.len(), live.len());
-        println!("time:     {}", span.describe());
-        println!("status:   {}", problem.as_deref().unwrap_or("sound"));
+        let (name, (set, touch, delete, flush)) = (log.path.display(), (ops[0], ops[1], ops[2], ops[3]));
+        let (seen, live_keys, status) = (keys.len(), live.len(), problem.as_deref().unwrap_or("sound"));
+        let text = format!(
+            "log:      {name} (format version {v})\n\
+             bytes:    {} in the file, {at} in whole records\n\
+             records:  {records}: set {set}, touch {touch}, delete {delete}, flush_all {flush}\n\
+             keys:     {seen} seen, {live_keys} live now ({live_bytes} bytes of records to keep)\n\
+             time:     {}\n\
+             status:   {status}\n",
+            log.len,
+            span.describe()
+        );
+        // Not println!: it panics when stdout is gone (`| head`); an error here ends the tool with 141.
+        io::stdout().write_all(text.as_bytes())?;
     }
     Ok(if problem.is_some() { DAMAGED } else { SOUND })
 }

@@ -1,7 +1,7 @@
 //! `truncate`: cutting the log at a record boundary by hand, keeping what is cut off.
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -88,7 +88,7 @@ pub(super) fn truncate(args: &TruncateArgs) -> anyhow::Result<i32> {
     };
     let name = log.path.display();
     if cut == log.len {
-        println!("{name}: nothing to cut: the log ends at offset {cut} ({kept} records)");
+        writeln!(io::stdout(), "{name}: nothing to cut: the log ends at offset {cut} ({kept} records)")?;
         return Ok(SOUND);
     }
     let dropped = log.len - cut;
@@ -107,11 +107,12 @@ pub(super) fn truncate(args: &TruncateArgs) -> anyhow::Result<i32> {
     f.set_len(cut).and_then(|()| f.sync_all()).with_context(|| format!("cannot truncate {name}"))?;
     sync_dir(dir)?;
     let damaged = problem.map_or(String::new(), |_| format!(" and {} damaged bytes", log.len - valid_end));
-    println!(
+    writeln!(
+        io::stdout(),
         "{name}: cut at offset {cut}, {why}: kept {kept} records; removed {removed} records{damaged} ({dropped} bytes), \
          saved in {} (to undo before a server appends: cat that file >> {LOG_FILE})",
         keep.display()
-    );
+    )?;
     Ok(SOUND)
 }
 
