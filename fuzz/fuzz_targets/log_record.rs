@@ -3,7 +3,7 @@
 //! it); a corrupted copy of an accepted record must never decode to something else.
 #![no_main]
 
-use kv_user::persist::{decode, encode, Decoded, MAX_BODY_LEN, RECORD_HEADER_LEN};
+use kv_user::persist::{decode, encode, Decoded, MAX_BODY_LEN, RECORD_HEADER_LEN, STAMP_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,10 +12,12 @@ fuzz_target!(|data: &[u8]| {
     while at < data.len() {
         let rest = &data[at..];
         match decode(rest) {
-            Decoded::Ok(rec, n) => {
-                assert!(n >= RECORD_HEADER_LEN && n <= rest.len() && n - RECORD_HEADER_LEN <= MAX_BODY_LEN);
+            Decoded::Ok(entry, n) => {
+                let rec = entry.rec;
+                let frame = RECORD_HEADER_LEN + STAMP_LEN;
+                assert!(n >= frame && n <= rest.len() && n - frame <= MAX_BODY_LEN);
                 reencoded.clear();
-                encode(&rec, &mut reencoded).expect("a decoded record must be encodable");
+                encode(&rec, entry.stamp_ns, &mut reencoded).expect("a decoded record must be encodable");
                 assert_eq!(reencoded, &rest[..n], "{rec:?} re-encodes differently");
                 // Every truncation is torn, not another record.
                 let cut = usize::from(rest[0]) % n;
@@ -31,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
                 // Only a buffer shorter than the record its header announces is torn.
                 if rest.len() >= RECORD_HEADER_LEN {
                     let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                    assert!(rest.len() < RECORD_HEADER_LEN + len, "complete record reported torn");
+                    assert!(rest.len() < RECORD_HEADER_LEN + len + STAMP_LEN, "complete record reported torn");
                 }
                 return;
             }

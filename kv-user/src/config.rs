@@ -61,7 +61,7 @@ impl ValueEnum for XdpMode {
 
 /// memcached-compatible key-value cache with an in-kernel (XDP) GET path.
 #[derive(Debug, Clone, PartialEq, Parser)]
-#[command(name = "kv-server", version, about)]
+#[command(name = "kv-server", version, about, after_help = crate::persist::tools::SERVER_HELP)]
 pub struct Config {
     /// Read settings from this TOML file first (keys = the long flag names; flags given here win).
     #[arg(long = "config", value_name = "PATH")]

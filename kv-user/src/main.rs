@@ -14,6 +14,11 @@ use kv_user::stats::Stats;
 use kv_user::store::{Store, StoreOptions};
 
 fn main() -> Result<()> {
+    // `kv-server log <verb>`: the log tools, not a server. No server flag is a bare word, so this takes nothing
+    // from the server's command line.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "log") {
+        std::process::exit(kv_user::persist::tools::main(std::env::args_os()));
+    }
     fixed_mmap_threshold();
     let cfg = match Config::load_from(std::env::args_os()) {
         Ok(c) => c,

@@ -49,4 +49,7 @@ impl Journal for NoJournal {
 /// (plus one `Record::FlushAll` first if a delayed flush is pending), each under its shard's lock.
 pub trait Snapshot: Send + Sync {
     fn for_each_live(&self, f: &mut dyn FnMut(&Record<'_>));
+    /// About how many bytes the live items take (keys, values and per-item overhead), cheaply: the log
+    /// compares its size with it to decide when to compact.
+    fn live_bytes(&self) -> u64;
 }

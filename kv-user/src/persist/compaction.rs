@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::format::{encode, file_header, FILE_HEADER_LEN};
+use super::format::{encode, file_header, Version, FILE_HEADER_LEN};
 use super::{copy_range, lock, sync_dir, Shared, IO_CHUNK};
 use crate::record::Snapshot;
 
@@ -35,7 +35,8 @@ pub(super) struct Compaction {
     /// Serializes compactions.
     one: Mutex<()>,
     pub(super) min_bytes: AtomicU64,
-    /// Log size after the last compaction or start-up.
+    /// Log size after the last compaction (or a failed one), 0 from start-up: the log must double from it
+    /// before the next one, so a compaction that carried over a large tail is not repeated at once.
     pub(super) base_size: AtomicU64,
     pub(super) count: AtomicU64,
 }
@@ -52,10 +53,14 @@ impl Compaction {
 }
 
 impl Shared {
-    pub(super) fn needs_compaction(&self) -> bool {
+    /// The trigger: the log is over the minimum size and more than twice both the live data (`live_bytes`, the
+    /// store's estimate) and its size after the last compaction. From start-up only the live data counts, so a
+    /// log replayed into far fewer live bytes is compacted right away, not once it has doubled again.
+    pub(super) fn needs_compaction(&self, live_bytes: u64) -> bool {
         let pos = lock(&self.writer.state).pos;
         let c = &self.compaction;
-        pos > c.min_bytes.load(Ordering::Relaxed) && pos > 2 * c.base_size.load(Ordering::Relaxed)
+        let floor = live_bytes.max(c.base_size.load(Ordering::Relaxed));
+        pos > c.min_bytes.load(Ordering::Relaxed) && pos / 2 > floor
     }
 
     pub(super) fn compact(&self, snap: &dyn Snapshot) -> io::Result<CompactStats> {
@@ -64,12 +69,17 @@ impl Shared {
             return Err(e);
         }
         let started = Instant::now();
-        // Everything from this offset on must be carried over: the snapshot may miss it.
-        let mark = lock(&self.writer.state).pos;
+        // Everything from this offset on must be carried over: the snapshot may miss it. The snapshot's records
+        // are stamped with this moment, taken in log order, so stamps never decrease along the new file either.
+        let now = crate::clock::unix_now_ns_coarse();
+        let (mark, stamp) = {
+            let mut st = lock(&self.writer.state);
+            (st.pos, st.next_stamp(now))
+        };
         // Until our rename, this path is the writer's file.
         let old = File::open(&self.paths.log)?;
         let tmp = OpenOptions::new().write(true).create(true).truncate(true).open(&self.paths.tmp)?;
-        let res = self.compact_into(snap, &old, tmp, mark);
+        let res = self.compact_into(snap, &old, tmp, mark, stamp);
         if res.is_err() {
             let _ = fs::remove_file(&self.paths.tmp);
         }
@@ -86,10 +96,17 @@ impl Shared {
         res
     }
 
-    fn compact_into(&self, snap: &dyn Snapshot, old: &File, tmp: File, mark: u64) -> io::Result<CompactStats> {
+    fn compact_into(
+        &self,
+        snap: &dyn Snapshot,
+        old: &File,
+        tmp: File,
+        mark: u64,
+        stamp: u64,
+    ) -> io::Result<CompactStats> {
         let mut stats = CompactStats::default();
         let mut w = BufWriter::with_capacity(IO_CHUNK, &tmp);
-        w.write_all(&file_header())?;
+        w.write_all(&file_header(Version::CURRENT))?;
         let mut written = FILE_HEADER_LEN as u64;
         let mut err = None;
         let mut scratch = Vec::new();
@@ -98,7 +115,7 @@ impl Shared {
                 return;
             }
             scratch.clear();
-            match encode(rec, &mut scratch) {
+            match encode(rec, stamp, &mut scratch) {
                 Ok(()) => match w.write_all(&scratch) {
                     Ok(()) => {
                         written += scratch.len() as u64;
@@ -177,17 +194,26 @@ impl Shared {
         Ok(stats)
     }
 
+    /// Checks the trigger at once (right after replay, a log much larger than the live data is compacted before
+    /// it grows further), then once a second.
     pub(super) fn compactor_loop(&self, snap: &dyn Snapshot) {
-        while !self.life.sleep(Duration::from_secs(1)) {
-            if !self.needs_compaction() || self.failed() {
-                continue;
-            }
-            if let Err(e) = self.compact(snap) {
-                if !self.life.stopping() {
-                    log::warn!("log compaction failed: {e}");
-                    // Don't retry every second on e.g. ENOSPC: wait for the log to double again.
-                    self.compaction.base_size.store(lock(&self.writer.state).pos, Ordering::Relaxed);
+        loop {
+            let live = snap.live_bytes();
+            if !self.failed() && self.needs_compaction(live) {
+                log::info!(
+                    "compacting the log: {} bytes for about {live} bytes of live items",
+                    lock(&self.writer.state).pos
+                );
+                if let Err(e) = self.compact(snap) {
+                    if !self.life.stopping() {
+                        log::warn!("log compaction failed: {e}");
+                        // Don't retry every second on e.g. ENOSPC: wait for the log to double again.
+                        self.compaction.base_size.store(lock(&self.writer.state).pos, Ordering::Relaxed);
+                    }
                 }
+            }
+            if self.life.sleep(Duration::from_secs(1)) {
+                break;
             }
         }
     }

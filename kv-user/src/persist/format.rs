@@ -1,4 +1,7 @@
 //! The on-disk encoding of the log: pure functions, no I/O. See the layout in the parent module's docs.
+//!
+//! Version 2 (written) ends every record with the wall-clock time it was logged; version 1 (read only, upgraded
+//! at start-up) has no stamp. Everything else is the same in both.
 
 use std::fmt;
 
@@ -6,12 +9,14 @@ use crate::record::Record;
 
 /// Identifies a kv log file; the trailing bytes catch text-mode/line-ending mangling.
 pub const MAGIC: [u8; 8] = *b"KVLOG\0\r\n";
-/// Bumped on any incompatible change of the layout below.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version this build writes. Bumped on any incompatible change of the layout below.
+pub const FORMAT_VERSION: u32 = 2;
 /// `magic[8] | version u32 | crc32(magic, version) u32`.
 pub const FILE_HEADER_LEN: usize = 16;
-/// `len u32 | crc32 u32 | type u8`, then `len` bytes of body.
+/// `len u32 | crc u32 | type u8`, then `len` bytes of body (and, from version 2, the stamp).
 pub const RECORD_HEADER_LEN: usize = 9;
+/// Version 2's trailer: unix time in nanoseconds when the record was logged (0: unknown, upgraded from version 1).
+pub const STAMP_LEN: usize = 8;
 /// Longest key a record may carry (memcached's limit, from the wire contract).
 pub use kv_common::MAX_KEY_LEN;
 /// The largest value the server can be configured to accept (`-I 1g`); anything longer is corruption.
@@ -26,14 +31,107 @@ const T_TOUCH: u8 = 2;
 const T_DELETE: u8 = 3;
 const T_FLUSH_ALL: u8 = 4;
 
-/// The file header every log starts with.
-pub fn file_header() -> [u8; FILE_HEADER_LEN] {
+/// A log format this build reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Version {
+    /// No stamps. Read, never written: start-up rewrites such a log as [`Version::V2`].
+    V1 = 1,
+    /// Every record ends with its stamp.
+    V2 = 2,
+}
+
+impl Version {
+    /// What this build writes.
+    pub const CURRENT: Version = Version::V2;
+
+    pub fn number(self) -> u32 {
+        self as u32
+    }
+
+    fn from_number(v: u32) -> Option<Version> {
+        match v {
+            1 => Some(Version::V1),
+            2 => Some(Version::V2),
+            _ => None,
+        }
+    }
+
+    /// Bytes after the body.
+    fn trailer(self) -> usize {
+        match self {
+            Version::V1 => 0,
+            Version::V2 => STAMP_LEN,
+        }
+    }
+}
+
+/// The file header for `v` (a log this build writes starts with `file_header(Version::CURRENT)`).
+pub fn file_header(v: Version) -> [u8; FILE_HEADER_LEN] {
     let mut h = [0u8; FILE_HEADER_LEN];
     h[..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&v.number().to_le_bytes());
     let crc = crc32fast::hash(&h[..12]);
     h[12..].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// Why a file does not start with a header this build reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Shorter than a header and a prefix of one: a crash while the log was being created.
+    Torn,
+    /// Not a kv log file at all.
+    BadMagic,
+    /// A kv log of a version this build does not read (a newer server wrote it).
+    Unsupported(u32),
+    BadChecksum,
+}
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderError::Torn => f.write_str("torn file header"),
+            HeaderError::BadMagic => f.write_str("not a kv log file (bad magic)"),
+            HeaderError::Unsupported(v) => write!(
+                f,
+                "log format version {v}; this build reads versions {} to {FORMAT_VERSION}",
+                Version::V1.number()
+            ),
+            HeaderError::BadChecksum => f.write_str("file header checksum mismatch"),
+        }
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
+/// Reads the file header at the start of `buf` (which may hold more).
+pub fn parse_header(buf: &[u8]) -> Result<Version, HeaderError> {
+    let h = &buf[..buf.len().min(FILE_HEADER_LEN)];
+    if h.len() < FILE_HEADER_LEN {
+        let prefix_of = |v: Version| file_header(v).starts_with(h);
+        return Err(if prefix_of(Version::V1) || prefix_of(Version::V2) {
+            HeaderError::Torn
+        } else {
+            HeaderError::BadMagic
+        });
+    }
+    if h[..8] != MAGIC {
+        return Err(HeaderError::BadMagic);
+    }
+    let n = u32_at(h, 8);
+    if u32_at(h, 12) != crc32fast::hash(&h[..12]) {
+        return Err(HeaderError::BadChecksum);
+    }
+    Version::from_number(n).ok_or(HeaderError::Unsupported(n))
+}
+
+/// A record as the log holds it: the mutation and when it was logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub rec: Record<'a>,
+    /// Unix time in nanoseconds when the record was logged; 0 for records from a version 1 log. Never
+    /// decreases along a log written by this build (the writer holds it at the last one if the clock steps back).
+    pub stamp_ns: u64,
 }
 
 /// A record the format cannot represent (the store handed over something outside memcached's limits).
@@ -63,9 +161,36 @@ fn check_key(key: &[u8]) -> Result<(), EncodeError> {
     Ok(())
 }
 
-/// Appends one framed record to `out`. On error `out` is left unchanged, so the decoder never sees
-/// anything it would reject.
-pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+/// Appends one framed record, stamped `stamp_ns`, to `out`. On error `out` is left unchanged, so the decoder
+/// never sees anything it would reject.
+pub fn encode(rec: &Record<'_>, stamp_ns: u64, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    encode_unstamped(rec, out)?.stamp(out, stamp_ns);
+    Ok(())
+}
+
+/// A record appended to a buffer but for its stamp (and so its CRC): see [`encode_unstamped`].
+#[must_use = "the record is incomplete until stamped"]
+pub struct Unstamped {
+    start: usize,
+    /// Over everything before the stamp; the stamp goes in last.
+    crc: crc32fast::Hasher,
+}
+
+impl Unstamped {
+    /// Appends the stamp to `out` (the buffer the record was encoded into, unchanged since) and fills in the CRC.
+    pub fn stamp(mut self, out: &mut Vec<u8>, stamp_ns: u64) {
+        let ns = stamp_ns.to_le_bytes();
+        out.extend_from_slice(&ns);
+        self.crc.update(&ns);
+        let crc = self.crc.finalize().to_le_bytes();
+        out[self.start + 4..self.start + 8].copy_from_slice(&crc);
+        debug_assert_eq!(frame_len(Version::CURRENT, &out[self.start..]), Some(out.len() - self.start));
+    }
+}
+
+/// Appends a record to `out` without its stamp, hashing it on the way: the writer encodes outside its lock and
+/// stamps inside it (an 8-byte CRC update), so stamps follow the log's order. On error `out` is unchanged.
+pub fn encode_unstamped(rec: &Record<'_>, out: &mut Vec<u8>) -> Result<Unstamped, EncodeError> {
     let (ty, body_len) = match rec {
         Record::Set { key, value, .. } => {
             check_key(key)?;
@@ -85,10 +210,10 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         Record::FlushAll { .. } => (T_FLUSH_ALL, 16),
     };
     let start = out.len();
-    out.reserve(RECORD_HEADER_LEN + body_len);
+    out.reserve(RECORD_HEADER_LEN + body_len + STAMP_LEN);
     // Bounded by MAX_BODY_LEN < u32::MAX, checked above.
     out.extend_from_slice(&(body_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // crc, filled in below
+    out.extend_from_slice(&[0; 4]); // crc, filled in by stamp()
     out.push(ty);
     match *rec {
         Record::Set { key, flags, exptime, cas, time, value } => {
@@ -116,16 +241,17 @@ pub fn encode(rec: &Record<'_>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         }
     }
     debug_assert_eq!(out.len() - start, RECORD_HEADER_LEN + body_len);
-    let crc = record_crc(&out[start..start + 4], &out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out[start..start + 4]);
+    crc.update(&out[start + 8..]);
+    Ok(Unstamped { start, crc })
 }
 
-/// CRC over the length field, the type byte and the body (everything in the frame but the CRC itself).
-fn record_crc(len: &[u8], type_and_body: &[u8]) -> u32 {
+/// CRC over every byte of the frame but the CRC field itself: length, type, body (and stamp, in version 2).
+fn record_crc(frame: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    h.update(len);
-    h.update(type_and_body);
+    h.update(&frame[..4]);
+    h.update(&frame[8..]);
     h.finalize()
 }
 
@@ -133,7 +259,7 @@ fn record_crc(len: &[u8], type_and_body: &[u8]) -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// A valid record and the number of bytes it occupies.
-    Ok(Record<'a>, usize),
+    Ok(Entry<'a>, usize),
     /// The buffer ends inside a record whose header looks sane: a torn write, or more data is needed.
     Incomplete,
     /// The bytes cannot be a record written by [`encode`]; the reason is for the operator's log.
@@ -152,24 +278,39 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Decodes the record at the start of `buf`. Never panics and never allocates: lengths are checked
-/// against the buffer and the format's limits before use.
+/// How many bytes the record at the start of `buf` occupies, from its length field; `None` while the buffer
+/// does not yet hold a whole record header. A length over the format's limit is reported as is (the decoder
+/// rejects it): readers use this only to know whether to read more before decoding.
+pub fn frame_len(v: Version, buf: &[u8]) -> Option<usize> {
+    (buf.len() >= RECORD_HEADER_LEN).then(|| RECORD_HEADER_LEN + u32_at(buf, 0) as usize + v.trailer())
+}
+
+/// Decodes a current-version record at the start of `buf`; see [`decode_as`].
 pub fn decode(buf: &[u8]) -> Decoded<'_> {
-    if buf.len() < RECORD_HEADER_LEN {
+    decode_as(Version::CURRENT, buf)
+}
+
+/// Decodes the record of a `v` log at the start of `buf`. Never panics and never allocates: lengths are checked
+/// against the buffer and the format's limits before use.
+pub fn decode_as(v: Version, buf: &[u8]) -> Decoded<'_> {
+    let Some(total) = frame_len(v, buf) else {
         return Decoded::Incomplete;
-    }
+    };
     let len = u32_at(buf, 0) as usize;
     if len > MAX_BODY_LEN {
         return Decoded::Corrupt("record length exceeds the format limit");
     }
-    let total = RECORD_HEADER_LEN + len;
     if buf.len() < total {
         return Decoded::Incomplete;
     }
-    if record_crc(&buf[..4], &buf[8..total]) != u32_at(buf, 4) {
+    if record_crc(&buf[..total]) != u32_at(buf, 4) {
         return Decoded::Corrupt("crc mismatch");
     }
-    let body = &buf[RECORD_HEADER_LEN..total];
+    let body = &buf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + len];
+    let stamp_ns = match v {
+        Version::V1 => 0,
+        Version::V2 => u64_at(buf, RECORD_HEADER_LEN + len),
+    };
     let rec = match buf[8] {
         T_SET => {
             let Some((key, rest)) = split_key(body) else {
@@ -213,7 +354,7 @@ pub fn decode(buf: &[u8]) -> Decoded<'_> {
         }
         _ => return Decoded::Corrupt("unknown record type"),
     };
-    Decoded::Ok(rec, total)
+    Decoded::Ok(Entry { rec, stamp_ns }, total)
 }
 
 /// Splits `klen u8 | key` off the front of a body.
@@ -248,9 +389,11 @@ mod tests {
         ]
     }
 
+    const STAMP: u64 = 1_733_000_000_123_456_789;
+
     fn enc(r: &Record<'_>) -> Vec<u8> {
         let mut v = Vec::new();
-        encode(r, &mut v).unwrap();
+        encode(r, STAMP, &mut v).unwrap();
         v
     }
 
@@ -258,20 +401,67 @@ mod tests {
     fn round_trip_every_type() {
         for r in samples() {
             let v = enc(&r);
-            assert_eq!(decode(&v), Decoded::Ok(r, v.len()));
+            let want = Entry { rec: r, stamp_ns: STAMP };
+            assert_eq!(decode(&v), Decoded::Ok(want, v.len()));
+            assert_eq!(frame_len(Version::V2, &v), Some(v.len()));
             // Trailing bytes belong to the next record and are left alone.
             let mut w = v.clone();
             w.extend_from_slice(b"next");
-            assert_eq!(decode(&w), Decoded::Ok(r, v.len()));
+            assert_eq!(decode(&w), Decoded::Ok(want, v.len()));
         }
     }
 
     #[test]
-    fn header_is_stable() {
-        let h = file_header();
-        assert_eq!(&h[..8], &MAGIC);
-        assert_eq!(u32_at(&h, 8), FORMAT_VERSION);
-        assert_eq!(u32_at(&h, 12), crc32fast::hash(&h[..12]));
+    fn the_stamp_is_the_last_8_bytes_and_costs_8_bytes() {
+        let r = Record::Delete { key: b"gone" };
+        let v = enc(&r);
+        assert_eq!(v.len(), RECORD_HEADER_LEN + 1 + 4 + STAMP_LEN);
+        assert_eq!(u64_at(&v, v.len() - 8), STAMP);
+        // Stamping later (as the writer does) gives the same bytes.
+        let mut w = b"prefix".to_vec();
+        let pending = encode_unstamped(&r, &mut w).unwrap();
+        pending.stamp(&mut w, STAMP);
+        assert_eq!(&w[6..], &v[..]);
+    }
+
+    #[test]
+    fn version_1_records_decode_without_a_stamp() {
+        // A version 1 frame is a version 2 frame without the stamp, its CRC over the rest.
+        for r in samples() {
+            let mut v = enc(&r);
+            v.truncate(v.len() - STAMP_LEN);
+            let crc = record_crc(&v);
+            v[4..8].copy_from_slice(&crc.to_le_bytes());
+            assert_eq!(decode_as(Version::V1, &v), Decoded::Ok(Entry { rec: r, stamp_ns: 0 }, v.len()));
+            // Read as the other version it is torn or corrupt, never a record.
+            assert!(!matches!(decode(&v), Decoded::Ok(..)));
+        }
+    }
+
+    #[test]
+    fn headers() {
+        for v in [Version::V1, Version::V2] {
+            let h = file_header(v);
+            assert_eq!(&h[..8], &MAGIC);
+            assert_eq!(u32_at(&h, 8), v.number());
+            assert_eq!(u32_at(&h, 12), crc32fast::hash(&h[..12]));
+            assert_eq!(parse_header(&h), Ok(v));
+            for cut in 0..FILE_HEADER_LEN {
+                assert_eq!(parse_header(&h[..cut]), Err(HeaderError::Torn), "cut at {cut}");
+            }
+        }
+        assert_eq!(Version::CURRENT.number(), FORMAT_VERSION);
+        let mut h = file_header(Version::CURRENT);
+        h[15] ^= 1;
+        assert_eq!(parse_header(&h), Err(HeaderError::BadChecksum));
+        assert_eq!(parse_header(b"not a log at all"), Err(HeaderError::BadMagic));
+        assert_eq!(parse_header(b"nope"), Err(HeaderError::BadMagic));
+        let mut h3 = file_header(Version::CURRENT);
+        h3[8] = 3;
+        let crc = crc32fast::hash(&h3[..12]);
+        h3[12..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(parse_header(&h3), Err(HeaderError::Unsupported(3)));
+        assert!(HeaderError::Unsupported(3).to_string().contains("versions 1 to 2"));
     }
 
     #[test]
@@ -309,12 +499,14 @@ mod tests {
         let mut v = vec![0u8; RECORD_HEADER_LEN];
         v[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode(&v), Decoded::Corrupt(_)));
+        assert!(matches!(decode_as(Version::V1, &v), Decoded::Corrupt(_)));
     }
 
     #[test]
     fn zeros_are_not_a_record() {
         assert!(matches!(decode(&[0u8; 64]), Decoded::Corrupt(_)));
         assert_eq!(decode(&[0u8; 5]), Decoded::Incomplete);
+        assert_eq!(frame_len(Version::V2, &[0u8; 5]), None);
     }
 
     /// Frames a body with a correct CRC, to reach the body checks behind the CRC.
@@ -324,7 +516,8 @@ mod tests {
         v.extend_from_slice(&[0; 4]);
         v.push(ty);
         v.extend_from_slice(body);
-        let crc = record_crc(&v[..4], &v[8..]);
+        v.extend_from_slice(&STAMP.to_le_bytes());
+        let crc = record_crc(&v);
         v[4..8].copy_from_slice(&crc.to_le_bytes());
         v
     }
@@ -365,9 +558,9 @@ mod tests {
     fn oversized_records_refused_and_out_untouched() {
         let long = vec![b'k'; MAX_KEY_LEN + 1];
         let mut out = vec![1, 2, 3];
-        assert_eq!(encode(&Record::Delete { key: &long }, &mut out), Err(EncodeError::KeyTooLong(251)));
+        assert_eq!(encode(&Record::Delete { key: &long }, 0, &mut out), Err(EncodeError::KeyTooLong(251)));
         assert_eq!(
-            encode(&Record::Touch { key: &long, exptime: 0, cas: 0 }, &mut out),
+            encode(&Record::Touch { key: &long, exptime: 0, cas: 0 }, 0, &mut out),
             Err(EncodeError::KeyTooLong(251))
         );
         assert_eq!(out, vec![1, 2, 3]);

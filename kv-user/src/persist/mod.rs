@@ -8,12 +8,14 @@
 //! are written and fsynced).
 //!
 //! # Modules
-//! `lock` (the directory lock), `recovery` (replay and tail repair), `writer` (append buffer, group commit, the
-//! fsync thread, durability waits), `compaction`, `format` (the record format); this module owns the [`Log`]
-//! type, its life cycle and the public API.
+//! `lock` (the directory lock), `recovery` (replay, tail repair, upgrade of an older format), `writer` (append
+//! buffer, group commit, the fsync thread, durability waits), `compaction`, `format` (the record format, its only
+//! encoder and decoder), `walk` (reading a log file record by record), `tools` (`kv-server log`); this module owns
+//! the [`Log`] type, its life cycle and the public API.
 //!
 //! # Files (in the data directory)
-//! - `kv.log`: the live log. `kv.log.tmp`: a compaction in progress (removed at start-up if left over).
+//! - `kv.log`: the live log. `kv.log.tmp`: a compaction or format upgrade in progress (removed at start-up if left
+//!   over).
 //! - `LOCK`: held with `flock(LOCK_EX)` while a server owns the directory; contains its pid.
 //! - `kv.log.dropped-<unix time>-at-<offset>`: a copy of bytes cut off at start-up because they were corrupt
 //!   (or a torn tail over 64 KiB, which may hide a damaged length field), kept for the operator.
@@ -21,8 +23,9 @@
 //! # Format (all integers little-endian)
 //! ```text
 //! file   := header record*
-//! header := magic "KVLOG\0\r\n" (8) | version u32 (= 1) | crc32(magic, version) u32
-//! record := len u32 | crc u32 | type u8 | body[len]       crc = crc32(len bytes, type, body)
+//! header := magic "KVLOG\0\r\n" (8) | version u32 (= 2) | crc32(magic, version) u32
+//! record := len u32 | crc u32 | type u8 | body[len] | stamp u64
+//!           crc = crc32 of every byte of the record but the crc field (len, type, body, stamp)
 //! body   := Set      (1): klen u8 | key | flags u32 | exptime u64 | cas u64 | time u64 | value (rest of body)
 //!         | Touch    (2): klen u8 | key | exptime u64 | cas u64
 //!         | Delete   (3): klen u8 | key
@@ -32,6 +35,14 @@
 //! is allocated. Exptimes are absolute, so replay of an old record cannot resurrect an expired item: the store's
 //! apply drops it.
 //!
+//! The stamp is the wall-clock time the record was logged, in unix nanoseconds (read from the coarse clock: the
+//! resolution of a timer tick). The writer stamps under its append lock and never below the last stamp (also
+//! across restarts), so stamps never decrease along the log and "the log up to time T" is a prefix of it.
+//! Compaction stamps its snapshot records with the time the snapshot started.
+//!
+//! Version 1 (no stamp; otherwise identical) is still read: start-up replays such a log and rewrites it in
+//! version 2 (`recovery`), its records stamped 0 ("time unknown", older than any stamped record).
+
 //! # Durability
 //! [`Journal::record`] only encodes into an in-memory buffer and returns a sequence number (cheap enough to call
 //! under a shard lock). Whoever holds the I/O lock drains the whole buffer with one `write(2)` per batch. The
@@ -55,8 +66,10 @@
 //! fsyncs, renames over `kv.log` and fsyncs the directory. The final copy and the switch happen under the I/O lock,
 //! which pauses the writers but not [`Journal::record`]; records appended meanwhile go to the new file.
 //! Until the rename the old file is complete, so a crash at any point loses nothing acknowledged.
-//! Trigger ([`Log::needs_compaction`]): the log is larger than a minimum (64 MiB by default) and more than twice
-//! its size right after the last compaction (or after start-up).
+//! Trigger ([`Log::needs_compaction`], checked right after start-up and then once a second): the log is larger than
+//! a minimum (64 MiB by default) and more than twice both the live data ([`Snapshot::live_bytes`]) and its size
+//! right after the last compaction. After a restart only the live data counts: a large log replayed into little
+//! live data is compacted at once.
 
 mod compaction;
 mod format;
@@ -64,12 +77,14 @@ mod lock;
 mod recovery;
 #[cfg(test)]
 mod tests;
+pub mod tools;
+mod walk;
 mod writer;
 
 pub use compaction::{CompactStats, DEFAULT_COMPACT_MIN_BYTES};
 pub use format::{
-    decode, encode, file_header, Decoded, EncodeError, FILE_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_BODY_LEN,
-    MAX_KEY_LEN, MAX_VALUE_LEN, RECORD_HEADER_LEN,
+    decode, decode_as, encode, file_header, frame_len, parse_header, Decoded, EncodeError, Entry, HeaderError, Version,
+    FILE_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_BODY_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, RECORD_HEADER_LEN, STAMP_LEN,
 };
 pub use recovery::Recovery;
 pub use writer::REJECTED_SEQ;
@@ -258,8 +273,11 @@ impl Log {
             }
             recovery
         };
-        lock(&sh.writer.state).pos = recovery.bytes;
-        sh.compaction.base_size.store(recovery.bytes, Ordering::Relaxed);
+        {
+            let mut st = lock(&sh.writer.state);
+            st.pos = recovery.bytes;
+            st.last_stamp = recovery.last_stamp_ns;
+        }
         let mut started = self.spawn(&mut threads, "kv-log-writer", Shared::writer_loop);
         if started.is_ok() && sh.policy == FsyncPolicy::Everysec {
             started = self.spawn(&mut threads, "kv-log-fsync", Shared::fsync_loop);
@@ -297,9 +315,10 @@ impl Log {
         self.shared.wait_durable_blocking(seq)
     }
 
-    /// True when the log has grown past the compaction threshold.
-    pub fn needs_compaction(&self) -> bool {
-        self.shared.needs_compaction()
+    /// True when the log has grown past the compaction threshold, given about `live_bytes` of live data
+    /// ([`Snapshot::live_bytes`]).
+    pub fn needs_compaction(&self, live_bytes: u64) -> bool {
+        self.shared.needs_compaction(live_bytes)
     }
 
     /// Sets the minimum log size for [`Log::needs_compaction`] (default [`DEFAULT_COMPACT_MIN_BYTES`]).
@@ -313,8 +332,8 @@ impl Log {
         self.shared.compact(snapshot)
     }
 
-    /// Starts a thread that checks the threshold once a second and compacts from `snapshot`; it stops on close.
-    /// Call it after [`Log::recover`].
+    /// Starts a thread that checks the threshold at once and then once a second, and compacts from `snapshot`;
+    /// it stops on close. Call it after [`Log::recover`].
     pub fn start_compactor(&self, snapshot: Arc<dyn Snapshot>) -> io::Result<()> {
         let mut threads = lock(&self.threads);
         match self.phase() {

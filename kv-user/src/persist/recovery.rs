@@ -1,12 +1,13 @@
 //! Start-up: opening (or creating) the log file, replaying it, and repairing a torn or corrupt tail.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
 
-use super::format::{decode, file_header, Decoded, FILE_HEADER_LEN, FORMAT_VERSION, MAGIC};
+use super::format::{encode, file_header, parse_header, HeaderError, Version, FILE_HEADER_LEN};
+use super::walk::{End, Walk};
 use super::{copy_range, sync_dir, Paths, IO_CHUNK, LOG_FILE};
 use crate::record::Record;
 
@@ -21,6 +22,10 @@ pub struct Recovery {
     pub dropped_bytes: u64,
     /// Why they were cut, with the offset; `None` if the log was intact.
     pub dropped_reason: Option<String>,
+    /// The format version the log had, if it was an older one, rewritten in the current format.
+    pub upgraded_from: Option<u32>,
+    /// The latest record stamp found (unix ns; 0 if none): new stamps never go below it.
+    pub last_stamp_ns: u64,
 }
 
 /// A torn tail longer than this is treated like corruption (a copy is kept): one torn batch is rarely this big,
@@ -44,8 +49,9 @@ fn open_append(path: &Path) -> anyhow::Result<File> {
     OpenOptions::new().read(true).append(true).open(path).with_context(|| format!("cannot open {}", path.display()))
 }
 
-/// Replays the log in `file` (from [`open_log_file`]) into `apply` and cuts a torn or corrupt tail. Returns
-/// the report, and the file to append to instead of `file` if the log had to be created again.
+/// Replays the log in `file` (from [`open_log_file`]) into `apply` and cuts a torn or corrupt tail; an older
+/// format's log is rewritten in the current one as it is replayed. Returns the report, and the file to append
+/// to instead of `file` if the log was created again or rewritten.
 pub(super) fn replay(
     paths: &Paths,
     file: &File,
@@ -54,106 +60,111 @@ pub(super) fn replay(
     let path = &paths.log;
     let file_len = file.metadata()?.len();
     let mut recovery = Recovery::default();
-    let mut replaced = None;
     let mut reader = file;
     reader.seek(SeekFrom::Start(0)).with_context(|| format!("cannot read {}", path.display()))?;
-    if !check_header(&mut reader, path)? {
+    let Some(version) = check_header(&mut reader, path)? else {
         log::warn!("{}: torn file header ({file_len} bytes), starting an empty log", path.display());
         create_log(paths)?;
-        replaced = Some(open_append(path)?);
+        let replaced = open_append(path)?;
+        recovery.bytes = replaced.metadata()?.len();
         recovery.dropped_bytes = file_len;
         recovery.dropped_reason = Some(format!("torn file header ({file_len} bytes)"));
-    } else {
-        let s = scan(&mut reader, apply).with_context(|| format!("cannot read {}", path.display()))?;
-        recovery.records = s.records;
-        if let Some((reason, corrupt)) = s.stop {
-            let (dropped, reason) = repair_tail(paths, file, file_len, s.valid_end, reason, corrupt)?;
-            recovery.dropped_bytes = dropped;
-            recovery.dropped_reason = Some(reason);
+        return Ok((recovery, Some(replaced)));
+    };
+    let mut upgrade = None;
+    if version != Version::CURRENT {
+        upgrade = Some(Upgrade::start(paths).with_context(|| format!("cannot upgrade {}", path.display()))?);
+    }
+    let mut walk = Walk::new(reader, version);
+    let read_err = || format!("cannot read {}", path.display());
+    while let Some((_, entry, _)) = walk.next().with_context(read_err)? {
+        apply(&entry.rec);
+        recovery.records += 1;
+        recovery.last_stamp_ns = recovery.last_stamp_ns.max(entry.stamp_ns);
+        if let Some(u) = &mut upgrade {
+            u.add(&entry.rec).with_context(|| format!("cannot upgrade {}", path.display()))?;
         }
     }
+    let (valid_end, end) = (walk.offset(), walk.end());
+    let stop = match end {
+        None | Some(End::Clean) => None,
+        Some(End::Torn { bytes }) => Some((format!("torn record at offset {valid_end} ({bytes} bytes)"), false)),
+        Some(End::Corrupt(why)) => Some((format!("corrupt record at offset {valid_end}: {why}"), true)),
+    };
+    if let Some((reason, corrupt)) = stop {
+        let (dropped, reason) = repair_tail(paths, file, file_len, valid_end, reason, corrupt)?;
+        recovery.dropped_bytes = dropped;
+        recovery.dropped_reason = Some(reason);
+    }
+    let replaced = match upgrade {
+        Some(u) => {
+            let f = u.finish(paths).with_context(|| format!("cannot upgrade {}", path.display()))?;
+            log::info!(
+                "{}: rewrote the log from format version {} to {} ({} records; their time is unknown: stamped 0)",
+                path.display(),
+                version.number(),
+                Version::CURRENT.number(),
+                recovery.records
+            );
+            recovery.upgraded_from = Some(version.number());
+            Some(f)
+        }
+        None => None,
+    };
     recovery.bytes = replaced.as_ref().unwrap_or(file).metadata()?.len();
     Ok((recovery, replaced))
+}
+
+/// Rewrites an older format's log in the current one while it is replayed: records are re-encoded with stamp 0
+/// (their time is unknown) into the compaction file, which replaces the log only once complete and synced, so a
+/// crash at any point leaves the old log or the new one, whole.
+struct Upgrade {
+    out: BufWriter<File>,
+    scratch: Vec<u8>,
+}
+
+impl Upgrade {
+    fn start(paths: &Paths) -> io::Result<Upgrade> {
+        let f = OpenOptions::new().write(true).create(true).truncate(true).open(&paths.tmp)?;
+        let mut out = BufWriter::with_capacity(IO_CHUNK, f);
+        out.write_all(&file_header(Version::CURRENT))?;
+        Ok(Upgrade { out, scratch: Vec::new() })
+    }
+
+    fn add(&mut self, rec: &Record<'_>) -> io::Result<()> {
+        self.scratch.clear();
+        // The old format held it, so the current one can: the limits are the same.
+        encode(rec, 0, &mut self.scratch).map_err(io::Error::other)?;
+        self.out.write_all(&self.scratch)
+    }
+
+    fn finish(self, paths: &Paths) -> io::Result<File> {
+        let f = self.out.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&paths.tmp, &paths.log)?;
+        sync_dir(&paths.dir)?;
+        OpenOptions::new().read(true).append(true).open(&paths.log)
+    }
 }
 
 /// Creates an empty log (header only) atomically: a crash leaves either no log or a valid one.
 fn create_log(paths: &Paths) -> io::Result<()> {
     let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&paths.tmp)?;
-    f.write_all(&file_header())?;
+    f.write_all(&file_header(Version::CURRENT))?;
     f.sync_all()?;
     fs::rename(&paths.tmp, &paths.log)?;
     sync_dir(&paths.dir)
 }
 
-/// Checks the file header. `Ok(false)` means the file is a torn prefix of a header (crash during creation).
-fn check_header(file: &mut impl Read, path: &Path) -> anyhow::Result<bool> {
+/// Reads the file header: the log's version, or `None` for a torn prefix of a header (crash during creation).
+fn check_header(file: &mut impl Read, path: &Path) -> anyhow::Result<Option<Version>> {
     let mut h = Vec::with_capacity(FILE_HEADER_LEN);
     file.take(FILE_HEADER_LEN as u64).read_to_end(&mut h)?;
-    let want = file_header();
-    if h.len() < FILE_HEADER_LEN && want.starts_with(&h) {
-        return Ok(false);
-    }
-    if h.len() < FILE_HEADER_LEN || h[..8] != MAGIC {
-        bail!("{} is not a kv log file (bad magic); refusing to touch it", path.display());
-    }
-    if h[8..12] != want[8..12] {
-        let v = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
-        bail!("{} has log format version {v}, this server reads version {FORMAT_VERSION}", path.display());
-    }
-    if h[12..] != want[12..] {
-        bail!("{}: file header checksum mismatch; refusing to touch it", path.display());
-    }
-    Ok(true)
-}
-
-/// Outcome of scanning the records of a log.
-struct Scan {
-    records: u64,
-    valid_end: u64,
-    /// Reason and whether it was corruption (as opposed to a torn tail).
-    stop: Option<(String, bool)>,
-}
-
-/// Replays records from `file` (positioned after the header), reading in chunks so memory stays bounded by the
-/// largest record actually present.
-fn scan(file: &mut impl Read, apply: &mut dyn FnMut(&Record<'_>)) -> io::Result<Scan> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut start = 0usize;
-    let mut offset = FILE_HEADER_LEN as u64;
-    let mut records = 0u64;
-    let mut eof = false;
-    loop {
-        match decode(&buf[start..]) {
-            Decoded::Ok(rec, n) => {
-                apply(&rec);
-                records += 1;
-                start += n;
-                offset += n as u64;
-            }
-            Decoded::Incomplete if !eof => {
-                buf.drain(..start);
-                start = 0;
-                let have = buf.len();
-                buf.resize(have + IO_CHUNK, 0);
-                let n = loop {
-                    match file.read(&mut buf[have..]) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        r => break r?,
-                    }
-                };
-                buf.truncate(have + n);
-                eof = n == 0;
-            }
-            Decoded::Incomplete => {
-                let left = buf.len() - start;
-                let stop = (left > 0).then(|| (format!("torn record at offset {offset} ({left} bytes)"), false));
-                return Ok(Scan { records, valid_end: offset, stop });
-            }
-            Decoded::Corrupt(why) => {
-                let stop = Some((format!("corrupt record at offset {offset}: {why}"), true));
-                return Ok(Scan { records, valid_end: offset, stop });
-            }
-        }
+    match parse_header(&h) {
+        Ok(v) => Ok(Some(v)),
+        Err(HeaderError::Torn) => Ok(None),
+        Err(e) => bail!("{}: {e}; refusing to touch it", path.display()),
     }
 }
 

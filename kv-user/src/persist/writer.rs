@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, TryLockError};
 use std::time::Duration;
 
-use super::format::encode;
+use super::format::encode_unstamped;
 use super::{lock, FsyncPolicy, Phase, Shared, IO_CHUNK};
 use crate::record::Record;
 
@@ -36,6 +36,16 @@ pub(super) struct Pending {
     /// Length the log file will have once `buf` is written.
     pub(super) pos: u64,
     pub(super) records: u64,
+    /// The last stamp given (unix ns): stamps follow the log's order even if the clock steps back.
+    pub(super) last_stamp: u64,
+}
+
+impl Pending {
+    /// The stamp for a record appended now (`now_ns` from the wall clock): never below the last one.
+    pub(super) fn next_stamp(&mut self, now_ns: u64) -> u64 {
+        self.last_stamp = self.last_stamp.max(now_ns);
+        self.last_stamp
+    }
 }
 
 /// The append side of the log.
@@ -64,7 +74,7 @@ impl Writer {
     /// `file` is the log, opened for appending; nothing is pending until recovery sets `pos`.
     pub(super) fn new(file: File) -> Writer {
         Writer {
-            state: Mutex::new(Pending { buf: Vec::new(), next_seq: 1, pos: 0, records: 0 }),
+            state: Mutex::new(Pending { buf: Vec::new(), next_seq: 1, pos: 0, records: 0, last_stamp: 0 }),
             wake: Condvar::new(),
             io: Mutex::new(Arc::new(file)),
             swapping: AtomicBool::new(false),
@@ -143,11 +153,16 @@ impl Shared {
         SCRATCH.with(|s| {
             let mut s = s.borrow_mut();
             s.clear();
-            if let Err(e) = encode(rec, &mut s) {
-                log::error!("cannot log a mutation: {e}");
-                return REJECTED_SEQ;
-            }
+            let unstamped = match encode_unstamped(rec, &mut s) {
+                Ok(u) => u,
+                Err(e) => {
+                    log::error!("cannot log a mutation: {e}");
+                    return REJECTED_SEQ;
+                }
+            };
+            let now = crate::clock::unix_now_ns_coarse();
             let mut st = lock(&self.writer.state);
+            unstamped.stamp(&mut s, st.next_stamp(now));
             let seq = st.next_seq;
             st.next_seq += 1;
             st.records += 1;

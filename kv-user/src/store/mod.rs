@@ -409,4 +409,9 @@ impl Snapshot for Store {
             });
         }
     }
+
+    /// `bytes` of `stats`: items with their headers, about what their records take in the log.
+    fn live_bytes(&self) -> u64 {
+        self.stats().bytes
+    }
 }

@@ -3,6 +3,7 @@
 mod compaction;
 mod lifecycle;
 mod recovery;
+mod stamps;
 mod writer;
 
 use std::collections::HashMap;
@@ -224,6 +225,11 @@ impl Snapshot for FakeStore {
                 });
             }
         }
+    }
+
+    fn live_bytes(&self) -> u64 {
+        let st = self.state();
+        st.iter().map(|(k, it)| (k.len() + it.value.len() + 48) as u64).sum()
     }
 }
 

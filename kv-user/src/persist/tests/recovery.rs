@@ -21,7 +21,7 @@ fn empty_dir_gets_a_fresh_log() {
     assert!(got.is_empty());
     assert_eq!(rec, Recovery { bytes: FILE_HEADER_LEN as u64, ..Default::default() });
     drop(log);
-    assert_eq!(fs::read(sub.join(LOG_FILE)).unwrap(), file_header());
+    assert_eq!(fs::read(sub.join(LOG_FILE)).unwrap(), file_header(Version::CURRENT));
 }
 
 #[test]
@@ -107,12 +107,12 @@ fn absurd_length_in_the_tail_does_not_allocate() {
 fn torn_or_foreign_header() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(LOG_FILE);
-    fs::write(&path, &file_header()[..5]).unwrap();
+    fs::write(&path, &file_header(Version::CURRENT)[..5]).unwrap();
     let (log, rec, got) = open_collect(dir.path(), FsyncPolicy::No);
     drop(log);
     assert!(got.is_empty());
     assert_eq!(rec.dropped_bytes, 5);
-    assert_eq!(fs::read(&path).unwrap(), file_header());
+    assert_eq!(fs::read(&path).unwrap(), file_header(Version::CURRENT));
 
     fs::write(&path, b"not a log at all, keep me").unwrap();
     let err = open(dir.path(), FsyncPolicy::No, &mut |_| {}).err().unwrap();

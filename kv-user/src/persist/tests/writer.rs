@@ -17,7 +17,7 @@ fn always_resolves_only_once_written_and_synced() {
             let bytes = fs::read(dir.path().join(LOG_FILE)).unwrap();
             let b = boundaries(&bytes);
             let Decoded::Ok(last, _) = decode(&bytes[b[b.len() - 2]..]) else { panic!() };
-            assert_eq!(Owned::from(&last), r);
+            assert_eq!(Owned::from(&last.rec), r);
         }
     });
     assert!(log.stats().fsyncs >= 3);
