@@ -15,7 +15,7 @@ use kv_ebpf::{
 
 use crate::{
     lookup::{find_entry, get_key, lookup, GET_KEY_OFF},
-    maps::{self, ALLOW, ALLOW6},
+    maps::{self, ALLOW6},
     reply::{append_entry, finish, Reply},
     scratch::{ScanState, Scratch, REPLY_OFF, REQ_MASK},
 };
@@ -79,7 +79,7 @@ pub fn parse_headers<F: Frame>(ctx: &F) -> Result<Req, Counter> {
     let allowed = if v6 {
         ALLOW6.get(LpmKey::new(128, load::<[u8; 16]>(ctx, ETH_HLEN + IP6_SRC)?)).is_some()
     } else {
-        ALLOW.get(LpmKey::new(32, load::<[u8; 4]>(ctx, ETH_HLEN + IP_SRC)?)).is_some()
+        maps::allowed_v4(load(ctx, ETH_HLEN + IP_SRC)?)
     };
     if !allowed {
         return Err(Counter::PassNotAllowed);
