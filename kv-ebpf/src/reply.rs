@@ -110,7 +110,7 @@ pub fn finish(s: &mut Scratch, out: usize, keys: u64) -> Result<Reply, Counter> 
 #[inline(always)]
 pub fn serve_scratch(ctx: &XdpContext, req: &Req, s: &mut Scratch, text_len: usize, keys: u64) -> Result<u32, Counter> {
     let frame_len = req.text_off() + text_len;
-    resize(ctx, frame_len).map_err(|_| hand_to_tc(ctx))?;
+    resize(ctx, frame_len, buff_len(ctx) as i64).map_err(|_| hand_to_tc(ctx))?;
     let start = write_headers(req, s, text_len) & START_MASK;
     // In [1, OUT_BUF / 2] by construction, as the helper needs (a compared bound on a copy of the
     // value would not reach the register the compiler passes).
@@ -149,7 +149,9 @@ pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch) -> Result<u32,
     let slot = hit.slot()?;
     // The request's headers and text are already saved in `s.hdrs` and `s.req` (`read_request`).
     let frame_len = TEXT_OFF + text;
-    let grown = resize(ctx, frame_len).map_err(|_| hand_to_tc(ctx))?;
+    // The frame is exactly the request (`exact`, and this program gets no multi-buffer frames): its
+    // length is known without `bpf_xdp_get_buff_len`.
+    let grown = resize(ctx, frame_len, (TEXT_OFF + req.text_len) as i64).map_err(|_| hand_to_tc(ctx))?;
     write_headers(req, s, text);
     // In [1, CACHE_ENTRY_BUF]: the verifier checks the copy against the slot's bounds. Two comparisons on
     // the register passed to the helper (LLVM would fold a range check into one on a copy of it).
@@ -194,11 +196,10 @@ enum Grown {
     Tail(i32),
 }
 
-/// Makes the frame exactly `frame_len` bytes: grow at the head where the driver has headroom (native
-/// veth has 256 bytes and no tailroom; generic mode guarantees the same headroom), else at the tail.
-/// Fails, the frame untouched, where it has no room for that: the caller hands it to TC.
-fn resize(ctx: &XdpContext, frame_len: usize) -> Result<Grown, ()> {
-    let cur = buff_len(ctx) as i64;
+/// Makes the frame, now `cur` bytes, exactly `frame_len` bytes: grow at the head where the driver has
+/// headroom (native veth has 256 bytes and no tailroom; generic mode guarantees the same headroom), else
+/// at the tail. Fails, the frame untouched, where it has no room for that: the caller hands it to TC.
+fn resize(ctx: &XdpContext, frame_len: usize, cur: i64) -> Result<Grown, ()> {
     let delta = (frame_len as i64 - cur) as i32;
     if delta == 0 {
         return Ok(Grown::No);
