@@ -138,6 +138,11 @@ pub const fn seq_word(tag: u32, seq: u64) -> u64 {
 /// user-space replies: `buf[..total_len]` is the `get` reply `VALUE <key> <flags> <bytes>\r\n<data>\r\n`
 /// (one copy for the common command), and a `gets` reply inserts `cas[..cas_len]` (` <cas>`) at
 /// `hdr_len`, before the first `\r\n`.
+///
+/// The key is not stored apart: it is the reply's own `buf[6..6 + key_len]`, right after `VALUE `, which
+/// lies 8-aligned in the slot ([`ENTRY_KEY_OFF`]) so that the XDP program compares it word by word. A hit
+/// on a small item thus reads one or two cache lines of its slot (the fields, key and reply text are
+/// contiguous), and the slots are 1440 bytes apart rather than 1696 (fewer pages, fewer TLB misses).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CacheEntry {
@@ -149,13 +154,19 @@ pub struct CacheEntry {
     pub hdr_len: u16,
     pub cas_len: u16,
     pub total_len: u16,
-    pub _pad: u16,
-    /// ` <cas>` for `gets` (its first `cas_len` bytes).
-    pub cas: [u8; CAS_FIELD_LEN],
-    /// The key this slot answers for (its length is `key.len`; 0 = empty slot).
-    pub key: CacheKey,
+    /// Length of the key this slot answers for (0 = empty slot); its bytes are `buf[6..6 + key_len]`.
+    pub key_len: u16,
+    pub _pad: [u8; 2],
     pub buf: [u8; CACHE_ENTRY_BUF],
+    /// ` <cas>` for `gets` (its first `cas_len` bytes), after the reply: only `gets` reads it.
+    pub cas: [u8; CAS_FIELD_LEN],
+    pub _tail: [u8; 6],
 }
+
+/// Where a slot's key starts in its [`CacheEntry`]: after `VALUE ` in the reply text, 8-aligned.
+pub const ENTRY_KEY_OFF: usize = core::mem::offset_of!(CacheEntry, buf) + b"VALUE ".len();
+const _: () = assert!(ENTRY_KEY_OFF.is_multiple_of(8) && ENTRY_KEY_OFF + CACHE_KEY_BUF <= size_of::<CacheEntry>());
+const _: () = assert!(size_of::<CacheEntry>() == 1440 && align_of::<CacheEntry>() == 8);
 
 /// Slots of the `CONFIG` array map.
 pub const CONFIG_FLUSH_GEN: u32 = 0;

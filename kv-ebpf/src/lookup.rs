@@ -5,8 +5,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use core::mem::offset_of;
 use kv_common::{
-    hash_finish, hash_init, hash_step, slot_pairs, slot_tag, CacheEntry, CacheKey, Counter, CACHE_ENTRY_BUF,
-    CACHE_KEY_BUF, CAS_FIELD_LEN, CONFIG_FLUSH_GEN, MAX_KEY_LEN,
+    hash_finish, hash_init, hash_step, slot_pairs, slot_tag, CacheEntry, Counter, CACHE_ENTRY_BUF, CACHE_KEY_BUF,
+    CAS_FIELD_LEN, CONFIG_FLUSH_GEN, ENTRY_KEY_OFF, MAX_KEY_LEN,
 };
 use kv_ebpf::{volatile_read, volatile_write};
 
@@ -45,15 +45,16 @@ impl Slot {
 
     #[inline(always)]
     fn key_len(self) -> usize {
-        field!(self, key.len) as usize
+        field!(self, key_len) as usize
     }
 
-    /// Word `i` (masked into range) of the slot's zero-padded key.
+    /// Word `i` (masked into range) of the slot's key, as it lies in the reply text: the bytes after the
+    /// key (` <flags> ...`) are the caller's to mask off.
     #[inline(always)]
     fn key_word(self, i: usize) -> u64 {
-        let words = self.0.wrapping_byte_add(offset_of!(CacheEntry, key) + offset_of!(CacheKey, data));
-        // SAFETY: the slot is valid (see `field!`) and its key data is KEY_WORDS 8-byte words at an
-        // 8-aligned offset (`CacheKey` is `align(8)`, `data` at offset 8); `i` is masked into range.
+        let words = self.0.wrapping_byte_add(ENTRY_KEY_OFF);
+        // SAFETY: the slot is valid (see `field!`) and holds KEY_WORDS 8-byte words from the 8-aligned
+        // ENTRY_KEY_OFF (asserted in kv-common); `i` is masked into range.
         unsafe { core::ptr::read_volatile(words.cast::<u64>().add(i & (KEY_WORDS - 1))) }
     }
 
@@ -90,6 +91,8 @@ impl Seq {
 /// It holds the slot's index, not pointers: a `Hit` is returned through the stack, and the verifier
 /// refuses a partial read of a spilled pointer, which the compiler may emit when it reads an enum or
 /// `Result` holding one (re-deriving the pointer is an inlined array lookup).
+#[repr(C)]
+#[derive(Clone, Copy)]
 pub struct Hit {
     idx: u32,
     seq1: u64,
@@ -148,10 +151,87 @@ pub fn find_entry(s: &mut Scratch, start: usize, klen: usize) -> Result<Hit, Cou
         s.key.data_words()[i & (KEY_WORDS - 1)] = w;
         hash = hash_step(hash, w);
     }
-    // Re-read the length from memory: the loop's exit taught the verifier a different exact word count
-    // on each exit path; an unknown value lets those paths merge here instead of multiplying.
+    lookup(s, hash)
+}
+
+/// The key of a 1-key `get` (`get <key>\r\n`, `text_len` bytes in `s.req`) as zero-padded words in
+/// `s.key`, read a word at a time from `s.req[4..]` (8-aligned, see [`Scratch`]), with its (unfinished)
+/// hash; None if any of its bytes is not a key byte (a space: several keys; a control character):
+/// the general scan decides then.
+#[inline(always)]
+pub fn get_key(s: &mut Scratch, text_len: usize) -> Option<u64> {
+    let klen = text_len.wrapping_sub(b"get \r\n".len()) & KEY_LEN_MASK;
+    if klen == 0 || klen > MAX_KEY_LEN || klen + b"get \r\n".len() != text_len {
+        return None;
+    }
+    volatile_write(&mut s.key.len, klen as u32);
+    let mut hash = hash_init(klen as u32);
+    let src = s.req.as_ptr().wrapping_add(GET_KEY_OFF).cast::<u64>();
+    // The words before the last, then the last one, zero-padded: a loop without per-word tail logic
+    // compiles to a count-down the verifier sees end (it tracks the count's range shrinking).
+    let full = (klen - 1) / 8;
+    for i in 0..KEY_WORDS {
+        if i >= full {
+            break;
+        }
+        // SAFETY: `s.req[GET_KEY_OFF..]` is 8-aligned (asserted in `scratch`) and holds KEY_WORDS words
+        // (XDP_REQ_MAX bytes); `i` is masked into range.
+        let w = unsafe { src.add(i & (KEY_WORDS - 1)).read() };
+        if non_key_bytes(w) != 0 {
+            return None;
+        }
+        s.key.data_words()[i & (KEY_WORDS - 1)] = w;
+        hash = hash_step(hash, w);
+    }
+    let last = full & (KEY_WORDS - 1);
+    // SAFETY: as above.
+    let w = unsafe { src.add(last).read() };
+    let valid = tail_mask(klen - full * 8);
+    let w = w & valid;
+    if non_key_bytes(w) & valid != 0 {
+        return None;
+    }
+    s.key.data_words()[last] = w;
+    Some(hash_step(hash, w))
+}
+
+/// The mask of the first `n` bytes (1 to 8) of a little-endian word.
+#[inline(always)]
+fn tail_mask(n: usize) -> u64 {
+    u64::MAX >> ((64 - n * 8) & 63)
+}
+
+/// Offset in `Scratch::req` of the key of `get <key>`.
+pub const GET_KEY_OFF: usize = b"get ".len();
+
+/// The high bit of each byte of `w` that is a control character, a space or DEL (not a key byte:
+/// `request::is_key_byte`), and possibly of bytes above such a byte (little-endian: later in the key),
+/// so the word has a non-key byte exactly when the result is not 0. The usual SWAR tests: a byte
+/// below 0x21 borrows in `w - 0x21..21` while its own high bit is clear; a byte equal to 0x7f is a zero
+/// byte of `w ^ 0x7f..7f`. A borrow only moves towards higher bytes and only starts at a byte that
+/// matches, so the caller may mask off bytes above the key.
+#[inline(always)]
+fn non_key_bytes(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = w.wrapping_sub(ONES * 0x21) & !w;
+    let x = w ^ (ONES * 0x7f);
+    let del = x.wrapping_sub(ONES) & !x;
+    (below | del) & HIGH
+}
+
+/// Finds the slot answering for the key in `s.key` (zero-padded words and length; `hash` its unfinished
+/// hash) and checks it is live. What it reads may be torn: only a copy made before the sequence number
+/// is found unchanged counts.
+#[inline(always)]
+pub fn lookup(s: &mut Scratch, hash: u64) -> Result<Hit, Counter> {
+    // Re-read the length from memory: the key loops' exits taught the verifier a different exact word
+    // count on each exit path; an unknown value lets those paths merge here instead of multiplying.
     let klen = volatile_read(&s.key.len) as usize & KEY_LEN_MASK;
-    let words = klen.div_ceil(8);
+    if klen == 0 {
+        return Err(Counter::PassNotGet);
+    }
+    let full = (klen - 1) / 8;
     // The key lives in one of the four slots of its two pairs, or nowhere. The tags in the slots' words
     // of SEQS pick the slot; the full check under the seqlock below decides.
     let hash = hash_finish(hash);
@@ -169,24 +249,29 @@ pub fn find_entry(s: &mut Scratch, start: usize, klen: usize) -> Result<Hit, Cou
     if seq1 & 1 != 0 {
         return Err(Counter::PassBusy);
     }
-    let slot_klen = slot.key_len();
-    let hdr = field!(slot, hdr_len) as usize;
-    let cas_len = field!(slot, cas_len) as usize;
-    let total = field!(slot, total_len) as usize;
-    let expire_ns = field!(slot, expire_ns);
-    let gen = field!(slot, gen);
-    // The slot may hold another key with the same index, or none.
-    if slot_klen != klen {
+    // The slot may hold another key with the same index, or none. Its key is in its reply text, followed
+    // by the rest of the `VALUE` line: the last word is compared up to the key's end only. (The other
+    // fields are read after the key: they share its cache line, and fewer values live across the loop.)
+    if slot.key_len() != klen {
         return Err(Counter::PassMiss);
     }
     for i in 0..KEY_WORDS {
-        if i >= words {
+        if i >= full {
             break;
         }
         if slot.key_word(i) != s.key.data_words()[i & (KEY_WORDS - 1)] {
             return Err(Counter::PassMiss);
         }
     }
+    let last = full & (KEY_WORDS - 1);
+    if slot.key_word(last) & tail_mask(klen - full * 8) != s.key.data_words()[last] {
+        return Err(Counter::PassMiss);
+    }
+    let hdr = field!(slot, hdr_len) as usize;
+    let cas_len = field!(slot, cas_len) as usize;
+    let total = field!(slot, total_len) as usize;
+    let expire_ns = field!(slot, expire_ns);
+    let gen = field!(slot, gen);
     if total > CACHE_ENTRY_BUF || hdr > total || cas_len > CAS_FIELD_LEN {
         return Err(Counter::PassBusy);
     }

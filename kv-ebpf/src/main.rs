@@ -37,7 +37,7 @@ mod prog {
     use crate::{
         maps::{self, count},
         reply::{serve_direct, serve_scratch, Reply},
-        request::{parse_get, read_request},
+        request::{counter_from, direct_get, parse_get, read_request, DIRECT_HIT, DIRECT_NONE},
     };
 
     #[xdp]
@@ -63,8 +63,18 @@ mod prog {
         let exact = !req.v6 && ctx.data_end() - ctx.data() == TEXT_OFF + req.text_len;
         // Where every key hit but the frame cannot grow to the reply (a veth frame has only its
         // headroom), the serve_* functions hand it to the TC program, which can grow the skb.
+        if exact {
+            match direct_get(scratch, req.text_len) {
+                DIRECT_NONE => {}
+                DIRECT_HIT => return serve_direct(ctx, &req, scratch),
+                c => return Err(counter_from(c as u64)),
+            }
+        }
         match parse_get(scratch, req.text_len, exact)? {
-            Reply::Direct(hit) => serve_direct(ctx, &req, scratch, &hit),
+            Reply::Direct(hit) => {
+                scratch.hit = hit;
+                serve_direct(ctx, &req, scratch)
+            }
             Reply::Scratch { len, keys } => serve_scratch(ctx, &req, scratch, len, keys),
         }
     }

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key as LpmKey, Array, LpmTrie, PerCpuArray},
 };
 use kv_common::{CacheEntry, Counter, ALLOW_MAX, CONFIG_SLOTS, COUNTER_SLOTS};
 
@@ -66,7 +66,33 @@ pub static CONFIG: Array<u64> = Array::with_max_entries(CONFIG_SLOTS, 0);
 /// IPv4 source prefixes allowed to use UDP (amplification guard); others go to user space, which
 /// ignores them too.
 #[map(name = "ALLOW")]
-pub static ALLOW: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(ALLOW_MAX, BPF_F_NO_PREALLOC);
+static ALLOW: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(ALLOW_MAX, BPF_F_NO_PREALLOC);
+
+/// The last IPv4 source address `ALLOW` allowed on this CPU, with bit 32 set (0: none yet), so that a run
+/// of requests from one client skips the trie lookup ([`allowed_v4`]). Sound because entries are only
+/// ever added to `ALLOW` (by the loader), never removed: an address once allowed stays allowed. A loader
+/// that removes entries must clear this map too.
+#[map(name = "ALLOW_LAST")]
+static ALLOW_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Whether UDP from this IPv4 source address may be answered: it is in a prefix of `ALLOW`.
+#[inline(always)]
+pub fn allowed_v4(src: [u8; 4]) -> bool {
+    let key = u32::from_ne_bytes(src) as u64 | 1 << 32;
+    let last = ALLOW_LAST.get_ptr_mut(0);
+    // SAFETY: a valid element of a per-CPU map, which only this program run on this CPU touches.
+    if last.is_some_and(|p| unsafe { *p } == key) {
+        return true;
+    }
+    if ALLOW.get(LpmKey::new(32, src)).is_none() {
+        return false;
+    }
+    if let Some(p) = last {
+        // SAFETY: as above.
+        unsafe { *p = key };
+    }
+    true
+}
 
 /// IPv6 source prefixes allowed to use UDP, as `ALLOW` is for IPv4.
 #[map(name = "ALLOW6")]

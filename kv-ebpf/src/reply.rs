@@ -12,11 +12,8 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use kv_common::{Counter, FrameHeader, CACHE_ENTRY_BUF, END, UDP_FRAME_HEADER_LEN, XDP_REPLY_MAX, XDP_REQ_MAX};
 use kv_ebpf::{
-    headers::{
-        EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, IPV4_NO_OPTIONS, IP_HLEN,
-        TEXT_OFF, UDP_HLEN,
-    },
-    packet::{adjust_head, adjust_tail, as_bytes, buff_len, load, store, store_bytes, store_raw},
+    headers::{Ipv4Hdr, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, IPV4_NO_OPTIONS, IP_HLEN, TEXT_OFF, UDP_HLEN},
+    packet::{adjust_head, adjust_tail, as_bytes, buff_len, store, store_bytes, store_raw},
     tc_mark, volatile_read,
 };
 
@@ -24,7 +21,7 @@ use crate::{
     lookup::{find_entry, Hit},
     maps::{self, count},
     request::Req,
-    scratch::{Scratch, CSUM_CHUNK, OUT_BUF, OUT_HALF_MASK, OUT_MASK, REPLY_OFF, UDP6_OFF},
+    scratch::{Scratch, CSUM_CHUNK, HDR_UDP, OUT_BUF, OUT_HALF_MASK, OUT_MASK, REPLY_OFF, UDP6_OFF, V4_HDRS},
 };
 
 /// [`END`] as an array, for a bounds-checked store of its exact length.
@@ -113,7 +110,7 @@ pub fn finish(s: &mut Scratch, out: usize, keys: u64) -> Result<Reply, Counter> 
 #[inline(always)]
 pub fn serve_scratch(ctx: &XdpContext, req: &Req, s: &mut Scratch, text_len: usize, keys: u64) -> Result<u32, Counter> {
     let frame_len = req.text_off() + text_len;
-    resize(ctx, frame_len).map_err(|_| hand_to_tc(ctx))?;
+    resize(ctx, frame_len, buff_len(ctx) as i64).map_err(|_| hand_to_tc(ctx))?;
     let start = write_headers(req, s, text_len) & START_MASK;
     // In [1, OUT_BUF / 2] by construction, as the helper needs (a compared bound on a copy of the
     // value would not reach the register the compiler passes).
@@ -143,17 +140,18 @@ fn count_hit(req: &Req, keys: u64) {
 /// Answers a 1-key `get` hit over IPv4: resize, headers, then the slot's reply and `END` copied from the map
 /// into the packet. If user space rewrote the slot meanwhile (the sequence number moved), the reply
 /// may be torn: the request is put back byte for byte and passed, as if it had never been touched.
-pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch, hit: &Hit) -> Result<u32, Counter> {
+pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch) -> Result<u32, Counter> {
+    let hit = &volatile_read(&s.hit);
     let text = hit.total + END.len();
     if text > XDP_REPLY_MAX {
         return Err(Counter::PassTooBig);
     }
     let slot = hit.slot()?;
-    // Save the headers before anything moves (the text is already in `s.req`). Plain loads and stores
-    // here and below: a helper call costs more than copying 50 bytes.
-    s.orig = load(ctx, 0)?;
+    // The request's headers and text are already saved in `s.hdrs` and `s.req` (`read_request`).
     let frame_len = TEXT_OFF + text;
-    let grown = resize(ctx, frame_len).map_err(|_| hand_to_tc(ctx))?;
+    // The frame is exactly the request (`exact`, and this program gets no multi-buffer frames): its
+    // length is known without `bpf_xdp_get_buff_len`.
+    let grown = resize(ctx, frame_len, (TEXT_OFF + req.text_len) as i64).map_err(|_| hand_to_tc(ctx))?;
     write_headers(req, s, text);
     // In [1, CACHE_ENTRY_BUF]: the verifier checks the copy against the slot's bounds. Two comparisons on
     // the register passed to the helper (LLVM would fold a range check into one on a copy of it).
@@ -182,7 +180,7 @@ pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch, hit: &Hit) -> 
     let n = ((text_len as u32).wrapping_sub(1) & (XDP_REQ_MAX as u32 - 1)) + 1;
     if undone
         && n as usize == text_len
-        && store_bytes(ctx, 0, &s.orig, TEXT_OFF as u32).is_ok()
+        && store_bytes(ctx, 0, s.hdrs_v4(), TEXT_OFF as u32).is_ok()
         && store_bytes(ctx, TEXT_OFF as u32, &s.req, n).is_ok()
     {
         return Err(Counter::PassTorn);
@@ -198,11 +196,10 @@ enum Grown {
     Tail(i32),
 }
 
-/// Makes the frame exactly `frame_len` bytes: grow at the head where the driver has headroom (native
-/// veth has 256 bytes and no tailroom; generic mode guarantees the same headroom), else at the tail.
-/// Fails, the frame untouched, where it has no room for that: the caller hands it to TC.
-fn resize(ctx: &XdpContext, frame_len: usize) -> Result<Grown, ()> {
-    let cur = buff_len(ctx) as i64;
+/// Makes the frame, now `cur` bytes, exactly `frame_len` bytes: grow at the head where the driver has
+/// headroom (native veth has 256 bytes and no tailroom; generic mode guarantees the same headroom), else
+/// at the tail. Fails, the frame untouched, where it has no room for that: the caller hands it to TC.
+fn resize(ctx: &XdpContext, frame_len: usize, cur: i64) -> Result<Grown, ()> {
     let delta = (frame_len as i64 - cur) as i32;
     if delta == 0 {
         return Ok(Grown::No);
@@ -267,36 +264,41 @@ pub fn serve_skb(ctx: &TcContext, req: &Req, s: &mut Scratch, text_len: usize, k
 const V4_START: usize = REPLY_OFF - TEXT_OFF;
 
 /// Writes the Ethernet, IP, UDP and frame headers of the reply (back to the sender, answering with
-/// `text_len` bytes of text) into `s.out`, right before the reply text at [`REPLY_OFF`]; returns where
-/// in `s.out` the frame starts (IPv6 headers are 20 bytes longer). An IPv6 reply gets its UDP checksum
-/// (mandatory there) over the text, which [`finish`] zero-padded to whole 32-bit words.
+/// `text_len` bytes of text) into `s.out`, right before the reply text at [`REPLY_OFF`], from the
+/// request's headers in `s.hdrs` (addresses, ports and MACs swapped); returns where in `s.out` the frame
+/// starts (IPv6 headers are 20 bytes longer). An IPv6 reply gets its UDP checksum (mandatory there) over
+/// the text, which [`finish`] zero-padded to whole 32-bit words.
 #[inline(always)]
 fn write_headers(r: &Req, s: &mut Scratch, text_len: usize) -> usize {
     let udp_len = (UDP_HLEN + UDP_FRAME_HEADER_LEN + text_len) as u16;
     let frame = FrameHeader { request_id: r.req_id, seq: 0, total: 1, reserved: 0 };
-    let o = &mut s.out;
+    let (h, o) = (&s.hdrs, &mut s.out);
     o[REPLY_OFF - UDP_FRAME_HEADER_LEN..REPLY_OFF].copy_from_slice(&frame.to_bytes());
-    // UDP checksum 0 for now: "none" over IPv4 (veth's offload would otherwise leave it partial).
-    let udp = UdpHdr { src_port: r.dport, dst_port: r.sport, len: udp_len.to_be_bytes(), check: [0, 0] };
-    o[UDP6_OFF..UDP6_OFF + UDP_HLEN].copy_from_slice(as_bytes(&udp));
+    // Ports swapped; UDP checksum 0 for now: "none" over IPv4 (veth's offload would otherwise leave it
+    // partial).
+    o[UDP6_OFF..UDP6_OFF + 2].copy_from_slice(&h[HDR_UDP + 2..HDR_UDP + 4]);
+    o[UDP6_OFF + 2..UDP6_OFF + 4].copy_from_slice(&h[HDR_UDP..HDR_UDP + 2]);
+    o[UDP6_OFF + 4..UDP6_OFF + 6].copy_from_slice(&udp_len.to_be_bytes());
+    o[UDP6_OFF + 6..UDP6_OFF + 8].copy_from_slice(&[0, 0]);
+    // Ethernet: destination and source swapped.
+    let (start, eth) = if r.v6 { (0, 0) } else { (V4_START, V4_HDRS) };
+    o[start..start + 6].copy_from_slice(&h[eth + 6..eth + 12]);
+    o[start + 6..start + 12].copy_from_slice(&h[eth..eth + 6]);
     if r.v6 {
-        let eth = EthHdr { dst: r.eth_src, src: r.eth_dst, ether_type: ETH_P_IPV6 };
-        o[..ETH_HLEN].copy_from_slice(as_bytes(&eth));
-        let ip = Ipv6Hdr {
-            ver_tc_flow: [0x60, 0, 0, 0],
-            payload_len: udp_len.to_be_bytes(),
-            next_hdr: IPPROTO_UDP,
-            hop_limit: REPLY_TTL,
-            src: r.ip_dst,
-            dst: r.ip_src,
-        };
-        o[ETH_HLEN..UDP6_OFF].copy_from_slice(as_bytes(&ip));
-        let check = udp6_checksum(s, &r.ip_dst, &r.ip_src, udp_len as usize);
+        o[12..14].copy_from_slice(&ETH_P_IPV6);
+        // Version 6, traffic class and flow label 0, payload length, next header, hop limit.
+        o[14..22].copy_from_slice(&[0x60, 0, 0, 0, (udp_len >> 8) as u8, udp_len as u8, IPPROTO_UDP, REPLY_TTL]);
+        // Source and destination swapped.
+        const SRC: usize = ETH_HLEN + 8;
+        const DST: usize = SRC + 16;
+        o[SRC..DST].copy_from_slice(&h[DST..DST + 16]);
+        o[DST..DST + 16].copy_from_slice(&h[SRC..DST]);
+        let check = udp6_checksum(s, udp_len as usize);
         s.out[UDP6_OFF + 6..UDP6_OFF + 8].copy_from_slice(&check.to_be_bytes());
         return 0;
     }
-    let eth = EthHdr { dst: r.eth_src, src: r.eth_dst, ether_type: ETH_P_IPV4 };
-    o[V4_START..V4_START + ETH_HLEN].copy_from_slice(as_bytes(&eth));
+    o[V4_START + 12..V4_START + 14].copy_from_slice(&ETH_P_IPV4);
+    const IP: usize = V4_HDRS + ETH_HLEN;
     let mut ip = Ipv4Hdr {
         ver_ihl: IPV4_NO_OPTIONS,
         tos: 0,
@@ -306,23 +308,24 @@ fn write_headers(r: &Req, s: &mut Scratch, text_len: usize) -> usize {
         ttl: REPLY_TTL,
         proto: IPPROTO_UDP,
         check: [0, 0],
-        src: [r.ip_dst[0], r.ip_dst[1], r.ip_dst[2], r.ip_dst[3]],
-        dst: [r.ip_src[0], r.ip_src[1], r.ip_src[2], r.ip_src[3]],
+        src: [h[IP + 16], h[IP + 17], h[IP + 18], h[IP + 19]],
+        dst: [h[IP + 12], h[IP + 13], h[IP + 14], h[IP + 15]],
     };
     ip.check = (!ip.csum_fold()).to_be_bytes();
     o[V4_START + ETH_HLEN..UDP6_OFF].copy_from_slice(as_bytes(&ip));
     V4_START
 }
 
-/// The UDP checksum of an IPv6 reply whose UDP header (checksum 0) and `udp_len - 8` bytes of payload
-/// are in `s.out` from [`UDP6_OFF`], zero-padded to a multiple of 4: the pseudo-header summed here,
-/// the datagram by `bpf_csum_diff` in chunks of at most 512 bytes (the helper's limit).
+/// The UDP checksum of an IPv6 reply whose headers (UDP checksum 0) are in `s.out` from 0 and its
+/// `udp_len - 8` bytes of payload after them, zero-padded to a multiple of 4: the pseudo-header summed
+/// here, the datagram by `bpf_csum_diff` in chunks of at most 512 bytes (the helper's limit).
 #[inline(always)]
-fn udp6_checksum(s: &mut Scratch, src: &[u8; 16], dst: &[u8; 16], udp_len: usize) -> u16 {
+fn udp6_checksum(s: &mut Scratch, udp_len: usize) -> u16 {
     let mut sum = udp_len as u64 + IPPROTO_UDP as u64;
-    for i in 0..8 {
-        sum += u16::from_be_bytes([src[2 * i], src[2 * i + 1]]) as u64;
-        sum += u16::from_be_bytes([dst[2 * i], dst[2 * i + 1]]) as u64;
+    // The source and destination addresses, as the reply's IPv6 header has them.
+    let addrs = &s.out[ETH_HLEN + 8..ETH_HLEN + 40];
+    for i in 0..16 {
+        sum += u16::from_be_bytes([addrs[2 * i], addrs[2 * i + 1]]) as u64;
     }
     let padded = (udp_len + 3) & !3;
     let mut data = 0u64;

@@ -14,8 +14,8 @@ use kv_ebpf::{
 };
 
 use crate::{
-    lookup::find_entry,
-    maps::{self, ALLOW, ALLOW6},
+    lookup::{find_entry, get_key, lookup, GET_KEY_OFF},
+    maps::{self, ALLOW6},
     reply::{append_entry, finish, Reply},
     scratch::{ScanState, Scratch, REPLY_OFF, REQ_MASK},
 };
@@ -23,15 +23,9 @@ use crate::{
 /// Shortest request the program looks at: `get k\r\n`.
 pub const MIN_REQ_LEN: usize = b"get k\r\n".len();
 
-/// Header fields of the request that the reply needs, saved before the frame is resized.
+/// What the reply needs of the request's headers besides the headers themselves, which
+/// [`read_request`] saves in `Scratch::hdrs` (addresses, ports and MACs are taken from there).
 pub struct Req {
-    pub eth_dst: [u8; 6],
-    pub eth_src: [u8; 6],
-    /// IPv4 addresses in the first 4 bytes, or IPv6 addresses.
-    pub ip_src: [u8; 16],
-    pub ip_dst: [u8; 16],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
     pub req_id: u16,
     pub v6: bool,
     /// Bytes of memcached text after the frame header.
@@ -54,7 +48,7 @@ impl Req {
 /// reply needs of them; the error is the reason to pass the frame.
 pub fn parse_headers<F: Frame>(ctx: &F) -> Result<Req, Counter> {
     let eth = load::<EthHdr>(ctx, 0)?;
-    let (ip_src, ip_dst, udp_off, ip_payload) = if eth.ether_type == ETH_P_IPV4 {
+    let (udp_off, ip_payload) = if eth.ether_type == ETH_P_IPV4 {
         ipv4(ctx)?
     } else if eth.ether_type == ETH_P_IPV6 {
         ipv6(ctx)?
@@ -81,31 +75,27 @@ pub fn parse_headers<F: Frame>(ctx: &F) -> Result<Req, Counter> {
     if frame.total != 1 {
         return Err(Counter::PassMalformed);
     }
+    // The source address read again where it is needed, rather than carried (16 bytes) from `ipv6`.
     let allowed = if v6 {
-        ALLOW6.get(LpmKey::new(128, ip_src)).is_some()
+        ALLOW6.get(LpmKey::new(128, load::<[u8; 16]>(ctx, ETH_HLEN + IP6_SRC)?)).is_some()
     } else {
-        ALLOW.get(LpmKey::new(32, [ip_src[0], ip_src[1], ip_src[2], ip_src[3]])).is_some()
+        maps::allowed_v4(load(ctx, ETH_HLEN + IP_SRC)?)
     };
     if !allowed {
         return Err(Counter::PassNotAllowed);
     }
-    Ok(Req {
-        eth_dst: eth.dst,
-        eth_src: eth.src,
-        ip_src,
-        ip_dst,
-        sport: udp.src_port,
-        dport: udp.dst_port,
-        req_id: frame.request_id,
-        v6,
-        text_len: udp_len - UDP_HLEN - UDP_FRAME_HEADER_LEN,
-    })
+    Ok(Req { req_id: frame.request_id, v6, text_len: udp_len - UDP_HLEN - UDP_FRAME_HEADER_LEN })
 }
 
-/// Source and destination (in 16 bytes), offset of the UDP header and IP payload length of an IPv4
-/// datagram, checked as the stack and the server's socket would check it.
+/// Offset of the source address in an IPv4 header.
+const IP_SRC: usize = 12;
+/// Offset of the source address in an IPv6 header.
+const IP6_SRC: usize = 8;
+
+/// Offset of the UDP header and IP payload length of an IPv4 datagram, checked as the stack and the
+/// server's socket would check it.
 #[inline(always)]
-fn ipv4<F: Frame>(ctx: &F) -> Result<([u8; 16], [u8; 16], usize, usize), Counter> {
+fn ipv4<F: Frame>(ctx: &F) -> Result<(usize, usize), Counter> {
     if !maps::listen_v4() {
         return Err(Counter::PassOtherPort);
     }
@@ -132,15 +122,12 @@ fn ipv4<F: Frame>(ctx: &F) -> Result<([u8; 16], [u8; 16], usize, usize), Counter
     if ip_len < IP_HLEN {
         return Err(Counter::PassMalformed);
     }
-    let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
-    src[..4].copy_from_slice(&ip.src);
-    dst[..4].copy_from_slice(&ip.dst);
-    Ok((src, dst, ETH_HLEN + IP_HLEN, ip_len - IP_HLEN))
+    Ok((ETH_HLEN + IP_HLEN, ip_len - IP_HLEN))
 }
 
 /// As [`ipv4`], for IPv6 without extension headers.
 #[inline(always)]
-fn ipv6<F: Frame>(ctx: &F) -> Result<([u8; 16], [u8; 16], usize, usize), Counter> {
+fn ipv6<F: Frame>(ctx: &F) -> Result<(usize, usize), Counter> {
     if !maps::listen_v6() {
         return Err(Counter::PassOtherPort);
     }
@@ -158,7 +145,7 @@ fn ipv6<F: Frame>(ctx: &F) -> Result<([u8; 16], [u8; 16], usize, usize), Counter
     if listen != [0; 16] && ip.dst != listen {
         return Err(Counter::PassOtherPort);
     }
-    Ok((ip.src, ip.dst, ETH_HLEN + IP6_HLEN, u16::from_be_bytes(ip.payload_len) as usize))
+    Ok((ETH_HLEN + IP6_HLEN, u16::from_be_bytes(ip.payload_len) as usize))
 }
 
 /// Reads a request: its headers ([`parse_headers`]) and its text, into scratch, for [`parse_get`].
@@ -174,8 +161,46 @@ pub fn read_request<F: Frame>(ctx: &F) -> Result<(Req, &'static mut Scratch), Co
         return Err(Counter::PassNotGet);
     }
     let n = (text_len & (XDP_REQ_MAX * 2 - 1)) as u32;
-    ctx.load_bytes(req.text_off() as u32, &mut scratch.req, n).map_err(|_| Counter::PassMalformed)?;
+    // The headers too, in the same call: the reply's are made from them, and `serve_direct` restores a
+    // torn reply's request from them.
+    let loaded = if req.v6 {
+        ctx.load_bytes(0, scratch.frame_v6(), TEXT6_OFF as u32 + n)
+    } else {
+        ctx.load_bytes(0, scratch.frame_v4(), TEXT_OFF as u32 + n)
+    };
+    loaded.map_err(|_| Counter::PassMalformed)?;
     Ok((req, scratch))
+}
+
+/// What [`direct_get`] returns for any request other than its own.
+pub const DIRECT_NONE: u32 = u32::MAX;
+/// What [`direct_get`] returns for a hit (in `s.hit`).
+pub const DIRECT_HIT: u32 = 0;
+
+/// The most common request, `get <key>\r\n` with one key of key bytes only (`text_len` bytes in `s.req`),
+/// looked up without the general [`parse_get`]: its key is read and checked a word at a time. For a
+/// frame that is `exact`, whose reply is copied straight from the slot. Returns [`DIRECT_HIT`] with the
+/// hit in `s.hit`, the `Counter` to pass with, or [`DIRECT_NONE`] for any other request, which
+/// `parse_get` then handles.
+///
+/// A subprogram of its own, returning a scalar: inlined, its temporaries would add to the stack frame of
+/// `kv_xdp`, which with `parse_get` and its `bpf_loop` callback must stay within 512 bytes.
+#[inline(never)]
+pub fn direct_get(s: &mut Scratch, text_len: usize) -> u32 {
+    let r = &s.req;
+    if r[..GET_KEY_OFF] != *b"get " || r[(text_len - 2) & REQ_MASK] != b'\r' || r[(text_len - 1) & REQ_MASK] != b'\n' {
+        return DIRECT_NONE;
+    }
+    let Some(hash) = get_key(s, text_len) else {
+        return DIRECT_NONE;
+    };
+    match lookup(s, hash) {
+        Ok(hit) => {
+            volatile_write(&mut s.hit, hit);
+            DIRECT_HIT
+        }
+        Err(c) => c as u32,
+    }
 }
 
 /// Parses `get|gets <key>( <key>)*\r\n` from `s.req` (`text_len` bytes) and assembles the reply text in
@@ -267,8 +292,8 @@ fn scan_keys(steps: u32) {
     unsafe { h::bpf_loop(steps, scan_step as *mut c_void, core::ptr::null_mut(), 0) };
 }
 
-/// The reason `scan_step` stored in `ScanState::err`.
-fn counter_from(v: u64) -> Counter {
+/// The reason `scan_step` stored in `ScanState::err` (or `direct_get` returned).
+pub fn counter_from(v: u64) -> Counter {
     match v {
         x if x == Counter::PassMiss as u64 => Counter::PassMiss,
         x if x == Counter::PassExpired as u64 => Counter::PassExpired,

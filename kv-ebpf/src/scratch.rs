@@ -1,9 +1,11 @@
 //! The per-CPU working memory of `kv_xdp` (the BPF stack is only 512 bytes): the request text, the
 //! state of the key scan, and the reply frame being assembled. Only this program uses these types.
 
-use kv_common::{CacheKey, XDP_REQ_MAX};
+use kv_common::{CacheKey, UDP_FRAME_HEADER_LEN, XDP_REQ_MAX};
 
-use kv_ebpf::headers::{ETH_HLEN, IP6_HLEN, TEXT6_OFF, TEXT_OFF};
+use crate::lookup::Hit;
+
+use kv_ebpf::headers::{ETH_HLEN, IP6_HLEN, TEXT6_OFF, TEXT_OFF, UDP_HLEN};
 
 /// Size of the scratch buffer the reply is assembled in: a power of two (indices are masked with
 /// `OUT_BUF - 1`, which the verifier can follow) and more than twice the largest frame, so that
@@ -24,9 +26,6 @@ pub const REPLY_OFF: usize = TEXT6_OFF;
 pub const UDP6_OFF: usize = ETH_HLEN + IP6_HLEN;
 /// Bytes per `bpf_csum_diff` call (its limit).
 pub const CSUM_CHUNK: usize = 512;
-
-/// Room kept for the request's headers (`TEXT_OFF` of them are used).
-const ORIG_BUF: usize = 64;
 
 /// State of the XDP program's key scan, shared between the program and its `bpf_loop` callback.
 ///
@@ -58,17 +57,62 @@ pub struct ScanState {
 }
 
 /// Per-CPU scratch space of the XDP program.
+///
+/// `hdrs` and `req` are contiguous: a request is read into them with one helper call, headers and text
+/// (`request::read_request`), the IPv4 headers [`V4_HDRS`] bytes into `hdrs`. The reply's headers are
+/// made from these (`reply::write_headers`), and a torn direct reply restored from them. They are placed
+/// so that the key of `get <key>` (`req[4..]`) is 8-aligned, to be read a word at a time
+/// (`lookup::get_key`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Scratch {
     pub scan: ScanState,
+    /// The hit `request::direct_get` found (a subprogram: it returns a scalar, the hit through here).
+    pub hit: Hit,
     /// The key being looked up, as zero-padded words.
     pub key: CacheKey,
+    _pad: [u8; 6],
+    /// The request's Ethernet, IP, UDP and frame headers, ending where `req` starts.
+    pub hdrs: [u8; TEXT6_OFF],
     /// The request text (after the frame header).
     pub req: [u8; XDP_REQ_MAX],
-    /// The request's Ethernet, IPv4, UDP and frame headers, to restore a request whose reply was torn.
-    pub orig: [u8; TEXT_OFF],
-    _orig_pad: [u8; ORIG_BUF - TEXT_OFF],
+    _pad2: [u8; 4],
     /// The whole reply frame: Ethernet, IPv4, UDP and frame headers, then the reply text.
     pub out: [u8; OUT_BUF],
+}
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(Scratch, hdrs) + TEXT6_OFF == offset_of!(Scratch, req));
+    assert!((offset_of!(Scratch, req) + crate::lookup::GET_KEY_OFF).is_multiple_of(8));
+    assert!(offset_of!(Scratch, out).is_multiple_of(8));
+};
+
+/// Where an IPv4 request's headers start in `Scratch::hdrs` (IPv6 ones at 0): either way they end at
+/// `req`, and the UDP and frame headers are at the same place, [`HDR_UDP`].
+pub const V4_HDRS: usize = TEXT6_OFF - TEXT_OFF;
+/// Where the request's UDP header is in `Scratch::hdrs`, for either family.
+pub const HDR_UDP: usize = TEXT6_OFF - UDP_FRAME_HEADER_LEN - UDP_HLEN;
+
+impl Scratch {
+    /// `hdrs[V4_HDRS..]` and `req` as one buffer: an IPv4 request frame, headers then text.
+    #[inline(always)]
+    pub fn frame_v4(&mut self) -> &mut [u8] {
+        // SAFETY: `hdrs` and `req` are adjacent fields of this `#[repr(C)]` struct (asserted above), so the
+        // `TEXT_OFF + XDP_REQ_MAX` bytes from `hdrs[V4_HDRS]` are the end of one and all of the other,
+        // borrowed mutably with `self`.
+        unsafe { core::slice::from_raw_parts_mut(self.hdrs.as_mut_ptr().add(V4_HDRS), TEXT_OFF + XDP_REQ_MAX) }
+    }
+
+    /// `hdrs` and `req` as one buffer: an IPv6 request frame, headers then text.
+    #[inline(always)]
+    pub fn frame_v6(&mut self) -> &mut [u8] {
+        // SAFETY: as for `frame_v4`, from the start of `hdrs`.
+        unsafe { core::slice::from_raw_parts_mut(self.hdrs.as_mut_ptr(), TEXT6_OFF + XDP_REQ_MAX) }
+    }
+
+    /// The IPv4 request's headers, as read.
+    #[inline(always)]
+    pub fn hdrs_v4(&self) -> &[u8; TEXT_OFF] {
+        self.hdrs.last_chunk().unwrap_or(&[0; TEXT_OFF])
+    }
 }

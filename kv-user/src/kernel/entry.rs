@@ -2,13 +2,17 @@
 //! its expiry as a deadline on the clock the XDP program reads.
 
 use crate::clock::{monotonic_ns, unix_now_ns};
-use kv_common::{CacheEntry, CacheKey, ValueHeader, CACHE_ENTRY_BUF, CAS_FIELD_LEN};
+use kv_common::{CacheEntry, ValueHeader, CACHE_ENTRY_BUF, CAS_FIELD_LEN, MAX_KEY_LEN};
 
 /// Builds the kernel cache entry for an item with the formatter user-space replies use
 /// ([`ValueHeader`]: `VALUE <key> <flags> <bytes>[ <cas>]\r\n`, then `<data>\r\n`), so the two are
 /// byte-identical. The `get` form is stored whole; the ` <cas>` of the `gets` form is kept aside, to be
-/// inserted at `hdr_len`. None if it does not fit an entry.
+/// inserted at `hdr_len`. The key is the one in the reply text (`buf[6..]`), which the XDP program
+/// compares. None if it does not fit an entry.
 pub fn cache_entry(key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u64, gen: u64) -> Option<CacheEntry> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return None;
+    }
     let h = ValueHeader::new(key, flags, value.len(), Some(cas))?;
     let (hdr_len, cas_field) = (h.hdr_len(), h.cas_field());
     let line = &h.as_bytes()[hdr_len + cas_field.len()..];
@@ -30,10 +34,11 @@ pub fn cache_entry(key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u6
         hdr_len: hdr_len as u16,
         cas_len: cas_field.len() as u16,
         total_len: total as u16,
-        _pad: 0,
-        cas: cas_part,
-        key: CacheKey::new(key)?,
+        key_len: key.len() as u16,
+        _pad: [0; 2],
         buf,
+        cas: cas_part,
+        _tail: [0; 6],
     })
 }
 
@@ -53,6 +58,20 @@ pub(super) fn deadline_ns(exptime: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_is_read_from_the_reply_text() {
+        let e = cache_entry(b"some:key", 5, 9, b"value", 0, 3).unwrap();
+        assert_eq!(e.key_len, 8);
+        assert_eq!(&e.buf[..e.total_len as usize], b"VALUE some:key 5 5\r\nvalue\r\n");
+        assert_eq!(&e.cas[..e.cas_len as usize], b" 9");
+        // SAFETY: `CacheEntry` is plain `#[repr(C)]` data, all of it initialised (explicit padding).
+        let bytes =
+            unsafe { std::slice::from_raw_parts((&e as *const CacheEntry).cast::<u8>(), size_of::<CacheEntry>()) };
+        assert_eq!(&bytes[kv_common::ENTRY_KEY_OFF..kv_common::ENTRY_KEY_OFF + 8], b"some:key");
+        assert!(cache_entry(b"", 0, 0, b"v", 0, 0).is_none());
+        assert!(cache_entry(&[b'k'; MAX_KEY_LEN + 1], 0, 0, b"v", 0, 0).is_none());
+    }
 
     #[test]
     fn deadlines_fall_before_the_store_expiry() {
