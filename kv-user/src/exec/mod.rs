@@ -37,17 +37,25 @@ pub struct Ctx {
     pub verbosity: Arc<AtomicU32>,
     /// Extra `STAT` lines (the kernel path's counters), when the kernel path is up.
     pub extra_stats: Option<Arc<dyn crate::stats::Source>>,
+    /// The log, for its health in `stats` (None with `--no-persist`).
+    pub log: Option<Arc<crate::persist::Log>>,
 }
 
 impl Ctx {
     pub fn new(store: Arc<Store>, stats: Arc<Stats>, config: Arc<Config>) -> Ctx {
         let verbosity = Arc::new(AtomicU32::new(u32::from(config.verbose)));
-        Ctx { store, stats, config, verbosity, extra_stats: None }
+        Ctx { store, stats, config, verbosity, extra_stats: None, log: None }
     }
 
     /// The context with `extra` adding `stats` lines (set before the context is shared).
     pub fn with_extra_stats(mut self, extra: Arc<dyn crate::stats::Source>) -> Ctx {
         self.extra_stats = Some(extra);
+        self
+    }
+
+    /// The context with the log's health in `stats` (set before the context is shared).
+    pub fn with_log(mut self, log: Arc<crate::persist::Log>) -> Ctx {
+        self.log = Some(log);
         self
     }
 
@@ -61,6 +69,7 @@ impl Ctx {
                 threads: self.config.threads as u64,
                 limit_maxbytes: self.store.limit_maxbytes(),
             },
+            log: self.log.as_deref().map(|l| l as &dyn crate::stats::Source),
             extra: self.extra_stats.as_deref(),
         }
     }

@@ -15,6 +15,7 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use super::block::Block;
 use super::item::{item_len, Item, ItemMut, Meta, DEAD, FETCHED};
 use super::memory::Budget;
+use super::undo::UndoLog;
 use super::Removal;
 
 /// Where an item lives: segment id (high 32 bits) and byte offset in it.
@@ -24,7 +25,7 @@ pub(super) fn loc(seg: u32, off: usize) -> Loc {
     (u64::from(seg) << 32) | off as u64
 }
 
-fn seg_of(l: Loc) -> u32 {
+pub(super) fn seg_of(l: Loc) -> u32 {
     (l >> 32) as u32
 }
 
@@ -202,6 +203,8 @@ pub(crate) struct Shard {
     pub(super) seg_size: usize,
     hasher: DefaultHashBuilder,
     pub counters: ItemCounters,
+    /// Before-images of writes whose records are not durable yet (see `undo`).
+    pub(super) undo: UndoLog,
 }
 
 impl Shard {
@@ -218,6 +221,7 @@ impl Shard {
             seg_size,
             hasher,
             counters: ItemCounters::default(),
+            undo: UndoLog::default(),
         }
     }
 
