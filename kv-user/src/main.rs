@@ -89,6 +89,7 @@ fn build(cfg: Arc<Config>, kernel: Option<&Kernel>) -> Result<Shared> {
             log::warn!("dropped {} bytes at the log tail: {reason}", rec.dropped_bytes);
         }
         log.start_compactor(store.clone()).context("starting the log compactor")?;
+        log.start_repair(store.clone()).context("starting the log repairer")?;
     } else {
         log::info!("persistence disabled (--no-persist)");
     }
@@ -96,6 +97,9 @@ fn build(cfg: Arc<Config>, kernel: Option<&Kernel>) -> Result<Shared> {
     let mut ctx = Ctx::new(store, Arc::new(Stats::new()), cfg);
     if let Some(k) = kernel {
         ctx = ctx.with_extra_stats(k.stats.clone());
+    }
+    if let Some(log) = &log {
+        ctx = ctx.with_log(log.clone());
     }
     Ok(Shared { ctx: Arc::new(ctx), log })
 }

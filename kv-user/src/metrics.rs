@@ -343,7 +343,7 @@ mod tests {
         counters.get_hits.fetch_add(6, Relaxed);
         let store = ItemCounters { curr_items: 2, total_items: 8, ..ItemCounters::default() };
         let settings = Settings { max_connections: 1024, threads: 4, limit_maxbytes: 0 };
-        let src = Sources { counters: &counters, store, settings, extra: Some(&kernel) };
+        let src = Sources { counters: &counters, store, settings, log: None, extra: Some(&kernel) };
         let metrics = gather(&src);
         assert_eq!(metrics[0].name, "kv_uptime_seconds");
         assert_eq!(metrics.len(), 1 + crate::stats::GENERAL.len() + 6);

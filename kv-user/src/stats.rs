@@ -212,7 +212,9 @@ pub struct Sources<'a> {
     pub counters: &'a Stats,
     pub store: ItemCounters,
     pub settings: Settings,
-    /// Lines printed after the table's (the kernel path's, once it is up).
+    /// The log's health lines (`log_*`), after the table's; None with `--no-persist`.
+    pub log: Option<&'a dyn Source>,
+    /// Lines printed last (the kernel path's, once it is up).
     pub extra: Option<&'a dyn Source>,
 }
 
@@ -343,10 +345,13 @@ pub fn describe(name: &str) -> Desc<'_> {
     }
 }
 
-/// Every general number: the [`GENERAL`] table in order, then the extra source's lines.
+/// Every general number: the [`GENERAL`] table in order, then the log's and the extra source's lines.
 pub fn general_numbers(src: &Sources<'_>, add: &mut dyn FnMut(&Desc<'_>, u64)) {
     for d in GENERAL {
         add(&Desc { name: d.name, kind: d.kind, help: d.help }, d.value(src));
+    }
+    if let Some(log) = src.log {
+        log.stats(add);
     }
     if let Some(extra) = src.extra {
         extra.stats(add);
@@ -360,7 +365,7 @@ mod tests {
     fn sources(counters: &Stats) -> Sources<'_> {
         let store = ItemCounters { curr_items: 3, evictions: 2, ..ItemCounters::default() };
         let settings = Settings { max_connections: 10, threads: 4, limit_maxbytes: 64 << 20 };
-        Sources { counters, store, settings, extra: None }
+        Sources { counters, store, settings, log: None, extra: None }
     }
 
     #[test]

@@ -44,18 +44,26 @@ pub struct Ctx {
     pub extra_stats: Option<Arc<dyn crate::stats::Source>>,
     /// Operator settings (`-A`, the crawler switches).
     pub admin: Arc<AdminState>,
+    /// The log, for its health in `stats` (None with `--no-persist`).
+    pub log: Option<Arc<crate::persist::Log>>,
 }
 
 impl Ctx {
     pub fn new(store: Arc<Store>, stats: Arc<Stats>, config: Arc<Config>) -> Ctx {
         let verbosity = Arc::new(AtomicU32::new(u32::from(config.verbose)));
         let admin = Arc::new(AdminState::new(config.enable_shutdown));
-        Ctx { store, stats, config, verbosity, extra_stats: None, admin }
+        Ctx { store, stats, config, verbosity, extra_stats: None, admin, log: None }
     }
 
     /// The context with `extra` adding `stats` lines (set before the context is shared).
     pub fn with_extra_stats(mut self, extra: Arc<dyn crate::stats::Source>) -> Ctx {
         self.extra_stats = Some(extra);
+        self
+    }
+
+    /// The context with the log's health in `stats` (set before the context is shared).
+    pub fn with_log(mut self, log: Arc<crate::persist::Log>) -> Ctx {
+        self.log = Some(log);
         self
     }
 
@@ -69,6 +77,7 @@ impl Ctx {
                 threads: self.config.threads as u64,
                 limit_maxbytes: self.store.limit_maxbytes(),
             },
+            log: self.log.as_deref().map(|l| l as &dyn crate::stats::Source),
             extra: self.extra_stats.as_deref(),
         }
     }

@@ -121,6 +121,10 @@ fn general(ctx: &Ctx, out: &mut BytesMut) {
     stat_timeval(out, "rusage_user", utime);
     stat_timeval(out, "rusage_system", stime);
     crate::stats::general_numbers(&ctx.stat_sources(), &mut |d, v| stat_u64(out, d.name, v));
+    if let Some(log) = &ctx.log {
+        // Redis's aof_last_write_status; `log_last_write_ok` above is the same as a number.
+        stat_str(out, "log_last_write_status", if log.health().ok { b"ok" } else { b"err" });
+    }
 }
 
 fn yes_no(b: bool) -> &'static [u8] {

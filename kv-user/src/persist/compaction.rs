@@ -32,8 +32,8 @@ pub struct CompactStats {
 
 /// Compaction's own state.
 pub(super) struct Compaction {
-    /// Serializes compactions.
-    one: Mutex<()>,
+    /// Serializes compactions (and the repairer's rebuilds).
+    pub(super) one: Mutex<()>,
     pub(super) min_bytes: AtomicU64,
     /// Log size after the last compaction (or a failed one), 0 from start-up: the log must double from it
     /// before the next one, so a compaction that carried over a large tail is not repeated at once.
@@ -106,32 +106,7 @@ impl Shared {
     ) -> io::Result<CompactStats> {
         let mut stats = CompactStats::default();
         let mut w = BufWriter::with_capacity(IO_CHUNK, &tmp);
-        w.write_all(&file_header(Version::CURRENT))?;
-        let mut written = FILE_HEADER_LEN as u64;
-        let mut err = None;
-        let mut scratch = Vec::new();
-        snap.for_each_live(&mut |rec| {
-            if err.is_some() || self.life.stopping() {
-                return;
-            }
-            scratch.clear();
-            match encode(rec, stamp, &mut scratch) {
-                Ok(()) => match w.write_all(&scratch) {
-                    Ok(()) => {
-                        written += scratch.len() as u64;
-                        stats.live_records += 1;
-                    }
-                    Err(e) => err = Some(e),
-                },
-                Err(e) => {
-                    stats.skipped += 1;
-                    log::error!("compaction: skipping an item the log cannot hold: {e}");
-                }
-            }
-        });
-        if let Some(e) = err {
-            return Err(e);
-        }
+        let written = self.write_snapshot(snap, &mut w, &mut stats, stamp)?;
         stats.snapshot_bytes = written;
         if self.life.stopping() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "compaction interrupted by shutdown"));
@@ -179,19 +154,55 @@ impl Shared {
             st.pos = new_len + st.buf.len() as u64;
         }
         *live = Arc::new(tmp);
+        // What a failure would truncate back to: the carried-over pending records are not durable yet.
+        self.writer.durable_pos.store(new_len - pending.len() as u64, Ordering::Release);
         if let Err(e) = dir_synced {
             // Which file a crash would leave is unknown, so the carried-over records are not durable.
             self.poison(&format!("fsync directory {}", self.paths.dir.display()), &e);
             return Err(e);
         }
         drop(live);
-        self.publish(last);
+        self.publish(last, new_len);
         self.compaction.base_size.store(new_len, Ordering::Relaxed);
         self.compaction.count.fetch_add(1, Ordering::Relaxed);
         stats.tail_bytes = new_len - stats.snapshot_bytes;
         stats.old_bytes = end;
         stats.new_bytes = new_len;
         Ok(stats)
+    }
+
+    /// Writes the file header and `snap`'s live items, each stamped `stamp`, to `w`; returns the bytes written.
+    pub(super) fn write_snapshot(
+        &self,
+        snap: &dyn Snapshot,
+        w: &mut impl Write,
+        stats: &mut CompactStats,
+        stamp: u64,
+    ) -> io::Result<u64> {
+        w.write_all(&file_header(Version::CURRENT))?;
+        let mut written = FILE_HEADER_LEN as u64;
+        let mut err = None;
+        let mut scratch = Vec::new();
+        snap.for_each_live(&mut |rec| {
+            if err.is_some() || self.life.stopping() {
+                return;
+            }
+            scratch.clear();
+            match encode(rec, stamp, &mut scratch) {
+                Ok(()) => match w.write_all(&scratch) {
+                    Ok(()) => {
+                        written += scratch.len() as u64;
+                        stats.live_records += 1;
+                    }
+                    Err(e) => err = Some(e),
+                },
+                Err(e) => {
+                    stats.skipped += 1;
+                    log::error!("compaction: skipping an item the log cannot hold: {e}");
+                }
+            }
+        });
+        err.map_or(Ok(written), Err)
     }
 
     /// Checks the trigger at once (right after replay, a log much larger than the live data is compacted before

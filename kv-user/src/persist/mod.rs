@@ -56,9 +56,13 @@
 //! thread and back): a waiter first yields once so the other tasks ready on its runtime thread append theirs,
 //! then the first to take the I/O lock writes everything pending and later ones find their record written. The writer thread then only picks up records nobody waits for, every few ms.
 //!
-//! A failed write or fsync poisons the log: every record not yet durable, and every later one, gets an error
-//! (the server replies `SERVER_ERROR`). After a failed fsync the kernel may have dropped the dirty pages, so
-//! retrying cannot be trusted; a restart recovers from what is on disk.
+//! # Failures
+//! A failed write or fsync begins a failure episode (`health`): every record not yet durable, and every
+//! later one, fails, and the store refuses writes. The repairer (`repair`, [`Log::start_repair`]) has the
+//! store undo the failed writes before their clients are told (`SERVER_ERROR`), truncates the file to its
+//! durable part, then writes a fresh log from memory (which now holds exactly the acknowledged state) and
+//! switches to it, retrying until that works: writes resume by themselves once the disk has room again.
+//! The old file is not retried: after a failed fsync the kernel may have dropped its dirty pages.
 //!
 //! # Compaction
 //! [`Log::compact`] (`compaction`) writes the store's live items ([`Snapshot`]) to `kv.log.tmp`, then copies every byte the log
@@ -73,8 +77,10 @@
 
 mod compaction;
 mod format;
+mod health;
 mod lock;
 mod recovery;
+mod repair;
 #[cfg(test)]
 mod tests;
 pub mod tools;
@@ -86,6 +92,7 @@ pub use format::{
     decode, decode_as, encode, file_header, frame_len, parse_header, Decoded, EncodeError, Entry, HeaderError, Version,
     FILE_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_BODY_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, RECORD_HEADER_LEN, STAMP_LEN,
 };
+pub use health::Health;
 pub use recovery::Recovery;
 pub use writer::REJECTED_SEQ;
 
@@ -100,7 +107,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use crate::record::{Journal, Record, Snapshot};
+use crate::record::{Journal, Record, Snapshot, Undo};
 
 const LOG_FILE: &str = "kv.log";
 const TMP_FILE: &str = "kv.log.tmp";
@@ -221,6 +228,7 @@ struct Shared {
     life: Lifecycle,
     writer: writer::Writer,
     compaction: compaction::Compaction,
+    repair: repair::Repair,
     /// Dropping it releases the directory.
     _dir_lock: lock::DirLock,
     #[cfg(test)]
@@ -249,6 +257,7 @@ impl Log {
             life: Lifecycle::new(),
             writer: writer::Writer::new(file),
             compaction: compaction::Compaction::new(),
+            repair: Default::default(),
             _dir_lock: dir_lock,
             #[cfg(test)]
             hooks: Default::default(),
@@ -278,6 +287,7 @@ impl Log {
             st.pos = recovery.bytes;
             st.last_stamp = recovery.last_stamp_ns;
         }
+        sh.writer.durable_pos.store(recovery.bytes, Ordering::Release);
         let mut started = self.spawn(&mut threads, "kv-log-writer", Shared::writer_loop);
         if started.is_ok() && sh.policy == FsyncPolicy::Everysec {
             started = self.spawn(&mut threads, "kv-log-fsync", Shared::fsync_loop);
@@ -349,6 +359,29 @@ impl Log {
         }
     }
 
+    /// Starts the repairer (see "Failures" above): after a failed write it has `store` undo the failed
+    /// writes, then rebuilds the log from `store` until that works. Without it a failure lasts until restart
+    /// and its waiters are told at once. Call it after [`Log::recover`].
+    pub fn start_repair(&self, store: Arc<dyn Undo>) -> io::Result<()> {
+        let mut threads = lock(&self.threads);
+        match self.phase() {
+            Phase::Opened => Err(io::Error::other("the log repairer starts after recovery")),
+            Phase::Stopping | Phase::Closed => Ok(()),
+            Phase::Running => {
+                let sh = self.shared.clone();
+                sh.writer.repairing.store(true, Ordering::Release);
+                let run = move || sh.repair_loop(&*store);
+                threads.push(std::thread::Builder::new().name("kv-log-repair".into()).spawn(run)?);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the log is failing, since when and why (`stats`, `/metrics`).
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
     pub fn stats(&self) -> LogStats {
         let w = &self.shared.writer;
         let (records, log_bytes) = {
@@ -373,6 +406,7 @@ impl Log {
             return;
         }
         sh.wake_writer_to_stop();
+        sh.kick_repair();
         let threads = std::mem::take(&mut *lock(&self.threads));
         for t in threads {
             if t.join().is_err() {
@@ -388,6 +422,22 @@ impl Log {
 impl Journal for Log {
     fn record(&self, rec: &Record<'_>) -> u64 {
         self.shared.record(rec)
+    }
+
+    fn can_fail(&self) -> bool {
+        true
+    }
+
+    fn refusing(&self) -> bool {
+        self.shared.failed()
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.shared.writer.done.load(Ordering::Acquire)
+    }
+
+    fn wait_applied(&self, seq: u64) -> io::Result<()> {
+        self.shared.wait_applied(seq)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Appending: the in-memory buffer behind [`Journal::record`](crate::record::Journal::record), group commit
 //! (one `write(2)`, and for `Always` one fsync, per batch), the writer and fsync threads, and the durability
-//! waits. A failed write or fsync poisons the log (see the module docs, "Durability").
+//! waits. A failed write or fsync begins a failure episode (`health`, `repair`).
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, TryLockError};
 use std::time::Duration;
 
 use super::format::encode_unstamped;
+use super::health::Failure;
 use super::{lock, FsyncPolicy, Phase, Shared, IO_CHUNK};
 use crate::record::Record;
 
@@ -60,10 +61,19 @@ pub(super) struct Writer {
     swapping: AtomicBool,
     /// Highest seq written (and for `Always` fsynced).
     pub(super) done: AtomicU64,
-    /// Poisoned by a failed write or fsync (not a lifecycle phase: a failed log still runs until closed).
-    failed: AtomicBool,
-    failure: Mutex<String>,
-    notify: tokio::sync::Notify,
+    /// A failure episode is on (not a lifecycle phase: a failed log still runs, and may recover).
+    pub(super) failed: AtomicBool,
+    pub(super) failure: Mutex<Failure>,
+    /// Highest sequence number of a closed failure episode: a fast "not failed" for every later one.
+    pub(super) failed_hi: AtomicU64,
+    /// Length of the live file's part that holds durable records (what a failure truncates back to).
+    pub(super) durable_pos: AtomicU64,
+    pub(super) failing_since: AtomicU64,
+    pub(super) write_errors: AtomicU64,
+    pub(super) rebuilds: AtomicU64,
+    /// The repairer runs: waiters on failed records wait for it to undo them before they are told.
+    pub(super) repairing: AtomicBool,
+    pub(super) notify: tokio::sync::Notify,
     /// Data written since the last fsync (Everysec).
     unsynced: AtomicBool,
     pub(super) writes: AtomicU64,
@@ -80,7 +90,13 @@ impl Writer {
             swapping: AtomicBool::new(false),
             done: AtomicU64::new(0),
             failed: AtomicBool::new(false),
-            failure: Mutex::new(String::new()),
+            failure: Mutex::new(Failure::default()),
+            failed_hi: AtomicU64::new(0),
+            durable_pos: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            rebuilds: AtomicU64::new(0),
+            repairing: AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
             unsynced: AtomicBool::new(false),
             writes: AtomicU64::new(0),
@@ -90,27 +106,10 @@ impl Writer {
 }
 
 impl Shared {
-    pub(super) fn poison(&self, what: &str, e: &io::Error) {
-        {
-            let mut f = lock(&self.writer.failure);
-            if f.is_empty() {
-                *f = format!("{what}: {e}");
-            }
-        }
-        if !self.writer.failed.swap(true, Ordering::AcqRel) {
-            log::error!("persistence failed, refusing further writes until restart: {what}: {e}");
-        }
-        self.writer.notify.notify_waiters();
-    }
-
-    pub(super) fn failed(&self) -> bool {
-        self.writer.failed.load(Ordering::Acquire)
-    }
-
     /// Why nothing more can be made durable: the log failed, is closed, or is not recovered yet.
     pub(super) fn unavailable(&self) -> Option<io::Error> {
-        if self.failed() {
-            return Some(io::Error::other(format!("log unavailable: {}", lock(&self.writer.failure))));
+        if let Some(e) = self.failure_error() {
+            return Some(e);
         }
         match self.life.get() {
             Phase::Opened => Some(io::Error::other("log unavailable: not recovered yet")),
@@ -119,18 +118,20 @@ impl Shared {
         }
     }
 
-    pub(super) fn publish(&self, seq: u64) {
-        self.writer.done.fetch_max(seq, Ordering::AcqRel);
-        self.writer.notify.notify_waiters();
-    }
-
     /// `Some` once the wait for `seq` is over.
     fn check(&self, seq: u64) -> Option<io::Result<()>> {
         if seq == REJECTED_SEQ {
             return Some(Err(io::Error::new(io::ErrorKind::InvalidInput, "record too large for the log")));
         }
+        if let Some(e) = self.failed_seq(seq) {
+            return Some(Err(e));
+        }
         if self.writer.done.load(Ordering::Acquire) >= seq {
             return Some(Ok(()));
+        }
+        if self.failed() && self.writer.repairing.load(Ordering::Acquire) && self.life.get() != Phase::Closed {
+            // The repairer undoes this record's write, then closes its episode: the error comes then.
+            return None;
         }
         self.unavailable().map(Err)
     }
@@ -185,10 +186,10 @@ impl Shared {
     /// Writes everything pending (and for `Always` fsyncs it) and publishes it; the caller holds `io` (`file`).
     /// `batch` is an empty buffer to swap with the pending one; it comes back empty.
     fn write_pending(&self, file: &File, batch: &mut Vec<u8>) {
-        let last = {
+        let (last, end) = {
             let mut st = lock(&self.writer.state);
             std::mem::swap(&mut st.buf, batch);
-            st.next_seq - 1
+            (st.next_seq - 1, st.pos)
         };
         if batch.is_empty() || self.failed() || self.life.get() == Phase::Closed {
             // Drained by a compaction or another writer, or nothing can be made durable any more.
@@ -207,7 +208,7 @@ impl Shared {
             }
         });
         match res {
-            Ok(()) => self.publish(last),
+            Ok(()) => self.publish(last, end),
             Err((what, e)) => self.poison(&format!("{what} {}", self.paths.log.display()), &e),
         }
         batch.clear();
@@ -250,8 +251,9 @@ impl Shared {
                 tokio::task::yield_now().await;
                 continue;
             }
-            // Everysec/No: write it ourselves rather than waking the writer thread and waiting to be woken.
-            if lead && self.lead(seq, false) {
+            // Everysec/No: write it ourselves rather than waking the writer thread and waiting to be woken
+            // (not while failing: nothing is written then; the repairer's notification comes instead).
+            if lead && !self.failed() && self.lead(seq, false) {
                 continue;
             }
             let notified = self.writer.notify.notified();
@@ -262,7 +264,7 @@ impl Shared {
                 return r;
             }
             // A compaction clears `swapping` before its final notify: if it is over, write ourselves.
-            if lead && !self.writer.swapping.load(Ordering::Acquire) {
+            if lead && !self.failed() && !self.writer.swapping.load(Ordering::Acquire) {
                 continue;
             }
             notified.await;
@@ -274,6 +276,26 @@ impl Shared {
         loop {
             if let Some(r) = self.check(seq) {
                 return r;
+            }
+            if self.failed() {
+                std::thread::sleep(Duration::from_millis(1));
+            } else if self.policy == FsyncPolicy::Always {
+                std::thread::sleep(Duration::from_micros(200));
+            } else {
+                self.lead(seq, true);
+            }
+        }
+    }
+
+    /// See [`Journal::wait_applied`](crate::record::Journal::wait_applied): durable, or failed (whether or
+    /// not its write was undone yet).
+    pub(super) fn wait_applied(&self, seq: u64) -> io::Result<()> {
+        loop {
+            if seq == 0 || self.writer.done.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            if let Some(e) = self.unavailable() {
+                return Err(e);
             }
             if self.policy == FsyncPolicy::Always {
                 std::thread::sleep(Duration::from_micros(200));

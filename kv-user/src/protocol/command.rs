@@ -203,6 +203,21 @@ pub enum ShutdownMode {
     Invalid,
 }
 
+impl Command<'_> {
+    /// A meta command (its quiet mode hides successes, never errors).
+    pub fn is_meta(&self) -> bool {
+        matches!(
+            self,
+            Command::MetaGet { .. }
+                | Command::MetaSet { .. }
+                | Command::MetaDelete { .. }
+                | Command::MetaArith { .. }
+                | Command::MetaNoop
+                | Command::MetaDebug { .. }
+        )
+    }
+}
+
 /// Which `stats` listing: memcached's `process_stat` picks it by the first argument alone and ignores
 /// the rest, except that `detail` and `cachedump` read theirs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -86,7 +86,6 @@ pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
 pub const OUT_OF_MEMORY_STORE: &[u8] = b"SERVER_ERROR out of memory storing object\r\n";
 pub const OUT_OF_MEMORY_GET: &[u8] = b"SERVER_ERROR out of memory writing get response\r\n";
 /// The journal write for the batch failed (kv-server only).
-pub const FAILED_TO_PERSIST: &[u8] = b"SERVER_ERROR failed to persist\r\n";
 /// Sent to a connection refused over the connection limit (maxconns_fast).
 pub const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
 

@@ -3,8 +3,11 @@
 
 use bytes::{Buf as _, BytesMut};
 
+use super::Shared;
 use crate::exec::{self, Ctx};
+use crate::persist::REJECTED_SEQ;
 use crate::protocol::{self, reply, Limits, Parsed};
+use crate::record::REFUSED_SEQ;
 use crate::store::Reservation;
 
 /// A request longer than this is buffered only against memory reserved from the store (`-m`).
@@ -21,6 +24,18 @@ pub struct Pipeline {
     resume: usize,
     /// Memory charged to the store for the large value arriving at the front of the input.
     upload: Option<Reservation>,
+    /// The last `run`'s replies, for [`Pipeline::settle`]: where `out` held them and their records.
+    base: usize,
+    spans: Vec<Span>,
+}
+
+/// One executed request's reply: it ends at `end` in `out`; `seq` is its journal record (0: none).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    end: usize,
+    seq: u64,
+    /// A text command's `noreply`: memcached suppresses even its errors.
+    noreply: bool,
 }
 
 /// A reply that cannot be sent in pieces (UDP) is refused past this size, as memcached refuses one
@@ -40,7 +55,7 @@ pub struct Batch {
 
 impl Pipeline {
     pub fn new(item_size_max: usize) -> Self {
-        Self { limits: Limits { item_size_max }, swallow: 0, resume: 0, upload: None }
+        Self { limits: Limits { item_size_max }, swallow: 0, resume: 0, upload: None, base: 0, spans: Vec::new() }
     }
 
     /// Nothing pending: no data to swallow, no multiget half sent, no upload in progress.
@@ -51,6 +66,8 @@ impl Pipeline {
     /// Runs every complete request at the front of `input`, leaving an incomplete tail in place.
     pub fn run(&mut self, input: &mut BytesMut, ctx: &Ctx, out: &mut BytesMut, out_soft_limit: usize) -> Batch {
         let mut batch = Batch::default();
+        self.base = out.len();
+        self.spans.clear();
         loop {
             if self.swallow > 0 {
                 let n = self.swallow.min(input.len());
@@ -85,6 +102,7 @@ impl Pipeline {
                             if !noreply {
                                 out.extend_from_slice(reply::OUT_OF_MEMORY_STORE);
                             }
+                            self.spans.push(Span { end: out.len(), seq: 0, noreply });
                             ctx.stats.store_no_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.swallow = total - input.len();
                             input.len()
@@ -98,6 +116,7 @@ impl Pipeline {
                     let stop_at = out_soft_limit.min(UNSPLIT_REPLY_MAX);
                     let (o, resume) = exec::execute_from(&cmd, self.resume, ctx, out, stop_at);
                     batch.seq = batch.seq.max(o.seq);
+                    self.spans.push(Span { end: out.len(), seq: o.seq, noreply: !cmd.is_meta() && out.len() == start });
                     batch.close |= o.close;
                     match resume {
                         None => {
@@ -114,19 +133,25 @@ impl Pipeline {
                             // memcached drops the partial reply when its response buffers run out.
                             out.truncate(start);
                             out.extend_from_slice(reply::OUT_OF_MEMORY_GET);
+                            self.spans.last_mut().expect("just pushed").end = out.len();
                             consumed
                         }
                     }
                 }
                 Parsed::Error { reply, consumed, swallow, close, too_large_key } => {
-                    match too_large_key {
+                    let seq = match too_large_key {
                         Some(key) => {
                             // An empty reply means the command had noreply.
                             let o = exec::reject_too_large_noreply(key, reply.is_empty(), ctx, out);
                             batch.seq = batch.seq.max(o.seq);
+                            o.seq
                         }
-                        None => out.extend_from_slice(reply),
-                    }
+                        None => {
+                            out.extend_from_slice(reply);
+                            0
+                        }
+                    };
+                    self.spans.push(Span { end: out.len(), seq, noreply: reply.is_empty() });
                     self.swallow = swallow;
                     batch.close |= close;
                     consumed
@@ -137,6 +162,46 @@ impl Pipeline {
                 return batch;
             }
         }
+    }
+}
+
+impl Pipeline {
+    /// Makes the replies of the last [`Pipeline::run`] (in `out`) report only what is durable: once the
+    /// batch's highest record `seq` is, there is nothing to do (one wait). Otherwise each request is
+    /// looked at: a write whose record failed (or was refused) gets `SERVER_ERROR <cause>` instead of its
+    /// reply (nothing for `noreply`), every other request keeps its own. Replies after a write that was
+    /// applied and then undone could have seen it, so they too become that error.
+    pub async fn settle(&self, out: &mut BytesMut, seq: u64, shared: &Shared) {
+        if shared.durable(seq).await.is_ok() {
+            return;
+        }
+        let mut fixed = BytesMut::with_capacity(out.len());
+        fixed.extend_from_slice(&out[..self.base]);
+        let (mut start, mut undone): (usize, Option<String>) = (self.base, None);
+        for span in &self.spans {
+            let own = &out[start..span.end];
+            start = span.end;
+            let error = match shared.durable(span.seq).await {
+                Err(e) => {
+                    if undone.is_none() && span.seq != REFUSED_SEQ && span.seq != REJECTED_SEQ {
+                        undone = Some(e.to_string());
+                    }
+                    Some(e.to_string())
+                }
+                Ok(()) => undone.clone().filter(|_| !own.is_empty()),
+            };
+            match error {
+                Some(_) if span.noreply => {}
+                Some(e) => {
+                    fixed.extend_from_slice(b"SERVER_ERROR ");
+                    fixed.extend_from_slice(e.as_bytes());
+                    fixed.extend_from_slice(b"\r\n");
+                }
+                None => fixed.extend_from_slice(own),
+            }
+        }
+        fixed.extend_from_slice(&out[start..]);
+        *out = fixed;
     }
 }
 

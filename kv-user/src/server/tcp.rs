@@ -223,22 +223,15 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<Optio
         heard = true;
         loop {
             let batch = c.pipeline.run(&mut c.input, ctx, &mut c.out, OUT_SOFT_LIMIT);
+            if batch.seq > 0 {
+                // Acknowledge only what is durable (noreply writes too, before we read on: ordering for the
+                // next request); a failed write's reply becomes an error, the others stay.
+                c.pipeline.settle(&mut c.out, batch.seq, shared).await;
+            }
             if !c.out.is_empty() {
-                // Acknowledge only what is durable: a failed log write turns the whole batch into an error.
-                if let Err(e) = shared.durable(batch.seq).await {
-                    log::error!("log write failed: {e}");
-                    stream.write_all(reply::FAILED_TO_PERSIST).await?;
-                    return Ok(None);
-                }
                 stream.write_all(&c.out).await?;
                 ctx.stats.bytes_written.fetch_add(c.out.len() as u64, Relaxed);
                 c.out.clear();
-            } else if batch.seq > 0 {
-                // noreply writes are still made durable before we read on: ordering for the next request.
-                if let Err(e) = shared.durable(batch.seq).await {
-                    log::error!("log write failed: {e}");
-                    return Ok(None);
-                }
             }
             if batch.close {
                 return Ok(None);

@@ -88,12 +88,11 @@ impl Drop for Threads {
     }
 }
 
-/// Per-reply state of a batch: which slot it answers and whether its write must be reported as failed.
+/// Per-reply state of a batch: which slot it answers, and the record that must be durable first.
 struct Reply {
     slot: usize,
     req_id: u16,
     seq: u64,
-    failed: bool,
 }
 
 /// One UDP thread's loop.
@@ -132,7 +131,7 @@ fn serve(sock: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
             let Some(datagram) = rx.datagram(slot) else { continue };
             // None: no header, or a multi-datagram request: nothing to answer.
             if let Some(req) = handle(datagram, &shared.ctx, &mut input, out) {
-                replies.push(Reply { slot, req_id: req.req_id, seq: req.seq, failed: false });
+                replies.push(Reply { slot, req_id: req.req_id, seq: req.seq });
             }
         }
         stats.bytes_read.fetch_add(read, Relaxed);
@@ -141,13 +140,15 @@ fn serve(sock: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
         if seq > 0 && block_on(shared.durable(seq), &waker).is_err() {
             for r in replies.iter_mut().filter(|r| r.seq > 0) {
                 if let Err(e) = block_on(shared.durable(r.seq), &waker) {
-                    log::error!("log write failed: {e}");
-                    r.failed = true;
+                    // One request per datagram is the rule for UDP clients: the whole reply is the error.
+                    let out = &mut outs[r.slot];
+                    out.clear();
+                    out.extend_from_slice(format!("SERVER_ERROR {e}\r\n").as_bytes());
                 }
             }
         }
         let datagrams = replies.iter().flat_map(|r| {
-            let reply = if r.failed { reply::FAILED_TO_PERSIST } else { &outs[r.slot][..] };
+            let reply = &outs[r.slot][..];
             let to = rx.peer(r.slot);
             Frames::new(r.req_id, reply).map(move |(head, payload)| Outgoing { to, head, payload })
         });

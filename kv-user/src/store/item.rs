@@ -96,6 +96,10 @@ impl<'a> Item<'a> {
     pub fn len(&self) -> usize {
         item_len(self.klen(), self.vlen())
     }
+    /// The whole item as it lies in its segment (header, key, value).
+    pub fn bytes(&self) -> &'a [u8] {
+        &self.0[..self.len()]
+    }
     pub fn key(&self) -> &'a [u8] {
         &self.0[HEADER..HEADER + self.klen()]
     }

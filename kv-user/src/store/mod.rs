@@ -28,6 +28,9 @@ mod space;
 #[cfg(test)]
 mod tests;
 mod types;
+mod undo;
+#[cfg(test)]
+mod undo_tests;
 mod write;
 
 use std::hash::BuildHasher;
@@ -136,6 +139,8 @@ pub struct Store {
     /// Where the next cross-shard eviction starts, so it doesn't always hit shard 0.
     evict_cursor: AtomicUsize,
     journal: Arc<dyn Journal>,
+    /// The journal can fail after accepting a record: keep before-images and honour refusals (see `undo`).
+    can_fail: bool,
     /// Follows every change besides the journal: the kernel path, when it is up.
     observer: Option<Arc<dyn Observer>>,
     clock: Arc<dyn Clock>,
@@ -162,6 +167,7 @@ impl Store {
             flush_at: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
             evict_cursor: AtomicUsize::new(0),
+            can_fail: journal.can_fail(),
             journal,
             observer: None,
             clock,
@@ -177,10 +183,16 @@ impl Store {
     /// The one exit of every change: the observer sees it, then the journal logs what it must replay.
     /// Returns the journal's sequence number (0 if nothing was logged). Called under the shard lock.
     fn emit(&self, change: Change<'_>) -> u64 {
-        if let Some(o) = &self.observer {
-            o.observe(&change);
-        }
+        self.observe(&change);
         change.record().map_or(0, |r| self.journal.record(&r))
+    }
+
+    /// The observer's half of [`Store::emit`], alone for what must not be journaled (an undo, or a
+    /// flush_all journaled before it is applied).
+    fn observe(&self, change: &Change<'_>) {
+        if let Some(o) = &self.observer {
+            o.observe(change);
+        }
     }
 
     /// Current Unix time according to the store's clock.
@@ -332,6 +344,7 @@ impl Store {
     /// second, so memory of expired items is reused even when no write reaches their shard. Returns the
     /// segments reclaimed.
     pub fn reclaim_expired(&self) -> usize {
+        self.prune_undo();
         let now = self.now();
         let emit = |k: &[u8], c| self.removed(k, c);
         let env = self.env(now, &emit);

@@ -5,6 +5,7 @@ use std::cell::Cell;
 use super::changes::Change;
 use super::item::{Meta, ACCESSED, FETCHED, STALE, TOKEN_SENT};
 use super::{abs_exptime, FetchOpts, Fetched, ItemView, Lookup, Store};
+use crate::record::REFUSED_SEQ;
 
 impl Store {
     /// get/gets/gat/gats/touch/mg: `reply` sees the outcome, with the value borrowed from item memory,
@@ -16,6 +17,13 @@ impl Store {
         let env = self.env(now, &emit);
         let mut g = self.shards[si].lock();
         let mut out = Fetched::default();
+        if (opts.touch.is_some() || opts.vivify.is_some()) && self.refused() {
+            // A read that may write (touch, vivify) is refused whole while the journal is failing.
+            out.seq = REFUSED_SEQ;
+            let r = reply(out);
+            drop(g);
+            return r;
+        }
         let found = match self.lookup(&mut g, hash, key, &env) {
             Lookup::Live(h) => Some(h.loc),
             Lookup::Missing => match opts.vivify {
@@ -24,9 +32,11 @@ impl Store {
                     let cas = self.cas_for(opts.new_cas);
                     let meta =
                         Meta { cas, exptime: abs_exptime(v, now), time: now, atime: now, flags: 0, bits: TOKEN_SENT };
+                    self.before_write(&mut g, None, key);
                     let l = g.insert(hash, key, &[], &meta, &env);
                     g.counters.total_items += 1;
                     out.seq = self.emit(Change::Stored(g.item(l).record()));
+                    self.after_write(&mut g, out.seq);
                     out.created = true;
                     out.won = true;
                     let it = g.item(l);
@@ -49,9 +59,11 @@ impl Store {
             let (view_fetched, view_atime) = (it.has(FETCHED), it.atime());
             if let Some(t) = opts.touch {
                 let exp = abs_exptime(t, now);
+                self.before_write(&mut g, Some(l), key);
                 g.item_mut(l).set_exptime(exp);
                 g.note_exptime(l, exp);
                 out.seq = self.emit(Change::Touched(g.item(l).record()));
+                self.after_write(&mut g, out.seq);
             }
             let it = g.item(l);
             if let Some(r) = opts.recache {

@@ -18,6 +18,7 @@ use super::block::Block;
 use super::classes::{class_of, ClassCounts};
 use super::item::{item_len, Item, ItemMut, Meta, DEAD, FETCHED};
 use super::memory::Budget;
+use super::undo::UndoLog;
 use super::Removal;
 
 /// Where an item lives: segment id (high 32 bits) and byte offset in it.
@@ -27,7 +28,7 @@ pub(super) fn loc(seg: u32, off: usize) -> Loc {
     (u64::from(seg) << 32) | off as u64
 }
 
-fn seg_of(l: Loc) -> u32 {
+pub(super) fn seg_of(l: Loc) -> u32 {
     (l >> 32) as u32
 }
 
@@ -207,6 +208,8 @@ pub(crate) struct Shard {
     pub counters: ItemCounters,
     /// Live items per memcached size class (operator stats).
     pub classes: ClassCounts,
+    /// Before-images of writes whose records are not durable yet (see `undo`).
+    pub(super) undo: UndoLog,
 }
 
 impl Shard {
@@ -224,6 +227,7 @@ impl Shard {
             hasher,
             counters: ItemCounters::default(),
             classes: ClassCounts::default(),
+            undo: UndoLog::default(),
         }
     }
 

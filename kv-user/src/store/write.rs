@@ -8,6 +8,7 @@ use kv_common::item_size;
 use super::item::{Meta, FETCHED, STALE, TOKEN_SENT};
 use super::{abs_exptime, parse_u64, ArithOpts, ArithOutcome, ArithStatus, DeleteOpts, DeleteStatus, Lookup};
 use super::{SetMode, SetOutcome, SetRequest, SetStatus, Store};
+use crate::record::REFUSED_SEQ;
 
 /// What a successful set stores: the old value to combine with (append/prepend), flags, exptime, bits.
 struct Plan {
@@ -29,6 +30,10 @@ impl Store {
         let emit = |k: &[u8], c| self.removed(k, c);
         let env = self.env(now, &emit);
         let mut g = self.shards[si].lock();
+        if self.refused() {
+            drop(g);
+            return SetOutcome { seq: REFUSED_SEQ, ..not(SetStatus::NotStored) };
+        }
         let fresh = |exptime| Ok(Plan { old: None, flags: req.flags, exptime, bits: 0 });
         let found = self.lookup(&mut g, hash, req.key, &env);
         let plan: Result<Plan, SetStatus> = match found {
@@ -81,6 +86,8 @@ impl Store {
                 return not(status);
             }
         };
+        let old_loc = if let Lookup::Live(h) = found { Some(h.loc) } else { None };
+        self.before_write(&mut g, old_loc, req.key);
         // The old item goes without a removal: the Stored change below supersedes it.
         if let Lookup::Live(h) = found {
             g.remove_hit(h, &self.budget);
@@ -94,6 +101,7 @@ impl Store {
         let it = g.item(l);
         let size = it.vlen();
         let seq = self.emit(Change::Stored(it.record()));
+        self.after_write(&mut g, seq);
         self.finish(g);
         SetOutcome { status: SetStatus::Stored, cas, size, seq }
     }
@@ -105,6 +113,10 @@ impl Store {
         let emit = |k: &[u8], c| self.removed(k, c);
         let env = self.env(now, &emit);
         let mut g = self.shards[si].lock();
+        if self.refused() {
+            drop(g);
+            return (DeleteStatus::NotFound, REFUSED_SEQ);
+        }
         let res = match self.lookup(&mut g, hash, key, &env) {
             Lookup::Missing => (DeleteStatus::NotFound, 0),
             Lookup::Live(h) => {
@@ -113,6 +125,7 @@ impl Store {
                 if opts.compare_cas.is_some_and(|c| c != cas) {
                     (DeleteStatus::Exists, 0)
                 } else if opts.invalidate {
+                    self.before_write(&mut g, Some(l), key);
                     let new_cas = self.cas_for(opts.new_cas);
                     let mut e = g.item_mut(l);
                     e.set_bit(STALE, true);
@@ -125,10 +138,13 @@ impl Store {
                         g.note_exptime(l, exp);
                     }
                     let seq = self.emit(Change::Stored(g.item(l).record()));
+                    self.after_write(&mut g, seq);
                     (DeleteStatus::Deleted, seq)
                 } else {
+                    self.before_write(&mut g, Some(l), key);
                     let seq = self.emit(Change::Removed { key, cause: Removal::Deleted });
                     g.remove_hit(h, &self.budget);
+                    self.after_write(&mut g, seq);
                     (DeleteStatus::Deleted, seq)
                 }
             }
@@ -141,10 +157,16 @@ impl Store {
     pub fn remove(&self, key: &[u8]) -> u64 {
         let (hash, si) = self.locate(key);
         let mut g = self.shards[si].lock();
+        if self.refused() {
+            drop(g);
+            return REFUSED_SEQ;
+        }
         let seq = match g.find_hit(hash, key) {
             Some(h) => {
+                self.before_write(&mut g, Some(h.loc), key);
                 let seq = self.emit(Change::Removed { key, cause: Removal::Deleted });
                 g.remove_hit(h, &self.budget);
+                self.after_write(&mut g, seq);
                 seq
             }
             None => 0,
@@ -161,6 +183,10 @@ impl Store {
         let emit = |k: &[u8], c| self.removed(k, c);
         let env = self.env(now, &emit);
         let mut g = self.shards[si].lock();
+        if self.refused() {
+            drop(g);
+            return ArithOutcome { seq: REFUSED_SEQ, ..ArithOutcome::fail(ArithStatus::NotFound) };
+        }
         let out = match self.lookup(&mut g, hash, key, &env) {
             Lookup::Live(h) => {
                 let (l, e) = (h.loc, g.item(h.loc));
@@ -177,6 +203,8 @@ impl Store {
                             let len = if opts.pad { digits.len().max(old_len) } else { digits.len() };
                             let cas = self.cas_for(opts.new_cas);
                             let exptime = opts.touch.map_or(e.exptime(), |t| abs_exptime(t, now));
+                            let (bits, flags) = (e.bits(), e.flags());
+                            self.before_write(&mut g, Some(l), key);
                             let l = if len == old_len {
                                 let mut m = g.item_mut(l);
                                 let v = m.value_mut();
@@ -190,12 +218,13 @@ impl Store {
                                 g.note_time(l, now);
                                 l
                             } else {
-                                let bits = e.bits() & (FETCHED | STALE | TOKEN_SENT);
-                                let meta = Meta { cas, exptime, time: now, atime: now, flags: e.flags(), bits };
+                                let bits = bits & (FETCHED | STALE | TOKEN_SENT);
+                                let meta = Meta { cas, exptime, time: now, atime: now, flags, bits };
                                 g.remove_hit(h, &self.budget);
                                 g.insert(hash, key, &[digits], &meta, &env)
                             };
                             let seq = self.emit(Change::Stored(g.item(l).record()));
+                            self.after_write(&mut g, seq);
                             ArithOutcome { status: ArithStatus::Ok, value: n, cas, exptime, created: false, seq }
                         }
                     }
@@ -208,9 +237,11 @@ impl Store {
                     let mut buf = itoa::Buffer::new();
                     let exptime = abs_exptime(ttl, now);
                     let meta = Meta { cas, exptime, time: now, atime: now, flags: 0, bits: 0 };
+                    self.before_write(&mut g, None, key);
                     let l = g.insert(hash, key, &[buf.format(initial).as_bytes()], &meta, &env);
                     g.counters.total_items += 1;
                     let seq = self.emit(Change::Stored(g.item(l).record()));
+                    self.after_write(&mut g, seq);
                     ArithOutcome { status: ArithStatus::Ok, value: initial, cas, exptime, created: true, seq }
                 }
             },
@@ -221,6 +252,11 @@ impl Store {
 
     /// flush_all [delay]. Immediate (delay <= 0): everything stored now dies. Delayed: at now+delay, every
     /// item stored before that moment dies (memcached's oldest_live). Returns the journal seq.
+    ///
+    /// With a journal that can fail it is applied only once its record is durable, still holding every
+    /// shard lock (it cannot be undone: that would take a copy of the store). That blocks the calling
+    /// thread for one log write (and fsync with `--fsync always`); flush_all is rare and already stops
+    /// every shard while it runs. If the record fails nothing is applied.
     pub fn flush_all(&self, delay: i64) -> u64 {
         let now = self.now();
         let at = if delay > 0 { abs_exptime(delay, now) } else { now };
@@ -229,8 +265,22 @@ impl Store {
         // All shard locks (in index order, so no deadlock with single-shard holders): no mutation sits
         // between taking a CAS and journaling it, so `max_cas` splits the log exactly.
         let mut guards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
+        if self.refused() {
+            return REFUSED_SEQ;
+        }
         let max_cas = if immediate { self.cas.load(Ordering::Relaxed) } else { 0 };
-        let seq = self.emit(Change::Flushed { at, now, max_cas });
+        let change = Change::Flushed { at, now, max_cas };
+        let seq = if self.can_fail {
+            let seq = change.record().map_or(0, |r| self.journal.record(&r));
+            if self.journal.wait_applied(seq).is_err() {
+                // The caller's durability wait reports the failure.
+                return seq;
+            }
+            self.observe(&change);
+            seq
+        } else {
+            self.emit(change)
+        };
         self.flush_at.store(at, Ordering::Relaxed);
         if immediate {
             for g in guards.iter_mut() {

@@ -3,6 +3,7 @@
 mod compaction;
 mod lifecycle;
 mod recovery;
+mod repair;
 mod stamps;
 mod writer;
 
