@@ -103,6 +103,18 @@ pub struct Config {
     /// When to fsync the log.
     #[arg(long = "fsync", value_enum, default_value_t = FsyncPolicy::Everysec)]
     pub fsync: FsyncPolicy,
+    /// Keep the log's history this long (e.g. 1h, 30m, 2d, 90s; 0 = none) so that `--recover-to` can go back
+    /// that far; it costs the disk of the writes made in that time plus one older log.
+    #[arg(long = "history", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub history_secs: u64,
+    /// Start with the state as of this moment (RFC 3339, or unix seconds): the records logged after it are set
+    /// aside in the data directory. One-shot: not a config-file key; repeating it after it was applied is a
+    /// plain start.
+    #[arg(long = "recover-to", value_name = "TIME", value_parser = crate::persist::tools::parse_time)]
+    pub recover_to: Option<u64>,
+    /// Compact the log only once it is at least this big (and over twice the live data), e.g. 64m.
+    #[arg(long = "compact-min-size", value_name = "BYTES", default_value = "64m", value_parser = parse_bytes)]
+    pub compact_min_size: u64,
     /// Keep everything in memory only.
     #[arg(long = "no-persist")]
     pub no_persist: bool,
@@ -177,7 +189,8 @@ impl From<&Config> for crate::kernel::KernelOptions {
 }
 
 /// Flags about the configuration itself (or clap's own): not settings, so not config-file keys.
-const NOT_FILE_KEYS: &[&str] = &["config", "print-config", "help", "version"];
+/// `recover-to` acts once: in a file, every restart would undo the writes made since.
+const NOT_FILE_KEYS: &[&str] = &["config", "print-config", "help", "version", "recover-to"];
 
 /// Why the configuration could not be loaded.
 #[derive(Debug)]
@@ -218,6 +231,9 @@ impl Config {
                 "-I {} with -m {}: Cannot set item size limit higher than 1/2 of memory max.",
                 self.item_size_max, self.memory_limit_mb
             ));
+        }
+        if self.no_persist && self.recover_to.is_some() {
+            return Err("--recover-to with --no-persist: there is no log to recover from".into());
         }
         if self.max_connections == 0 {
             return Err("-c 0: Maximum connections must be greater than 0".into());
@@ -316,6 +332,8 @@ impl Config {
         put("log-format", name(self.log_format.to_possible_value()));
         put("data-dir", s(&self.data_dir.to_string_lossy()));
         put("fsync", name(self.fsync.to_possible_value()));
+        put("history", s(&format!("{}s", self.history_secs)));
+        put("compact-min-size", self.compact_min_size.to_string());
         put("no-persist", self.no_persist.to_string());
         put("no-bpf", self.no_bpf.to_string());
         put("iface", s(&self.iface));
@@ -374,6 +392,35 @@ fn file_args(table: &toml::Table, on_cli: impl Fn(&str) -> bool) -> Result<Vec<S
     Ok(out)
 }
 
+/// Parses a duration: plain seconds or with an s/m/h/d suffix (`0` = none). Returns seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b's') => (&s[..s.len() - 1], 1u64),
+        Some(b'm') => (&s[..s.len() - 1], 60),
+        Some(b'h') => (&s[..s.len() - 1], 3600),
+        Some(b'd') => (&s[..s.len() - 1], 86400),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 30m, 1h, 2d or 0"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("duration too long: {s}"))
+}
+
+/// Parses a byte count: plain bytes or with a k/m/g suffix, at least 1k.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.trim().as_bytes().last() {
+        Some(b'k' | b'K') => (&s.trim()[..s.trim().len() - 1], 1u64 << 10),
+        Some(b'm' | b'M') => (&s.trim()[..s.trim().len() - 1], 1 << 20),
+        Some(b'g' | b'G') => (&s.trim()[..s.trim().len() - 1], 1 << 30),
+        _ => (s.trim(), 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid size: {s}"))?;
+    match n.checked_mul(mult) {
+        Some(b) if b >= 1024 => Ok(b),
+        _ => Err(format!("size must be at least 1k and fit in 64 bits, got {s}")),
+    }
+}
+
 /// Parses memcached-style sizes: plain bytes or with a k/m/g suffix.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
@@ -403,6 +450,28 @@ mod tests {
         assert!(parse_size("12").is_err());
         assert!(parse_size("2g").is_err());
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn durations_and_byte_counts() {
+        assert_eq!(parse_duration("0"), Ok(0));
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("30m"), Ok(1800));
+        assert_eq!(parse_duration("1h"), Ok(3600));
+        assert_eq!(parse_duration("2d"), Ok(172_800));
+        assert!(parse_duration("1w").is_err() && parse_duration("h").is_err() && parse_duration("-1s").is_err());
+        assert_eq!(parse_bytes("64m"), Ok(64 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("100").is_err() && parse_bytes("17179869184g").is_err() && parse_bytes("x").is_err());
+        let c = Config::parse_from(["kv-server"]);
+        assert_eq!((c.history_secs, c.compact_min_size, c.recover_to), (3600, 64 << 20, None));
+        // One-shot: refused in a config file, and meaningless without a log.
+        let (_d, p) = write("recover-to = \"2025-06-01T12:00:00Z\"\n");
+        let err = Config::load_from(["kv-server", "--config", &p]).unwrap_err().to_string();
+        assert!(err.contains("unknown key `recover-to`"), "{err}");
+        let err = Config::load_from(["kv-server", "--no-persist", "--recover-to", "1748779200"]).unwrap_err();
+        assert!(err.to_string().contains("--recover-to with --no-persist"), "{err}");
     }
 
     #[test]

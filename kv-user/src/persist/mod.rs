@@ -73,8 +73,10 @@
 
 mod compaction;
 mod format;
+mod history;
 mod lock;
 mod recovery;
+mod rewind;
 #[cfg(test)]
 mod tests;
 pub mod tools;
@@ -87,6 +89,7 @@ pub use format::{
     FILE_HEADER_LEN, FORMAT_VERSION, MAGIC, MAX_BODY_LEN, MAX_KEY_LEN, MAX_VALUE_LEN, RECORD_HEADER_LEN, STAMP_LEN,
 };
 pub use recovery::Recovery;
+pub use rewind::{Outcome as RewindOutcome, Rewind};
 pub use writer::REJECTED_SEQ;
 
 use std::fs::{self, File};
@@ -221,6 +224,7 @@ struct Shared {
     life: Lifecycle,
     writer: writer::Writer,
     compaction: compaction::Compaction,
+    history: history::History,
     /// Dropping it releases the directory.
     _dir_lock: lock::DirLock,
     #[cfg(test)]
@@ -242,6 +246,7 @@ impl Log {
         fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let dir_lock = lock::DirLock::acquire(dir)?;
         let paths = Paths { dir: dir.clone(), log: dir.join(LOG_FILE), tmp: dir.join(TMP_FILE) };
+        let base = history::tidy(&paths)?;
         let file = recovery::open_log_file(&paths)?;
         let shared = Shared {
             paths,
@@ -249,11 +254,31 @@ impl Log {
             life: Lifecycle::new(),
             writer: writer::Writer::new(file),
             compaction: compaction::Compaction::new(),
+            history: history::History::new(base),
             _dir_lock: dir_lock,
             #[cfg(test)]
             hooks: Default::default(),
         };
         Ok(Arc::new(Log { shared: Arc::new(shared), threads: Mutex::new(Vec::new()) }))
+    }
+
+    /// `--recover-to`: makes the log end at `to_ns` (unix ns), setting aside what was logged after it, so that
+    /// [`Log::recover`] restores the state as of that moment (`rewind`). Refuses a moment older than the history
+    /// kept. Runs before [`Log::recover`].
+    pub fn rewind(&self, to_ns: u64) -> anyhow::Result<Rewind> {
+        let _threads = lock(&self.threads);
+        if self.phase() != Phase::Opened {
+            bail!("the log in {} is already replayed: too late to rewind it", self.shared.paths.dir.display());
+        }
+        self.shared.rewind(to_ns)
+    }
+
+    /// Keeps former logs for `window` after compaction replaces them (`history`; zero keeps none), and drops
+    /// those already older than that.
+    pub fn set_history(&self, window: Duration) -> io::Result<()> {
+        let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.history.window_ns.store(ns, Ordering::Relaxed);
+        self.shared.expire_history()
     }
 
     /// Replays the log into `apply`, repairs a torn or corrupt tail and starts the writer (and, for
