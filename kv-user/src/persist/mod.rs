@@ -10,7 +10,9 @@
 //! # Modules
 //! `lock` (the directory lock), `recovery` (replay, tail repair, upgrade of an older format), `writer` (append
 //! buffer, group commit, the fsync thread, durability waits), `compaction`, `format` (the record format, its only
-//! encoder and decoder), `walk` (reading a log file record by record), `tools` (`kv-server log`); this module owns
+//! encoder and decoder), `walk` (reading a log file record by record), `history` (former logs kept for
+//! point-in-time recovery, start-up repair of an interrupted swap), `rewind` (`--recover-to`), `tools`
+//! (`kv-server log`); this module owns
 //! the [`Log`] type, its life cycle and the public API.
 //!
 //! # Files (in the data directory)
@@ -19,6 +21,7 @@
 //! - `LOCK`: held with `flock(LOCK_EX)` while a server owns the directory; contains its pid.
 //! - `kv.log.dropped-<unix time>-at-<offset>`: a copy of bytes cut off at start-up because they were corrupt
 //!   (or a torn tail over 64 KiB, which may hide a damaged length field), kept for the operator.
+//! - `kv.log.base-<ns>`, `kv.log.hist-<base>-<end>`, `kv.log.undone-<T>-at-<time>/`: the history (`history`).
 //!
 //! # Format (all integers little-endian)
 //! ```text
@@ -63,7 +66,8 @@
 //! # Compaction
 //! [`Log::compact`] (`compaction`) writes the store's live items ([`Snapshot`]) to `kv.log.tmp`, then copies every byte the log
 //! received after the snapshot started (records are state-based, so replaying them over the snapshot converges),
-//! fsyncs, renames over `kv.log` and fsyncs the directory. The final copy and the switch happen under the I/O lock,
+//! fsyncs, renames over `kv.log` (keeping the old one as history for [`Log::set_history`]'s window) and fsyncs
+//! the directory. The final copy and the switch happen under the I/O lock,
 //! which pauses the writers but not [`Journal::record`]; records appended meanwhile go to the new file.
 //! Until the rename the old file is complete, so a crash at any point loses nothing acknowledged.
 //! Trigger ([`Log::needs_compaction`], checked right after start-up and then once a second): the log is larger than
