@@ -189,13 +189,11 @@ impl Shared {
                 Some(i) => Some(i),
                 None => {
                     let oldest = l.hist.iter().map(|g| g.base).chain([live_base]).min().unwrap_or(live_base);
-                    let window = self.history.window_ns.load(Ordering::Relaxed) / 1_000_000_000;
                     bail!(
-                        "cannot recover to {}: the oldest moment the log can restore is {} (history is kept for \
-                         --history {window}s; {} is older or not covered)",
+                        "cannot recover to {}: the oldest moment the log can restore is {} (former logs are kept \
+                         for the --history window, then deleted)",
                         when(t),
-                        when(oldest),
-                        when(t)
+                        when(oldest)
                     )
                 }
             }
