@@ -10,6 +10,7 @@ use clap::builder::PossibleValue;
 use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory as _, Parser, ValueEnum};
 
+pub use crate::cidr::{parse_cidr, udp_allowed, Cidr};
 pub use crate::persist::FsyncPolicy;
 
 /// `--fsync always|everysec|no`: when the append-only log is flushed to stable storage.
@@ -102,6 +103,18 @@ pub struct Config {
     /// When to fsync the log.
     #[arg(long = "fsync", value_enum, default_value_t = FsyncPolicy::Everysec)]
     pub fsync: FsyncPolicy,
+    /// Keep the log's history this long (e.g. 1h, 30m, 2d, 90s; 0 = none) so that `--recover-to` can go back
+    /// that far; it costs the disk of the writes made in that time plus one older log.
+    #[arg(long = "history", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub history_secs: u64,
+    /// Start with the state as of this moment (RFC 3339, or unix seconds): the records logged after it are set
+    /// aside in the data directory. One-shot: not a config-file key; repeating it after it was applied is a
+    /// plain start.
+    #[arg(long = "recover-to", value_name = "TIME", value_parser = crate::persist::tools::parse_time)]
+    pub recover_to: Option<u64>,
+    /// Compact the log only once it is at least this big (and over twice the live data), e.g. 64m.
+    #[arg(long = "compact-min-size", value_name = "BYTES", default_value = "64m", value_parser = parse_bytes)]
+    pub compact_min_size: u64,
     /// Keep everything in memory only.
     #[arg(long = "no-persist")]
     pub no_persist: bool,
@@ -134,53 +147,6 @@ pub struct Config {
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (e.g. 127.0.0.1:9150). Off by default.
     #[arg(long = "metrics-addr", value_name = "IP:PORT")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-}
-
-/// An IPv4 or IPv6 prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix: u32,
-}
-
-impl Cidr {
-    pub const LOOPBACK: Cidr = Cidr { addr: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), prefix: 8 };
-    pub const LOOPBACK6: Cidr = Cidr { addr: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), prefix: 128 };
-
-    /// Whether `ip` is in the prefix; an IPv4-mapped IPv6 address (a dual-stack socket's view of an
-    /// IPv4 client) counts as its IPv4 address.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let mask = u32::MAX.checked_shl(32 - self.prefix).unwrap_or(0);
-                u32::from(a) & mask == u32::from(b) & mask
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let mask = u128::MAX.checked_shl(128 - self.prefix).unwrap_or(0);
-                u128::from(a) & mask == u128::from(b) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// Parses `a.b.c.d/n` or `x:y::z/n` (a bare address: the whole address).
-pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
-    let (a, p) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-    let addr: IpAddr = a.parse().map_err(|_| format!("invalid IP address in {s}"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix: u32 = match p {
-        Some(p) => p.parse().map_err(|_| format!("invalid prefix length in {s}"))?,
-        None => max,
-    };
-    if prefix > max {
-        return Err(format!("prefix length over {max} in {s}"));
-    }
-    Ok(Cidr { addr, prefix })
 }
 
 impl Config {
@@ -223,7 +189,8 @@ impl From<&Config> for crate::kernel::KernelOptions {
 }
 
 /// Flags about the configuration itself (or clap's own): not settings, so not config-file keys.
-const NOT_FILE_KEYS: &[&str] = &["config", "print-config", "help", "version"];
+/// `recover-to` acts once: in a file, every restart would undo the writes made since.
+const NOT_FILE_KEYS: &[&str] = &["config", "print-config", "help", "version", "recover-to"];
 
 /// Why the configuration could not be loaded.
 #[derive(Debug)]
@@ -264,6 +231,9 @@ impl Config {
                 "-I {} with -m {}: Cannot set item size limit higher than 1/2 of memory max.",
                 self.item_size_max, self.memory_limit_mb
             ));
+        }
+        if self.no_persist && self.recover_to.is_some() {
+            return Err("--recover-to with --no-persist: there is no log to recover from".into());
         }
         if self.max_connections == 0 {
             return Err("-c 0: Maximum connections must be greater than 0".into());
@@ -362,6 +332,8 @@ impl Config {
         put("log-format", name(self.log_format.to_possible_value()));
         put("data-dir", s(&self.data_dir.to_string_lossy()));
         put("fsync", name(self.fsync.to_possible_value()));
+        put("history", s(&format!("{}s", self.history_secs)));
+        put("compact-min-size", self.compact_min_size.to_string());
         put("no-persist", self.no_persist.to_string());
         put("no-bpf", self.no_bpf.to_string());
         put("iface", s(&self.iface));
@@ -420,9 +392,33 @@ fn file_args(table: &toml::Table, on_cli: impl Fn(&str) -> bool) -> Result<Vec<S
     Ok(out)
 }
 
-/// Whether UDP from `ip` may be answered under `allow` (from [`Config::udp_allowlist`]).
-pub fn udp_allowed(allow: &[Cidr], ip: std::net::IpAddr) -> bool {
-    allow.iter().any(|c| c.contains(ip))
+/// Parses a duration: plain seconds or with an s/m/h/d suffix (`0` = none). Returns seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b's') => (&s[..s.len() - 1], 1u64),
+        Some(b'm') => (&s[..s.len() - 1], 60),
+        Some(b'h') => (&s[..s.len() - 1], 3600),
+        Some(b'd') => (&s[..s.len() - 1], 86400),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 90s, 30m, 1h, 2d or 0"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("duration too long: {s}"))
+}
+
+/// Parses a byte count: plain bytes or with a k/m/g suffix, at least 1k.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.trim().as_bytes().last() {
+        Some(b'k' | b'K') => (&s.trim()[..s.trim().len() - 1], 1u64 << 10),
+        Some(b'm' | b'M') => (&s.trim()[..s.trim().len() - 1], 1 << 20),
+        Some(b'g' | b'G') => (&s.trim()[..s.trim().len() - 1], 1 << 30),
+        _ => (s.trim(), 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid size: {s}"))?;
+    match n.checked_mul(mult) {
+        Some(b) if b >= 1024 => Ok(b),
+        _ => Err(format!("size must be at least 1k and fit in 64 bits, got {s}")),
+    }
 }
 
 /// Parses memcached-style sizes: plain bytes or with a k/m/g suffix.
@@ -457,29 +453,25 @@ mod tests {
     }
 
     #[test]
-    fn cidrs() {
-        let c = parse_cidr("10.1.0.0/16").unwrap();
-        assert!(c.contains("10.1.200.3".parse().unwrap()));
-        assert!(!c.contains("10.2.0.1".parse().unwrap()));
-        assert_eq!(parse_cidr("10.0.0.7").unwrap().prefix, 32);
-        assert!(parse_cidr("10.0.0.0/33").is_err());
-        assert!(parse_cidr("nope/8").is_err());
-        let allow = Config::parse_from(["kv-server", "--udp-allow", "10.77.0.0/16"]).udp_allowlist();
-        assert!(udp_allowed(&allow, "127.0.0.1".parse().unwrap()));
-        assert!(udp_allowed(&allow, "::1".parse().unwrap()));
-        assert!(udp_allowed(&allow, "10.77.3.2".parse().unwrap()));
-        assert!(!udp_allowed(&allow, "192.0.2.1".parse().unwrap()));
-        // IPv6 prefixes, and IPv4 clients seen through a dual-stack socket.
-        let allow = Config::parse_from(["kv-server", "--udp-allow", "fd00:77::/32", "--udp-allow", "10.0.0.0/8"])
-            .udp_allowlist();
-        assert!(udp_allowed(&allow, "fd00:77:1::5".parse().unwrap()));
-        assert!(!udp_allowed(&allow, "fd00:78::5".parse().unwrap()));
-        assert!(udp_allowed(&allow, "::ffff:10.1.2.3".parse().unwrap()));
-        assert!(!udp_allowed(&allow, "::2".parse().unwrap()));
-        assert_eq!(parse_cidr("fd00::1").unwrap().prefix, 128);
-        assert!(parse_cidr("fd00::/129").is_err());
-        assert!(parse_cidr("0.0.0.0/0").unwrap().contains("192.0.2.1".parse().unwrap()));
-        assert!(parse_cidr("::/0").unwrap().contains("fd00::1".parse().unwrap()));
+    fn durations_and_byte_counts() {
+        assert_eq!(parse_duration("0"), Ok(0));
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90s"), Ok(90));
+        assert_eq!(parse_duration("30m"), Ok(1800));
+        assert_eq!(parse_duration("1h"), Ok(3600));
+        assert_eq!(parse_duration("2d"), Ok(172_800));
+        assert!(parse_duration("1w").is_err() && parse_duration("h").is_err() && parse_duration("-1s").is_err());
+        assert_eq!(parse_bytes("64m"), Ok(64 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("100").is_err() && parse_bytes("17179869184g").is_err() && parse_bytes("x").is_err());
+        let c = Config::parse_from(["kv-server"]);
+        assert_eq!((c.history_secs, c.compact_min_size, c.recover_to), (3600, 64 << 20, None));
+        // One-shot: refused in a config file, and meaningless without a log.
+        let (_d, p) = write("recover-to = \"2025-06-01T12:00:00Z\"\n");
+        let err = Config::load_from(["kv-server", "--config", &p]).unwrap_err().to_string();
+        assert!(err.contains("unknown key `recover-to`"), "{err}");
+        let err = Config::load_from(["kv-server", "--no-persist", "--recover-to", "1748779200"]).unwrap_err();
+        assert!(err.to_string().contains("--recover-to with --no-persist"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The key-value cache server: protocol parsing, storage, persistence, network front ends and the kernel path,
 //! as separate layers with narrow interfaces (see docs/architecture.md).
 
+pub mod cidr;
 pub mod clock;
 pub mod config;
 pub mod exec;

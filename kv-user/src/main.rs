@@ -75,6 +75,15 @@ fn build(cfg: Arc<Config>, kernel: Option<&Kernel>) -> Result<Shared> {
     }
     let store = Arc::new(store);
     if let Some(log) = &log {
+        if let Some(to) = cfg.recover_to {
+            let rewind = log.rewind(to).context("--recover-to")?;
+            match rewind.outcome {
+                kv_user::persist::RewindOutcome::Rewound { .. } => log::warn!("{rewind}"),
+                _ => log::info!("{rewind}"),
+            }
+        }
+        log.set_history(std::time::Duration::from_secs(cfg.history_secs)).context("trimming the log history")?;
+        log.set_compaction_min_bytes(cfg.compact_min_size);
         let t = std::time::Instant::now();
         let rec = log.recover(&mut |r| store.apply(r)).with_context(ctx)?;
         log::info!(

@@ -130,10 +130,12 @@ impl Shared {
         if let Some(e) = self.unavailable() {
             return Err(e);
         }
-        let (end, pending, last) = {
-            let st = lock(&self.writer.state);
+        let (end, pending, last, swap_stamp) = {
+            let mut st = lock(&self.writer.state);
             // Records not yet written are all older than `last`; they are either in the snapshot or copied below.
-            (st.pos - st.buf.len() as u64, st.buf.clone(), st.next_seq - 1)
+            // Every record carried over is stamped at most `swap_stamp`, every later one at least.
+            let now = crate::clock::unix_now_ns_coarse();
+            (st.pos - st.buf.len() as u64, st.buf.clone(), st.next_seq - 1, st.next_stamp(now))
         };
         let old_len = old.metadata()?.len();
         if old_len != end {
@@ -145,7 +147,11 @@ impl Shared {
         drop(w);
         self.sync(&tmp)?;
         let new_len = tmp.metadata()?.len();
-        fs::rename(&self.paths.tmp, &self.paths.log)?;
+        let kept = self.history_before_swap(swap_stamp)?;
+        if let Err(e) = fs::rename(&self.paths.tmp, &self.paths.log) {
+            self.history_swap_failed(kept);
+            return Err(e);
+        }
         // The new file is the log now: the writer must switch to it whatever happens next.
         let dir_synced = sync_dir(&self.paths.dir);
         {
@@ -162,6 +168,7 @@ impl Shared {
             return Err(e);
         }
         drop(live);
+        self.history_after_swap(swap_stamp);
         self.publish(last, new_len);
         self.compaction.base_size.store(new_len, Ordering::Relaxed);
         self.compaction.count.fetch_add(1, Ordering::Relaxed);

@@ -10,7 +10,9 @@
 //! # Modules
 //! `lock` (the directory lock), `recovery` (replay, tail repair, upgrade of an older format), `writer` (append
 //! buffer, group commit, the fsync thread, durability waits), `compaction`, `format` (the record format, its only
-//! encoder and decoder), `walk` (reading a log file record by record), `tools` (`kv-server log`); this module owns
+//! encoder and decoder), `walk` (reading a log file record by record), `history` (former logs kept for
+//! point-in-time recovery, start-up repair of an interrupted swap), `rewind` (`--recover-to`), `tools`
+//! (`kv-server log`); this module owns
 //! the [`Log`] type, its life cycle and the public API.
 //!
 //! # Files (in the data directory)
@@ -19,6 +21,7 @@
 //! - `LOCK`: held with `flock(LOCK_EX)` while a server owns the directory; contains its pid.
 //! - `kv.log.dropped-<unix time>-at-<offset>`: a copy of bytes cut off at start-up because they were corrupt
 //!   (or a torn tail over 64 KiB, which may hide a damaged length field), kept for the operator.
+//! - `kv.log.base-<ns>`, `kv.log.hist-<base>-<end>`, `kv.log.undone-<T>-at-<time>/`: the history (`history`).
 //!
 //! # Format (all integers little-endian)
 //! ```text
@@ -67,7 +70,8 @@
 //! # Compaction
 //! [`Log::compact`] (`compaction`) writes the store's live items ([`Snapshot`]) to `kv.log.tmp`, then copies every byte the log
 //! received after the snapshot started (records are state-based, so replaying them over the snapshot converges),
-//! fsyncs, renames over `kv.log` and fsyncs the directory. The final copy and the switch happen under the I/O lock,
+//! fsyncs, renames over `kv.log` (keeping the old one as history for [`Log::set_history`]'s window) and fsyncs
+//! the directory. The final copy and the switch happen under the I/O lock,
 //! which pauses the writers but not [`Journal::record`]; records appended meanwhile go to the new file.
 //! Until the rename the old file is complete, so a crash at any point loses nothing acknowledged.
 //! Trigger ([`Log::needs_compaction`], checked right after start-up and then once a second): the log is larger than
@@ -78,9 +82,11 @@
 mod compaction;
 mod format;
 mod health;
+mod history;
 mod lock;
 mod recovery;
 mod repair;
+mod rewind;
 #[cfg(test)]
 mod tests;
 pub mod tools;
@@ -94,6 +100,7 @@ pub use format::{
 };
 pub use health::Health;
 pub use recovery::Recovery;
+pub use rewind::{Outcome as RewindOutcome, Rewind};
 pub use writer::REJECTED_SEQ;
 
 use std::fs::{self, File};
@@ -229,6 +236,7 @@ struct Shared {
     writer: writer::Writer,
     compaction: compaction::Compaction,
     repair: repair::Repair,
+    history: history::History,
     /// Dropping it releases the directory.
     _dir_lock: lock::DirLock,
     #[cfg(test)]
@@ -250,6 +258,7 @@ impl Log {
         fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let dir_lock = lock::DirLock::acquire(dir)?;
         let paths = Paths { dir: dir.clone(), log: dir.join(LOG_FILE), tmp: dir.join(TMP_FILE) };
+        let base = history::tidy(&paths)?;
         let file = recovery::open_log_file(&paths)?;
         let shared = Shared {
             paths,
@@ -258,11 +267,31 @@ impl Log {
             writer: writer::Writer::new(file),
             compaction: compaction::Compaction::new(),
             repair: Default::default(),
+            history: history::History::new(base),
             _dir_lock: dir_lock,
             #[cfg(test)]
             hooks: Default::default(),
         };
         Ok(Arc::new(Log { shared: Arc::new(shared), threads: Mutex::new(Vec::new()) }))
+    }
+
+    /// `--recover-to`: makes the log end at `to_ns` (unix ns), setting aside what was logged after it, so that
+    /// [`Log::recover`] restores the state as of that moment (`rewind`). Refuses a moment older than the history
+    /// kept. Runs before [`Log::recover`].
+    pub fn rewind(&self, to_ns: u64) -> anyhow::Result<Rewind> {
+        let _threads = lock(&self.threads);
+        if self.phase() != Phase::Opened {
+            bail!("the log in {} is already replayed: too late to rewind it", self.shared.paths.dir.display());
+        }
+        self.shared.rewind(to_ns)
+    }
+
+    /// Keeps former logs for `window` after compaction replaces them (`history`; zero keeps none), and drops
+    /// those already older than that.
+    pub fn set_history(&self, window: Duration) -> io::Result<()> {
+        let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.history.window_ns.store(ns, Ordering::Relaxed);
+        self.shared.expire_history()
     }
 
     /// Replays the log into `apply`, repairs a torn or corrupt tail and starts the writer (and, for

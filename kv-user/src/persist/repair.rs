@@ -121,7 +121,13 @@ impl Shared {
         if self.life.stopping() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "log stopping"));
         }
-        fs::rename(&self.paths.tmp, &self.paths.log)?;
+        // The new file is exact from `stamp` on; the old one, cut back to its durable part, stays history
+        // (as a compaction's swap leaves it), so a recovery to a moment before the failure still finds it.
+        let kept = self.history_before_swap(stamp)?;
+        if let Err(e) = fs::rename(&self.paths.tmp, &self.paths.log) {
+            self.history_swap_failed(kept);
+            return Err(e);
+        }
         // Until the directory is synced a crash may leave either file: retry (the rename again) until it is.
         sync_dir(&self.paths.dir)?;
         {
@@ -133,6 +139,8 @@ impl Shared {
         *live = Arc::new(tmp);
         self.writer.durable_pos.store(len, Ordering::Release);
         self.compaction.base_size.store(len, Ordering::Relaxed);
+        drop(live);
+        self.history_after_swap(stamp);
         self.heal();
         Ok(len)
     }

@@ -1,6 +1,7 @@
 //! Fixtures shared by the persistence tests, and failure injection; the tests sit in one file per module.
 
 mod compaction;
+mod history;
 mod lifecycle;
 mod recovery;
 mod repair;

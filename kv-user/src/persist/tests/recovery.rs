@@ -85,8 +85,8 @@ fn zero_filled_tail_is_cut() {
     assert_eq!(rec.dropped_bytes, 4096);
     assert!(rec.dropped_reason.unwrap().contains("zero-filled"));
     assert_eq!(fs::metadata(dir.path().join(LOG_FILE)).unwrap().len(), len as u64);
-    // Harmless, so no copy is kept: only LOCK and the log.
-    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+    // Harmless, so no copy is kept: only LOCK, the log and its base marker (`history`).
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3);
 }
 
 #[test]

@@ -4,19 +4,18 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt as _;
-use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde_json::{json, Map, Value};
 
 use super::when::{format_stamp, parse_time};
-use super::{damage, LogFile, DAMAGED, SOUND};
+use super::{damage, LogFile, Source, DAMAGED, SOUND};
 use crate::persist::format::{Entry, Version};
 use crate::record::Record;
 
 /// `verify`: walks the whole log; prints one line saying it is sound, or where and why it is not.
-pub(super) fn verify(dir: &Path) -> anyhow::Result<i32> {
-    let log = LogFile::open(dir)?;
+pub(super) fn verify(src: &Source) -> anyhow::Result<i32> {
+    let log = src.open()?;
     let mut walk = log.walk()?;
     let (mut records, mut span) = (0u64, Span::default());
     while let Some((_, e, _)) = walk.next()? {
@@ -52,9 +51,8 @@ pub(super) fn verify(dir: &Path) -> anyhow::Result<i32> {
 
 #[derive(Debug, Args)]
 pub(super) struct DumpArgs {
-    /// The server's data directory.
-    #[arg(long = "data-dir", value_name = "DIR", default_value = "kv-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    src: Source,
     /// One JSON object per line instead of text.
     #[arg(long)]
     json: bool,
@@ -81,7 +79,7 @@ impl DumpArgs {
 
 /// `dump`: one line per record that passes the filters; the walk's damage, if any, goes to stderr.
 pub(super) fn dump(args: &DumpArgs) -> anyhow::Result<i32> {
-    let log = LogFile::open(&args.data_dir)?;
+    let log = args.src.open()?;
     let mut walk = log.walk()?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     while let Some((at, e, _)) = walk.next()? {
@@ -201,9 +199,8 @@ impl Span {
 
 #[derive(Debug, Args)]
 pub(super) struct StatsArgs {
-    /// The server's data directory.
-    #[arg(long = "data-dir", value_name = "DIR", default_value = "kv-data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    src: Source,
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -220,7 +217,7 @@ struct Live {
 
 /// `stats`: counts over the whole log, and the keys a start-up now would bring back.
 pub(super) fn stats(args: &StatsArgs) -> anyhow::Result<i32> {
-    let log = LogFile::open(&args.data_dir)?;
+    let log = args.src.open()?;
     let mut walk = log.walk()?;
     let (mut ops, mut span) = ([0u64; 4], Span::default());
     let mut keys: HashMap<Vec<u8>, Option<Live>> = HashMap::new();

@@ -15,6 +15,8 @@ mod inspect;
 mod truncate;
 mod when;
 
+pub use when::{format_stamp, parse_time};
+
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::File;
@@ -54,7 +56,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Verb {
     /// Read every record and check its CRC; report the first bad one (offset and why).
-    Verify(DirArg),
+    Verify(Source),
     /// Print the records, one per line (text, or JSON with --json), with their offsets and times.
     Dump(inspect::DumpArgs),
     /// Count records, operations, keys, live keys and bytes; show the time span.
@@ -63,11 +65,25 @@ enum Verb {
     Truncate(truncate::TruncateArgs),
 }
 
+/// The log a read-only verb reads: the data directory's, or a kept one (`--file`).
 #[derive(Debug, Args)]
-struct DirArg {
+struct Source {
     /// The server's data directory.
     #[arg(long = "data-dir", value_name = "DIR", default_value = "kv-data")]
     data_dir: PathBuf,
+    /// Read this log file instead of DIR/kv.log: a former log kept as history (kv.log.hist-*), or one a
+    /// --recover-to set aside (kv.log.undone-*/kv.log). A relative path is taken from DIR.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+}
+
+impl Source {
+    fn open(&self) -> anyhow::Result<LogFile> {
+        match &self.file {
+            Some(f) => LogFile::open_path(self.data_dir.join(f)),
+            None => LogFile::open(&self.data_dir),
+        }
+    }
 }
 
 /// Runs `kv-server log ...`; `args` is the whole command line (program name, `log`, verb, ...). Returns the exit
@@ -82,7 +98,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
     };
     let res = match &cli.verb {
-        Verb::Verify(a) => inspect::verify(&a.data_dir),
+        Verb::Verify(a) => inspect::verify(a),
         Verb::Dump(a) => inspect::dump(a),
         Verb::Stats(a) => inspect::stats(a),
         Verb::Truncate(a) => truncate::truncate(a),
@@ -124,7 +140,10 @@ struct LogFile {
 
 impl LogFile {
     fn open(dir: &Path) -> anyhow::Result<LogFile> {
-        let path = dir.join(LOG_FILE);
+        LogFile::open_path(dir.join(LOG_FILE))
+    }
+
+    fn open_path(path: PathBuf) -> anyhow::Result<LogFile> {
         let mut file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let len = file.metadata()?.len();
         let mut h = Vec::with_capacity(FILE_HEADER_LEN);
