@@ -25,6 +25,8 @@ struct Cli {
 enum Part {
     Throughput,
     Memory,
+    /// Start-up time with a large log, beside memcached's warm restart.
+    Restart,
 }
 
 #[derive(Subcommand)]
@@ -59,8 +61,8 @@ enum Task {
         /// Output directory (default: target/bench).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Only the throughput rows, or only the memory rows (RSS per item, overfill, hit ratio, idle
-        /// connections, stalled uploads); default both.
+        /// Only the throughput rows, the memory rows (RSS per item, overfill, hit ratio, idle connections,
+        /// stalled uploads) or the restart rows (start-up time with a large log); default all.
         #[arg(long, value_enum)]
         only: Option<Part>,
         /// Many-core mode: CPUs (e.g. 0-3) for the servers, their threads (one per CPU) and their veth
@@ -239,7 +241,12 @@ fn bench(_root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>, cp
         cmd.arg("--out").arg(out);
     }
     if let Some(p) = only {
-        cmd.args(["--only", if matches!(p, Part::Memory) { "memory" } else { "throughput" }]);
+        let part = match p {
+            Part::Throughput => "throughput",
+            Part::Memory => "memory",
+            Part::Restart => "restart",
+        };
+        cmd.args(["--only", part]);
     }
     for (flag, list) in ["--server-cpus", "--client-cpus"].into_iter().zip(cpus) {
         if let Some(list) = list {
@@ -255,6 +262,7 @@ fn bench(root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>, cpu
     let only = only.map(|p| match p {
         Part::Throughput => bench::Part::Throughput,
         Part::Memory => bench::Part::Memory,
+        Part::Restart => bench::Part::Restart,
     });
     let [server_cpus, client_cpus] = cpus;
     bench::run(root, bench::Opts { quick, out, only, server_cpus, client_cpus })

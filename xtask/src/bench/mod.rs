@@ -6,13 +6,15 @@
 //! says what is measured, `run` measures it (one server and workload at a time), `servers` starts and
 //! queries the servers under test, `procs` watches child processes, `bed` is the namespace testbed and
 //! `report` writes the table, results.json and the chart. `memory` measures and reports the memory rows
-//! (RSS per item, overfilling `-m`, hit ratio, idle connections, stalled uploads).
+//! (RSS per item, overfilling `-m`, hit ratio, idle connections, stalled uploads); `restart` the
+//! start-up times (kv-server replaying its log, memcached's warm restart).
 
 mod bed;
 mod cpus;
 mod memory;
 mod procs;
 mod report;
+mod restart;
 mod run;
 mod servers;
 mod workloads;
@@ -47,6 +49,7 @@ pub struct Opts {
 pub enum Part {
     Throughput,
     Memory,
+    Restart,
 }
 
 impl Opts {
@@ -90,6 +93,7 @@ struct Ctx {
     pin: Option<cpus::Pinning>,
     rows: Vec<Row>,
     memory: memory::Results,
+    restart: Vec<restart::Cell>,
     /// (workload, which servers are left out and why).
     skips: Vec<(String, String)>,
 }
@@ -153,6 +157,7 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
         pin,
         rows: Vec::new(),
         memory: Default::default(),
+        restart: Vec::new(),
         skips: Vec::new(),
     };
     let mut result = Ok(());
@@ -162,6 +167,10 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
     if result.is_ok() && ctx.opts.runs(Part::Memory) {
         result = ctx.run_memory();
     }
+    if result.is_ok() && ctx.opts.runs(Part::Restart) {
+        result = ctx.run_restart();
+    }
+    let restart_written = restart::report(&ctx.out, &ctx.restart);
     // Whatever happened, report what was measured.
     let mut m = machine();
     if let Some(p) = &ctx.pin {
@@ -177,6 +186,7 @@ pub fn run(root: &Path, opts: Opts) -> Result<()> {
     }
     result?;
     written?;
+    restart_written?;
     eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
