@@ -11,7 +11,7 @@ use kv_user::persist::{Log, LogOptions};
 use kv_user::record::{Journal, NoJournal};
 use kv_user::server::{self, Shared};
 use kv_user::stats::Stats;
-use kv_user::store::{Store, StoreOptions};
+use kv_user::store::{Replayer, Store, StoreOptions};
 
 fn main() -> Result<()> {
     // `kv-server log <verb>`: the log tools, not a server. No server flag is a bare word, so this takes nothing
@@ -85,7 +85,15 @@ fn build(cfg: Arc<Config>, kernel: Option<&Kernel>) -> Result<Shared> {
         log.set_history(std::time::Duration::from_secs(cfg.history_secs)).context("trimming the log history")?;
         log.set_compaction_min_bytes(cfg.compact_min_size);
         let t = std::time::Instant::now();
-        let rec = log.recover(&mut |r| store.apply(r)).with_context(ctx)?;
+        // Replay on every core: the server is not serving yet, so nothing else wants them.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let rec = std::thread::scope(|s| {
+            let mut replay = Replayer::new(&store, s, workers);
+            let rec = log.recover(&mut |r| replay.apply(r));
+            replay.finish();
+            rec
+        })
+        .with_context(ctx)?;
         log::info!(
             "recovered {} records ({} bytes) from {} in {:?}; {} items live",
             rec.records,

@@ -45,6 +45,7 @@ pub use admin::ItemMeta;
 pub use changes::{Change, Observer, Removal};
 pub use classes::{chunk_size, class_of, ClassCounts, CLASSES, MAX_CLASS_ID, PAGE_SIZE};
 pub use item::HEADER as ITEM_HEADER;
+pub use replay::Replayer;
 pub use shard::ItemCounters;
 pub use types::*;
 

@@ -413,6 +413,47 @@ fn replay_restores_state_and_cas() {
     assert!(r2.is_empty());
 }
 
+/// The parallel replay ends in the state the one-thread replay does: per key in log order, a flush_all between
+/// what came before and after it.
+#[test]
+fn parallel_replay_matches_serial() {
+    let (s, j, c) = setup();
+    for round in 0..3 {
+        for i in 0..400 {
+            set(&s, &format!("k{i}"), &format!("v{i}-{round}"));
+        }
+        for i in (0..400).step_by(7) {
+            s.delete(format!("k{i}").as_bytes(), &DeleteOpts::default());
+        }
+        s.fetch(b"k1", &FetchOpts { touch: Some(100 + round), ..FetchOpts::default() });
+        if round == 1 {
+            s.flush_all(0);
+        }
+    }
+    let log = j.take();
+    let serial = Store::with_clock(opts(64), Arc::new(NoJournal), c.clone());
+    for rec in &log {
+        rec.with(|rec| serial.apply(rec));
+    }
+    let parallel = Store::with_clock(opts(64), Arc::new(NoJournal), c.clone());
+    std::thread::scope(|sc| {
+        let mut r = super::Replayer::new(&parallel, sc, 3);
+        for rec in &log {
+            rec.with(|rec| r.apply(rec));
+        }
+        r.finish();
+    });
+    let dump = |st: &Store| {
+        let mut v = Vec::new();
+        st.for_each_live(&mut |r| v.push(Owned::from(r)));
+        v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        v
+    };
+    assert_eq!(dump(&parallel), dump(&serial));
+    assert_eq!(parallel.len(), serial.len());
+    assert!(parallel.len() > 300);
+}
+
 #[test]
 fn snapshot_round_trip() {
     let (s, _, c) = setup();
