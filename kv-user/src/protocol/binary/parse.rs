@@ -99,7 +99,8 @@ pub fn parse<'a>(buf: &'a [u8], limits: &Limits) -> BinParsed<'a> {
         return fail(Status::InvalidArguments, HEADER_LEN, 0, true);
     }
     let head = HEADER_LEN + h.extlen + h.keylen;
-    let protocol_error = fail(Status::InvalidArguments, head, 0, true);
+    // The connection closes after it: only the header need have arrived.
+    let protocol_error = fail(Status::InvalidArguments, HEADER_LEN, 0, true);
     let (base, quiet) = unquiet(h.opcode);
     let (k, e) = (h.keylen, h.extlen);
     let valid = match base {
