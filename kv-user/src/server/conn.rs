@@ -393,4 +393,29 @@ mod tests {
         assert!(item < 500_000, "only the stored item is charged now ({item} bytes)");
         assert_eq!(store.get(b"a").map(|i| i.value.len()), Some(400_000));
     }
+
+    /// The first byte picks the protocol for the life of the pipeline (the connection).
+    #[test]
+    fn the_first_byte_picks_the_protocol() {
+        let ctx = ctx();
+        let noop = [0x80, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut p = Pipeline::new(1024 * 1024);
+        let (sent, _, _) = drain(&mut p, &noop, &ctx, 4096);
+        assert_eq!(&sent[..2], [0x81, 0x0a]);
+        assert_eq!(&sent[12..16], [0, 0, 0, 9], "opaque echoed");
+        // Text after binary is a bad magic: the connection closes without an answer.
+        let mut input = BytesMut::from(&b"get some key here, long enough\r\n"[..]);
+        let batch = p.run(&mut input, &ctx, &mut BytesMut::new(), 4096);
+        assert!(batch.close);
+        // A text connection stays text: a binary header on it is unknown command lines (its opcode
+        // byte, 0x0a, ends the first).
+        let mut t = Pipeline::new(1024 * 1024);
+        let (sent, _, _) = drain(&mut t, b"mn\r\n", &ctx, 4096);
+        assert_eq!(sent, b"MN\r\n");
+        let mut input = BytesMut::from(&noop[..]);
+        input.extend_from_slice(b"\r\n");
+        let mut out = BytesMut::new();
+        t.run(&mut input, &ctx, &mut out, 4096);
+        assert_eq!(&out[..], b"ERROR\r\nERROR\r\n");
+    }
 }

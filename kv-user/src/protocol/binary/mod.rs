@@ -130,3 +130,6 @@ pub enum BinCmd<'a> {
     },
     Quit,
 }
+
+#[cfg(test)]
+mod tests;
