@@ -8,6 +8,7 @@ mod admin;
 #[cfg(test)]
 mod admin_tests;
 mod arith;
+mod binary;
 mod get;
 mod meta;
 mod misc;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 pub use admin::AdminState;
+pub use binary::{execute_binary, reject_too_large as reject_too_large_binary};
 
 use crate::config::Config;
 use crate::protocol::command::Command;

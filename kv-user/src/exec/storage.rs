@@ -6,7 +6,7 @@ use super::{reject_too_large_noreply, reply, Ctx, Outcome};
 use crate::protocol::command::{SetMode, StoreCmd};
 use crate::protocol::reply as r;
 use crate::stats::bump;
-use crate::store::{DeleteOpts, DeleteStatus, SetRequest, SetStatus};
+use crate::store::{DeleteOpts, DeleteStatus, SetOutcome, SetRequest, SetStatus};
 
 /// Counts cas_hits/cas_badval/cas_misses as memcached's do_store_item does for CAS stores.
 pub(super) fn count_cas(ctx: &Ctx, status: SetStatus) {
@@ -18,18 +18,26 @@ pub(super) fn count_cas(ctx: &Ctx, status: SetStatus) {
     }
 }
 
-pub(super) fn store(cmd: &StoreCmd<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
-    let mode = cmd.mode;
-    let mut req = SetRequest::new(mode, cmd.key, cmd.data, cmd.flags, cmd.exptime);
+/// Applies a classic storage command (text or binary) and counts it; a `TooLarge` outcome is not
+/// counted, its handling differs by protocol.
+pub(super) fn apply_store(cmd: &StoreCmd<'_>, ctx: &Ctx) -> SetOutcome {
+    let mut req = SetRequest::new(cmd.mode, cmd.key, cmd.data, cmd.flags, cmd.exptime);
     req.compare_cas = cmd.cas_unique;
     let res = ctx.store.set(&req);
+    if res.status != SetStatus::TooLarge {
+        ctx.stats.detail.record_set(cmd.key);
+        bump(&ctx.stats.cmd_set, 1);
+        if cmd.mode == SetMode::Cas {
+            count_cas(ctx, res.status);
+        }
+    }
+    res
+}
+
+pub(super) fn store(cmd: &StoreCmd<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    let res = apply_store(cmd, ctx);
     if res.status == SetStatus::TooLarge {
         return reject_too_large_noreply(cmd.key, cmd.noreply, ctx, out);
-    }
-    ctx.stats.detail.record_set(cmd.key);
-    bump(&ctx.stats.cmd_set, 1);
-    if mode == SetMode::Cas {
-        count_cas(ctx, res.status);
     }
     let line = match res.status {
         SetStatus::Stored => r::STORED,
@@ -41,15 +49,20 @@ pub(super) fn store(cmd: &StoreCmd<'_>, ctx: &Ctx, out: &mut BytesMut) -> Outcom
     Outcome::seq(res.seq)
 }
 
-pub(super) fn delete(key: &[u8], noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+/// Applies a classic delete (text, or binary with its optional CAS) and counts it as memcached does.
+pub(super) fn apply_delete(key: &[u8], opts: &DeleteOpts, ctx: &Ctx) -> (DeleteStatus, u64) {
     ctx.stats.detail.record_delete(key);
-    let (status, seq) = ctx.store.delete(key, &DeleteOpts::default());
-    if status == DeleteStatus::Deleted {
-        bump(&ctx.stats.delete_hits, 1);
-        reply(out, noreply, r::DELETED);
-    } else {
-        bump(&ctx.stats.delete_misses, 1);
-        reply(out, noreply, r::NOT_FOUND);
+    let (status, seq) = ctx.store.delete(key, opts);
+    match status {
+        DeleteStatus::Deleted => bump(&ctx.stats.delete_hits, 1),
+        DeleteStatus::NotFound => bump(&ctx.stats.delete_misses, 1),
+        DeleteStatus::Exists => {}
     }
+    (status, seq)
+}
+
+pub(super) fn delete(key: &[u8], noreply: bool, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
+    let (status, seq) = apply_delete(key, &DeleteOpts::default(), ctx);
+    reply(out, noreply, if status == DeleteStatus::Deleted { r::DELETED } else { r::NOT_FOUND });
     Outcome::seq(seq)
 }

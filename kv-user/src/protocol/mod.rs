@@ -6,6 +6,7 @@
 
 mod admin;
 pub mod base64;
+pub mod binary;
 pub mod command;
 mod meta;
 mod parse;

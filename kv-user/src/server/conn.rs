@@ -6,6 +6,7 @@ use bytes::{Buf as _, BytesMut};
 use super::Shared;
 use crate::exec::{self, Ctx};
 use crate::persist::REJECTED_SEQ;
+use crate::protocol::binary::{self, reply as bin_reply, BinParsed, Echo, Status};
 use crate::protocol::{self, reply, Limits, Parsed};
 use crate::record::REFUSED_SEQ;
 use crate::store::Reservation;
@@ -27,6 +28,9 @@ pub struct Pipeline {
     /// The last `run`'s replies, for [`Pipeline::settle`]: where `out` held them and their records.
     base: usize,
     spans: Vec<Span>,
+    /// The protocol, set by the connection's first byte as memcached does: binary if it is the
+    /// request magic (None until a byte arrives).
+    binary: Option<bool>,
 }
 
 /// One executed request's reply: it ends at `end` in `out`; `seq` is its journal record (0: none).
@@ -36,6 +40,8 @@ struct Span {
     seq: u64,
     /// A text command's `noreply`: memcached suppresses even its errors.
     noreply: bool,
+    /// A binary request's echo: its error is a binary response (quiet never hides errors).
+    bin: Option<Echo>,
 }
 
 /// A reply that cannot be sent in pieces (UDP) is refused past this size, as memcached refuses one
@@ -55,7 +61,15 @@ pub struct Batch {
 
 impl Pipeline {
     pub fn new(item_size_max: usize) -> Self {
-        Self { limits: Limits { item_size_max }, swallow: 0, resume: 0, upload: None, base: 0, spans: Vec::new() }
+        Self {
+            limits: Limits { item_size_max },
+            swallow: 0,
+            resume: 0,
+            upload: None,
+            base: 0,
+            spans: Vec::new(),
+            binary: None,
+        }
     }
 
     /// Nothing pending: no data to swallow, no multiget half sent, no upload in progress.
@@ -84,6 +98,16 @@ impl Pipeline {
                 batch.more = true;
                 return batch;
             }
+            if *self.binary.get_or_insert(input[0] == binary::REQUEST_MAGIC) {
+                match self.binary_step(input, ctx, out, &mut batch) {
+                    Some(consumed) => input.advance(consumed),
+                    None => return batch,
+                }
+                if batch.close {
+                    return batch;
+                }
+                continue;
+            }
             let consumed = match protocol::parse(input, &self.limits) {
                 Parsed::Incomplete => return batch,
                 Parsed::Partial { total, noreply } => {
@@ -102,7 +126,7 @@ impl Pipeline {
                             if !noreply {
                                 out.extend_from_slice(reply::OUT_OF_MEMORY_STORE);
                             }
-                            self.spans.push(Span { end: out.len(), seq: 0, noreply });
+                            self.spans.push(Span { end: out.len(), seq: 0, noreply, bin: None });
                             ctx.stats.store_no_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.swallow = total - input.len();
                             input.len()
@@ -116,7 +140,12 @@ impl Pipeline {
                     let stop_at = out_soft_limit.min(UNSPLIT_REPLY_MAX);
                     let (o, resume) = exec::execute_from(&cmd, self.resume, ctx, out, stop_at);
                     batch.seq = batch.seq.max(o.seq);
-                    self.spans.push(Span { end: out.len(), seq: o.seq, noreply: !cmd.is_meta() && out.len() == start });
+                    self.spans.push(Span {
+                        end: out.len(),
+                        seq: o.seq,
+                        noreply: !cmd.is_meta() && out.len() == start,
+                        bin: None,
+                    });
                     batch.close |= o.close;
                     match resume {
                         None => {
@@ -151,7 +180,7 @@ impl Pipeline {
                             0
                         }
                     };
-                    self.spans.push(Span { end: out.len(), seq, noreply: reply.is_empty() });
+                    self.spans.push(Span { end: out.len(), seq, noreply: reply.is_empty(), bin: None });
                     self.swallow = swallow;
                     batch.close |= close;
                     consumed
@@ -166,6 +195,56 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// One binary request from the front of `input`: the bytes it consumed, or None to wait for more
+    /// (or, with `batch.close`, to close). Large values are reserved and refused as for text.
+    fn binary_step(&mut self, input: &mut BytesMut, ctx: &Ctx, out: &mut BytesMut, batch: &mut Batch) -> Option<usize> {
+        let (echo, seq, consumed) = match binary::parse(input, &self.limits) {
+            BinParsed::Incomplete => return None,
+            BinParsed::BadMagic => {
+                batch.close = true;
+                return None;
+            }
+            BinParsed::Partial { total, echo } => {
+                if total <= RESERVE_ABOVE || self.upload.is_some() {
+                    return None;
+                }
+                match ctx.store.reserve(total as u64) {
+                    Some(r) => {
+                        input.reserve(total - input.len());
+                        self.upload = Some(r);
+                        return None;
+                    }
+                    None => {
+                        bin_reply::error(out, echo, Status::OutOfMemory);
+                        ctx.stats.store_no_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.swallow = total - input.len();
+                        (echo, 0, input.len())
+                    }
+                }
+            }
+            BinParsed::Request { req, consumed } => {
+                self.upload = None;
+                let o = exec::execute_binary(&req, ctx, out);
+                batch.close |= o.close;
+                (req.echo, o.seq, consumed)
+            }
+            BinParsed::Error { echo, status, consumed, swallow, close, too_large_key } => {
+                let o = if status == Status::TooLarge {
+                    exec::reject_too_large_binary(echo, too_large_key, ctx, out)
+                } else {
+                    bin_reply::error(out, echo, status);
+                    exec::Outcome::default()
+                };
+                self.swallow = swallow;
+                batch.close |= close;
+                (echo, o.seq, consumed)
+            }
+        };
+        batch.seq = batch.seq.max(seq);
+        self.spans.push(Span { end: out.len(), seq, noreply: false, bin: Some(echo) });
+        Some(consumed)
+    }
+
     /// Makes the replies of the last [`Pipeline::run`] (in `out`) report only what is durable: once the
     /// batch's highest record `seq` is, there is nothing to do (one wait). Otherwise each request is
     /// looked at: a write whose record failed (or was refused) gets `SERVER_ERROR <cause>` instead of its
@@ -192,6 +271,10 @@ impl Pipeline {
             };
             match error {
                 Some(_) if span.noreply => {}
+                Some(e) if span.bin.is_some() => {
+                    let echo = span.bin.expect("checked");
+                    bin_reply::error_with(&mut fixed, echo, Status::OutOfMemory, e.as_bytes());
+                }
                 Some(e) => {
                     fixed.extend_from_slice(b"SERVER_ERROR ");
                     fixed.extend_from_slice(e.as_bytes());
@@ -309,5 +392,30 @@ mod tests {
         let item = store.memory_used() - base;
         assert!(item < 500_000, "only the stored item is charged now ({item} bytes)");
         assert_eq!(store.get(b"a").map(|i| i.value.len()), Some(400_000));
+    }
+
+    /// The first byte picks the protocol for the life of the pipeline (the connection).
+    #[test]
+    fn the_first_byte_picks_the_protocol() {
+        let ctx = ctx();
+        let noop = [0x80, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut p = Pipeline::new(1024 * 1024);
+        let (sent, _, _) = drain(&mut p, &noop, &ctx, 4096);
+        assert_eq!(&sent[..2], [0x81, 0x0a]);
+        assert_eq!(&sent[12..16], [0, 0, 0, 9], "opaque echoed");
+        // Text after binary is a bad magic: the connection closes without an answer.
+        let mut input = BytesMut::from(&b"get some key here, long enough\r\n"[..]);
+        let batch = p.run(&mut input, &ctx, &mut BytesMut::new(), 4096);
+        assert!(batch.close);
+        // A text connection stays text: a binary header on it is unknown command lines (its opcode
+        // byte, 0x0a, ends the first).
+        let mut t = Pipeline::new(1024 * 1024);
+        let (sent, _, _) = drain(&mut t, b"mn\r\n", &ctx, 4096);
+        assert_eq!(sent, b"MN\r\n");
+        let mut input = BytesMut::from(&noop[..]);
+        input.extend_from_slice(b"\r\n");
+        let mut out = BytesMut::new();
+        t.run(&mut input, &ctx, &mut out, 4096);
+        assert_eq!(&out[..], b"ERROR\r\nERROR\r\n");
     }
 }
