@@ -237,6 +237,11 @@ pub fn lookup(s: &mut Scratch, hash: u64) -> Result<Hit, Counter> {
     let hash = hash_finish(hash);
     let (a, b) = slot_pairs(hash, maps::slot_mask());
     let tag = slot_tag(hash);
+    // Touch the first pair's slots before their words in SEQS are read: the key usually lives in one of
+    // them, and these loads do not depend on the words, so their misses (TLB and cache line: the slots
+    // are spread over the whole map) overlap the words' instead of following them.
+    touch(a);
+    touch(a | 1);
     // Seqlock read: user space makes the sequence odd, rewrites the slot, makes it even again. What is
     // read between two equal even words is one consistent state; anything read here may be torn
     // until that final check, so every length is bounded before use. The word the tag was found in is
@@ -283,6 +288,15 @@ pub fn lookup(s: &mut Scratch, hash: u64) -> Result<Hit, Counter> {
         return Err(Counter::PassFlushed);
     }
     Ok(Hit { idx, seq1, hdr, cas_len, total })
+}
+
+/// Loads slot `idx`'s first line (its key length) and drops the value: a prefetch.
+#[inline(always)]
+fn touch(idx: u32) {
+    if let Some(slot) = Slot::at(idx) {
+        // A volatile load: the compiler must not drop it as unused.
+        let _ = slot.key_len();
+    }
 }
 
 /// The slot of the pair at `base` whose word in SEQS carries this tag, with that word, if any.

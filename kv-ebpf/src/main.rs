@@ -70,13 +70,8 @@ mod prog {
                 c => return Err(counter_from(c as u64)),
             }
         }
-        match parse_get(scratch, req.text_len, exact)? {
-            Reply::Direct(hit) => {
-                scratch.hit = hit;
-                serve_direct(ctx, &req, scratch)
-            }
-            Reply::Scratch { len, keys } => serve_scratch(ctx, &req, scratch, len, keys),
-        }
+        let Reply::Scratch { len, keys } = parse_get(scratch, req.text_len)?;
+        serve_scratch(ctx, &req, scratch, len, keys)
     }
 
     #[unsafe(link_section = "license")]

@@ -18,7 +18,7 @@ use kv_ebpf::{
 };
 
 use crate::{
-    lookup::{find_entry, Hit},
+    lookup::find_entry,
     maps::{self, count},
     request::Req,
     scratch::{Scratch, CSUM_CHUNK, HDR_UDP, OUT_BUF, OUT_HALF_MASK, OUT_MASK, REPLY_OFF, UDP6_OFF, V4_HDRS},
@@ -38,8 +38,6 @@ const REPLY_TTL: u8 = 64;
 
 /// How the reply is sent.
 pub enum Reply {
-    /// Copy the slot's reply straight into the packet (no copy through scratch).
-    Direct(Hit),
     /// The reply text was assembled in `scratch.out` after room for the headers.
     Scratch { len: usize, keys: u64 },
 }

@@ -14,7 +14,7 @@ use kv_ebpf::{
 };
 
 use crate::{
-    lookup::{find_entry, get_key, lookup, GET_KEY_OFF},
+    lookup::{get_key, lookup, GET_KEY_OFF},
     maps::{self, ALLOW6},
     reply::{append_entry, finish, Reply},
     scratch::{ScanState, Scratch, REPLY_OFF, REQ_MASK},
@@ -204,14 +204,14 @@ pub fn direct_get(s: &mut Scratch, text_len: usize) -> u32 {
 }
 
 /// Parses `get|gets <key>( <key>)*\r\n` from `s.req` (`text_len` bytes) and assembles the reply text in
-/// `s.out` after room for the headers, or, for a 1-key `get` in a frame that is `exact` (nothing after
-/// the datagram), returns the hit to copy straight into the packet. Any key that is not a live hit, or
-/// any syntax the user-space parser might treat differently, makes the whole request pass.
+/// `s.out` after room for the headers (a 1-key `get` answered straight from the slot is [`direct_get`]'s).
+/// Any key that is not a live hit, or any syntax the user-space parser might treat differently, makes
+/// the whole request pass.
 ///
 /// The byte scan runs in a `bpf_loop` callback (verified once, whatever the key count and lengths: an
 /// open-coded loop over bytes and keys explodes the verifier's path count). All its mutable state is
 /// in `s.scan`, in the scratch map, not on the stack: see [`ScanState`] for why.
-pub fn parse_get(s: &mut Scratch, text_len: usize, exact: bool) -> Result<Reply, Counter> {
+pub fn parse_get(s: &mut Scratch, text_len: usize) -> Result<Reply, Counter> {
     let r = &s.req;
     let (pos, cas) = if r[0] == b'g' && r[1] == b'e' && r[2] == b't' && r[3] == b' ' {
         (4u64, 0u64)
@@ -245,9 +245,6 @@ pub fn parse_get(s: &mut Scratch, text_len: usize, exact: bool) -> Result<Reply,
             // exit paths, which would have it check the lookup once per possible length.
             volatile_write(&mut s.scan.body_end, (body_end - first) as u64);
             let klen = volatile_read(&s.scan.body_end) as usize;
-            if cas == 0 && exact {
-                return Ok(Reply::Direct(find_entry(s, first, klen)?));
-            }
             let out = append_entry(s, first, klen, cas != 0, REPLY_OFF)?;
             return finish(s, out, 1);
         }

@@ -54,9 +54,6 @@ fn try_kv_tc(ctx: &TcContext) -> Result<i32, Counter> {
         unsafe { h::bpf_skb_pull_data(ctx.skb.skb, 0) };
     }
     let (req, scratch) = read_request(ctx)?;
-    match parse_get(scratch, req.text_len, false)? {
-        Reply::Scratch { len, keys } => serve_skb(ctx, &req, scratch, len, keys),
-        // Only for a frame that may be answered straight from the slot, which this one may not.
-        Reply::Direct(_) => Err(Counter::PassMalformed),
-    }
+    let Reply::Scratch { len, keys } = parse_get(scratch, req.text_len)?;
+    serve_skb(ctx, &req, scratch, len, keys)
 }
