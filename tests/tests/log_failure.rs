@@ -162,8 +162,15 @@ fn a_full_disk_rejects_writes_atomically_and_recovers_by_itself() {
     let value = String::from_utf8(v0.clone()).unwrap();
     let expect = format!("{err}VALUE {k0} 0 {}\r\n{value}\r\nEND\r\n{err}{err}{err}MN\r\n", v0.len());
     assert_eq!(got, expect);
-    assert_eq!(c.get(&k0), Some(v0), "the failed delete and flush_all removed nothing");
+    assert_eq!(c.get(&k0), Some(v0.clone()), "the failed delete and flush_all removed nothing");
     assert_eq!(c.get("px"), None);
+    // The same over UDP, several requests in one datagram: each its own reply.
+    let mut datagram = set_req("ux", b"x");
+    datagram.extend_from_slice(format!("get {k0}\r\ndelete {k0}\r\nmn\r\n").as_bytes());
+    let got = String::from_utf8(kv_tests::udp_request(addr, 0x4242, &datagram)).unwrap();
+    assert_eq!(got, format!("{err}VALUE {k0} 0 {}\r\n{value}\r\nEND\r\n{err}MN\r\n", v0.len()));
+    assert_eq!(c.get(&k0), Some(v0), "the failed UDP delete removed nothing");
+    assert_eq!(c.get("ux"), None);
 
     // Room again: writes resume without a restart.
     assert!(fs.remount("size=64m"), "remount larger");

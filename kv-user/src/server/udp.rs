@@ -93,6 +93,8 @@ struct Reply {
     slot: usize,
     req_id: u16,
     seq: u64,
+    /// What the datagram ran, to give each of its requests its own error if the log fails.
+    pipeline: Pipeline,
 }
 
 /// One UDP thread's loop.
@@ -131,20 +133,17 @@ fn serve(sock: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
             let Some(datagram) = rx.datagram(slot) else { continue };
             // None: no header, or a multi-datagram request: nothing to answer.
             if let Some(req) = handle(datagram, &shared.ctx, &mut input, out) {
-                replies.push(Reply { slot, req_id: req.req_id, seq: req.seq });
+                replies.push(Reply { slot, req_id: req.req_id, seq: req.seq, pipeline: req.pipeline });
             }
         }
         stats.bytes_read.fetch_add(read, Relaxed);
         // One wait covers every write of the batch; replies leave only once what they report is durable.
         let seq = replies.iter().map(|r| r.seq).max().unwrap_or(0);
         if seq > 0 && block_on(shared.durable(seq), &waker).is_err() {
-            for r in replies.iter_mut().filter(|r| r.seq > 0) {
-                if let Err(e) = block_on(shared.durable(r.seq), &waker) {
-                    // One request per datagram is the rule for UDP clients: the whole reply is the error.
-                    let out = &mut outs[r.slot];
-                    out.clear();
-                    out.extend_from_slice(format!("SERVER_ERROR {e}\r\n").as_bytes());
-                }
+            for r in replies.iter().filter(|r| r.seq > 0) {
+                // Each request of the datagram gets its own reply: the failed writes (and what could have
+                // seen them) their error, the others what they produced, as over TCP.
+                block_on(r.pipeline.settle(&mut outs[r.slot], r.seq, shared), &waker);
             }
         }
         let datagrams = replies.iter().flat_map(|r| {
@@ -191,11 +190,12 @@ fn block_on<F: std::future::Future>(f: F, waker: &std::task::Waker) -> F::Output
 const OUT_KEEP: usize = 64 * 1024;
 
 /// A request datagram after [`handle`]: whom to answer, and which journal record must be durable first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     pub req_id: u16,
     /// Highest journal sequence number of the executed requests (0: nothing logged).
     pub seq: u64,
+    /// Where each request's reply starts and which record it waits for ([`Pipeline::settle`]).
+    pub pipeline: Pipeline,
 }
 
 /// Runs one request datagram: parses the frame header and executes the payload, leaving the reply
@@ -212,7 +212,7 @@ pub fn handle(datagram: &[u8], ctx: &Ctx, input: &mut BytesMut, out: &mut BytesM
     input.extend_from_slice(&datagram[UDP_FRAME_HEADER_LEN..]);
     let mut pipeline = Pipeline::new(ctx.config.item_size_max);
     let batch = pipeline.run(input, ctx, out, usize::MAX);
-    Some(Request { req_id, seq: batch.seq })
+    Some(Request { req_id, seq: batch.seq, pipeline })
 }
 
 /// Splits a reply into framed datagrams of at most `UDP_MAX_PAYLOAD` bytes: each item is a datagram's
