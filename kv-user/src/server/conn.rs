@@ -111,27 +111,15 @@ impl Pipeline {
             let consumed = match protocol::parse(input, &self.limits) {
                 Parsed::Incomplete => return batch,
                 Parsed::Partial { total, noreply } => {
-                    if total <= RESERVE_ABOVE || self.upload.is_some() {
+                    if self.wait_for_upload(total, input, ctx) {
                         return batch;
                     }
-                    match ctx.store.reserve(total as u64) {
-                        Some(r) => {
-                            // One buffer of exactly the request's size, instead of doubling into it.
-                            input.reserve(total - input.len());
-                            self.upload = Some(r);
-                            return batch;
-                        }
-                        None => {
-                            // memcached refuses the item before reading its data, then swallows it.
-                            if !noreply {
-                                out.extend_from_slice(reply::OUT_OF_MEMORY_STORE);
-                            }
-                            self.spans.push(Span { end: out.len(), seq: 0, noreply, bin: None });
-                            ctx.stats.store_no_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            self.swallow = total - input.len();
-                            input.len()
-                        }
+                    // memcached refuses the item before reading its data, then swallows it.
+                    if !noreply {
+                        out.extend_from_slice(reply::OUT_OF_MEMORY_STORE);
                     }
+                    self.spans.push(Span { end: out.len(), seq: 0, noreply, bin: None });
+                    input.len()
                 }
                 Parsed::Command { cmd, consumed } => {
                     // The value is complete: the store charges it as an item from here on.
@@ -195,6 +183,27 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// A request of `total` bytes has begun arriving: true to wait for the rest (a large one into a buffer
+    /// reserved for exactly its size, instead of doubling into it); false when the store has no room for
+    /// it, in which case the rest of it is swallowed and the caller writes the refusal.
+    fn wait_for_upload(&mut self, total: usize, input: &mut BytesMut, ctx: &Ctx) -> bool {
+        if total <= RESERVE_ABOVE || self.upload.is_some() {
+            return true;
+        }
+        match ctx.store.reserve(total as u64) {
+            Some(r) => {
+                input.reserve(total - input.len());
+                self.upload = Some(r);
+                true
+            }
+            None => {
+                ctx.stats.store_no_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.swallow = total - input.len();
+                false
+            }
+        }
+    }
+
     /// One binary request from the front of `input`: the bytes it consumed, or None to wait for more
     /// (or, with `batch.close`, to close). Large values are reserved and refused as for text.
     fn binary_step(&mut self, input: &mut BytesMut, ctx: &Ctx, out: &mut BytesMut, batch: &mut Batch) -> Option<usize> {
@@ -205,22 +214,11 @@ impl Pipeline {
                 return None;
             }
             BinParsed::Partial { total, echo } => {
-                if total <= RESERVE_ABOVE || self.upload.is_some() {
+                if self.wait_for_upload(total, input, ctx) {
                     return None;
                 }
-                match ctx.store.reserve(total as u64) {
-                    Some(r) => {
-                        input.reserve(total - input.len());
-                        self.upload = Some(r);
-                        return None;
-                    }
-                    None => {
-                        bin_reply::error(out, echo, Status::OutOfMemory);
-                        ctx.stats.store_no_memory.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        self.swallow = total - input.len();
-                        (echo, 0, input.len())
-                    }
-                }
+                bin_reply::error(out, echo, Status::OutOfMemory);
+                (echo, 0, input.len())
             }
             BinParsed::Request { req, consumed } => {
                 self.upload = None;
