@@ -4,6 +4,7 @@
 pub mod cidr;
 pub mod clock;
 pub mod config;
+pub mod conns;
 pub mod exec;
 pub mod kernel;
 pub mod metrics;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kv_tests::{run_with_timeout, targets_memcached, Client, Server};
+use kv_tests::{run_with_timeout, targets_memcached, udp_request, Client, Server};
 
 /// `name=value` fields of a `me` or metadump line.
 fn fields(line: &str) -> BTreeMap<String, String> {
@@ -326,4 +326,75 @@ fn memcached_tool_display_dump_stats() {
 
     let stats = memcached_tool(&s, "stats");
     assert!(stats.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["curr_items", "56"]), "{stats}");
+}
+
+/// `stats conns` lines by descriptor: `STAT <fd>:<name> <value>`.
+fn stats_conns(c: &mut Client) -> BTreeMap<u32, BTreeMap<String, String>> {
+    c.send(b"stats conns\r\n");
+    let text = String::from_utf8(c.read_until(b"END\r\n")).unwrap();
+    let mut by_fd: BTreeMap<u32, BTreeMap<String, String>> = BTreeMap::new();
+    for line in text.lines().filter(|l| *l != "END") {
+        let rest = line.strip_prefix("STAT ").unwrap_or_else(|| panic!("{line:?}"));
+        let (name, value) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let (fd, field) = name.split_once(':').unwrap_or_else(|| panic!("{line:?}"));
+        by_fd.entry(fd.parse().unwrap()).or_default().insert(field.to_string(), value.to_string());
+    }
+    by_fd
+}
+
+/// Each socket with memcached's fields and states: the listener, the UDP socket, an idle connection,
+/// one in the middle of an upload and the one asking. A closed connection leaves the list.
+#[test]
+fn stats_conns_lists_every_socket() {
+    let s = Server::start(&[]);
+    let port = s.port;
+    let mut idle = s.client();
+    idle.expect(b"mn\r\n", b"MN\r\n");
+    let mut uploading = s.client();
+    uploading.send(b"set k 0 0 10\r\nabc");
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(udp_request(s.addr(), 7, b"mn\r\n"), b"MN\r\n");
+    let mut c = s.client();
+    let conns = stats_conns(&mut c);
+    let find = |who: &Client| {
+        let addr = format!("tcp:{}", who.stream.local_addr().unwrap());
+        conns.values().find(|f| f["addr"] == addr).unwrap_or_else(|| panic!("{addr} not in {conns:?}")).clone()
+    };
+    let listening: Vec<_> = conns.values().filter(|f| f["state"] == "conn_listening").collect();
+    assert_eq!(listening.len(), 1, "{conns:?}");
+    assert_eq!(listening[0]["addr"], format!("tcp:127.0.0.1:{port}"));
+    assert!(!listening[0].contains_key("listen_addr"));
+    // memcached lists its UDP socket once per worker thread, kv-server its one socket.
+    let udp: Vec<_> = conns.values().filter(|f| f.contains_key("UDP")).collect();
+    assert!(!udp.is_empty(), "{conns:?}");
+    for u in udp {
+        assert_eq!((u["UDP"].as_str(), u["addr"].as_str()), ("UDP", format!("udp:127.0.0.1:{port}").as_str()));
+        assert_eq!(u["state"], "conn_read");
+    }
+    // The datagram just sent counts as a command of the socket that read it.
+    assert!(conns.values().any(|f| f.contains_key("UDP") && f["secs_since_last_cmd"].parse::<u64>().unwrap() <= 1));
+    for (who, state) in [(&idle, "conn_read"), (&uploading, "conn_nread"), (&c, "conn_parse_cmd")] {
+        let f = find(who);
+        assert_eq!(f["state"], state, "{f:?}");
+        assert_eq!(f["listen_addr"], format!("tcp:127.0.0.1:{port}"));
+        let secs: u64 = f["secs_since_last_cmd"].parse().unwrap();
+        // Whole seconds of a coarse clock: the asking connection may straddle a tick.
+        assert!(if state == "conn_parse_cmd" { secs <= 1 } else { (1..=3).contains(&secs) }, "{f:?}");
+    }
+    assert_eq!(conns.values().filter(|f| f.contains_key("listen_addr")).count(), 3, "{conns:?}");
+    // The upload completes; a closed connection leaves the list (the server notices within moments).
+    uploading.expect(b"defghij\r\n", b"STORED\r\n");
+    let gone = format!("tcp:{}", idle.stream.local_addr().unwrap());
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let conns = stats_conns(&mut c);
+        let up = format!("tcp:{}", uploading.stream.local_addr().unwrap());
+        assert_eq!(conns.values().find(|f| f["addr"] == up).expect("still open")["state"], "conn_read");
+        if conns.values().all(|f| f["addr"] != gone) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a closed connection is still listed: {conns:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

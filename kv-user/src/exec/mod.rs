@@ -48,13 +48,15 @@ pub struct Ctx {
     pub admin: Arc<AdminState>,
     /// The log, for its health in `stats` (None with `--no-persist`).
     pub log: Option<Arc<crate::persist::Log>>,
+    /// The open sockets, for `stats conns` (the network layer keeps it).
+    pub conns: Arc<crate::conns::Registry>,
 }
 
 impl Ctx {
     pub fn new(store: Arc<Store>, stats: Arc<Stats>, config: Arc<Config>) -> Ctx {
         let verbosity = Arc::new(AtomicU32::new(u32::from(config.verbose)));
         let admin = Arc::new(AdminState::new(config.enable_shutdown));
-        Ctx { store, stats, config, verbosity, extra_stats: None, admin, log: None }
+        Ctx { store, stats, config, verbosity, extra_stats: None, admin, log: None, conns: Default::default() }
     }
 
     /// The context with `extra` adding `stats` lines (set before the context is shared).

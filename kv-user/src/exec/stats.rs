@@ -67,9 +67,9 @@ pub(super) fn stats(cmd: StatsCmd, ctx: &Ctx, out: &mut BytesMut) -> Outcome {
         StatsCmd::Slabs => slabs(ctx, out),
         // memcached without `-o track_sizes`.
         StatsCmd::Sizes => stat_str(out, "sizes_status", b"disabled"),
-        // Not listed: connections are not registered anywhere; no external storage (as memcached
-        // built with extstore but running without it).
-        StatsCmd::Conns | StatsCmd::Extstore => {}
+        StatsCmd::Conns => conns(ctx, out),
+        // No external storage: as memcached built with extstore but running without it.
+        StatsCmd::Extstore => {}
         StatsCmd::Detail(Detail::On | Detail::Off) => {
             ctx.stats.detail.set_enabled(cmd == StatsCmd::Detail(Detail::On));
             out.extend_from_slice(r::OK);
@@ -245,4 +245,30 @@ fn slabs(ctx: &Ctx, out: &mut BytesMut) {
     }
     stat_u64(out, "active_slabs", active);
     stat_u64(out, "total_malloced", ctx.store.memory_used());
+}
+
+/// `stats conns`: each open socket by descriptor, in memcached's lines (`STAT <fd>:addr tcp:ip:port`, ...).
+fn conns(ctx: &Ctx, out: &mut BytesMut) {
+    use crate::conns::Transport;
+    let line = |out: &mut BytesMut, fd: i32, name: &str, v: &dyn std::fmt::Display| {
+        out.extend_from_slice(r::STAT);
+        out.extend_from_slice(format!("{fd}:{name} {v}").as_bytes());
+        out.extend_from_slice(CRLF);
+    };
+    let text = |t: Transport, a: std::net::SocketAddr| {
+        let proto = if t == Transport::Udp { "udp" } else { "tcp" };
+        // memcached brackets an IPv6 address: `tcp:[::1]:11211`.
+        format!("{proto}:{a}")
+    };
+    for (fd, e) in ctx.conns.snapshot() {
+        if e.transport == Transport::Udp {
+            line(out, fd, "UDP", &"UDP");
+        }
+        line(out, fd, "addr", &text(e.transport, e.addr));
+        if let Some(l) = e.listen_addr {
+            line(out, fd, "listen_addr", &text(e.transport, l));
+        }
+        line(out, fd, "state", &e.state().name());
+        line(out, fd, "secs_since_last_cmd", &e.secs_since_last_cmd());
+    }
 }

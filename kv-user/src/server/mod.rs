@@ -90,6 +90,7 @@ pub async fn serve(
         Some((a, s)) => {
             let l = tcp::listen(s).map_err(|e| bind_error(e, "TCP", a))?;
             log::info!("listening on tcp://{}", l.local_addr()?);
+            shared.ctx.conns.listener(std::os::fd::AsRawFd::as_raw_fd(&l), l.local_addr()?);
             Some(l)
         }
         None => None,
@@ -105,6 +106,7 @@ pub async fn serve(
     let n = cfg.threads.max(1);
     if let Some(s) = &udp {
         log::info!("listening on udp://{} ({n} workers)", s.local_addr()?);
+        shared.ctx.conns.udp(std::os::fd::AsRawFd::as_raw_fd(s), s.local_addr()?);
     }
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(n);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();

@@ -2,6 +2,7 @@
 //! connection on its worker, which holds read and write buffers only while it has work (see `Conn`).
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 
 use super::conn::Pipeline;
 use super::Shared;
+use crate::conns::Entry;
 use crate::protocol::reply;
 
 /// Replies are flushed once they pass this size even mid-batch, bounding memory per connection.
@@ -55,7 +57,7 @@ pub async fn accept_loop(
     let max_conns = shared.ctx.config.max_connections;
     let mut next = 0usize;
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -78,13 +80,19 @@ pub async fn accept_loop(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or_else(|_| listener.local_addr().expect("a bound listener"));
         // Moves the socket from this runtime's epoll to the worker's (into_std deregisters it).
         let Ok(mut std_stream) = stream.into_std() else { continue };
+        // Registered here, before a worker sees it: a reused descriptor's stale entry is replaced.
+        shared.ctx.conns.connection(std_stream.as_raw_fd(), peer, local);
         stats.curr_connections.fetch_add(1, Relaxed);
         stats.total_connections.fetch_add(1, Relaxed);
         loop {
             if workers.is_empty() {
                 stats.curr_connections.fetch_sub(1, Relaxed);
+                if let Some(e) = shared.ctx.conns.get(std_stream.as_raw_fd()) {
+                    shared.ctx.conns.remove(std_stream.as_raw_fd(), &e);
+                }
                 return if *stop.borrow() { Ok(()) } else { Err("every worker thread is gone") };
             }
             let i = next % workers.len();
@@ -110,8 +118,10 @@ pub async fn accept_loop(
 pub fn spawn_connection(stream: std::net::TcpStream, shared: &Shared) {
     let shared = shared.clone();
     tokio::spawn(async move {
+        let fd = stream.as_raw_fd();
+        let entry = shared.ctx.conns.get(fd);
         match TcpStream::from_std(stream) {
-            Ok(stream) => match handle(stream, &shared).await {
+            Ok(stream) => match handle(stream, &shared, entry.as_deref()).await {
                 // Still a connection (and counted as one), waiting in the parking set without a task.
                 Ok(Some(idle)) => match idle.into_std().and_then(super::park::park) {
                     Ok(()) => return,
@@ -123,6 +133,9 @@ pub fn spawn_connection(stream: std::net::TcpStream, shared: &Shared) {
             Err(e) => log::warn!("registering a connection: {e}"),
         }
         shared.ctx.stats.curr_connections.fetch_sub(1, Relaxed);
+        if let Some(e) = &entry {
+            shared.ctx.conns.remove(fd, e);
+        }
     });
 }
 
@@ -176,7 +189,7 @@ fn give_conn(mut c: Box<Conn>) {
 
 /// Serves the connection until it closes (`None`), or returns it once it has been idle for
 /// [`PARK_AFTER`](super::park::PARK_AFTER), to be parked.
-async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<Option<TcpStream>> {
+async fn handle(mut stream: TcpStream, shared: &Shared, entry: Option<&Entry>) -> std::io::Result<Option<TcpStream>> {
     use super::park::PARK_AFTER;
     let ctx: &Arc<_> = &shared.ctx;
     let mut conn: Option<Box<Conn>> = None;
@@ -221,6 +234,9 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<Optio
         }
         ctx.stats.bytes_read.fetch_add(n as u64, Relaxed);
         heard = true;
+        if let Some(e) = entry {
+            e.command();
+        }
         loop {
             let batch = c.pipeline.run(&mut c.input, ctx, &mut c.out, OUT_SOFT_LIMIT);
             if batch.seq > 0 {
@@ -239,6 +255,10 @@ async fn handle(mut stream: TcpStream, shared: &Shared) -> std::io::Result<Optio
             if !batch.more {
                 break;
             }
+        }
+        if let Some(e) = entry {
+            // A complete command line left waiting is a storage command waiting for its data.
+            e.wait(!c.pipeline.idle() || c.input.contains(&b'\n'));
         }
     }
 }

@@ -108,6 +108,7 @@ fn serve(sock: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
     let mut replies: Vec<Reply> = Vec::with_capacity(RECV_BATCH);
     let allow = shared.ctx.config.udp_allowlist();
     let stats = &shared.ctx.stats;
+    let entry = shared.ctx.conns.get(fd);
     let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
     while !stop.load(Acquire) {
         let n = match rx.recv(fd, libc::MSG_WAITFORONE) {
@@ -137,6 +138,9 @@ fn serve(sock: &std::net::UdpSocket, shared: &Shared, stop: &AtomicBool) {
             }
         }
         stats.bytes_read.fetch_add(read, Relaxed);
+        if let Some(e) = &entry {
+            e.touch();
+        }
         // One wait covers every write of the batch; replies leave only once what they report is durable.
         let seq = replies.iter().map(|r| r.seq).max().unwrap_or(0);
         if seq > 0 && block_on(shared.durable(seq), &waker).is_err() {
