@@ -185,3 +185,39 @@ fn shutdown_needs_enabling() {
     assert_eq!(run(&c, "shutdown now\r\n"), "CLIENT_ERROR invalid shutdown mode\r\n");
     assert!(run(&c, "stats settings\r\n").contains("STAT shutdown_command yes\r\n"));
 }
+
+/// `STAT <name> <u64>` lines of a `stats` reply.
+fn stat_map(reply: &str) -> std::collections::HashMap<String, u64> {
+    let line =
+        |l: &str| Some((l.strip_prefix("STAT ")?.split_once(' ')?.0.to_string(), l.rsplit(' ').next()?.parse().ok()?));
+    reply.lines().filter_map(line).collect()
+}
+
+#[test]
+fn evictions_are_counted_per_class() {
+    let (c, _) = ctx(&["-m", "8"]);
+    let (small, large) = ("s".repeat(10), "L".repeat(10_000));
+    for i in 0..3000 {
+        run(&c, &format!("set s{i} 0 0 {}\r\n{small}\r\n", small.len()));
+        run(&c, &format!("set l{i} 0 0 {}\r\n{large}\r\n", large.len()));
+    }
+    let (items, total) = (stat_map(&run(&c, "stats items\r\n")), stat_map(&run(&c, "stats\r\n")));
+    let per_class = |name: &str| -> Vec<(String, u64)> {
+        let mut v: Vec<_> =
+            items.iter().filter(|(k, _)| k.ends_with(&format!(":{name}"))).map(|(k, v)| (k.clone(), *v)).collect();
+        v.sort();
+        v
+    };
+    let evicted = per_class("evicted");
+    assert!(total["evictions"] > 0);
+    assert_eq!(evicted.iter().map(|(_, v)| v).sum::<u64>(), total["evictions"], "{evicted:?}");
+    // Both sizes were evicted (segments hold both), each counted in its own class.
+    assert!(evicted.iter().filter(|(_, v)| *v > 0).count() >= 2, "{evicted:?}");
+    let unfetched: u64 = per_class("evicted_unfetched").iter().map(|(_, v)| v).sum();
+    assert_eq!(unfetched, total["evicted_unfetched"]);
+    run(&c, "stats reset\r\n");
+    let after = stat_map(&run(&c, "stats items\r\n"));
+    let zeroed = |k: &String| k.ends_with(":evicted") || k.ends_with(":evicted_unfetched") || k.ends_with(":reclaimed");
+    assert!(after.iter().filter(|(k, _)| zeroed(k)).all(|(_, v)| *v == 0), "{after:?}");
+    assert!(after.keys().any(|k| k.ends_with(":number")), "live items are still listed");
+}

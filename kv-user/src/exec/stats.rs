@@ -179,31 +179,40 @@ fn class_stat(out: &mut BytesMut, prefix: &str, class: u8, name: &str, v: u64) {
     stat_u64(out, &format!("{prefix}{class}:{name}"), v);
 }
 
-/// The store has no slab classes (items of every size are packed into segments), so each live item is
-/// counted in the class memcached would give it by size (`store::class_of`): `number` and
-/// `mem_requested` (the store's bytes for them, so the classes add up to `bytes`) are exact. The
-/// eviction and reclaim counters are kept server-wide only: the totals go on the first class listed
-/// and the others show 0, so sums over classes (what exporters compute) are right. Not listed, for
-/// lack of a measurement: age, evicted_nonzero/evicted_time, the segmented-LRU lines
-/// (number_hot/warm/cold, hits_to_*) and the crawler lines. tailrepairs is 0: no slab chunks to
-/// repair; moves_within_lru counts live items moved when their segment was recycled.
+/// The store has no slab classes (items of every size are packed into segments), so each item is
+/// counted in the class memcached would give it by size (`store::class_of`): `number`,
+/// `mem_requested` (the store's bytes for them, so the classes add up to `bytes`) and the eviction and
+/// reclaim counters are exact per class. A class is listed while it holds items (as in memcached) or
+/// has removals counted, so that sums over classes (what exporters compute) match the totals. Kept
+/// store-wide only, on the first class listed and 0 on the others: outofmemory and moves_within_lru
+/// (live items moved when their segment was recycled). Not listed, for lack of a measurement: age,
+/// evicted_nonzero/evicted_time, the segmented-LRU lines (number_hot/warm/cold, hits_to_*) and the
+/// crawler lines. tailrepairs is 0: no slab chunks to repair.
 fn items(ctx: &Ctx, out: &mut BytesMut) {
-    let counts = ctx.store.class_counts();
+    let k = ctx.store.class_counts();
     let st = ctx.store.stats();
-    let totals = [
-        ("evicted", st.evictions),
-        ("outofmemory", read(&ctx.stats.store_no_memory)),
-        ("tailrepairs", 0),
-        ("reclaimed", st.reclaimed),
-        ("expired_unfetched", st.expired_unfetched),
-        ("evicted_unfetched", st.evicted_unfetched),
-        ("moves_within_lru", st.moves),
-    ];
-    for (i, c) in CLASSES.filter(|&c| counts.items[usize::from(c)] > 0).enumerate() {
-        class_stat(out, "items:", c, "number", counts.items[usize::from(c)]);
-        class_stat(out, "items:", c, "mem_requested", counts.bytes[usize::from(c)]);
-        for (name, v) in totals {
-            class_stat(out, "items:", c, name, if i == 0 { v } else { 0 });
+    let totals =
+        [("outofmemory", read(&ctx.stats.store_no_memory)), ("tailrepairs", 0), ("moves_within_lru", st.moves)];
+    let listed = |c: usize| k.items[c] > 0 || k.evicted[c] > 0 || k.reclaimed[c] > 0;
+    for (i, c) in CLASSES.filter(|&c| listed(usize::from(c))).enumerate() {
+        let n = usize::from(c);
+        let per_class = [
+            ("number", k.items[n]),
+            ("mem_requested", k.bytes[n]),
+            ("evicted", k.evicted[n]),
+            ("outofmemory", 0),
+            ("tailrepairs", 0),
+            ("reclaimed", k.reclaimed[n]),
+            ("expired_unfetched", k.expired_unfetched[n]),
+            ("evicted_unfetched", k.evicted_unfetched[n]),
+            ("moves_within_lru", 0),
+        ];
+        for (name, v) in per_class {
+            let v = match totals.iter().find(|(t, _)| *t == name) {
+                Some((_, total)) if i == 0 => *total,
+                _ => v,
+            };
+            class_stat(out, "items:", c, name, v);
         }
     }
 }

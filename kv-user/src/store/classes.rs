@@ -46,16 +46,25 @@ pub fn chunk_size(id: u8) -> u32 {
     CHUNK_SIZES[usize::from(id) - 1]
 }
 
-/// Live items and their bytes (the store's `item_len`, as `bytes` counts them) per class; index 0 unused.
+/// One counter per class; index 0 unused.
+pub type PerClass = [u64; CHUNK_SIZES.len() + 1];
+
+/// Per class: live items and their bytes (the store's `item_len`, as `bytes` counts them), and the
+/// removals `stats items` reports per class (the store-wide counters of `ItemCounters` broken down).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClassCounts {
-    pub items: [u64; CHUNK_SIZES.len() + 1],
-    pub bytes: [u64; CHUNK_SIZES.len() + 1],
+    pub items: PerClass,
+    pub bytes: PerClass,
+    pub evicted: PerClass,
+    pub evicted_unfetched: PerClass,
+    pub reclaimed: PerClass,
+    pub expired_unfetched: PerClass,
 }
 
 impl Default for ClassCounts {
     fn default() -> Self {
-        ClassCounts { items: [0; CHUNK_SIZES.len() + 1], bytes: [0; CHUNK_SIZES.len() + 1] }
+        let z = [0; CHUNK_SIZES.len() + 1];
+        ClassCounts { items: z, bytes: z, evicted: z, evicted_unfetched: z, reclaimed: z, expired_unfetched: z }
     }
 }
 
@@ -71,13 +80,23 @@ impl ClassCounts {
             self.bytes[c] -= len as u64;
         }
     }
+
+    /// Zeroes the removal counters (`stats reset`); the live counts stay.
+    pub(super) fn reset_removals(&mut self) {
+        *self = ClassCounts { items: self.items, bytes: self.bytes, ..ClassCounts::default() };
+    }
+
+    fn fields(&mut self) -> [&mut PerClass; 6] {
+        let ClassCounts { items, bytes, evicted, evicted_unfetched, reclaimed, expired_unfetched } = self;
+        [items, bytes, evicted, evicted_unfetched, reclaimed, expired_unfetched]
+    }
 }
 
 impl AddAssign<&ClassCounts> for ClassCounts {
     fn add_assign(&mut self, o: &ClassCounts) {
-        for c in 0..self.items.len() {
-            self.items[c] += o.items[c];
-            self.bytes[c] += o.bytes[c];
+        let mut o = *o;
+        for (mine, theirs) in self.fields().into_iter().zip(o.fields()) {
+            mine.iter_mut().zip(theirs.iter()).for_each(|(a, b)| *a += b);
         }
     }
 }

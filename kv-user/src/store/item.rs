@@ -87,6 +87,10 @@ impl<'a> Item<'a> {
     pub fn klen(&self) -> usize {
         usize::from(self.0[32])
     }
+    /// The memcached slab class the item is counted in (see `classes`).
+    pub fn class(&self) -> u8 {
+        super::classes::class_of(kv_common::item_size(self.klen(), self.flags(), self.vlen()))
+    }
     pub fn bits(&self) -> u8 {
         self.0[33]
     }

@@ -266,16 +266,14 @@ impl Store {
         let Some(cause) = env.dead_cause(&it) else {
             return Lookup::Live(h);
         };
-        let fetched = it.has(FETCHED);
+        let (fetched, class) = (it.has(FETCHED), it.class());
         self.emit(Change::Removed { key, cause });
         shard.remove_hit(h, &self.budget);
-        let c = &mut shard.counters;
         if cause == Removal::Expired {
-            c.get_expired += 1;
-            c.reclaimed += 1;
-            c.expired_unfetched += u64::from(!fetched);
+            shard.counters.get_expired += 1;
+            shard.count_removal(cause, fetched, class);
         } else {
-            c.get_flushed += 1;
+            shard.counters.get_flushed += 1;
         }
         Lookup::Missing
     }
@@ -373,6 +371,7 @@ impl Store {
                 segment_bytes: c.segment_bytes,
                 ..ItemCounters::default()
             };
+            g.classes.reset_removals();
         }
     }
 

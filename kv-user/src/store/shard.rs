@@ -340,7 +340,7 @@ impl Shard {
     /// Marks the item at `l`, already out of the index, dead; returns its segment.
     fn mark_dead(&mut self, l: Loc) -> u32 {
         let it = self.item(l);
-        let (len, class) = (it.len(), class_of(item_size(it.klen(), it.flags(), it.vlen())));
+        let (len, class) = (it.len(), it.class());
         self.classes.note(class, len, false);
         self.item_mut(l).set_bit(DEAD, true);
         self.counters.curr_items -= 1;
@@ -352,19 +352,28 @@ impl Shard {
         id
     }
 
-    /// Counts the removal of a stored item found dead or evicted (the caller emits it).
-    fn count_removal(&mut self, cause: Removal, fetched: bool) {
-        let c = &mut self.counters;
+    /// Counts the removal of a stored item of `class` found dead or evicted (the caller emits it),
+    /// store-wide and in its class.
+    pub(super) fn count_removal(&mut self, cause: Removal, fetched: bool, class: u8) {
+        let (c, k, i) = (&mut self.counters, &mut self.classes, usize::from(class));
+        let unfetched = u64::from(!fetched);
         match cause {
             Removal::Evicted => {
                 c.evictions += 1;
-                c.evicted_unfetched += u64::from(!fetched);
+                c.evicted_unfetched += unfetched;
+                k.evicted[i] += 1;
+                k.evicted_unfetched[i] += unfetched;
             }
             Removal::Expired => {
                 c.reclaimed += 1;
-                c.expired_unfetched += u64::from(!fetched);
+                c.expired_unfetched += unfetched;
+                k.reclaimed[i] += 1;
+                k.expired_unfetched[i] += unfetched;
             }
-            Removal::Flushed => c.reclaimed += 1,
+            Removal::Flushed => {
+                c.reclaimed += 1;
+                k.reclaimed[i] += 1;
+            }
             Removal::Deleted => {}
         }
     }
@@ -373,9 +382,9 @@ impl Shard {
     /// segment stays, even if empty, for the caller to recycle.
     pub(super) fn drop_item(&mut self, l: Loc, cause: Removal, env: &Env<'_>) {
         let it = self.item(l);
-        let (fetched, hash) = (it.has(FETCHED), self.hasher.hash_one(it.key()));
+        let (fetched, hash, class) = (it.has(FETCHED), self.hasher.hash_one(it.key()), it.class());
         (env.emit)(it.key(), cause);
-        self.count_removal(cause, fetched);
+        self.count_removal(cause, fetched, class);
         self.unindex(l, hash);
     }
 
