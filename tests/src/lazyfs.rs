@@ -75,10 +75,13 @@ pub struct CrashReport {
 }
 
 /// A crash armed to fire from inside: counting starts when a file named `after_create` is created, and the
-/// crash happens instead of the `ops`-th mutating operation (write, fsync, create, link, unlink, rename) after it.
+/// crash happens instead of the `ops`-th operation after it that is a write or fsync of that file or a
+/// directory change (create, link, unlink, rename, fsyncdir). Other files' writes are not counted, so the
+/// count follows that file's life whatever else is being written.
 struct Armed {
     after_create: OsString,
     started: bool,
+    file: Option<u64>,
     ops: u32,
     events: Vec<String>,
 }
@@ -158,8 +161,13 @@ impl LazyFs {
     pub fn arm(&self, after_create: &str, ops: u32) {
         let mut d = self.lock();
         d.fired = None;
-        d.armed =
-            Some(Armed { after_create: after_create.into(), started: false, ops: ops.max(1), events: Vec::new() });
+        d.armed = Some(Armed {
+            after_create: after_create.into(),
+            started: false,
+            file: None,
+            ops: ops.max(1),
+            events: Vec::new(),
+        });
     }
 
     /// Waits up to `limit` for the armed crash; None if it did not fire (it is disarmed then).
@@ -246,14 +254,19 @@ struct Serve(Arc<(Mutex<Disk>, Condvar)>);
 type Res<T> = Result<T, i32>;
 
 impl Serve {
-    /// The disk, if it is serving; counts `op` toward an armed crash when `mutating`.
+    /// The disk, if it is serving; counts `op` toward an armed crash when `mutating` (and, for a file's
+    /// write or fsync, `file`, when it is the armed one).
     fn disk(&self, op: &str, name: Option<&OsStr>, mutating: bool) -> Res<MutexGuard<'_, Disk>> {
+        self.disk_for(op, name, None, mutating)
+    }
+
+    fn disk_for(&self, op: &str, name: Option<&OsStr>, file: Option<u64>, mutating: bool) -> Res<MutexGuard<'_, Disk>> {
         let mut d = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
         if d.dead {
             return Err(EIO);
         }
         if let Some(a) = d.armed.as_mut() {
-            if mutating && a.started {
+            if mutating && a.started && (file.is_none() || file == a.file) {
                 a.events.push(format!("{op} {}", name.map(|n| n.to_string_lossy()).unwrap_or_default()));
                 a.ops -= 1;
                 if a.ops == 0 {
@@ -430,7 +443,7 @@ impl Filesystem for Serve {
         _flags: Option<u32>,
         reply: ReplyAttr,
     ) {
-        let r = self.disk("setattr", None, size.is_some()).and_then(|mut d| {
+        let r = self.disk_for("setattr", None, Some(ino), size.is_some()).and_then(|mut d| {
             if let Some(s) = size {
                 d.truncate(ino, s)?;
             }
@@ -508,7 +521,7 @@ impl Filesystem for Serve {
 
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let trunc = flags & libc::O_TRUNC != 0;
-        let r = self.disk("open", None, trunc).and_then(|mut d| {
+        let r = self.disk_for("open", None, Some(ino), trunc).and_then(|mut d| {
             if trunc {
                 d.truncate(ino, 0)?;
             }
@@ -535,7 +548,15 @@ impl Filesystem for Serve {
                 }
                 Ok(attr(ino, d.node(ino)?))
             }
-            Err(_) => d.make(parent, name, false, mode & !umask),
+            Err(_) => {
+                let a = d.make(parent, name, false, mode & !umask)?;
+                if let Some(armed) =
+                    d.armed.as_mut().filter(|a| a.started && a.file.is_none() && a.after_create == name)
+                {
+                    armed.file = Some(a.ino);
+                }
+                Ok(a)
+            }
         });
         answer!(reply, r, |a| reply.created(&TTL, &a, 0, 0, fuser::consts::FOPEN_DIRECT_IO));
     }
@@ -573,7 +594,8 @@ impl Filesystem for Serve {
         reply: ReplyWrite,
     ) {
         let append = flags & libc::O_APPEND != 0;
-        let r = self.disk("write", None, true).and_then(|mut d| d.write(ino, offset as u64, data, append));
+        let r =
+            self.disk_for("write", None, Some(ino), true).and_then(|mut d| d.write(ino, offset as u64, data, append));
         answer!(reply, r, |n| reply.written(n));
     }
 
@@ -582,7 +604,7 @@ impl Filesystem for Serve {
     }
 
     fn fsync(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
-        let r = self.disk("fsync", None, true).and_then(|mut d| d.fsync(ino));
+        let r = self.disk_for("fsync", None, Some(ino), true).and_then(|mut d| d.fsync(ino));
         answer!(reply, r, |_v| reply.ok());
     }
 

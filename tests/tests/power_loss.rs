@@ -24,10 +24,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kv_tests::{kv_only, long_or, Client, Server};
 use lazyfs::{CrashReport, LazyFs};
 
-/// Seeds that found bugs, replayed before the random rounds of each test.
+/// Seeds that found bugs, replayed (by the test that found them) before its random rounds.
 /// - 1796121689803128690 (always, round 0): the server created its data directory without fsyncing the
 ///   directory above it, so the power cut took the whole directory and every acknowledged write with it.
-const REGRESSION_SEEDS: &[u64] = &[1796121689803128690];
+const ALWAYS_REGRESSIONS: &[u64] = &[1796121689803128690];
 
 struct Rng(u64);
 
@@ -44,14 +44,15 @@ impl Rng {
     }
 }
 
-/// The seeds to run: the regression seeds, then `KV_CRASH_SEED` or a fresh one (printed).
-fn seeds(test: &str) -> Vec<u64> {
+/// The seeds to run: `regressions`, then `KV_CRASH_SEED` or a fresh one (printed); only the given one with
+/// `KV_CRASH_SEED`.
+fn seeds(test: &str, regressions: &[u64]) -> Vec<u64> {
     let seed = match std::env::var("KV_CRASH_SEED") {
         Ok(s) => return vec![s.parse().unwrap_or_else(|_| panic!("KV_CRASH_SEED={s:?} is not a u64"))],
         Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64,
     };
     eprintln!("{test}: seed {seed} (replay with KV_CRASH_SEED={seed})");
-    REGRESSION_SEEDS.iter().copied().chain([seed]).collect()
+    regressions.iter().copied().chain([seed]).collect()
 }
 
 /// False (after saying why) when FUSE is missing and not required.
@@ -266,7 +267,7 @@ fn always_loses_nothing_acknowledged() {
     if !fuse_or_skip() {
         return;
     }
-    for seed in seeds("power loss, always") {
+    for seed in seeds("power loss, always", ALWAYS_REGRESSIONS) {
         always_rounds(seed, long_or(10, 200));
     }
 }
@@ -319,7 +320,7 @@ fn everysec_loses_at_most_about_a_second() {
     if !fuse_or_skip() {
         return;
     }
-    for seed in seeds("power loss, everysec") {
+    for seed in seeds("power loss, everysec", &[]) {
         everysec_rounds(seed, long_or(10, 200));
     }
 }
@@ -329,7 +330,7 @@ fn everysec_rounds(seed: u64, rounds: usize) {
     let mut rng = Rng(seed);
     let mut rig = Rig::new(&flags);
     let mut model: HashMap<String, State> = HashMap::new();
-    let (mut acked_total, mut lost_total, mut worst, mut windows) = (0, 0, Duration::ZERO, Vec::new());
+    let (mut acked_total, mut lost_total, mut worst, mut windows, mut torn) = (0, 0, Duration::ZERO, Vec::new(), 0);
     for round in 0..rounds {
         let t = connect(rig.server());
         let keys: Vec<String> = (0..1_000_000).map(|i| format!("e{round}_{i}")).take(5000).collect();
@@ -356,7 +357,7 @@ fn everysec_rounds(seed: u64, rounds: usize) {
         std::thread::sleep(Duration::from_millis(1500 + rng.below(1500)));
         let cut_at = SystemTime::now();
         let tear = (rng.below(2) == 0).then(|| rng.next());
-        rig.power_cut(tear).expect("crash");
+        let rep = rig.power_cut(tear).expect("crash");
         let ops = w.join().unwrap();
         let acked: Vec<&Op> = ops.iter().filter(|o| o.acked.is_some()).collect();
         assert!(acked.len() > 100, "round {round} (seed {seed}): only {} writes acknowledged", acked.len());
@@ -404,13 +405,21 @@ fn everysec_rounds(seed: u64, rounds: usize) {
             lost.len()
         );
         (acked_total, lost_total, worst) = (acked_total + acked.len(), lost_total + lost.len(), worst.max(window));
-        windows.push(window);
+        // A torn cut keeps the unsynced bytes up to the torn write: only the others show the whole window.
+        if rep.torn_bytes > 0 {
+            torn += 1;
+        } else {
+            windows.push(window);
+        }
     }
     windows.sort();
     eprintln!(
-        "power loss, everysec: {rounds} rounds, {acked_total} acknowledged writes, {lost_total} lost; loss window \
-         (oldest lost acknowledged write before the cut) median {:.0?}, max {worst:.0?}",
-        windows[windows.len() / 2]
+        "power loss, everysec: {rounds} rounds ({torn} keeping a torn tail), {acked_total} acknowledged writes, \
+         {lost_total} lost; loss window (oldest lost acknowledged write before the cut) max {worst:.0?}; over the \
+         {} rounds that dropped the whole unsynced tail: median {:.0?}, max {:.0?}",
+        windows.len(),
+        windows.get(windows.len() / 2).copied().unwrap_or_default(),
+        windows.last().copied().unwrap_or_default()
     );
 }
 
@@ -424,7 +433,7 @@ fn compaction_crashes_lose_nothing() {
     if !fuse_or_skip() {
         return;
     }
-    for seed in seeds("power loss, compaction") {
+    for seed in seeds("power loss, compaction", &[]) {
         compaction_rounds(seed, long_or(10, 200));
     }
 }
@@ -436,7 +445,9 @@ fn compaction_rounds(seed: u64, rounds: usize) {
     let mut model = HashMap::new();
     let (mut acked, mut phases) = (0, HashMap::<&str, usize>::new());
     for round in 0..rounds {
-        let at = 1 + rng.below(60) as u32;
+        // A compaction takes about 10 counted operations (create, writes and fsyncs of the new file, base marker,
+        // history link, fsyncdir, rename, fsyncdir); up to 16 also reaches the writes and unlinks after it.
+        let at = 1 + rng.below(16) as u32;
         rig.fs.arm("kv.log.tmp", at);
         let ws = writers(rig.server(), 4, 64, round, &mut rng);
         let rep = match rig.fs.wait_fired(Duration::from_secs(10)) {
@@ -495,7 +506,7 @@ fn recover_to_after_power_loss() {
     if !fuse_or_skip() {
         return;
     }
-    for seed in seeds("power loss, recover-to") {
+    for seed in seeds("power loss, recover-to", &[]) {
         recover_rounds(seed, long_or(6, 100));
     }
 }
