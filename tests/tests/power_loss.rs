@@ -12,13 +12,15 @@
 //! `KV_CRASH_SEED` replays a run's random choices (timing still varies). Needs /dev/fuse (root): skips
 //! without it unless `KV_REQUIRE_FUSE=1` or `KV_REQUIRE_BPF=1` (CI) is set, where it fails instead.
 
-#[path = "../src/lazyfs.rs"]
+#[path = "../src/lazyfs/mod.rs"]
 mod lazyfs;
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kv_tests::{kv_only, long_or, Client, Server};
@@ -128,8 +130,8 @@ fn connect(s: &Server) -> TcpStream {
 }
 
 /// Sets (7 in 8) and deletes of its own keys until the connection fails or the server answers otherwise;
-/// values unique per (tag, writer, op). `pace` spaces the requests.
-fn writer(stream: TcpStream, keys: Vec<String>, tag: String, seed: u64, pace: Duration) -> Vec<Op> {
+/// values unique per (tag, writer, op). Counts its acknowledgements in `acks`.
+fn writer(stream: TcpStream, keys: Vec<String>, tag: String, seed: u64, acks: Arc<AtomicUsize>) -> Vec<Op> {
     let mut rng = Rng(seed);
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
@@ -153,28 +155,44 @@ fn writer(stream: TcpStream, keys: Vec<String>, tag: String, seed: u64, pace: Du
             return ops;
         }
         ops.last_mut().unwrap().acked = Some(SystemTime::now());
-        if !pace.is_zero() {
-            std::thread::sleep(pace);
-        }
+        acks.fetch_add(1, Ordering::Relaxed);
     }
     unreachable!()
 }
 
-/// Starts `n` writers over disjoint key sets; returns their handles.
-fn writers(
-    s: &Server,
-    n: usize,
-    keys_each: usize,
-    round: usize,
-    rng: &mut Rng,
-) -> Vec<std::thread::JoinHandle<Vec<Op>>> {
-    (0..n)
-        .map(|w| {
-            let (t, seed) = (connect(s), rng.next());
-            let keys = (0..keys_each).map(|i| format!("p{w}_{i}")).collect();
-            std::thread::spawn(move || writer(t, keys, format!("r{round}-w{w}"), seed, Duration::ZERO))
-        })
-        .collect()
+/// The writers of a round, and how many writes they have had acknowledged so far.
+struct Writers {
+    handles: Vec<std::thread::JoinHandle<Vec<Op>>>,
+    acks: Arc<AtomicUsize>,
+}
+
+impl Writers {
+    /// Starts 4 writers over 64 keys each (disjoint sets, so each key's order is its writer's).
+    fn start(s: &Server, round: usize, rng: &mut Rng) -> Writers {
+        let acks = Arc::new(AtomicUsize::new(0));
+        let handles = (0..4)
+            .map(|w| {
+                let (t, seed, acks) = (connect(s), rng.next(), acks.clone());
+                let keys = (0..64).map(|i| format!("p{w}_{i}")).collect();
+                std::thread::spawn(move || writer(t, keys, format!("r{round}-w{w}"), seed, acks))
+            })
+            .collect();
+        Writers { handles, acks }
+    }
+
+    /// Sleeps `d`, and on until a write has been acknowledged (a restart may still be busy, e.g. compacting
+    /// a large log), so that every cut comes after some acknowledged writes.
+    fn run_for(&self, d: Duration) {
+        std::thread::sleep(d);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.acks.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn join(self) -> Vec<Op> {
+        self.handles.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    }
 }
 
 /// Every key's current state, read with multi-key gets.
@@ -273,21 +291,23 @@ fn always_loses_nothing_acknowledged() {
 }
 
 fn always_rounds(seed: u64, rounds: usize) {
-    let flags = ["--fsync", "always"];
+    // The layer holds every file in memory, history included: small logs and a short window keep it bounded
+    // over the long form (and put compactions and history expiry under the cuts too).
+    let flags = ["--fsync", "always", "--compact-min-size", "1m", "--history", "10s"];
     let mut rng = Rng(seed);
     let mut rig = Rig::new(&flags);
     let mut model = HashMap::new();
     let (mut acked, mut maybe_landed, mut torn, mut reverted) = (0, 0, 0, 0);
     let started = Instant::now();
     for round in 0..rounds {
-        let ws = writers(rig.server(), 4, 64, round, &mut rng);
+        let ws = Writers::start(rig.server(), round, &mut rng);
         let wait = Duration::from_millis(150 + rng.below(350));
-        std::thread::sleep(wait);
+        ws.run_for(wait);
         let tear = (rng.below(2) == 0).then(|| rng.next());
         let rep = rig.power_cut(tear).expect("crash");
         torn += (rep.torn_bytes > 0) as usize;
         reverted += rep.entries_reverted;
-        let ops: Vec<Op> = ws.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        let ops = ws.join();
         let round_acked = ops.iter().filter(|o| o.acked.is_some()).count();
         assert!(round_acked > 0, "round {round} (seed {seed}): nothing acknowledged in {wait:?}");
         acked += round_acked;
@@ -439,7 +459,7 @@ fn compaction_crashes_lose_nothing() {
 }
 
 fn compaction_rounds(seed: u64, rounds: usize) {
-    let flags = ["--fsync", "always", "--compact-min-size", "16k", "--history", "1h"];
+    let flags = ["--fsync", "always", "--compact-min-size", "16k", "--history", "10s"];
     let mut rng = Rng(seed);
     let mut rig = Rig::new(&flags);
     let mut model = HashMap::new();
@@ -449,7 +469,7 @@ fn compaction_rounds(seed: u64, rounds: usize) {
         // history link, fsyncdir, rename, fsyncdir); up to 16 also reaches the writes and unlinks after it.
         let at = 1 + rng.below(16) as u32;
         rig.fs.arm("kv.log.tmp", at);
-        let ws = writers(rig.server(), 4, 64, round, &mut rng);
+        let ws = Writers::start(rig.server(), round, &mut rng);
         let rep = match rig.fs.wait_fired(Duration::from_secs(10)) {
             Some(rep) => {
                 rig.server = None;
@@ -457,7 +477,7 @@ fn compaction_rounds(seed: u64, rounds: usize) {
             }
             None => rig.power_cut(None).expect("crash"),
         };
-        let ops: Vec<Op> = ws.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        let ops = ws.join();
         acked += ops.iter().filter(|o| o.acked.is_some()).count();
         let phase = phase(&rep);
         *phases.entry(phase).or_default() += 1;
@@ -512,19 +532,20 @@ fn recover_to_after_power_loss() {
 }
 
 fn recover_rounds(seed: u64, rounds: usize) {
-    let flags = ["--fsync", "always", "--compact-min-size", "16k", "--history", "1h"];
+    // T is at most 3 s before the restart: a 30 s window keeps the former logs that covers.
+    let flags = ["--fsync", "always", "--compact-min-size", "16k", "--history", "30s"];
     let mut rng = Rng(seed);
     let mut rig = Rig::new(&flags);
     let mut model = HashMap::new();
     let mut acked = 0;
     for round in 0..rounds {
-        let ws = writers(rig.server(), 4, 64, round, &mut rng);
-        std::thread::sleep(Duration::from_millis(300 + rng.below(1200)));
+        let ws = Writers::start(rig.server(), round, &mut rng);
+        ws.run_for(Duration::from_millis(300 + rng.below(1200)));
         let t = SystemTime::now();
         std::thread::sleep(Duration::from_millis(100 + rng.below(1000)));
         let tear = (rng.below(2) == 0).then(|| rng.next());
         rig.power_cut(tear).expect("crash");
-        let ops: Vec<Op> = ws.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        let ops = ws.join();
         acked += ops.iter().filter(|o| o.acked.is_some()).count();
         let at = t.duration_since(UNIX_EPOCH).unwrap();
         let to = format!("{}.{:09}", at.as_secs(), at.subsec_nanos());
