@@ -1,5 +1,5 @@
 //! Power loss, simulated (kv-server only): the data directory sits on a FUSE layer that forgets whatever was
-//! not fsynced (`tests/src/lazyfs.rs`, strict POSIX: a new or renamed name is durable only once its
+//! not fsynced (`tests/src/lazyfs/`, strict POSIX: a new or renamed name is durable only once its
 //! directory is fsynced). At a seeded random moment the layer crashes and the server is SIGKILLed with it;
 //! the layer comes back with only its synced state, the server restarts, and every acknowledged write is
 //! checked.
