@@ -255,7 +255,7 @@ impl Log {
     /// (creating an empty one if there is none). Records are refused until [`Log::recover`].
     pub fn open(opts: &LogOptions) -> anyhow::Result<Arc<Log>> {
         let dir = &opts.dir;
-        fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        create_dir_durably(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
         let dir_lock = lock::DirLock::acquire(dir)?;
         let paths = Paths { dir: dir.clone(), log: dir.join(LOG_FILE), tmp: dir.join(TMP_FILE) };
         let base = history::tidy(&paths)?;
@@ -484,6 +484,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// `create_dir_all`, with the directory holding each new directory fsynced: a new name is durable only once
+/// its directory is, so without it a power loss could take the whole data directory, log included, however
+/// often the log itself was fsynced. (Found by tests/tests/power_loss.rs.)
+fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    create_dir_durably(parent)?;
+    match fs::create_dir(dir) {
+        Err(e) if !(e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir()) => return Err(e),
+        _ => {}
+    }
+    sync_dir(parent)
 }
 
 /// Copies `[from, to)` of `src` into `dst`.
