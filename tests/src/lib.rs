@@ -5,6 +5,7 @@
 //! reference implementation every expectation was checked against); tests that only make sense
 //! for kv-server (persistence, restarts, log files) start with `kv_only!()` and are skipped there.
 
+pub mod lazyfs;
 pub mod netns;
 
 use std::io::{Read as _, Write as _};

@@ -12,9 +12,6 @@
 //! `KV_CRASH_SEED` replays a run's random choices (timing still varies). Needs /dev/fuse (root): skips
 //! without it unless `KV_REQUIRE_FUSE=1` or `KV_REQUIRE_BPF=1` (CI) is set, where it fails instead.
 
-#[path = "../src/lazyfs/mod.rs"]
-mod lazyfs;
-
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpStream;
@@ -23,8 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use kv_tests::lazyfs::{self, CrashReport, LazyFs};
 use kv_tests::{kv_only, long_or, Client, Server};
-use lazyfs::{CrashReport, LazyFs};
 
 /// Seeds that found bugs, replayed (by the test that found them) before its random rounds.
 /// - 1796121689803128690 (always, round 0): the server created its data directory without fsyncing the

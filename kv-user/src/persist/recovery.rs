@@ -211,8 +211,10 @@ fn repair_tail(
         // Nothing after a bad record can be trusted (there is no resync marker), so acknowledged writes may be
         // lost here: say so loudly and keep the bytes.
         let keep = paths.dir.join(format!("{LOG_FILE}.dropped-{}-at-{valid_end}", crate::clock::unix_now()));
-        let saved =
-            File::create(&keep).and_then(|mut out| copy_range(file, valid_end, file_len, &mut out).and(out.sync_all()));
+        // The copy's name made durable (its directory fsynced) before the bytes are cut from the log.
+        let saved = File::create(&keep)
+            .and_then(|mut out| copy_range(file, valid_end, file_len, &mut out).and(out.sync_all()))
+            .and_then(|()| sync_dir(&paths.dir));
         let copy = match saved {
             Ok(()) => format!("copy kept in {}", keep.display()),
             Err(e) => format!("could not keep a copy: {e}"),
