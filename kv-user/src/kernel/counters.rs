@@ -54,6 +54,7 @@ fn xdp_help(c: Counter) -> Option<&'static str> {
         }
         Counter::TcHits => Some("Requests the TC program answered (counted in xdp_hits too)."),
         Counter::Ipv6Hits => Some("Requests over IPv6 answered in the kernel (counted in xdp_hits too)."),
+        Counter::BinHits => Some("Binary-protocol get/getk requests answered in the kernel (counted in xdp_hits too)."),
         _ => None,
     }
 }
