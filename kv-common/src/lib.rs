@@ -175,7 +175,8 @@ pub struct CacheEntry {
 /// Where a slot's key starts in its [`CacheEntry`]: after `VALUE ` in the reply text, 8-aligned.
 pub const ENTRY_KEY_OFF: usize = core::mem::offset_of!(CacheEntry, buf) + b"VALUE ".len();
 const _: () = assert!(ENTRY_KEY_OFF.is_multiple_of(8) && ENTRY_KEY_OFF + CACHE_KEY_BUF <= size_of::<CacheEntry>());
-const _: () = assert!(MAX_KEY_LEN <= u8::MAX as usize && CAS_FIELD_LEN <= u8::MAX as usize);
+// `key_len` and `cas_len` are bytes (CAS_FIELD_LEN is smaller than MAX_KEY_LEN).
+const _: () = assert!(MAX_KEY_LEN <= u8::MAX as usize && CAS_FIELD_LEN < MAX_KEY_LEN);
 const _: () = assert!(size_of::<CacheEntry>() == 1440 && align_of::<CacheEntry>() == 8);
 
 /// Slots of the `CONFIG` array map.
