@@ -80,7 +80,8 @@ fn try_bin_get(s: &mut Scratch, text_len: usize) -> Result<usize, Counter> {
     }
     let value_len = total - hdr - TEXT_CRLFS;
     let echo_key = if opcode == BIN_OP_GETK { key_len } else { 0 };
-    // Larger: user space splits it over several datagrams.
+    // Larger: user space splits it over several datagrams. (`copy` also keeps room for a text reply's
+    // `END`, so a response within those few bytes of the limit passes too: user space sends it whole.)
     if BIN_GET_PREFIX_LEN + echo_key + value_len > XDP_REPLY_MAX {
         return Err(Counter::PassTooBig);
     }
