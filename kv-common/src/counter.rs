@@ -20,7 +20,8 @@ pub enum Counter {
     PassOtherPort,
     /// Passed: lengths that do not add up, truncated, or a multi-datagram frame.
     PassMalformed,
-    /// Passed: a command other than get/gets, or a syntax the XDP path does not handle exactly.
+    /// Passed: a command other than get/gets (text) or get/getk (binary), or a syntax the XDP path does
+    /// not handle exactly.
     PassNotGet,
     /// Passed: a key not in the kernel cache.
     PassMiss,
@@ -44,10 +45,12 @@ pub enum Counter {
     TcHits,
     /// Requests over IPv6 answered in the kernel (also counted in `Hits`).
     Ipv6Hits,
+    /// Binary-protocol `get`/`getk` requests answered in the kernel (also counted in `Hits`).
+    BinHits,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 19;
+pub const COUNTER_SLOTS: u32 = 20;
 
 /// All counters with their stat names, for `stats`, in index order (`COUNTERS[c as usize].0 == c`).
 pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
@@ -70,6 +73,7 @@ pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
     (Counter::ToTc, "xdp_to_tc"),
     (Counter::TcHits, "xdp_tc_hits"),
     (Counter::Ipv6Hits, "xdp_hits_ipv6"),
+    (Counter::BinHits, "xdp_hits_binary"),
 ];
 
 impl Counter {
@@ -109,6 +113,7 @@ impl TryFrom<u32> for Counter {
             16 => Counter::ToTc,
             17 => Counter::TcHits,
             18 => Counter::Ipv6Hits,
+            19 => Counter::BinHits,
             _ => return Err(v),
         })
     }

@@ -2,9 +2,14 @@
 //! Everything here is `no_std` and `#[repr(C)]` where it crosses the kernel boundary.
 #![no_std]
 
+mod binary;
 mod counter;
 mod wire;
 
+pub use binary::{
+    get_hit_prefix, BinHeader, BIN_GET_EXTRAS, BIN_GET_PREFIX_LEN, BIN_HEADER_LEN, BIN_OP_GET, BIN_OP_GETK,
+    BIN_REQUEST_MAGIC, BIN_RESPONSE_MAGIC,
+};
 pub use counter::{Counter, COUNTERS, COUNTER_SLOTS};
 pub use wire::{
     item_size, write_value_header, Decimal, FrameHeader, SetMode, ValueHeader, CAS_FIELD_LEN, END, ITEM_HEADER_SIZE,
@@ -137,7 +142,8 @@ pub const fn seq_word(tag: u32, seq: u64) -> u64 {
 /// The slot holds the reply for one key, preformatted by user space with the same code that formats
 /// user-space replies: `buf[..total_len]` is the `get` reply `VALUE <key> <flags> <bytes>\r\n<data>\r\n`
 /// (one copy for the common command), and a `gets` reply inserts `cas[..cas_len]` (` <cas>`) at
-/// `hdr_len`, before the first `\r\n`.
+/// `hdr_len`, before the first `\r\n`. A binary `get`/`getk` hit takes the value from the same text
+/// (`buf[hdr_len + 2..total_len - 2]`) and builds its header from `flags` and `cas_unique`.
 ///
 /// The key is not stored apart: it is the reply's own `buf[6..6 + key_len]`, right after `VALUE `, which
 /// lies 8-aligned in the slot ([`ENTRY_KEY_OFF`]) so that the XDP program compares it word by word. A hit
@@ -151,21 +157,26 @@ pub struct CacheEntry {
     /// Flush generation the entry belongs to: it is dead once `CONFIG[CONFIG_FLUSH_GEN]` differs
     /// (flush_all empties the whole cache in O(1)).
     pub gen: u64,
+    /// The item's client flags, for a binary hit's extras (the text reply has them in decimal).
+    pub flags: u32,
     pub hdr_len: u16,
-    pub cas_len: u16,
     pub total_len: u16,
+    pub cas_len: u8,
     /// Length of the key this slot answers for (0 = empty slot); its bytes are `buf[6..6 + key_len]`.
-    pub key_len: u16,
-    pub _pad: [u8; 2],
+    pub key_len: u8,
     pub buf: [u8; CACHE_ENTRY_BUF],
     /// ` <cas>` for `gets` (its first `cas_len` bytes), after the reply: only `gets` reads it.
     pub cas: [u8; CAS_FIELD_LEN],
-    pub _tail: [u8; 6],
+    pub _pad: [u8; 1],
+    /// The item's CAS, for a binary hit's header (the text reply has it in `cas`, in decimal).
+    pub cas_unique: u64,
 }
 
 /// Where a slot's key starts in its [`CacheEntry`]: after `VALUE ` in the reply text, 8-aligned.
 pub const ENTRY_KEY_OFF: usize = core::mem::offset_of!(CacheEntry, buf) + b"VALUE ".len();
 const _: () = assert!(ENTRY_KEY_OFF.is_multiple_of(8) && ENTRY_KEY_OFF + CACHE_KEY_BUF <= size_of::<CacheEntry>());
+// `key_len` and `cas_len` are bytes (CAS_FIELD_LEN is smaller than MAX_KEY_LEN).
+const _: () = assert!(MAX_KEY_LEN <= u8::MAX as usize && CAS_FIELD_LEN < MAX_KEY_LEN);
 const _: () = assert!(size_of::<CacheEntry>() == 1440 && align_of::<CacheEntry>() == 8);
 
 /// Slots of the `CONFIG` array map.

@@ -12,9 +12,9 @@ pub const U64_MAX_DIGITS: usize = 20;
 /// Most decimal digits of a `u32` (`u32::MAX` = 4294967295): the flags of a `VALUE` line.
 pub const U32_MAX_DIGITS: usize = 10;
 
-/// Room for the ` <cas>` field of a `gets` reply: a space and up to [`U64_MAX_DIGITS`] digits, rounded up
-/// to a multiple of 8 (it sits in `#[repr(C)]` map values, see `CacheEntry::cas`).
-pub const CAS_FIELD_LEN: usize = (1 + U64_MAX_DIGITS).next_multiple_of(8);
+/// Room for the ` <cas>` field of a `gets` reply: a space and up to [`U64_MAX_DIGITS`] digits (see
+/// `CacheEntry::cas`).
+pub const CAS_FIELD_LEN: usize = 1 + U64_MAX_DIGITS;
 
 /// How a storage command combines with the existing item: `set`, `add`, `replace`, `append`,
 /// `prepend`, `cas` (and `ms`'s mode flag). One type for the parser, the command layer and the store.
@@ -311,7 +311,7 @@ mod tests {
     #[test]
     fn constants() {
         assert_eq!(END, b"END\r\n");
-        assert_eq!(CAS_FIELD_LEN, 24);
+        assert_eq!(CAS_FIELD_LEN, 21);
         assert_eq!(Decimal::new(u64::MAX).as_bytes().len(), U64_MAX_DIGITS);
         assert_eq!(Decimal::new(u32::MAX.into()).as_bytes().len(), U32_MAX_DIGITS);
     }

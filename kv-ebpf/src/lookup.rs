@@ -69,6 +69,18 @@ impl Slot {
     pub fn cas(self) -> *const u8 {
         self.0.wrapping_byte_add(offset_of!(CacheEntry, cas)).cast()
     }
+
+    /// The item's client flags (a binary hit's extras); counts only under the seqlock, as all reads.
+    #[inline(always)]
+    pub fn flags(self) -> u32 {
+        field!(self, flags)
+    }
+
+    /// The item's CAS (a binary hit's header); counts only under the seqlock, as all reads.
+    #[inline(always)]
+    pub fn cas_unique(self) -> u64 {
+        field!(self, cas_unique)
+    }
 }
 
 /// A slot's sequence number, odd while user space rewrites the slot: a pointer from a `SEQS` lookup

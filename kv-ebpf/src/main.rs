@@ -1,9 +1,11 @@
 //! XDP program of the key-value cache: answers memcached UDP `get`/`gets` requests whose every key is a
-//! live hit in the `CACHE` map, by rewriting the request packet into the reply (XDP_TX). Anything it does
-//! not fully handle is passed to the network stack untouched (XDP_PASS), counted by reason.
+//! live hit in the `CACHE` map, and binary-protocol `get`/`getk` hits, by rewriting the request packet
+//! into the reply (XDP_TX). Anything it does not fully handle is passed to the network stack untouched
+//! (XDP_PASS), counted by reason.
 //!
 //! - [`maps`]: the named maps and the globals the loader sets;
 //! - [`request`]: header checks and the `get`/`gets` line, with the key scan;
+//! - [`binary`]: a binary `get`/`getk` request and its reply;
 //! - [`lookup`]: the seqlock read of a cache slot;
 //! - [`reply`]: the reply written over the request (or the request restored);
 //! - [`scratch`]: the per-CPU working memory;
@@ -15,6 +17,8 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(target_arch = "bpf")]
+mod binary;
 #[cfg(target_arch = "bpf")]
 mod lookup;
 #[cfg(target_arch = "bpf")]
@@ -35,8 +39,9 @@ mod prog {
     use kv_ebpf::headers::TEXT_OFF;
 
     use crate::{
+        binary::{is_binary, parse_binary},
         maps::{self, count},
-        reply::{serve_direct, serve_scratch, Reply},
+        reply::{serve_direct, serve_scratch},
         request::{counter_from, direct_get, parse_get, read_request, DIRECT_HIT, DIRECT_NONE},
     };
 
@@ -70,8 +75,10 @@ mod prog {
                 c => return Err(counter_from(c as u64)),
             }
         }
-        let Reply::Scratch { len, keys } = parse_get(scratch, req.text_len)?;
-        serve_scratch(ctx, &req, scratch, len, keys)
+        // Binary requests after the text fast path, which they cost nothing: its first check fails.
+        let reply =
+            if is_binary(scratch) { parse_binary(scratch, req.text_len)? } else { parse_get(scratch, req.text_len)? };
+        serve_scratch(ctx, &req, scratch, reply)
     }
 
     #[unsafe(link_section = "license")]

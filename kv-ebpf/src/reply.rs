@@ -30,7 +30,7 @@ const END_BYTES: [u8; END.len()] = match END.first_chunk() {
     None => unreachable!(),
 };
 /// Mask that bounds an offset into a slot's reply text for the verifier (≥ CACHE_ENTRY_BUF).
-const ENTRY_MASK: usize = CACHE_ENTRY_BUF.next_power_of_two() - 1;
+pub const ENTRY_MASK: usize = CACHE_ENTRY_BUF.next_power_of_two() - 1;
 /// IPv4 flags of the reply: don't fragment.
 const IPV4_DF: [u8; 2] = [0x40, 0];
 /// TTL of the reply.
@@ -38,8 +38,9 @@ const REPLY_TTL: u8 = 64;
 
 /// How the reply is sent.
 pub enum Reply {
-    /// The reply text was assembled in `scratch.out` after room for the headers.
-    Scratch { len: usize, keys: u64 },
+    /// The reply text (`len` bytes answering `keys` keys; `binary`: a binary-protocol response) was
+    /// assembled in `scratch.out` after room for the headers.
+    Scratch { len: usize, keys: u64, binary: bool },
 }
 
 /// Looks up one key (bytes `s.req[start..start+klen]`) and appends its reply to `s.out` at `out`;
@@ -65,7 +66,7 @@ pub fn append_entry(s: &mut Scratch, start: usize, klen: usize, cas: bool, out: 
 
 /// Appends `len` bytes from kernel memory `src` (a cache slot) to `s.out` at `out`.
 #[inline(always)]
-fn copy(s: &mut Scratch, out: usize, src: *const u8, len: usize) -> Result<usize, Counter> {
+pub fn copy(s: &mut Scratch, out: usize, src: *const u8, len: usize) -> Result<usize, Counter> {
     // Leave room for END\r\n; the frame must fit one datagram.
     if out + len + END.len() > REPLY_OFF + XDP_REPLY_MAX {
         return Err(Counter::PassTooBig);
@@ -100,13 +101,13 @@ pub fn finish(s: &mut Scratch, out: usize, keys: u64) -> Result<Reply, Counter> 
     for i in 0..3 {
         s.out[(out + END.len() + i) & OUT_MASK] = 0;
     }
-    Ok(Reply::Scratch { len: out + END.len() - REPLY_OFF, keys })
+    Ok(Reply::Scratch { len: out + END.len() - REPLY_OFF, keys, binary: false })
 }
 
-/// Sends the reply assembled in `s.out` (`text_len` bytes of text answering `keys` keys): resize, headers,
-/// then the whole frame stored at once.
+/// Sends the reply assembled in `s.out`: resize, headers, then the whole frame stored at once.
 #[inline(always)]
-pub fn serve_scratch(ctx: &XdpContext, req: &Req, s: &mut Scratch, text_len: usize, keys: u64) -> Result<u32, Counter> {
+pub fn serve_scratch(ctx: &XdpContext, req: &Req, s: &mut Scratch, reply: Reply) -> Result<u32, Counter> {
+    let Reply::Scratch { len: text_len, .. } = reply;
     let frame_len = req.text_off() + text_len;
     resize(ctx, frame_len, buff_len(ctx) as i64).map_err(|_| hand_to_tc(ctx))?;
     let start = write_headers(req, s, text_len) & START_MASK;
@@ -118,7 +119,7 @@ pub fn serve_scratch(ctx: &XdpContext, req: &Req, s: &mut Scratch, text_len: usi
         // The frame was already resized: nothing sane to hand to the stack.
         return Ok(xdp_action::XDP_ABORTED);
     }
-    count_hit(req, keys);
+    count_hit(req, &reply);
     Ok(xdp_action::XDP_TX)
 }
 
@@ -127,11 +128,15 @@ const START_MASK: usize = 31;
 const _: () = assert!(V4_START <= START_MASK && START_MASK + OUT_BUF / 2 <= OUT_BUF);
 
 #[inline(always)]
-fn count_hit(req: &Req, keys: u64) {
+fn count_hit(req: &Req, reply: &Reply) {
+    let Reply::Scratch { keys, binary, .. } = *reply;
     count(Counter::Hits, 1);
     count(Counter::HitKeys, keys);
     if req.v6 {
         count(Counter::Ipv6Hits, 1);
+    }
+    if binary {
+        count(Counter::BinHits, 1);
     }
 }
 
@@ -228,10 +233,11 @@ pub fn hand_to_tc(ctx: &XdpContext) -> Counter {
 }
 
 /// Answers from the skb a request the XDP program handed over ([`hand_to_tc`]), its reply assembled
-/// again in `s.out` (`text_len` bytes answering `keys` keys): the skb grown to the reply, the whole frame
-/// stored, and sent back out of the interface it came in on.
+/// again in `s.out`: the skb grown to the reply, the whole frame stored, and sent back out of the
+/// interface it came in on.
 #[inline(always)]
-pub fn serve_skb(ctx: &TcContext, req: &Req, s: &mut Scratch, text_len: usize, keys: u64) -> Result<i32, Counter> {
+pub fn serve_skb(ctx: &TcContext, req: &Req, s: &mut Scratch, reply: Reply) -> Result<i32, Counter> {
+    let Reply::Scratch { len: text_len, .. } = reply;
     let frame_len = req.text_off() + text_len;
     let start = write_headers(req, s, text_len) & START_MASK;
     // In [1, OUT_BUF / 2], as for `serve_scratch`.
@@ -250,7 +256,7 @@ pub fn serve_skb(ctx: &TcContext, req: &Req, s: &mut Scratch, text_len: usize, k
         // The skb was already resized: nothing sane to hand to the stack.
         return Ok(TC_ACT_SHOT);
     }
-    count_hit(req, keys);
+    count_hit(req, &reply);
     count(Counter::TcHits, 1);
     // SAFETY: reading the ingress interface index of this run's skb.
     let ifindex = unsafe { (*skb).ifindex };

@@ -210,7 +210,10 @@ pub fn direct_get(s: &mut Scratch, text_len: usize) -> u32 {
 ///
 /// The byte scan runs in a `bpf_loop` callback (verified once, whatever the key count and lengths: an
 /// open-coded loop over bytes and keys explodes the verifier's path count). All its mutable state is
-/// in `s.scan`, in the scratch map, not on the stack: see [`ScanState`] for why.
+/// in `s.scan`, in the scratch map, not on the stack: see [`ScanState`] for why. Inlined into each
+/// program: a call would return the `Result` through the caller's stack, a pointer the verifier
+/// refuses to pass to a subprogram without BTF for it.
+#[inline(always)]
 pub fn parse_get(s: &mut Scratch, text_len: usize) -> Result<Reply, Counter> {
     let r = &s.req;
     let (pos, cas) = if r[0] == b'g' && r[1] == b'e' && r[2] == b't' && r[3] == b' ' {

@@ -10,8 +10,9 @@ use kv_common::{Counter, XDP_REQ_MAX};
 use kv_ebpf::{headers::TEXT6_OFF, tc_mark};
 
 use crate::{
+    binary::{is_binary, parse_binary},
     maps::{self, count},
-    reply::{serve_skb, Reply},
+    reply::serve_skb,
     request::{parse_get, read_request},
 };
 
@@ -54,6 +55,7 @@ fn try_kv_tc(ctx: &TcContext) -> Result<i32, Counter> {
         unsafe { h::bpf_skb_pull_data(ctx.skb.skb, 0) };
     }
     let (req, scratch) = read_request(ctx)?;
-    let Reply::Scratch { len, keys } = parse_get(scratch, req.text_len)?;
-    serve_skb(ctx, &req, scratch, len, keys)
+    let reply =
+        if is_binary(scratch) { parse_binary(scratch, req.text_len)? } else { parse_get(scratch, req.text_len)? };
+    serve_skb(ctx, &req, scratch, reply)
 }

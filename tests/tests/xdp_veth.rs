@@ -490,3 +490,87 @@ fn two_instances_share_an_interface() {
     let left = kv_tests::netns::xdp_prog_id(&bed.server_ns, &bed.veth.if_a).unwrap();
     assert_eq!(left, None, "an XDP program is still attached after both instances stopped");
 }
+
+/// A binary-protocol `get`/`getk` request (no extras, the key as body).
+fn bin_get(opcode: u8, key: &[u8], opaque: u32) -> Vec<u8> {
+    let mut p = vec![0x80, opcode];
+    p.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[0; 4]);
+    p.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    p.extend_from_slice(&opaque.to_be_bytes());
+    p.extend_from_slice(&[0; 8]);
+    p.extend_from_slice(key);
+    p
+}
+
+/// A `get`/`getk` hit's binary response, laid out by hand: header, flags, key (`getk`), value.
+fn bin_hit(opcode: u8, opaque: u32, cas: u64, key: Option<&[u8]>, value: &[u8]) -> Vec<u8> {
+    let key = key.unwrap_or_default();
+    let mut r = vec![0x81, opcode];
+    r.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    r.extend_from_slice(&[4, 0, 0, 0]);
+    r.extend_from_slice(&((4 + key.len() + value.len()) as u32).to_be_bytes());
+    r.extend_from_slice(&opaque.to_be_bytes());
+    r.extend_from_slice(&cas.to_be_bytes());
+    r.extend_from_slice(&[0; 4]);
+    r.extend_from_slice(key);
+    r.extend_from_slice(value);
+    r
+}
+
+/// Binary `get`/`getk` over UDP: answered by user space until the key is admitted, then by the kernel
+/// (`xdp_hits_binary` rises, in the COUNTERS map and in `stats`), with the same bytes either way; a reply
+/// larger than the frame can grow to goes through TC. A quiet `getq` is left to user space.
+#[test]
+fn binary_gets_over_udp_are_answered_in_the_kernel() {
+    let Some(bed) = XdpBed::start_or_skip("bin", &[]) else { return };
+    let mut tcp = bed.client();
+    let big: Vec<u8> = (0..600).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut items = Vec::new();
+    for (key, value) in [(&b"bk"[..], &b"binary-value"[..]), (b"bk-big", &big[..])] {
+        tcp.set(std::str::from_utf8(key).unwrap(), value);
+        // The CAS the binary reply carries is the one `gets` reports.
+        tcp.send(&[b"gets ", key, b"\r\n"].concat());
+        let line = tcp.read_until(b"END\r\n");
+        let line = String::from_utf8_lossy(&line[..line.iter().position(|&b| b == b'\r').unwrap()]).into_owned();
+        let cas: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        items.push((key, value, cas));
+    }
+    let mut udp = Udp::new(&bed);
+    let bin_before = bed.kernel_counter(Counter::BinHits);
+    let mut opaque = 0x5000_0000u32;
+    let mut answered = Vec::new();
+    for &(key, value, cas) in &items {
+        for opcode in [0x00u8, 0x0c] {
+            let mut kernel = 0;
+            for i in 0..200 {
+                opaque += 1;
+                let want = bin_hit(opcode, opaque, cas, (opcode == 0x0c).then_some(key), value);
+                let before = bed.kernel_counter(Counter::BinHits);
+                let (r, hit) = udp.request(&bin_get(opcode, key, opaque));
+                assert_eq!(r.body, want, "reply {i} to opcode {opcode:#x} for {key:?} (kernel: {hit})");
+                assert_eq!(r.datagrams, 1);
+                assert_eq!(bed.kernel_counter(Counter::BinHits) > before, hit, "a kernel hit is a binary hit");
+                kernel += hit as usize;
+                if kernel >= 10 {
+                    break;
+                }
+                if i >= 10 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            answered.push(kernel);
+        }
+    }
+    let stats = xdp_stats(&bed);
+    eprintln!("binary requests answered by the kernel (get, getk per key): {answered:?}; stats {stats:?}");
+    assert!(answered.iter().all(|&n| n >= 10), "{NOT_ADMITTED}; {stats:?}");
+    let bin_hits = bed.kernel_counter(Counter::BinHits) - bin_before;
+    assert!(bin_hits >= 40, "{bin_hits} binary kernel hits");
+    let reported = bed.stat("xdp_hits_binary").expect("`stats` has a `STAT xdp_hits_binary` line");
+    assert!(reported >= bin_hits, "STAT xdp_hits_binary {reported} < kernel counter {bin_hits}");
+    // getq: a hit is answered (quiet only hides misses), by user space.
+    let (key, value, cas) = items[0];
+    let (r, hit) = udp.request(&bin_get(0x09, key, 7));
+    assert_eq!((r.body, hit), (bin_hit(0x09, 7, cas, None, value), false));
+}

@@ -94,12 +94,7 @@ fn get(
     let hit = ctx.store.fetch_with(key, &FetchOpts { touch, ..FetchOpts::default() }, |f| {
         seq = f.seq;
         let Some(it) = f.item else { return false };
-        let keylen = if with_key { key.len() } else { 0 };
-        let len = 4 + keylen + it.value.len();
-        br::header(out, echo, Status::Success, it.cas, Body { extlen: 4, keylen: keylen as u16, len: len as u32 });
-        out.extend_from_slice(&it.flags.to_be_bytes());
-        out.extend_from_slice(&key[..keylen]);
-        out.extend_from_slice(it.value);
+        br::get_hit(out, echo, it.cas, it.flags, with_key.then_some(key), it.value);
         true
     });
     let s = &ctx.stats;

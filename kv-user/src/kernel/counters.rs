@@ -54,6 +54,7 @@ fn xdp_help(c: Counter) -> Option<&'static str> {
         }
         Counter::TcHits => Some("Requests the TC program answered (counted in xdp_hits too)."),
         Counter::Ipv6Hits => Some("Requests over IPv6 answered in the kernel (counted in xdp_hits too)."),
+        Counter::BinHits => Some("Binary-protocol get/getk requests answered in the kernel (counted in xdp_hits too)."),
         _ => None,
     }
 }
@@ -87,6 +88,11 @@ mod tests {
     fn lines_are_described() {
         assert_eq!(xdp_help(Counter::Hits), Some("Requests answered from the kernel cache."));
         assert_eq!(xdp_help(Counter::PassMiss), None);
+        // Every hit counter has its own described series (the pass reasons form one family).
+        for c in [Counter::Hits, Counter::TcHits, Counter::Ipv6Hits, Counter::BinHits] {
+            assert!(xdp_help(c).is_some_and(|h| h.contains("answered")), "{c:?}");
+        }
+        assert_eq!(Counter::BinHits.name(), "xdp_hits_binary");
         let s = SyncStats::default();
         s.flushes.fetch_add(3, Relaxed);
         let names: Vec<_> = SYNC_LINES.iter().map(|(n, _, _)| *n).collect();

@@ -31,14 +31,15 @@ pub fn cache_entry(key: &[u8], flags: u32, cas: u64, value: &[u8], expire_ns: u6
     Some(CacheEntry {
         expire_ns,
         gen,
+        flags,
         hdr_len: hdr_len as u16,
-        cas_len: cas_field.len() as u16,
         total_len: total as u16,
-        key_len: key.len() as u16,
-        _pad: [0; 2],
+        cas_len: cas_field.len() as u8,
+        key_len: key.len() as u8,
         buf,
         cas: cas_part,
-        _tail: [0; 6],
+        _pad: [0; 1],
+        cas_unique: cas,
     })
 }
 
@@ -65,6 +66,10 @@ mod tests {
         assert_eq!(e.key_len, 8);
         assert_eq!(&e.buf[..e.total_len as usize], b"VALUE some:key 5 5\r\nvalue\r\n");
         assert_eq!(&e.cas[..e.cas_len as usize], b" 9");
+        assert_eq!((e.flags, e.cas_unique), (5, 9), "a binary hit's extras and CAS");
+        let widest = cache_entry(&[b'k'; MAX_KEY_LEN], u32::MAX, u64::MAX, b"", 0, 0).unwrap();
+        assert_eq!(&widest.cas[..widest.cas_len as usize], format!(" {}", u64::MAX).as_bytes());
+        assert_eq!(widest.key_len as usize, MAX_KEY_LEN);
         // SAFETY: `CacheEntry` is plain `#[repr(C)]` data, all of it initialised (explicit padding).
         let bytes =
             unsafe { std::slice::from_raw_parts((&e as *const CacheEntry).cast::<u8>(), size_of::<CacheEntry>()) };

@@ -1,6 +1,6 @@
 //! Differential fuzzing of the XDP program (through BPF_PROG_TEST_RUN) against the user-space server.
 //!
-//! Valid `get`/`gets` requests for a pool of keys, mutated at the text level (bit flips, inserted and
+//! Valid `get`/`gets` requests (and binary `get`/`getk` ones) for a pool of keys, mutated at the text level (bit flips, inserted and
 //! deleted bytes, truncation, whitespace and control bytes, case, several commands, oversize) and at the
 //! header level (IP/UDP lengths, frame header, IP options, fragments, other protocols, ports, ethertypes
 //! and sources, Ethernet padding, truncated frames, random bytes), with writes through the store
@@ -21,21 +21,22 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use clap::Parser as _;
 use kv_common::xdp_action::{XDP_PASS, XDP_TX};
 use kv_common::{CACHE_ENTRY_BUF, COUNTERS};
 
 use super::{ip_checksum, load_with, packet, run, try_reply_text};
 use crate::config::Config;
-use crate::exec::{execute, reject_too_large_noreply, Ctx};
+use crate::exec::Ctx;
 use crate::kernel::{KernelPath, KernelSync};
-use crate::protocol::{parse, Limits, Parsed};
 use crate::record::NoJournal;
 use crate::stats::Stats;
 use crate::store::{Store, StoreOptions};
 
 const PORT: u16 = 11211;
+
+mod reference;
+use reference::{delivered, udp_reference};
 
 /// splitmix64.
 struct Rng(u64);
@@ -60,109 +61,6 @@ impl Rng {
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
     }
-}
-
-/// What the UDP server does with a datagram's text (server/udp.rs hands it to server/conn.rs's
-/// pipeline): every complete request in order, an incomplete tail dropped.
-fn udp_reference(ctx: &Ctx, text: &[u8]) -> Vec<u8> {
-    let limits = Limits { item_size_max: ctx.config.item_size_max };
-    let mut out = BytesMut::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        match parse(rest, &limits) {
-            Parsed::Command { cmd, consumed } => {
-                let close = execute(&cmd, ctx, &mut out).close;
-                rest = &rest[consumed..];
-                if close {
-                    break;
-                }
-            }
-            Parsed::Error { reply, consumed, swallow, close, too_large_key } => {
-                match too_large_key {
-                    Some(key) => {
-                        reject_too_large_noreply(key, reply.is_empty(), ctx, &mut out);
-                    }
-                    None => out.extend_from_slice(reply),
-                }
-                rest = &rest[(consumed + swallow).min(rest.len())..];
-                if close {
-                    break;
-                }
-            }
-            Parsed::Incomplete | Parsed::Partial { .. } => break,
-        }
-    }
-    out.to_vec()
-}
-
-/// The datagram text the network stack would hand the UDP server for this frame, or None if the stack
-/// would not deliver it to the server's socket at all (or the server ignores it). The destination
-/// address is not modelled (the program is loaded without a listening address: any).
-fn delivered(pkt: &[u8]) -> Option<Result<&[u8], ()>> {
-    let be = |at: usize| u16::from_be_bytes([pkt[at], pkt[at + 1]]) as usize;
-    if pkt.len() >= 14 && be(12) == 0x86dd {
-        return delivered6(pkt);
-    }
-    if pkt.len() < 34 || be(12) != 0x0800 {
-        return None;
-    }
-    let (ver, ihl) = (pkt[14] >> 4, (pkt[14] & 15) as usize * 4);
-    let ip_len = be(16);
-    if ver != 4 || ihl < 20 || ip_len < ihl || 14 + ip_len > pkt.len() || pkt.len() < 14 + ihl + 8 {
-        return None;
-    }
-    // The stack drops a header whose checksum does not verify.
-    if ip_checksum(&pkt[14..14 + ihl]) != 0 {
-        return None;
-    }
-    // Fragments are reassembled first: not this datagram's text, and never answerable from one frame.
-    if be(20) & 0x3fff != 0 || pkt[23] != 17 {
-        return None;
-    }
-    // Only the test's allowlist (10.0.0.0/8) gets UDP answers.
-    if pkt[26] != 10 {
-        return None;
-    }
-    let udp = 14 + ihl;
-    let udp_len = be(udp + 4);
-    if be(udp + 2) != PORT as usize || udp_len < 8 || udp_len > ip_len - ihl {
-        return None;
-    }
-    let payload = &pkt[udp + 8..udp + udp_len];
-    if payload.len() < 8 {
-        return None;
-    }
-    // A datagram count other than 1 is dropped unanswered (the sequence number is not looked at).
-    if payload[4..6] != [0, 1] {
-        return Some(Err(()));
-    }
-    Some(Ok(&payload[8..]))
-}
-
-/// [`delivered`] for IPv6: no extension headers (the stack would walk them; the program passes them), a
-/// UDP checksum present (mandatory; its value is not modelled, as for IPv4: offloads leave it partial),
-/// the test's IPv6 allowlist (fd00:0:0:77::/64).
-fn delivered6(pkt: &[u8]) -> Option<Result<&[u8], ()>> {
-    let be = |at: usize| u16::from_be_bytes([pkt[at], pkt[at + 1]]) as usize;
-    if pkt.len() < 62 || pkt[14] >> 4 != 6 || pkt[20] != 17 || pkt[22..30] != super::ipv6::SRC[..8] {
-        return None;
-    }
-    let payload_len = be(18);
-    let udp_len = be(58);
-    if 54 + payload_len > pkt.len() || udp_len < 8 || udp_len > payload_len || be(56) != PORT as usize {
-        return None;
-    }
-    if be(60) == 0 {
-        return None;
-    }
-    let payload = &pkt[62..54 + udp_len];
-    if payload.len() < 8 {
-        return None;
-    }
-    if payload[4..6] != [0, 1] {
-        return Some(Err(()));
-    }
-    Some(Ok(&payload[8..]))
 }
 
 /// Recomputes the IPv4 header checksum (when there is an IPv4 header), so that most packets get past
@@ -244,8 +142,11 @@ impl Fuzz {
         self.writes += 1;
     }
 
-    /// A `get`/`gets` request with 1 to 24 keys, mostly from the pool.
+    /// A `get`/`gets` request with 1 to 24 keys, mostly from the pool; or a binary one.
     fn request(&mut self) -> Vec<u8> {
+        if self.rng.chance(5) {
+            return self.binary_request();
+        }
         let cmd: &[u8] = if self.rng.chance(3) { b"gets" } else { b"get" };
         let n = match self.rng.below(10) {
             0..=5 => 1,
@@ -260,6 +161,26 @@ impl Fuzz {
             t.extend_from_slice(&k);
         }
         t.extend_from_slice(b"\r\n");
+        t
+    }
+
+    /// A binary `get`/`getk` for a key, mostly from the pool (other opcodes now and then; data type,
+    /// vbucket and CAS set sometimes); the text mutations apply to it as to text.
+    fn binary_request(&mut self) -> Vec<u8> {
+        let opcode = match self.rng.below(12) {
+            0 => self.rng.next() as u8,
+            1 => [0x09, 0x0d, 0x0a, 0x01, 0x1d][self.rng.below(5) as usize],
+            2..=5 => kv_common::BIN_OP_GETK,
+            _ => kv_common::BIN_OP_GET,
+        };
+        let k = self.key();
+        let mut t = super::binary::bin_request(opcode, &k, b"", b"", self.rng.next() as u32);
+        if self.rng.chance(4) {
+            t[5] = self.rng.next() as u8;
+            let b = self.rng.bytes(10);
+            t[6..8].copy_from_slice(&b[..2]);
+            t[16..24].copy_from_slice(&b[2..]);
+        }
         t
     }
 
@@ -668,6 +589,8 @@ fn xdp_fuzz_matches_user_space() {
     // The generator must actually reach both outcomes, or the comparison means little.
     assert!(r.tx > packets / 20, "only {} of {packets} packets answered by XDP", r.tx);
     assert!(r.pass > packets / 20, "only {} of {packets} packets passed", r.pass);
+    let binary = path.counter(kv_common::Counter::BinHits).unwrap();
+    assert!(binary > packets / 100, "only {binary} of {packets} packets answered by XDP as binary gets");
 }
 
 /// The checker itself: values planted in the kernel cache behind the store's back are caught.

@@ -598,6 +598,7 @@ fn every_admitted_key_is_found() {
     assert!(lost.is_empty(), "{} cached keys missed by XDP, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
 }
 
+mod binary;
 mod differential;
 mod dispatch;
 mod fuzz;

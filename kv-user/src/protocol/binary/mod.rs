@@ -15,15 +15,15 @@ pub use parse::{parse, BinParsed};
 use super::command::{ArithCmd, StoreCmd, TouchCmd};
 
 /// First byte of every request; a connection whose first byte is this speaks binary.
-pub const REQUEST_MAGIC: u8 = 0x80;
+pub const REQUEST_MAGIC: u8 = kv_common::BIN_REQUEST_MAGIC;
 /// First byte of every response.
-pub const RESPONSE_MAGIC: u8 = 0x81;
+pub const RESPONSE_MAGIC: u8 = kv_common::BIN_RESPONSE_MAGIC;
 /// Fixed header length, requests and responses alike.
-pub const HEADER_LEN: usize = 24;
+pub const HEADER_LEN: usize = kv_common::BIN_HEADER_LEN;
 
 /// Opcodes (`protocol_binary_command`).
 pub mod op {
-    pub const GET: u8 = 0x00;
+    pub const GET: u8 = kv_common::BIN_OP_GET;
     pub const SET: u8 = 0x01;
     pub const ADD: u8 = 0x02;
     pub const REPLACE: u8 = 0x03;
@@ -35,7 +35,7 @@ pub mod op {
     pub const GETQ: u8 = 0x09;
     pub const NOOP: u8 = 0x0a;
     pub const VERSION: u8 = 0x0b;
-    pub const GETK: u8 = 0x0c;
+    pub const GETK: u8 = kv_common::BIN_OP_GETK;
     pub const GETKQ: u8 = 0x0d;
     pub const APPEND: u8 = 0x0e;
     pub const PREPEND: u8 = 0x0f;

@@ -1,8 +1,10 @@
-//! Binary response formatting: the 24-byte header and memcached's error texts.
+//! Binary response formatting: the 24-byte header (kv-common's [`BinHeader`], which the XDP program's
+//! `get` hits use too) and memcached's error texts.
 
 use bytes::BytesMut;
+use kv_common::BinHeader;
 
-use super::{Echo, Status, RESPONSE_MAGIC};
+use super::{Echo, Status};
 
 /// The lengths of a response's parts after its header.
 #[derive(Debug, Clone, Copy, Default)]
@@ -15,17 +17,26 @@ pub struct Body {
 
 /// Appends a response header.
 pub fn header(out: &mut BytesMut, echo: Echo, status: Status, cas: u64, body: Body) {
-    let mut h = [0u8; super::HEADER_LEN];
-    h[0] = RESPONSE_MAGIC;
-    h[1] = echo.opcode;
-    h[2..4].copy_from_slice(&body.keylen.to_be_bytes());
-    h[4] = body.extlen;
-    // h[5]: datatype, raw bytes (0).
-    h[6..8].copy_from_slice(&(status as u16).to_be_bytes());
-    h[8..12].copy_from_slice(&body.len.to_be_bytes());
-    h[12..16].copy_from_slice(&echo.opaque.to_be_bytes());
-    h[16..24].copy_from_slice(&cas.to_be_bytes());
-    out.extend_from_slice(&h);
+    let h = BinHeader {
+        opcode: echo.opcode,
+        keylen: body.keylen,
+        extlen: body.extlen,
+        status: status as u16,
+        body_len: body.len,
+        opaque: echo.opaque,
+        cas,
+    };
+    out.extend_from_slice(&h.to_bytes());
+}
+
+/// Appends the response to a `get`/`getk` hit: header and flags (kv-common's formatter, which the XDP
+/// program uses for the same reply), the key if `key` is given, the value.
+pub fn get_hit(out: &mut BytesMut, echo: Echo, cas: u64, flags: u32, key: Option<&[u8]>, value: &[u8]) {
+    let key = key.unwrap_or_default();
+    let prefix = kv_common::get_hit_prefix(echo.opcode, echo.opaque, cas, flags, key.len() as u16, value.len() as u32);
+    out.extend_from_slice(&prefix);
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
 }
 
 /// A success without a body.

@@ -70,3 +70,32 @@ fn too_large_values_are_refused_before_they_arrive() {
         "{e:?}"
     );
 }
+
+/// A get hit's response through the shared formatter equals the layout memcached documents, field by
+/// field (the XDP program sends the same prefix, from the same function).
+#[test]
+fn get_hit_response_layout() {
+    use bytes::BytesMut;
+    let mut out = BytesMut::new();
+    reply::get_hit(
+        &mut out,
+        Echo { opcode: op::GETK, opaque: 0x0102_0304 },
+        0xa1b2,
+        0xdead_beef,
+        Some(b"key"),
+        b"val!",
+    );
+    let mut want = vec![RESPONSE_MAGIC, op::GETK, 0, 3, 4, 0, 0, 0];
+    want.extend_from_slice(&(4u32 + 3 + 4).to_be_bytes());
+    want.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+    want.extend_from_slice(&0xa1b2u64.to_be_bytes());
+    want.extend_from_slice(&0xdead_beefu32.to_be_bytes());
+    want.extend_from_slice(b"keyval!");
+    assert_eq!(&out[..], &want[..]);
+    // get: no key, and the body is flags and value only.
+    out.clear();
+    reply::get_hit(&mut out, Echo { opcode: op::GET, opaque: 9 }, 1, 0, None, b"");
+    assert_eq!(&out[..8], &[RESPONSE_MAGIC, op::GET, 0, 0, 4, 0, 0, 0]);
+    assert_eq!(&out[8..12], &4u32.to_be_bytes());
+    assert_eq!(out.len(), HEADER_LEN + 4);
+}
