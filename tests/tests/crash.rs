@@ -12,33 +12,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use kv_tests::{kv_only, long_or, Client, Server};
-
-/// splitmix64: tiny, seedable, good enough to pick kill moments, keys and value lengths.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// `KV_CRASH_SEED` if set, else a fresh one (printed either way).
-fn seed(test: &str) -> u64 {
-    let seed = match std::env::var("KV_CRASH_SEED") {
-        Ok(s) => s.parse().unwrap_or_else(|_| panic!("KV_CRASH_SEED={s:?} is not a u64")),
-        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
-    };
-    eprintln!("{test}: seed {seed} (replay with KV_CRASH_SEED={seed})");
-    seed
-}
+use kv_tests::{crash_seeds, kv_only, long_or, Client, Rng, Server};
 
 const WRITERS: usize = 4;
 const KEYS_PER_WRITER: usize = 64;
@@ -136,7 +110,7 @@ fn show(s: &State) -> String {
 fn acknowledged_writes_survive_repeated_sigkill() {
     kv_only!();
     let rounds = long_or(10, 100);
-    let seed = seed("crash loop");
+    let seed = crash_seeds("crash loop", &[])[0];
     let mut rng = Rng(seed);
     let mut s = Server::start(&["--fsync", "always"]);
     let keys: Vec<String> = (0..WRITERS).flat_map(|w| (0..KEYS_PER_WRITER).map(move |i| key(w, i))).collect();
@@ -221,7 +195,7 @@ fn acknowledged_writes_survive_repeated_sigkill() {
 #[test]
 fn everysec_loses_at_most_the_last_second() {
     kv_only!();
-    let seed = seed("everysec");
+    let seed = crash_seeds("everysec", &[])[0];
     let mut rng = Rng(seed);
     let rounds = long_or(1, 5);
     let (mut acked_total, mut lost_total, mut worst) = (0, 0, Duration::ZERO);

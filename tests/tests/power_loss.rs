@@ -21,38 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kv_tests::lazyfs::{self, CrashReport, LazyFs};
-use kv_tests::{kv_only, long_or, Client, Server};
+use kv_tests::{crash_seeds, kv_only, long_or, Client, Rng, Server};
 
 /// Seeds that found bugs, replayed (by the test that found them) before its random rounds.
 /// - 1796121689803128690 (always, round 0): the server created its data directory without fsyncing the
 ///   directory above it, so the power cut took the whole directory and every acknowledged write with it.
 const ALWAYS_REGRESSIONS: &[u64] = &[1796121689803128690];
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// The seeds to run: `regressions`, then `KV_CRASH_SEED` or a fresh one (printed); only the given one with
-/// `KV_CRASH_SEED`.
-fn seeds(test: &str, regressions: &[u64]) -> Vec<u64> {
-    let seed = match std::env::var("KV_CRASH_SEED") {
-        Ok(s) => return vec![s.parse().unwrap_or_else(|_| panic!("KV_CRASH_SEED={s:?} is not a u64"))],
-        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64,
-    };
-    eprintln!("{test}: seed {seed} (replay with KV_CRASH_SEED={seed})");
-    regressions.iter().copied().chain([seed]).collect()
-}
 
 /// False (after saying why) when FUSE is missing and not required.
 fn fuse_or_skip() -> bool {
@@ -282,7 +256,7 @@ fn always_loses_nothing_acknowledged() {
     if !fuse_or_skip() {
         return;
     }
-    for seed in seeds("power loss, always", ALWAYS_REGRESSIONS) {
+    for seed in crash_seeds("power loss, always", ALWAYS_REGRESSIONS) {
         always_rounds(seed, long_or(10, 200));
     }
 }
@@ -337,7 +311,7 @@ fn everysec_loses_at_most_about_a_second() {
     if !fuse_or_skip() {
         return;
     }
-    for seed in seeds("power loss, everysec", &[]) {
+    for seed in crash_seeds("power loss, everysec", &[]) {
         everysec_rounds(seed, long_or(10, 200));
     }
 }
@@ -450,7 +424,7 @@ fn compaction_crashes_lose_nothing() {
     if !fuse_or_skip() {
         return;
     }
-    for seed in seeds("power loss, compaction", &[]) {
+    for seed in crash_seeds("power loss, compaction", &[]) {
         compaction_rounds(seed, long_or(10, 200));
     }
 }
@@ -523,7 +497,7 @@ fn recover_to_after_power_loss() {
     if !fuse_or_skip() {
         return;
     }
-    for seed in seeds("power loss, recover-to", &[]) {
+    for seed in crash_seeds("power loss, recover-to", &[]) {
         recover_rounds(seed, long_or(6, 100));
     }
 }
