@@ -5,8 +5,11 @@
 //! reference implementation every expectation was checked against); tests that only make sense
 //! for kv-server (persistence, restarts, log files) start with `kv_only!()` and are skipped there.
 
+mod crash;
 pub mod lazyfs;
 pub mod netns;
+
+pub use crash::{crash_seeds, read_all, show, KeyState, Rng};
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -425,39 +428,4 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (std::process::Ex
         std::thread::sleep(Duration::from_millis(20));
     };
     (status, t_out.join().unwrap(), t_err.join().unwrap())
-}
-
-/// splitmix64: tiny and seedable; the crash and power-loss tests pick their moments, keys and lengths
-/// with it, so a seed replays a run's choices.
-pub struct Rng(pub u64);
-
-impl Rng {
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// The seeds a crash test runs: `regressions` (seeds that once found a bug), then `KV_CRASH_SEED` if
-/// set, else a fresh one, printed either way; only `KV_CRASH_SEED` when it is set.
-pub fn crash_seeds(test: &str, regressions: &[u64]) -> Vec<u64> {
-    let (seed, replay) = match std::env::var("KV_CRASH_SEED") {
-        Ok(s) => (s.parse().unwrap_or_else(|_| panic!("KV_CRASH_SEED={s:?} is not a u64")), true),
-        Err(_) => {
-            (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64, false)
-        }
-    };
-    eprintln!("{test}: seed {seed} (replay with KV_CRASH_SEED={seed})");
-    if replay {
-        return vec![seed];
-    }
-    regressions.iter().copied().chain([seed]).collect()
 }

@@ -12,13 +12,13 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use kv_tests::{crash_seeds, kv_only, long_or, Client, Rng, Server};
+use kv_tests::{crash_seeds, kv_only, long_or, read_all, show, KeyState, Rng, Server};
 
 const WRITERS: usize = 4;
 const KEYS_PER_WRITER: usize = 64;
 
 /// A key's state: (flags, value), or None when absent (never written, or deleted).
-type State = Option<(u32, Vec<u8>)>;
+type State = KeyState;
 
 /// What one writer did before its connection died: the acknowledged operations in order, and the one
 /// that was sent (or being sent) without an acknowledgement.
@@ -69,39 +69,6 @@ fn writer(stream: TcpStream, id: usize, round: usize, seed: u64) -> WriterLog {
         }
     }
     unreachable!()
-}
-
-/// Every key's current state, read with pipelined multi-key gets.
-fn read_all(c: &mut Client, keys: &[String]) -> HashMap<String, State> {
-    let mut out = HashMap::new();
-    for chunk in keys.chunks(100) {
-        c.send(format!("get {}\r\n", chunk.join(" ")).as_bytes());
-        loop {
-            let line = c.line();
-            if line == "END\r\n" {
-                break;
-            }
-            let parts: Vec<&str> = line.trim_end().split(' ').collect();
-            assert!(parts.len() == 4 && parts[0] == "VALUE", "bad get reply line {line:?}");
-            let len: usize = parts[3].parse().unwrap();
-            let mut v = c.read_n(len + 2);
-            assert_eq!(&v[len..], b"\r\n", "value terminator of {}", parts[1]);
-            v.truncate(len);
-            let prev = out.insert(parts[1].to_string(), Some((parts[2].parse().unwrap(), v)));
-            assert!(prev.is_none(), "{} returned twice", parts[1]);
-        }
-    }
-    for k in keys {
-        out.entry(k.clone()).or_insert(None);
-    }
-    out
-}
-
-fn show(s: &State) -> String {
-    match s {
-        None => "absent".into(),
-        Some((f, v)) => format!("flags {f} {:?}", String::from_utf8_lossy(&v[..v.len().min(40)])),
-    }
 }
 
 /// Rounds of: concurrent writers with `--fsync always`, SIGKILL at a random moment, restart, and a check

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kv_tests::lazyfs::{self, CrashReport, LazyFs};
-use kv_tests::{crash_seeds, kv_only, long_or, Client, Rng, Server};
+use kv_tests::{crash_seeds, kv_only, long_or, read_all, show, KeyState, Rng, Server};
 
 /// Seeds that found bugs, replayed (by the test that found them) before its random rounds.
 /// - 1796121689803128690 (always, round 0): the server created its data directory without fsyncing the
@@ -82,7 +82,7 @@ impl Rig {
 }
 
 /// A key's state: (flags, value), or None when absent.
-type State = Option<(u32, Vec<u8>)>;
+type State = KeyState;
 
 /// One operation as a client saw it: sent at `sent`, acknowledged at `acked` (None: no acknowledgement,
 /// because the server died or answered an error).
@@ -163,39 +163,6 @@ impl Writers {
 
     fn join(self) -> Vec<Op> {
         self.handles.into_iter().flat_map(|w| w.join().unwrap()).collect()
-    }
-}
-
-/// Every key's current state, read with multi-key gets.
-fn read_all<'a>(c: &mut Client, keys: impl Iterator<Item = &'a String>) -> HashMap<String, State> {
-    let keys: Vec<&String> = keys.collect();
-    let mut out = HashMap::new();
-    for chunk in keys.chunks(100) {
-        let names: Vec<&str> = chunk.iter().map(|k| k.as_str()).collect();
-        c.send(format!("get {}\r\n", names.join(" ")).as_bytes());
-        loop {
-            let line = c.line();
-            if line == "END\r\n" {
-                break;
-            }
-            let parts: Vec<&str> = line.trim_end().split(' ').collect();
-            assert!(parts.len() == 4 && parts[0] == "VALUE", "bad get reply line {line:?}");
-            let len: usize = parts[3].parse().unwrap();
-            let mut v = c.read_n(len + 2);
-            v.truncate(len);
-            out.insert(parts[1].to_string(), Some((parts[2].parse().unwrap(), v)));
-        }
-    }
-    for k in keys {
-        out.entry(k.clone()).or_insert(None);
-    }
-    out
-}
-
-fn show(s: &State) -> String {
-    match s {
-        None => "absent".into(),
-        Some((f, v)) => format!("flags {f} {:?}", String::from_utf8_lossy(&v[..v.len().min(40)])),
     }
 }
 
