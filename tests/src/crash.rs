@@ -40,7 +40,7 @@ pub fn crash_seeds(test: &str, regressions: &[u64]) -> Vec<u64> {
     regressions.iter().copied().chain([seed]).collect()
 }
 
-/// A key's state as read back: absent, or its flags and value.
+/// A key's state: absent (never written, or deleted), or its flags and value.
 pub type KeyState = Option<(u32, Vec<u8>)>;
 
 /// Every key's current state, read with multi-key gets of 100 keys; a key the server does not return is

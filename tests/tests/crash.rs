@@ -17,14 +17,11 @@ use kv_tests::{crash_seeds, kv_only, long_or, read_all, show, KeyState, Rng, Ser
 const WRITERS: usize = 4;
 const KEYS_PER_WRITER: usize = 64;
 
-/// A key's state: (flags, value), or None when absent (never written, or deleted).
-type State = KeyState;
-
 /// What one writer did before its connection died: the acknowledged operations in order, and the one
 /// that was sent (or being sent) without an acknowledgement.
 struct WriterLog {
-    acked: Vec<(String, State)>,
-    in_flight: Option<(String, State)>,
+    acked: Vec<(String, KeyState)>,
+    in_flight: Option<(String, KeyState)>,
 }
 
 fn key(writer: usize, i: usize) -> String {
@@ -41,7 +38,7 @@ fn writer(stream: TcpStream, id: usize, round: usize, seed: u64) -> WriterLog {
     let mut log = WriterLog { acked: Vec::new(), in_flight: None };
     for op in 0.. {
         let k = key(id, rng.below(KEYS_PER_WRITER as u64) as usize);
-        let (req, state, ok): (Vec<u8>, State, &[&str]) = if rng.below(8) == 0 {
+        let (req, state, ok): (Vec<u8>, KeyState, &[&str]) = if rng.below(8) == 0 {
             (format!("delete {k}\r\n").into_bytes(), None, &["DELETED\r\n", "NOT_FOUND\r\n"])
         } else {
             let flags = rng.below(1 << 20) as u32;
@@ -81,7 +78,7 @@ fn acknowledged_writes_survive_repeated_sigkill() {
     let mut rng = Rng(seed);
     let mut s = Server::start(&["--fsync", "always"]);
     let keys: Vec<String> = (0..WRITERS).flat_map(|w| (0..KEYS_PER_WRITER).map(move |i| key(w, i))).collect();
-    let mut model: HashMap<String, State> = keys.iter().map(|k| (k.clone(), None)).collect();
+    let mut model: HashMap<String, KeyState> = keys.iter().map(|k| (k.clone(), None)).collect();
     let (mut acked_total, mut checked, mut in_flight_total, mut in_flight_landed) = (0usize, 0usize, 0usize, 0usize);
     let started = Instant::now();
     for round in 0..rounds {
@@ -108,7 +105,7 @@ fn acknowledged_writes_survive_repeated_sigkill() {
         s.crash_and_restart();
         // The history as the client saw it: acknowledged writes must be there; a write in flight at the
         // kill may or may not have landed (but never torn or altered).
-        let mut maybe: HashMap<String, State> = HashMap::new();
+        let mut maybe: HashMap<String, KeyState> = HashMap::new();
         let mut round_acked = 0;
         for w in writers {
             let log = w.join().unwrap();

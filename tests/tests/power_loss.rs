@@ -81,14 +81,11 @@ impl Rig {
     }
 }
 
-/// A key's state: (flags, value), or None when absent.
-type State = KeyState;
-
 /// One operation as a client saw it: sent at `sent`, acknowledged at `acked` (None: no acknowledgement,
 /// because the server died or answered an error).
 struct Op {
     key: String,
-    state: State,
+    state: KeyState,
     sent: SystemTime,
     acked: Option<SystemTime>,
 }
@@ -109,7 +106,7 @@ fn writer(stream: TcpStream, keys: Vec<String>, tag: String, seed: u64, acks: Ar
     let mut ops = Vec::new();
     for op in 0.. {
         let key = keys[rng.below(keys.len() as u64) as usize].clone();
-        let (req, state, ok): (Vec<u8>, State, &[&str]) = if rng.below(8) == 0 {
+        let (req, state, ok): (Vec<u8>, KeyState, &[&str]) = if rng.below(8) == 0 {
             (format!("delete {key}\r\n").into_bytes(), None, &["DELETED\r\n", "NOT_FOUND\r\n"])
         } else {
             let flags = rng.below(1 << 20) as u32;
@@ -172,10 +169,10 @@ impl Writers {
 /// every acknowledged op. Returns the new model, and the problems found.
 fn check(
     s: &Server,
-    model: &HashMap<String, State>,
+    model: &HashMap<String, KeyState>,
     ops: &[Op],
     cut: Option<(SystemTime, Duration)>,
-) -> (HashMap<String, State>, Vec<String>) {
+) -> (HashMap<String, KeyState>, Vec<String>) {
     let mut per_key: HashMap<&str, Vec<&Op>> = HashMap::new();
     for op in ops {
         per_key.entry(&op.key).or_default().push(op);
@@ -194,7 +191,7 @@ fn check(
         let last = ops.iter().rposition(|o| durable(&o));
         let want = last.map(|i| ops[i].state.clone()).unwrap_or(base);
         let after = &ops[last.map_or(0, |i| i + 1)..];
-        let maybe: Vec<&State> = after
+        let maybe: Vec<&KeyState> = after
             .iter()
             .filter(|o| match cut {
                 None => true,
@@ -216,7 +213,7 @@ fn check(
 }
 
 /// `--fsync always`: rounds of concurrent writers, a power cut at a random moment (half the time keeping a
-/// torn piece of the last unsynced write), restart, every key checked. State carries over the rounds.
+/// torn piece of the last unsynced write), restart, every key checked. KeyState carries over the rounds.
 #[test]
 fn always_loses_nothing_acknowledged() {
     kv_only!();
@@ -287,7 +284,7 @@ fn everysec_rounds(seed: u64, rounds: usize) {
     let flags = ["--fsync", "everysec"];
     let mut rng = Rng(seed);
     let mut rig = Rig::new(&flags);
-    let mut model: HashMap<String, State> = HashMap::new();
+    let mut model: HashMap<String, KeyState> = HashMap::new();
     let (mut acked_total, mut lost_total, mut worst, mut windows, mut torn) = (0, 0, Duration::ZERO, Vec::new(), 0);
     for round in 0..rounds {
         let t = connect(rig.server());
