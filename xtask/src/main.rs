@@ -72,6 +72,10 @@ enum Task {
         /// Many-core mode: CPUs (e.g. 4-15) for kv-load (one thread per CPU) and its veth end.
         #[arg(long)]
         client_cpus: Option<String>,
+        /// Only these throughput workloads (repeatable, e.g. `--workload udp-multiget-10`), of the full
+        /// plan unless --quick; implies `--only throughput`.
+        #[arg(long = "workload", value_name = "NAME")]
+        workloads: Vec<String>,
     },
     /// Run every cargo-fuzz target (fuzz/) for a bounded time on a copy of its seed corpus (nightly).
     Fuzz {
@@ -87,8 +91,8 @@ fn main() -> std::process::ExitCode {
     let result = std::env::set_current_dir(&root).map_err(anyhow::Error::from).and_then(|()| match cli.task {
         Task::Run { args } => run(&root, &args),
         Task::Test { no_lint, no_bench, long, args } => test(&root, no_lint, no_bench, long, &args),
-        Task::Bench { quick, out, only, server_cpus, client_cpus } => {
-            bench(&root, quick, out, only, [server_cpus, client_cpus])
+        Task::Bench { quick, out, only, server_cpus, client_cpus, workloads } => {
+            bench(&root, quick, out, only, [server_cpus, client_cpus], workloads)
         }
         Task::Fuzz { seconds } => fuzz::run(&root, seconds).map(|runs| print_fuzz(&runs)),
     });
@@ -227,7 +231,14 @@ fn bench_command(quick: bool) -> Command {
 /// Plain xtask has no dependency on kv-user (whose build needs the eBPF toolchain this very binary
 /// installs), so it sets the toolchain up and re-runs itself, in release, with the `bench` feature.
 #[cfg(not(feature = "bench"))]
-fn bench(_root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>, cpus: [Option<String>; 2]) -> Result<()> {
+fn bench(
+    _root: &Path,
+    quick: bool,
+    out: Option<PathBuf>,
+    only: Option<Part>,
+    cpus: [Option<String>; 2],
+    workloads: Vec<String>,
+) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
     setup::ebpf_toolchain()?;
     let mut cmd = bench_command(quick);
@@ -253,19 +264,29 @@ fn bench(_root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>, cp
             cmd.args([flag, &list]);
         }
     }
+    for w in workloads {
+        cmd.args(["--workload", &w]);
+    }
     // exec: Ctrl-C then reaches the benchmark itself, which cleans up.
     Err(cmd.exec()).context("running the benchmark")
 }
 
 #[cfg(feature = "bench")]
-fn bench(root: &Path, quick: bool, out: Option<PathBuf>, only: Option<Part>, cpus: [Option<String>; 2]) -> Result<()> {
+fn bench(
+    root: &Path,
+    quick: bool,
+    out: Option<PathBuf>,
+    only: Option<Part>,
+    cpus: [Option<String>; 2],
+    workloads: Vec<String>,
+) -> Result<()> {
     let only = only.map(|p| match p {
         Part::Throughput => bench::Part::Throughput,
         Part::Memory => bench::Part::Memory,
         Part::Restart => bench::Part::Restart,
     });
     let [server_cpus, client_cpus] = cpus;
-    bench::run(root, bench::Opts { quick, out, only, server_cpus, client_cpus })
+    bench::run(root, bench::Opts { quick, out, only, server_cpus, client_cpus, workloads })
 }
 
 fn cargo(args: &[&str]) -> Result<()> {

@@ -43,6 +43,8 @@ pub struct Opts {
     /// Many-core mode: CPU lists (`0-3,6`) for the servers and for kv-load, both or neither.
     pub server_cpus: Option<String>,
     pub client_cpus: Option<String>,
+    /// Only these throughput workloads (empty: all of the plan).
+    pub workloads: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +56,10 @@ pub enum Part {
 
 impl Opts {
     fn runs(&self, part: Part) -> bool {
-        self.only.is_none_or(|p| p == part)
+        match self.only {
+            Some(p) => p == part,
+            None => self.workloads.is_empty() || part == Part::Throughput,
+        }
     }
 }
 

@@ -35,7 +35,15 @@ impl Row {
 
 impl Ctx {
     pub(super) fn run_all(&mut self) -> Result<()> {
-        let plan = plan_for(self.opts.quick, self.client_threads());
+        let mut plan = plan_for(self.opts.quick, self.client_threads());
+        let wanted = &self.opts.workloads;
+        if let Some(w) = wanted.iter().find(|w| !plan.iter().any(|p| p.name == w.as_str())) {
+            let names: Vec<&str> = plan.iter().map(|p| p.name).collect();
+            bail!("--workload {w}: not in this plan (one of: {})", names.join(", "));
+        }
+        if !wanted.is_empty() {
+            plan.retain(|p| wanted.iter().any(|w| w == p.name));
+        }
         let total: usize = plan.iter().map(|w| w.servers.len()).sum();
         let mut step = 0;
         eprintln!(
