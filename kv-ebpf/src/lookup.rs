@@ -207,6 +207,59 @@ pub fn get_key(s: &mut Scratch, text_len: usize) -> Option<u64> {
     Some(hash_step(hash, w))
 }
 
+/// Reads the key that starts at `s.req[start]` up to the first byte that is not a key byte (its
+/// delimiter) into `s.key` as zero-padded words, a word at a time, and returns its length and
+/// (unfinished) hash. Err for a key longer than `MAX_KEY_LEN`. `s.req` must hold a non-key byte at or
+/// before the end of the text (the request's `\r`), which stops the scan; a word may read past the text,
+/// never past `Scratch` (see there).
+#[inline(always)]
+pub fn read_key(s: &mut Scratch, start: usize) -> Result<(usize, u64), Counter> {
+    let start = start & REQ_MASK;
+    let mut klen = MAX_KEY_LEN + 1;
+    // Enough words to reach the delimiter of the longest key.
+    for i in 0..=MAX_KEY_LEN / 8 {
+        let at = (start + i * 8) & REQ_MASK;
+        // SAFETY: `at` is below XDP_REQ_MAX, and `Scratch` has more than 8 bytes after `req` (asserted
+        // there): the read stays within the struct. Unaligned: `start` is any offset.
+        let w = unsafe { s.req.as_ptr().add(at).cast::<u64>().read_unaligned() };
+        let m = non_key_bytes(w);
+        if m == 0 {
+            s.key.data_words()[i & (KEY_WORDS - 1)] = w;
+            continue;
+        }
+        let j = first_flagged_byte(m);
+        if j != 0 {
+            s.key.data_words()[i & (KEY_WORDS - 1)] = w & tail_mask(j);
+        }
+        klen = i * 8 + j;
+        break;
+    }
+    if klen == 0 || klen > MAX_KEY_LEN {
+        return Err(Counter::PassNotGet);
+    }
+    volatile_write(&mut s.key.len, klen as u32);
+    let klen = volatile_read(&s.key.len) as usize & KEY_LEN_MASK;
+    let words = klen.div_ceil(8);
+    let mut hash = hash_init(klen as u32);
+    for i in 0..KEY_WORDS {
+        if i >= words {
+            break;
+        }
+        hash = hash_step(hash, s.key.data_words()[i & (KEY_WORDS - 1)]);
+    }
+    Ok((klen, hash))
+}
+
+/// The index (0 to 7) of the lowest byte whose high bit is set in `m` (not 0), as [`non_key_bytes`]
+/// flags them: below that bit every byte's bits are clear, so the bytes below it are counted.
+#[inline(always)]
+fn first_flagged_byte(m: u64) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let lowest = m & m.wrapping_neg();
+    // (1 << 8j) - 1 is j bytes of 0xff; one bit of each summed into the top byte.
+    ((((lowest >> 7).wrapping_sub(1) & ONES).wrapping_mul(ONES)) >> 56) as usize
+}
+
 /// The mask of the first `n` bytes (1 to 8) of a little-endian word.
 #[inline(always)]
 fn tail_mask(n: usize) -> u64 {

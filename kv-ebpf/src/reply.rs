@@ -18,7 +18,7 @@ use kv_ebpf::{
 };
 
 use crate::{
-    lookup::find_entry,
+    lookup::Hit,
     maps::{self, count},
     request::Req,
     scratch::{Scratch, CSUM_CHUNK, HDR_UDP, OUT_BUF, OUT_HALF_MASK, OUT_MASK, REPLY_OFF, UDP6_OFF, V4_HDRS},
@@ -43,11 +43,10 @@ pub enum Reply {
     Scratch { len: usize, keys: u64, binary: bool },
 }
 
-/// Looks up one key (bytes `s.req[start..start+klen]`) and appends its reply to `s.out` at `out`;
-/// returns the new end of the reply text.
+/// Appends the reply of a key found live (`hit`) to `s.out` at `out`; returns the new end of the reply
+/// text. Err if user space rewrote the slot during the copy.
 #[inline(always)]
-pub fn append_entry(s: &mut Scratch, start: usize, klen: usize, cas: bool, out: usize) -> Result<usize, Counter> {
-    let hit = find_entry(s, start, klen)?;
+pub fn append_hit(s: &mut Scratch, hit: &Hit, cas: bool, out: usize) -> Result<usize, Counter> {
     let slot = hit.slot()?;
     let buf = slot.buf();
     let (hdr, total) = (hit.hdr, hit.total);

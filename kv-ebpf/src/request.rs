@@ -3,7 +3,7 @@
 
 use aya_ebpf::{helpers::generated as h, maps::lpm_trie::Key as LpmKey};
 use core::ffi::c_void;
-use kv_common::{Counter, FrameHeader, MAX_KEY_LEN, UDP_FRAME_HEADER_LEN, XDP_MAX_KEYS, XDP_REQ_MAX};
+use kv_common::{Counter, FrameHeader, UDP_FRAME_HEADER_LEN, XDP_MAX_KEYS, XDP_REQ_MAX};
 use kv_ebpf::{
     headers::{
         EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IP6_HLEN, IPPROTO_UDP, IPV4_FRAGMENT_MASK,
@@ -14,9 +14,9 @@ use kv_ebpf::{
 };
 
 use crate::{
-    lookup::{get_key, lookup, GET_KEY_OFF},
+    lookup::{get_key, lookup, read_key, GET_KEY_OFF},
     maps::{self, ALLOW6},
-    reply::{append_entry, finish, Reply},
+    reply::{append_hit, finish, Reply},
     scratch::{ScanState, Scratch, REPLY_OFF, REQ_MASK},
 };
 
@@ -208,11 +208,11 @@ pub fn direct_get(s: &mut Scratch, text_len: usize) -> u32 {
 /// Any key that is not a live hit, or any syntax the user-space parser might treat differently, makes
 /// the whole request pass.
 ///
-/// The byte scan runs in a `bpf_loop` callback (verified once, whatever the key count and lengths: an
-/// open-coded loop over bytes and keys explodes the verifier's path count). All its mutable state is
-/// in `s.scan`, in the scratch map, not on the stack: see [`ScanState`] for why. Inlined into each
-/// program: a call would return the `Result` through the caller's stack, a pointer the verifier
-/// refuses to pass to a subprogram without BTF for it.
+/// The keys are read in a `bpf_loop` callback, one key per call (verified once, whatever the key count:
+/// an open-coded loop over keys explodes the verifier's path count). All its mutable state is in
+/// `s.scan`, in the scratch map, not on the stack: see [`ScanState`] for why. Inlined into each program:
+/// a call would return the `Result` through the caller's stack, a pointer the verifier refuses to pass
+/// to a subprogram without BTF for it.
 #[inline(always)]
 pub fn parse_get(s: &mut Scratch, text_len: usize) -> Result<Reply, Counter> {
     let r = &s.req;
@@ -223,38 +223,12 @@ pub fn parse_get(s: &mut Scratch, text_len: usize) -> Result<Reply, Counter> {
     } else {
         return Err(Counter::PassNotGet);
     };
-    // Exactly one command, ending the datagram with \r\n.
+    // Exactly one command, ending the datagram with \r\n: the \r also ends the last key's scan.
     if r[(text_len - 2) & REQ_MASK] != b'\r' || r[(text_len - 1) & REQ_MASK] != b'\n' {
         return Err(Counter::PassNotGet);
     }
-    // Fast path, the common request: one key, the rest of the line. A plain bounded loop checks it
-    // has no delimiter, and the key is looked up directly, without the general scan.
-    let body_end = text_len - 2;
-    let first = pos as usize;
-    if body_end > first && body_end - first <= MAX_KEY_LEN {
-        let mut single = true;
-        for i in 0..MAX_KEY_LEN {
-            let at = first + i;
-            if at >= body_end {
-                break;
-            }
-            if !is_key_byte(s.req[at & REQ_MASK]) {
-                single = false;
-                break;
-            }
-        }
-        if single {
-            // Through memory: leaving the loop told the verifier the exact key length on each of its
-            // exit paths, which would have it check the lookup once per possible length.
-            volatile_write(&mut s.scan.body_end, (body_end - first) as u64);
-            let klen = volatile_read(&s.scan.body_end) as usize;
-            let out = append_entry(s, first, klen, cas != 0, REPLY_OFF)?;
-            return finish(s, out, 1);
-        }
-    }
     // Volatile: the callback writes `s.scan` through its own map pointer, behind this `&mut`'s back.
     let init = ScanState {
-        base: pos,
         key_start: pos,
         done: 0,
         body_end: (text_len - 2) as u64,
@@ -264,7 +238,10 @@ pub fn parse_get(s: &mut Scratch, text_len: usize) -> Result<Reply, Counter> {
         err: 0,
     };
     volatile_write(&mut s.scan, init);
-    scan_keys((text_len as u64 - pos) as u32);
+    // One call per key, and one more than the most keys, so that too many keys end in an error.
+    // SAFETY: `scan_step` has the callback type bpf_loop expects (`long (*)(u64 index, void *ctx)`) and
+    // ignores its context, so a null one is fine; the verifier checks the callback on its own.
+    unsafe { h::bpf_loop(XDP_MAX_KEYS as u32 + 1, scan_step as *mut c_void, core::ptr::null_mut(), 0) };
     // Re-read after the loop; to the verifier these are unknown scalars, so bound everything used.
     let st = volatile_read(&s.scan);
     if st.err != 0 {
@@ -275,21 +252,6 @@ pub fn parse_get(s: &mut Scratch, text_len: usize) -> Result<Reply, Counter> {
         return Err(Counter::PassNotGet);
     }
     finish(s, st.out as usize, st.keys)
-}
-
-/// A byte that may be part of a key. Control characters (incl. \r, \n, \0), space and DEL are not:
-/// user space decides what they mean.
-#[inline(always)]
-fn is_key_byte(c: u8) -> bool {
-    !(c < 0x21 || c == 0x7f)
-}
-
-/// Runs [`scan_step`] over `steps` bytes of the key list (state in `Scratch::scan`).
-#[inline(always)]
-fn scan_keys(steps: u32) {
-    // SAFETY: `scan_step` has the callback type bpf_loop expects (`long (*)(u64 index, void *ctx)`) and
-    // ignores its context, so a null one is fine; the verifier checks the callback on its own.
-    unsafe { h::bpf_loop(steps, scan_step as *mut c_void, core::ptr::null_mut(), 0) };
 }
 
 /// The reason `scan_step` stored in `ScanState::err` (or `direct_get` returned).
@@ -305,15 +267,15 @@ pub fn counter_from(v: u64) -> Counter {
     }
 }
 
-/// One byte of the key list: a space or the end of the line closes the current key.
-/// Returns 1 to stop the loop. Reads and writes only `s.scan` in the scratch map, whose contents the
-/// verifier does not track, so each field is bounded here before use.
+/// One key of the list: read, looked up and its reply appended. Returns 1 to stop the loop. Reads and
+/// writes only `s.scan` in the scratch map, whose contents the verifier does not track, so each field
+/// is bounded here before use.
 #[inline(never)]
-extern "C" fn scan_step(i: u64, _ctx: *mut c_void) -> i64 {
+extern "C" fn scan_step(_i: u64, _ctx: *mut c_void) -> i64 {
     let Some(s) = maps::scratch() else {
         return 1;
     };
-    match scan_byte(s, i) {
+    match scan_key(s) {
         Ok(false) => 0,
         Ok(true) => {
             s.scan.done = 1;
@@ -326,39 +288,31 @@ extern "C" fn scan_step(i: u64, _ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Ok(true) once the last key was appended, Ok(false) to go on.
+/// Ok(true) once the last key was appended, Ok(false) to go on. A key ends at a single space before the
+/// next key or at the `\r` that ends the line; an empty key (a double or trailing space), a control
+/// character or too many keys make the request user space's.
 #[inline(always)]
-fn scan_byte(s: &mut Scratch, i: u64) -> Result<bool, Counter> {
-    let pos = (s.scan.base + i) & REQ_MASK as u64;
-    let at_end = pos >= s.scan.body_end;
-    let c = if at_end { b' ' } else { s.req[pos as usize & REQ_MASK] };
-    if c != b' ' {
-        if !is_key_byte(c) {
-            return Err(Counter::PassNotGet);
-        }
-        return Ok(false);
-    }
-    let key_start = s.scan.key_start & REQ_MASK as u64;
-    if key_start > pos {
-        return Err(Counter::PassNotGet);
-    }
-    let klen = pos - key_start;
-    // Empty key (double or trailing space), too long, or too many keys: user space answers.
+fn scan_key(s: &mut Scratch) -> Result<bool, Counter> {
+    let start = s.scan.key_start as usize & REQ_MASK;
+    let body_end = s.scan.body_end as usize & REQ_MASK;
     let keys = s.scan.keys;
-    if klen == 0 || klen > MAX_KEY_LEN as u64 || keys >= XDP_MAX_KEYS as u64 {
+    if keys >= XDP_MAX_KEYS as u64 || start >= body_end {
         return Err(Counter::PassNotGet);
     }
-    let out = s.scan.out;
-    if !(REPLY_OFF as u64..=(REPLY_OFF + kv_common::XDP_REPLY_MAX) as u64).contains(&out) {
+    let (klen, hash) = read_key(s, start)?;
+    let delim = start + klen;
+    let last = delim >= body_end;
+    if !last && s.req[delim & REQ_MASK] != b' ' {
+        return Err(Counter::PassNotGet);
+    }
+    let out = s.scan.out as usize;
+    if !(REPLY_OFF..=REPLY_OFF + kv_common::XDP_REPLY_MAX).contains(&out) {
         return Err(Counter::PassMalformed);
     }
-    let cas = s.scan.cas != 0;
-    let out = append_entry(s, key_start as usize, klen as usize, cas, out as usize)?;
+    let hit = lookup(s, hash)?;
+    let out = append_hit(s, &hit, s.scan.cas != 0, out)?;
     s.scan.out = out as u64;
     s.scan.keys = keys + 1;
-    if at_end {
-        return Ok(true);
-    }
-    s.scan.key_start = pos + 1;
-    Ok(false)
+    s.scan.key_start = (delim + 1) as u64;
+    Ok(last)
 }

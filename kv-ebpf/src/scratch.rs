@@ -38,9 +38,7 @@ pub const CSUM_CHUNK: usize = 512;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ScanState {
-    /// Offset in `Scratch::req` of the first key; byte `i` of the loop is at `base + i`.
-    pub base: u64,
-    /// Offset of the key being scanned.
+    /// Offset in `Scratch::req` of the key being scanned.
     pub key_start: u64,
     /// Set once the last key ended exactly at `body_end`.
     pub done: u64,
@@ -85,6 +83,8 @@ const _: () = {
     assert!(offset_of!(Scratch, hdrs) + TEXT6_OFF == offset_of!(Scratch, req));
     assert!((offset_of!(Scratch, req) + crate::lookup::GET_KEY_OFF).is_multiple_of(8));
     assert!(offset_of!(Scratch, out).is_multiple_of(8));
+    // `lookup::read_key` reads 8-byte words from any offset in `req`.
+    assert!(offset_of!(Scratch, req) + XDP_REQ_MAX + 8 <= size_of::<Scratch>());
 };
 
 /// Where an IPv4 request's headers start in `Scratch::hdrs` (IPv6 ones at 0): either way they end at
