@@ -47,10 +47,13 @@ pub enum Counter {
     Ipv6Hits,
     /// Binary-protocol `get`/`getk` requests answered in the kernel (also counted in `Hits`).
     BinHits,
+    /// TC replies sent as the XDP program had assembled them, without looking the keys up again (also
+    /// counted in `TcHits`).
+    TcHandoffs,
 }
 
 /// Number of slots in the `COUNTERS` map.
-pub const COUNTER_SLOTS: u32 = 20;
+pub const COUNTER_SLOTS: u32 = 21;
 
 /// All counters with their stat names, for `stats`, in index order (`COUNTERS[c as usize].0 == c`).
 pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
@@ -74,6 +77,7 @@ pub const COUNTERS: [(Counter, &str); COUNTER_SLOTS as usize] = [
     (Counter::TcHits, "xdp_tc_hits"),
     (Counter::Ipv6Hits, "xdp_hits_ipv6"),
     (Counter::BinHits, "xdp_hits_binary"),
+    (Counter::TcHandoffs, "xdp_tc_handoffs"),
 ];
 
 impl Counter {
@@ -114,6 +118,7 @@ impl TryFrom<u32> for Counter {
             17 => Counter::TcHits,
             18 => Counter::Ipv6Hits,
             19 => Counter::BinHits,
+            20 => Counter::TcHandoffs,
             _ => return Err(v),
         })
     }

@@ -8,6 +8,7 @@
 //! - [`binary`]: a binary `get`/`getk` request and its reply;
 //! - [`lookup`]: the seqlock read of a cache slot;
 //! - [`reply`]: the reply written over the request (or the request restored);
+//! - [`handoff`]: a reply the XDP frame had no room for, kept for `kv_tc`;
 //! - [`scratch`]: the per-CPU working memory;
 //! - [`tc`]: `kv_tc`, which answers from the skb what the XDP frame had no room for;
 //! - the `kv_ebpf` library: frame layout and bounds-checked frame access.
@@ -19,6 +20,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod binary;
+#[cfg(target_arch = "bpf")]
+mod handoff;
 #[cfg(target_arch = "bpf")]
 mod lookup;
 #[cfg(target_arch = "bpf")]

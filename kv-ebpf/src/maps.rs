@@ -8,7 +8,10 @@ use aya_ebpf::{
 };
 use kv_common::{CacheEntry, Counter, ALLOW_MAX, CONFIG_SLOTS, COUNTER_SLOTS};
 
-use crate::scratch::Scratch;
+use crate::{
+    handoff::{Handoff, HANDOFF_SLOTS},
+    scratch::Scratch,
+};
 
 /// UDP port of the server; the loader overrides it (`EbpfLoader::override_global`).
 #[unsafe(no_mangle)]
@@ -101,6 +104,19 @@ pub static ALLOW6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(ALLOW_MAX, 
 /// Per-CPU working memory (see [`Scratch`]).
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Replies `kv_xdp` assembled but could not grow its frame to, for `kv_tc` (see `handoff`).
+#[map(name = "HANDOFF")]
+static HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(HANDOFF_SLOTS, 0);
+
+/// This CPU's `HANDOFF` entry for hand-off number `seq`.
+#[inline(always)]
+pub fn handoff(seq: u32) -> Option<&'static mut Handoff> {
+    let p = HANDOFF.get_ptr_mut(seq % HANDOFF_SLOTS)?;
+    // SAFETY: a valid, aligned value of a per-CPU map: no other CPU uses this copy and a program run is
+    // not preempted on its CPU, so only this run touches it while the borrow lives.
+    Some(unsafe { &mut *p })
+}
 
 /// A global the loader may have overridden. Volatile: the compiler must not fold the default in.
 macro_rules! global {

@@ -18,6 +18,7 @@ use kv_ebpf::{
 };
 
 use crate::{
+    handoff::hand_over,
     lookup::Hit,
     maps::{self, count},
     request::Req,
@@ -108,7 +109,7 @@ pub fn finish(s: &mut Scratch, out: usize, keys: u64) -> Result<Reply, Counter> 
 pub fn serve_scratch(ctx: &XdpContext, req: &Req, s: &mut Scratch, reply: Reply) -> Result<u32, Counter> {
     let Reply::Scratch { len: text_len, .. } = reply;
     let frame_len = req.text_off() + text_len;
-    resize(ctx, frame_len, buff_len(ctx) as i64).map_err(|_| hand_to_tc(ctx))?;
+    resize(ctx, frame_len, buff_len(ctx) as i64).map_err(|_| hand_over(ctx, req, s, &reply))?;
     let start = write_headers(req, s, text_len) & START_MASK;
     // In [1, OUT_BUF / 2] by construction, as the helper needs (a compared bound on a copy of the
     // value would not reach the register the compiler passes).
@@ -153,7 +154,7 @@ pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch) -> Result<u32,
     let frame_len = TEXT_OFF + text;
     // The frame is exactly the request (`exact`, and this program gets no multi-buffer frames): its
     // length is known without `bpf_xdp_get_buff_len`.
-    let grown = resize(ctx, frame_len, (TEXT_OFF + req.text_len) as i64).map_err(|_| hand_to_tc(ctx))?;
+    let grown = resize(ctx, frame_len, (TEXT_OFF + req.text_len) as i64).map_err(|_| hand_to_tc(ctx, 0))?;
     write_headers(req, s, text);
     // In [1, CACHE_ENTRY_BUF]: the verifier checks the copy against the slot's bounds. Two comparisons on
     // the register passed to the helper (LLVM would fold a range check into one on a copy of it).
@@ -215,19 +216,21 @@ fn resize(ctx: &XdpContext, frame_len: usize, cur: i64) -> Result<Grown, ()> {
     Err(())
 }
 
-/// Marks the untouched frame for the TC program ([`tc_mark`] in its metadata) and returns the reason
-/// to pass it with: `ToTc`, or `PassTooBig` where the driver keeps no metadata.
-pub fn hand_to_tc(ctx: &XdpContext) -> Counter {
+/// Marks the untouched frame for the TC program ([`tc_mark`], then the [`hand_over`] number `seq` or 0,
+/// in its metadata) and returns the reason to pass it with: `ToTc`, or `PassTooBig` where the driver
+/// keeps no metadata.
+pub fn hand_to_tc(ctx: &XdpContext, seq: u32) -> Counter {
+    const META: usize = 2 * size_of::<u32>();
     // SAFETY: this run's context; no packet pointer is held across the call.
-    if unsafe { h::bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<u32>() as i32)) } != 0 {
+    if unsafe { h::bpf_xdp_adjust_meta(ctx.ctx, -(META as i32)) } != 0 {
         return Counter::PassTooBig;
     }
     let meta = ctx.metadata();
-    if meta + size_of::<u32>() > ctx.data() {
+    if meta + META > ctx.data() {
         return Counter::PassTooBig;
     }
-    // SAFETY: the 4 metadata bytes at `meta` lie before `data` (checked above), in this run's buffer.
-    unsafe { core::ptr::write_unaligned(meta as *mut u32, tc_mark(maps::port())) };
+    // SAFETY: the 8 metadata bytes at `meta` lie before `data` (checked above), in this run's buffer.
+    unsafe { core::ptr::write_unaligned(meta as *mut [u32; 2], [tc_mark(maps::port()), seq]) };
     Counter::ToTc
 }
 

@@ -65,6 +65,9 @@ pub struct ScanState {
 #[derive(Clone, Copy)]
 pub struct Scratch {
     pub scan: ScanState,
+    /// This CPU's last `handoff` number.
+    pub handoffs: u32,
+    _pad0: u32,
     /// The hit `request::direct_get` found (a subprogram: it returns a scalar, the hit through here).
     pub hit: Hit,
     /// The key being looked up, as zero-padded words.

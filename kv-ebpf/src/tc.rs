@@ -11,6 +11,7 @@ use kv_ebpf::{headers::TEXT6_OFF, tc_mark};
 
 use crate::{
     binary::{is_binary, parse_binary},
+    handoff,
     maps::{self, count},
     reply::serve_skb,
     request::{parse_get, read_request},
@@ -34,19 +35,29 @@ pub fn kv_tc(ctx: TcContext) -> i32 {
     }
 }
 
-/// Whether this instance's `kv_xdp` handed the frame over: its metadata is the mark for our port.
+/// Whether this instance's `kv_xdp` handed the frame over: its metadata starts with the mark for our
+/// port.
 #[inline(always)]
 fn marked(ctx: &TcContext) -> bool {
+    meta_word(ctx, 0) == Some(tc_mark(maps::port()))
+}
+
+/// Word `i` of the skb's metadata, if it has that many.
+#[inline(always)]
+fn meta_word(ctx: &TcContext, i: usize) -> Option<u32> {
     // SAFETY: reading two fields of this run's `__sk_buff` context.
     let (meta, data) = unsafe { ((*ctx.skb.skb).data_meta as usize, (*ctx.skb.skb).data as usize) };
-    if meta + size_of::<u32>() > data {
-        return false;
+    let at = meta + i * size_of::<u32>();
+    if at + size_of::<u32>() > data {
+        return None;
     }
-    // SAFETY: the 4 bytes at `meta` lie before `data` (checked above): the metadata of this skb.
-    unsafe { core::ptr::read_unaligned(meta as *const u32) == tc_mark(maps::port()) }
+    // SAFETY: the 4 bytes at `at` lie before `data` (checked above): the metadata of this skb.
+    Some(unsafe { core::ptr::read_unaligned(at as *const u32) })
 }
 
 fn try_kv_tc(ctx: &TcContext) -> Result<i32, Counter> {
+    // Read before the pull below, which may move the data (and its metadata).
+    let seq = meta_word(ctx, 1).unwrap_or(0);
     // The headers must be in the linear part for direct access (they are after XDP; this is cheap then).
     // SAFETY: this run's skb; no packet pointer is held across the call.
     if unsafe { h::bpf_skb_pull_data(ctx.skb.skb, (TEXT6_OFF + XDP_REQ_MAX) as u32) } != 0 {
@@ -55,7 +66,10 @@ fn try_kv_tc(ctx: &TcContext) -> Result<i32, Counter> {
         unsafe { h::bpf_skb_pull_data(ctx.skb.skb, 0) };
     }
     let (req, scratch) = read_request(ctx)?;
-    let reply =
-        if is_binary(scratch) { parse_binary(scratch, req.text_len)? } else { parse_get(scratch, req.text_len)? };
+    let reply = match handoff::take(scratch, seq, &req) {
+        Some(reply) => reply,
+        None if is_binary(scratch) => parse_binary(scratch, req.text_len)?,
+        None => parse_get(scratch, req.text_len)?,
+    };
     serve_skb(ctx, &req, scratch, reply)
 }

@@ -53,6 +53,10 @@ fn xdp_help(c: Counter) -> Option<&'static str> {
             Some("Requests whose reply needed more room than the XDP frame had, handed to the TC program.")
         }
         Counter::TcHits => Some("Requests the TC program answered (counted in xdp_hits too)."),
+        Counter::TcHandoffs => Some(
+            "TC replies sent as the XDP program had assembled them, keys not looked up again (counted in \
+             xdp_tc_hits too).",
+        ),
         Counter::Ipv6Hits => Some("Requests over IPv6 answered in the kernel (counted in xdp_hits too)."),
         Counter::BinHits => Some("Binary-protocol get/getk requests answered in the kernel (counted in xdp_hits too)."),
         _ => None,
