@@ -168,7 +168,27 @@ impl VethPair {
         addr_a: &str,
         addr_b: &str,
     ) -> Result<VethPair> {
-        ip(&["link", "add", if_a, "netns", &ns_a.name, "type", "veth", "peer", "name", if_b, "netns", &ns_b.name])?;
+        Self::with_queues((if_a, if_b), ns_a, ns_b, addr_a, addr_b, 1)
+    }
+
+    /// As [`VethPair::with_names`], with `queues` transmit and receive queues on each end (with an XDP
+    /// program attached, a veth has a ring and a NAPI poll per receive queue).
+    pub fn with_queues(
+        (if_a, if_b): (&str, &str),
+        ns_a: &Netns,
+        ns_b: &Netns,
+        addr_a: &str,
+        addr_b: &str,
+        queues: usize,
+    ) -> Result<VethPair> {
+        let q = queues.max(1).to_string();
+        let qs = ["numtxqueues", q.as_str(), "numrxqueues", q.as_str()];
+        let mut a = vec!["link", "add", if_a];
+        a.extend(qs);
+        a.extend(["netns", &ns_a.name, "type", "veth", "peer", "name", if_b]);
+        a.extend(qs);
+        a.extend(["netns", &ns_b.name]);
+        ip(&a)?;
         let pair = VethPair {
             addr_a: parse_cidr(addr_a)?,
             addr_b: parse_cidr(addr_b)?,

@@ -1,5 +1,5 @@
-//! The testbed: a server namespace and a client namespace joined by one veth pair (kv-netns, the same
-//! harness as the end-to-end tests), with the pass-through XDP program on the client's veth that native
+//! The testbed: a server namespace and a client namespace joined by one veth pair of several queues
+//! (kv-netns, the same harness as the end-to-end tests), with the pass-through XDP program on the client's veth that native
 //! XDP_TX replies need to arrive (/work/shared/TOOLCHAIN.md). Dropping [`Bed`] detaches the client
 //! program and deletes both namespaces (and with them the pair).
 
@@ -19,45 +19,35 @@ pub const SUBNET: &str = "10.88.0.0/24";
 pub const SERVER_IF: &str = "kvb-s";
 pub const CLIENT_IF: &str = "kvb-c";
 
+/// Queues per veth end in the default mode. With an XDP program attached, a veth queues arriving frames
+/// in a ring of 256 per queue in front of its NAPI poll, where without one they go to the CPU's backlog
+/// (`netdev_max_backlog`, 1,000): with one queue the XDP rows would drop bursts (kv-load keeps up to 512
+/// requests in flight) that the user-space rows absorb. Four rings hold about what the backlog does.
+/// kv-load's sockets spread over the queues; each queue's poll runs on the CPU that sent to it, as before.
+const DEFAULT_QUEUES: usize = 4;
+
 /// Dropped in field order: the client's XDP program, the pair, then the namespaces (client first).
 pub struct Bed {
     _client_xdp: Reflector,
-    _veth: Option<VethPair>,
+    _veth: VethPair,
     pub client_ns: Netns,
     pub server_ns: Netns,
 }
 
 impl Bed {
-    /// With `pin` (many-core mode), the pair has one queue per CPU of the larger side, and each end's
-    /// receive work (RPS) and NAPI kthreads are on its side's CPUs.
+    /// Each end gets [`DEFAULT_QUEUES`] queues, or with `pin` (many-core mode) one per CPU of the larger
+    /// side if that is more, with each end's receive work (RPS) and NAPI kthreads on its side's CPUs.
     pub fn create(pin: Option<&Pinning>) -> Result<Bed> {
         let pid = std::process::id();
         let server_ns = Netns::named(format!("kvb-s-{pid}"))?;
         let client_ns = Netns::named(format!("kvb-c-{pid}"))?;
         let (s_cidr, c_cidr) = (format!("{SERVER_IP}/24"), format!("{CLIENT_IP}/24"));
-        let veth = match pin {
-            None => Some(VethPair::with_names((SERVER_IF, CLIENT_IF), &server_ns, &client_ns, &s_cidr, &c_cidr)?),
-            Some(p) => {
-                // kv-netns makes single-queue pairs; one queue per CPU lets the packet work spread. Deleting
-                // the namespaces deletes this pair.
-                let q = p.server.len().max(p.client.len()).to_string();
-                let (sn, cn) = (server_ns.name.as_str(), client_ns.name.as_str());
-                let qs = ["numtxqueues", &q, "numrxqueues", &q];
-                let mut a = vec!["link", "add", SERVER_IF];
-                a.extend(qs);
-                a.extend(["netns", sn, "type", "veth", "peer", "name", CLIENT_IF]);
-                a.extend(qs);
-                a.extend(["netns", cn]);
-                kv_netns::ip(&a)?;
-                server_ns.ip(&["addr", "add", &s_cidr, "dev", SERVER_IF])?;
-                client_ns.ip(&["addr", "add", &c_cidr, "dev", CLIENT_IF])?;
-                server_ns.ip(&["link", "set", SERVER_IF, "up"])?;
-                client_ns.ip(&["link", "set", CLIENT_IF, "up"])?;
-                set_rps(&server_ns, SERVER_IF, &p.server)?;
-                set_rps(&client_ns, CLIENT_IF, &p.client)?;
-                None
-            }
-        };
+        let queues = pin.map_or(0, |p| p.server.len().max(p.client.len())).max(DEFAULT_QUEUES);
+        let veth = VethPair::with_queues((SERVER_IF, CLIENT_IF), &server_ns, &client_ns, &s_cidr, &c_cidr, queues)?;
+        if let Some(p) = pin {
+            set_rps(&server_ns, SERVER_IF, &p.server)?;
+            set_rps(&client_ns, CLIENT_IF, &p.client)?;
+        }
         // Room for many connections: a wide ephemeral port range on the client, deep accept queues on
         // the server (both are per-namespace settings).
         client_ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
