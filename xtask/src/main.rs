@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[cfg(feature = "bench")]
 mod bench;
@@ -53,30 +53,7 @@ enum Task {
     },
     /// Benchmark memcached, kv-server (user space / XDP) and a bare XDP_TX reflector in network
     /// namespaces with kv-load; prints a table, writes results.json and a chart (root needed).
-    Bench {
-        /// Short smoke run (about a minute): UDP GET, UDP ETC and TCP depth 1 only, 2 s windows; the memory rows
-        /// at reduced sizes.
-        #[arg(long)]
-        quick: bool,
-        /// Output directory (default: target/bench).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Only the throughput rows, the memory rows (RSS per item, overfill, hit ratio, idle connections,
-        /// stalled uploads) or the restart rows (start-up time with a large log); default all.
-        #[arg(long, value_enum)]
-        only: Option<Part>,
-        /// Many-core mode: CPUs (e.g. 0-3) for the servers, their threads (one per CPU) and their veth
-        /// end's packet work; needs --client-cpus, a disjoint set.
-        #[arg(long)]
-        server_cpus: Option<String>,
-        /// Many-core mode: CPUs (e.g. 4-15) for kv-load (one thread per CPU) and its veth end.
-        #[arg(long)]
-        client_cpus: Option<String>,
-        /// Only these throughput workloads (repeatable, e.g. `--workload udp-multiget-10`), of the full
-        /// plan unless --quick; implies `--only throughput`.
-        #[arg(long = "workload", value_name = "NAME")]
-        workloads: Vec<String>,
-    },
+    Bench(BenchArgs),
     /// Run every cargo-fuzz target (fuzz/) for a bounded time on a copy of its seed corpus (nightly).
     Fuzz {
         /// Seconds per target.
@@ -85,15 +62,40 @@ enum Task {
     },
 }
 
+/// `cargo xtask bench`'s options.
+#[derive(Args)]
+struct BenchArgs {
+    /// Short smoke run (about a minute): UDP GET, UDP ETC and TCP depth 1 only, 2 s windows; the memory rows
+    /// at reduced sizes.
+    #[arg(long)]
+    quick: bool,
+    /// Output directory (default: target/bench).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Only the throughput rows, the memory rows (RSS per item, overfill, hit ratio, idle connections,
+    /// stalled uploads) or the restart rows (start-up time with a large log); default all.
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// Many-core mode: CPUs (e.g. 0-3) for the servers, their threads (one per CPU) and their veth
+    /// end's packet work; needs --client-cpus, a disjoint set.
+    #[arg(long)]
+    server_cpus: Option<String>,
+    /// Many-core mode: CPUs (e.g. 4-15) for kv-load (one thread per CPU) and its veth end.
+    #[arg(long)]
+    client_cpus: Option<String>,
+    /// Only these throughput workloads (repeatable, e.g. `--workload udp-multiget-10`), of the full
+    /// plan unless --quick; implies `--only throughput`.
+    #[arg(long = "workload", value_name = "NAME")]
+    workloads: Vec<String>,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let root = workspace_root();
     let result = std::env::set_current_dir(&root).map_err(anyhow::Error::from).and_then(|()| match cli.task {
         Task::Run { args } => run(&root, &args),
         Task::Test { no_lint, no_bench, long, args } => test(&root, no_lint, no_bench, long, &args),
-        Task::Bench { quick, out, only, server_cpus, client_cpus, workloads } => {
-            bench(&root, quick, out, only, [server_cpus, client_cpus], workloads)
-        }
+        Task::Bench(a) => bench(&root, a),
         Task::Fuzz { seconds } => fuzz::run(&root, seconds).map(|runs| print_fuzz(&runs)),
     });
     match result {
@@ -231,18 +233,11 @@ fn bench_command(quick: bool) -> Command {
 /// Plain xtask has no dependency on kv-user (whose build needs the eBPF toolchain this very binary
 /// installs), so it sets the toolchain up and re-runs itself, in release, with the `bench` feature.
 #[cfg(not(feature = "bench"))]
-fn bench(
-    _root: &Path,
-    quick: bool,
-    out: Option<PathBuf>,
-    only: Option<Part>,
-    cpus: [Option<String>; 2],
-    workloads: Vec<String>,
-) -> Result<()> {
+fn bench(_root: &Path, a: BenchArgs) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
     setup::ebpf_toolchain()?;
-    let mut cmd = bench_command(quick);
-    if let Some(out) = out {
+    let mut cmd = bench_command(a.quick);
+    if let Some(out) = a.out {
         // Relative to where the user ran cargo, not to the workspace root this process moved to.
         let out = if out.is_absolute() {
             out
@@ -251,7 +246,7 @@ fn bench(
         };
         cmd.arg("--out").arg(out);
     }
-    if let Some(p) = only {
+    if let Some(p) = a.only {
         let part = match p {
             Part::Throughput => "throughput",
             Part::Memory => "memory",
@@ -259,12 +254,12 @@ fn bench(
         };
         cmd.args(["--only", part]);
     }
-    for (flag, list) in ["--server-cpus", "--client-cpus"].into_iter().zip(cpus) {
+    for (flag, list) in [("--server-cpus", a.server_cpus), ("--client-cpus", a.client_cpus)] {
         if let Some(list) = list {
             cmd.args([flag, &list]);
         }
     }
-    for w in workloads {
+    for w in a.workloads {
         cmd.args(["--workload", &w]);
     }
     // exec: Ctrl-C then reaches the benchmark itself, which cleans up.
@@ -272,21 +267,21 @@ fn bench(
 }
 
 #[cfg(feature = "bench")]
-fn bench(
-    root: &Path,
-    quick: bool,
-    out: Option<PathBuf>,
-    only: Option<Part>,
-    cpus: [Option<String>; 2],
-    workloads: Vec<String>,
-) -> Result<()> {
-    let only = only.map(|p| match p {
+fn bench(root: &Path, a: BenchArgs) -> Result<()> {
+    let only = a.only.map(|p| match p {
         Part::Throughput => bench::Part::Throughput,
         Part::Memory => bench::Part::Memory,
         Part::Restart => bench::Part::Restart,
     });
-    let [server_cpus, client_cpus] = cpus;
-    bench::run(root, bench::Opts { quick, out, only, server_cpus, client_cpus, workloads })
+    let opts = bench::Opts {
+        quick: a.quick,
+        out: a.out,
+        only,
+        server_cpus: a.server_cpus,
+        client_cpus: a.client_cpus,
+        workloads: a.workloads,
+    };
+    bench::run(root, opts)
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
