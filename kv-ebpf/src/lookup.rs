@@ -12,7 +12,7 @@ use kv_ebpf::{volatile_read, volatile_write};
 
 use crate::{
     maps::{self, CACHE, CONFIG, SEQS},
-    scratch::{Scratch, REQ_MASK},
+    scratch::{Scratch, REQ_MASK, REQ_WORDS},
 };
 
 /// Words of a zero-padded key.
@@ -214,14 +214,22 @@ pub fn get_key(s: &mut Scratch, text_len: usize) -> Option<u64> {
 /// never past `Scratch` (see there).
 #[inline(always)]
 pub fn read_key(s: &mut Scratch, start: usize) -> Result<(usize, u64), Counter> {
-    let start = start & REQ_MASK;
+    // The key's words are made from aligned words of `s.req` (an unaligned load would be compiled to eight
+    // byte loads): word i of the key is the end of aligned word q + i and the start of the next one.
+    let base = s.req.as_ptr().wrapping_sub(GET_KEY_OFF).cast::<u64>();
+    let first = (start & REQ_MASK) + GET_KEY_OFF;
+    let (q, shift) = (first / 8, (first % 8) * 8);
+    // SAFETY: `base` is 8-aligned and every word index is masked below REQ_WORDS, which `Scratch` holds
+    // from there (both asserted in `scratch`): the reads stay within the struct.
+    let word = |i: usize| unsafe { base.add(i & (REQ_WORDS - 1)).read() };
+    let mut lo = word(q);
     let mut klen = MAX_KEY_LEN + 1;
     // Enough words to reach the delimiter of the longest key.
     for i in 0..=MAX_KEY_LEN / 8 {
-        let at = (start + i * 8) & REQ_MASK;
-        // SAFETY: `at` is below XDP_REQ_MAX, and `Scratch` has more than 8 bytes after `req` (asserted
-        // there): the read stays within the struct. Unaligned: `start` is any offset.
-        let w = unsafe { s.req.as_ptr().add(at).cast::<u64>().read_unaligned() };
+        let hi = word(q + i + 1);
+        // Two shifts for the high part: one by 64 - shift would be by 64 (not 0) when shift is 0.
+        let w = (lo >> shift) | ((hi << 1) << (63 - shift));
+        lo = hi;
         let m = non_key_bytes(w);
         if m == 0 {
             s.key.data_words()[i & (KEY_WORDS - 1)] = w;

@@ -17,6 +17,10 @@ pub const OUT_MASK: usize = OUT_BUF - 1;
 pub const OUT_HALF_MASK: usize = OUT_BUF / 2 - 1;
 /// Index mask of `Scratch::req`.
 pub const REQ_MASK: usize = XDP_REQ_MAX - 1;
+/// 8-byte words `lookup::read_key` may read from 4 bytes before `req` (a power of two, more than the
+/// `XDP_REQ_MAX + 4 + 8 + 256` bytes a key scan can reach from there).
+pub const REQ_WORDS: usize = 512;
+const _: () = assert!(REQ_WORDS.is_power_of_two() && REQ_WORDS * 8 >= XDP_REQ_MAX + 4 + 8 + 256);
 const _: () = assert!(OUT_BUF.is_power_of_two() && XDP_REQ_MAX.is_power_of_two());
 
 /// Where the reply text starts in `Scratch::out`, for either family: after the longer (IPv6) headers,
@@ -86,8 +90,8 @@ const _: () = {
     assert!(offset_of!(Scratch, hdrs) + TEXT6_OFF == offset_of!(Scratch, req));
     assert!((offset_of!(Scratch, req) + crate::lookup::GET_KEY_OFF).is_multiple_of(8));
     assert!(offset_of!(Scratch, out).is_multiple_of(8));
-    // `lookup::read_key` reads 8-byte words from any offset in `req`.
-    assert!(offset_of!(Scratch, req) + XDP_REQ_MAX + 8 <= size_of::<Scratch>());
+    // `lookup::read_key` reads aligned words from `req[GET_KEY_OFF..]` back (see `REQ_WORDS`).
+    assert!(offset_of!(Scratch, req) - crate::lookup::GET_KEY_OFF + REQ_WORDS * 8 <= size_of::<Scratch>());
 };
 
 /// Where an IPv4 request's headers start in `Scratch::hdrs` (IPv6 ones at 0): either way they end at
