@@ -60,12 +60,9 @@ pub fn hand_over(ctx: &XdpContext, req: &Req, s: &mut Scratch, reply: &Reply) ->
     let Some(e) = maps::handoff(seq) else {
         return hand_to_tc(ctx, 0);
     };
-    // In [1, HANDOFF_TEXT], as the helper needs.
-    let n = ((len + PAD) as u32).wrapping_sub(1) & (HANDOFF_TEXT as u32 - 1);
-    let n = n + 1;
-    if n as usize != len + PAD {
+    let Some(n) = copy_len(len) else {
         return hand_to_tc(ctx, 0);
-    }
+    };
     // SAFETY: `n` bytes fit both the entry's text and `s.out` from REPLY_OFF (asserted above); both
     // are this CPU's map values, which only this run touches.
     let r = unsafe {
@@ -92,19 +89,27 @@ pub fn take(s: &mut Scratch, seq: u32, req: &Req) -> Option<Reply> {
         return None;
     }
     let len = e.len as usize;
-    if len > XDP_REPLY_MAX {
-        return None;
-    }
-    let n = ((len + PAD) as u32).wrapping_sub(1) & (HANDOFF_TEXT as u32 - 1);
-    let n = n + 1;
+    let n = copy_len(len)?;
     // SAFETY: as in `hand_over`, the other way.
     let r = unsafe {
         h::bpf_probe_read_kernel(s.out.as_mut_ptr().add(REPLY_OFF) as *mut c_void, n, e.text.as_ptr() as *const c_void)
     };
-    if r != 0 || n as usize != len + PAD {
+    if r != 0 {
         return None;
     }
     e.seq = 0;
     count(Counter::TcHandoffs, 1);
     Some(Reply::Scratch { len, keys: e.keys as u64, binary: e.binary != 0 })
+}
+
+/// Bytes to copy for a reply text of `len` bytes (its zeros included), in [1, HANDOFF_TEXT] as the
+/// verifier can follow (a compared bound on a copy of the value would not reach the helper's
+/// register); None for a text longer than a reply can be.
+#[inline(always)]
+fn copy_len(len: usize) -> Option<u32> {
+    if len > XDP_REPLY_MAX {
+        return None;
+    }
+    let n = (((len + PAD) as u32).wrapping_sub(1) & (HANDOFF_TEXT as u32 - 1)) + 1;
+    (n as usize == len + PAD).then_some(n)
 }
