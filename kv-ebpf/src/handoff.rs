@@ -37,15 +37,15 @@ const _: () = assert!(XDP_REPLY_MAX + PAD <= HANDOFF_TEXT && REPLY_OFF + HANDOFF
 #[derive(Clone, Copy)]
 pub struct Handoff {
     /// This CPU's hand-off number for the reply held (never 0 once written).
-    pub seq: u32,
+    seq: u32,
     /// The request's frame request id and text length, to match the skb against.
-    pub req_id: u32,
-    pub req_len: u32,
+    req_id: u32,
+    req_len: u32,
     /// The reply: text length (zeros not counted), keys answered, binary protocol or not.
-    pub len: u32,
-    pub keys: u32,
-    pub binary: u32,
-    pub text: [u8; HANDOFF_TEXT],
+    len: u32,
+    keys: u32,
+    binary: u32,
+    text: [u8; HANDOFF_TEXT],
 }
 
 /// Keeps the reply assembled in `s.out` for `kv_tc` and marks the frame for it; returns the reason to

@@ -1,7 +1,7 @@
 //! The testbed: a server namespace and a client namespace joined by one veth pair of several queues
-//! (kv-netns, the same harness as the end-to-end tests), with the pass-through XDP program on the client's veth that native
-//! XDP_TX replies need to arrive (/work/shared/TOOLCHAIN.md). Dropping [`Bed`] detaches the client
-//! program and deletes both namespaces (and with them the pair).
+//! (kv-netns, the same harness as the end-to-end tests), with the pass-through XDP program on the client's
+//! veth that native XDP_TX replies need to arrive (/work/shared/TOOLCHAIN.md). Dropping [`Bed`] detaches
+//! the client program and deletes both namespaces (and with them the pair).
 
 use std::net::Ipv4Addr;
 
