@@ -87,6 +87,15 @@ struct BenchArgs {
     /// plan unless --quick; implies `--only throughput`.
     #[arg(long = "workload", value_name = "NAME")]
     workloads: Vec<String>,
+    /// A/B against another build: every `kv-server(xdp)` row is also run with the kv-server in DIR (that
+    /// build's target/release), as `kv-server(xdp,baseline)`, right after this build's.
+    #[arg(long, value_name = "DIR")]
+    baseline: Option<PathBuf>,
+    /// Run each throughput workload's servers this many times in turn (which spreads a noisy machine's
+    /// drift over every server alike) and report each server's median run by req/s, with every run's
+    /// req/s and BPF ns/pkt in its notes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
+    repeat: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -237,14 +246,16 @@ fn bench(_root: &Path, a: BenchArgs) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
     setup::ebpf_toolchain()?;
     let mut cmd = bench_command(a.quick);
-    if let Some(out) = a.out {
-        // Relative to where the user ran cargo, not to the workspace root this process moved to.
-        let out = if out.is_absolute() {
-            out
+    // Paths relative to where the user ran cargo, not to the workspace root this process moved to.
+    let from_user = |p: PathBuf| {
+        if p.is_absolute() {
+            p
         } else {
-            std::env::var_os("PWD").map(PathBuf::from).unwrap_or_default().join(out)
-        };
-        cmd.arg("--out").arg(out);
+            std::env::var_os("PWD").map(PathBuf::from).unwrap_or_default().join(p)
+        }
+    };
+    if let Some(out) = a.out {
+        cmd.arg("--out").arg(from_user(out));
     }
     if let Some(p) = a.only {
         let part = match p {
@@ -262,6 +273,10 @@ fn bench(_root: &Path, a: BenchArgs) -> Result<()> {
     for w in a.workloads {
         cmd.args(["--workload", &w]);
     }
+    if let Some(dir) = a.baseline {
+        cmd.arg("--baseline").arg(from_user(dir));
+    }
+    cmd.args(["--repeat", &a.repeat.to_string()]);
     // exec: Ctrl-C then reaches the benchmark itself, which cleans up.
     Err(cmd.exec()).context("running the benchmark")
 }
@@ -280,6 +295,8 @@ fn bench(root: &Path, a: BenchArgs) -> Result<()> {
         server_cpus: a.server_cpus,
         client_cpus: a.client_cpus,
         workloads: a.workloads,
+        baseline: a.baseline,
+        repeat: a.repeat,
     };
     bench::run(root, opts)
 }

@@ -4,15 +4,17 @@
 //!
 //! Layout: this file sets up (root check, builds, output directory, testbed) and hands over; `workloads`
 //! says what is measured, `run` measures it (one server and workload at a time), `servers` starts and
-//! queries the servers under test, `procs` watches child processes, `bed` is the namespace testbed and
-//! `report` writes the table, results.json and the chart. `memory` measures and reports the memory rows
-//! (RSS per item, overfilling `-m`, hit ratio, idle connections, stalled uploads); `restart` the
-//! start-up times (kv-server replaying its log, memcached's warm restart).
+//! queries the servers under test, `procs` watches child processes, `bed` is the namespace testbed,
+//! `repeat` reduces `--repeat`'s rounds to each server's median and `report` writes the table,
+//! results.json and the chart. `memory` measures and reports the memory rows (RSS per item, overfilling
+//! `-m`, hit ratio, idle connections, stalled uploads); `restart` the start-up times (kv-server replaying
+//! its log, memcached's warm restart).
 
 mod bed;
 mod cpus;
 mod memory;
 mod procs;
+mod repeat;
 mod report;
 mod restart;
 mod run;
@@ -45,6 +47,10 @@ pub struct Opts {
     pub client_cpus: Option<String>,
     /// Only these throughput workloads (empty: all of the plan).
     pub workloads: Vec<String>,
+    /// Another build's target/release: its kv-server also runs every `kv-server(xdp)` row.
+    pub baseline: Option<PathBuf>,
+    /// Rounds of each throughput workload; each server's median round is reported.
+    pub repeat: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

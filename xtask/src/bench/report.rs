@@ -10,10 +10,11 @@ use serde_json::{json, Value};
 
 use super::{memory, Row, Server};
 
-const SERVERS: [Server; 7] = [
+const SERVERS: [Server; 8] = [
     Server::Memcached,
     Server::KvNoBpf,
     Server::KvXdp,
+    Server::KvXdpBaseline,
     Server::KvNoBpfFsync,
     Server::KvFsync,
     Server::Reflector,
@@ -175,6 +176,7 @@ fn color(s: Server) -> RGBColor {
         Server::Memcached => RGBColor(120, 120, 120),
         Server::KvNoBpf => RGBColor(31, 119, 180),
         Server::KvXdp => RGBColor(255, 127, 14),
+        Server::KvXdpBaseline => RGBColor(140, 86, 75),
         Server::KvFsync => RGBColor(148, 103, 189),
         Server::KvNoBpfFsync => RGBColor(23, 190, 207),
         Server::Reflector => RGBColor(44, 160, 44),

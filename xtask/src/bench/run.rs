@@ -14,7 +14,7 @@ use super::bed::{SERVER_IF, SERVER_IP};
 use super::cpus::pin_command;
 use super::procs::{self, check_interrupted, ns_command, tail, Proc, Sample, INTERRUPTED};
 use super::workloads::{args, plan_for, Proto, Server, Workload, KEYS, VALUE_SIZE, ZIPF};
-use super::{Ctx, Row, PORT};
+use super::{repeat, Ctx, Row, PORT};
 
 impl Row {
     fn skipped(server: Server, w: &Workload, note: String) -> Row {
@@ -44,7 +44,18 @@ impl Ctx {
         if !wanted.is_empty() {
             plan.retain(|p| wanted.iter().any(|w| w == p.name));
         }
-        let total: usize = plan.iter().map(|w| w.servers.len()).sum();
+        if let Some(dir) = &self.opts.baseline {
+            if !dir.join("kv-server").is_file() {
+                bail!("--baseline {}: no kv-server there (give another build's target/release)", dir.display());
+            }
+            for w in &mut plan {
+                if let Some(i) = w.servers.iter().position(|&s| s == Server::KvXdp) {
+                    w.servers.insert(i + 1, Server::KvXdpBaseline);
+                }
+            }
+        }
+        let rounds = self.opts.repeat.max(1);
+        let total = plan.iter().map(|w| w.servers.len()).sum::<usize>() * rounds as usize;
         let mut step = 0;
         eprintln!(
             "bench: {} runs of {} s (+{} s warm-up), servers in {}, kv-load in {}; logs in {}",
@@ -60,10 +71,12 @@ impl Ctx {
                 eprintln!("bench: {}: not run for {}", w.name, w.skip_note);
                 self.skips.push((w.name.to_string(), w.skip_note.to_string()));
             }
-            for &server in &w.servers {
+            let first = self.rows.len();
+            for (round, &server) in (1..=rounds).flat_map(|r| w.servers.iter().map(move |s| (r, s))) {
                 step += 1;
                 check_interrupted()?;
-                let head = format!("[bench {step}/{total}] {} {}", server.label(), w.name);
+                let of = if rounds > 1 { format!(" (round {round}/{rounds})") } else { String::new() };
+                let head = format!("[bench {step}/{total}] {} {}{of}", server.label(), w.name);
                 let row = self.run_one(&head, server, w)?;
                 let msg = match &row.load {
                     Some(_) => format!(
@@ -76,6 +89,13 @@ impl Ctx {
                 };
                 eprintln!("{head} ... {msg}");
                 self.rows.push(row);
+            }
+            if rounds > 1 {
+                let runs = self.rows.split_off(first);
+                for row in repeat::medians(runs, &w.servers) {
+                    eprintln!("[bench] {} {}: {}", row.server.label(), w.name, row.note);
+                    self.rows.push(row);
+                }
             }
         }
         Ok(())
@@ -155,7 +175,7 @@ impl Ctx {
             a.push("--preload-only".into());
             self.kv_load(&format!("{tag}-preload"), &a, None, Duration::from_secs(120), head, false)?;
         }
-        let stats_before = if matches!(server, Server::KvXdp | Server::KvFsync) { self.server_stats() } else { None };
+        let stats_before = if server.is_kv_xdp() || server == Server::KvFsync { self.server_stats() } else { None };
         let mut a = self.common_args(w, self.duration);
         a.extend(extra_args.iter().cloned());
         let limit = Duration::from_secs((self.duration + self.warmup) as u64 + 60 + w.idle as u64 / 500);
@@ -224,7 +244,7 @@ impl Ctx {
         if w.bpf_stats {
             let id = match &reflector {
                 Some(r) => Some(r.prog_id()?),
-                None if server == Server::KvXdp => self.bed.server_xdp_prog_id()?,
+                None if server.is_kv_xdp() => self.bed.server_xdp_prog_id()?,
                 None => None,
             };
             if let Some(id) = id {
@@ -235,7 +255,7 @@ impl Ctx {
                 }
             }
         }
-        if matches!(server, Server::Reflector | Server::KvXdp | Server::KvFsync) && w.proto == Proto::Udp {
+        if (server.is_kv_xdp() || matches!(server, Server::Reflector | Server::KvFsync)) && w.proto == Proto::Udp {
             notes.push("XDP CPU is charged to the client on veth".into());
         }
         row.load = Some(load);

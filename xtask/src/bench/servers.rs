@@ -40,7 +40,9 @@ impl Ctx {
                 a.extend(args(&["--udp-allow", SUBNET]));
                 match server {
                     Server::KvNoBpf => a.extend(args(&["--no-bpf", "--no-persist"])),
-                    Server::KvXdp => a.extend(args(&["--iface", SERVER_IF, "--xdp-mode", "native", "--no-persist"])),
+                    Server::KvXdp | Server::KvXdpBaseline => {
+                        a.extend(args(&["--iface", SERVER_IF, "--xdp-mode", "native", "--no-persist"]))
+                    }
                     _ => {
                         let dir = data_dir.context("data dir")?.to_string_lossy().into_owned();
                         if server == Server::KvNoBpfFsync {
@@ -51,11 +53,15 @@ impl Ctx {
                         a.extend(args(&["--fsync", "everysec", "--data-dir", &dir]));
                     }
                 }
-                (self.release.join("kv-server"), a)
+                let dir = match (server, &self.opts.baseline) {
+                    (Server::KvXdpBaseline, Some(dir)) => dir,
+                    _ => &self.release,
+                };
+                (dir.join("kv-server"), a)
             }
         };
         let p = self.spawn_server(server, &bin, &a, tag, || self.version_ok())?;
-        if matches!(server, Server::KvXdp | Server::KvFsync) && self.bed.server_xdp_prog_id()?.is_none() {
+        if (server.is_kv_xdp() || server == Server::KvFsync) && self.bed.server_xdp_prog_id()?.is_none() {
             bail!(
                 "{} runs but has no XDP program on {SERVER_IF}; its output:\n{}",
                 server.label(),

@@ -13,6 +13,8 @@ pub enum Server {
     Memcached,
     KvNoBpf,
     KvXdp,
+    /// `--baseline`: kv-server with XDP, another build's binary (A/B runs).
+    KvXdpBaseline,
     /// kv-server with XDP and persistence on (`--fsync everysec`), for the SET workload.
     KvFsync,
     /// The same without XDP: on a veth, an attached XDP program makes the driver copy every TCP packet
@@ -25,11 +27,17 @@ pub enum Server {
 }
 
 impl Server {
+    /// kv-server serving UDP GET hits from XDP, without persistence (either build of an A/B run).
+    pub fn is_kv_xdp(self) -> bool {
+        matches!(self, Server::KvXdp | Server::KvXdpBaseline)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Server::Memcached => "memcached",
             Server::KvNoBpf => "kv-server(no-bpf)",
             Server::KvXdp => "kv-server(xdp)",
+            Server::KvXdpBaseline => "kv-server(xdp,baseline)",
             Server::KvFsync => "kv-server(xdp,fsync)",
             Server::KvNoBpfFsync => "kv-server(no-bpf,fsync)",
             Server::Reflector => "reflector(xdp_tx)",
