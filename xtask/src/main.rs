@@ -172,29 +172,15 @@ fn test(root: &Path, no_lint: bool, no_bench: bool, long: bool, args: &[String])
     if long {
         cmd.env("KV_LONG", "1");
     }
-    cmd.stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().context("running cargo test")?;
-    // Echo cargo's output and add up its per-binary results into one closing line.
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
-    let stdout = child.stdout.take().context("cargo test stdout")?;
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-        let line = line?;
-        println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |word: &str| {
-                rest.split(';')
-                    .find_map(|part| {
-                        part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)
-                    })
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            passed += count(" passed");
-            failed += count(" failed");
-            ignored += count(" ignored");
-        }
-    }
-    let status = child.wait()?;
+    let mut counts = [0u64; 3];
+    let workspace = count_tests(cmd, &mut counts)?;
+    // The benchmark harness's own unit tests, in a build of their own: its feature would otherwise reach the
+    // kv-server binary the end-to-end tests run.
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["test", "--release", "-p", "xtask", "--features", "bench", "--no-fail-fast"]).args(args);
+    let harness = count_tests(cmd, &mut counts)?;
+    let status = if workspace.success() { harness } else { workspace };
+    let [passed, failed, ignored] = counts;
     // The fuzzing suite's short (or long) form: a finding fails the run.
     let fuzzed = if status.success() {
         let secs = if long { FUZZ_SECONDS.1 } else { FUZZ_SECONDS.0 };
@@ -227,6 +213,32 @@ fn test(root: &Path, no_lint: bool, no_bench: bool, long: bool, args: &[String])
         bail!("benchmark smoke test (cargo xtask bench --quick) failed");
     }
     Ok(())
+}
+
+/// Runs a `cargo test` command, echoing its output and adding its per-binary results to `counts` (passed,
+/// failed, ignored), for one closing line.
+fn count_tests(mut cmd: Command, counts: &mut [u64; 3]) -> Result<ExitStatus> {
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("running cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)
+                    })
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            for (n, word) in counts.iter_mut().zip([" passed", " failed", " ignored"]) {
+                *n += count(word);
+            }
+        }
+    }
+    Ok(child.wait()?)
 }
 
 /// xtask itself, rebuilt in release with the `bench` feature, running `bench [--quick]`.
