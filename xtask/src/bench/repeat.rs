@@ -22,12 +22,13 @@ pub fn medians(runs: Vec<Row>, servers: &[Server]) -> Vec<Row> {
         .collect()
 }
 
-/// The median of one server's rounds (the lower middle one for an even count); a skipped row as it is.
+/// The median of one server's measured rounds (the lower middle one for an even count); where none was
+/// measured, the first round's skipped row as it is (its note says why), None without rounds.
 fn median_row(mut rows: Vec<Row>) -> Option<Row> {
-    rows.retain(|r| r.load.is_some());
-    if rows.is_empty() {
-        return None;
+    if !rows.iter().any(|r| r.load.is_some()) {
+        return rows.into_iter().next();
     }
+    rows.retain(|r| r.load.is_some());
     let rps: Vec<f64> = rows.iter().map(|r| r.rps).collect();
     let bpf: Vec<f64> = rows.iter().filter_map(|r| r.extra.get("bpf_ns_per_run")?.as_f64()).collect();
     rows.sort_by(|a, b| a.rps.total_cmp(&b.rps));
@@ -115,5 +116,19 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m[0].rps, 5.0);
         assert!(m[0].note.starts_with("median of 1 rounds by req/s (5)"), "{}", m[0].note);
+    }
+
+    #[test]
+    fn a_server_skipped_in_every_round_keeps_its_skipped_row() {
+        let skipped = |note: &str| {
+            let mut r = row(Server::KvNoBpf, 0.0, None);
+            r.load = None;
+            r.note = note.into();
+            r
+        };
+        let m = medians(vec![skipped("needs 51100 fds"), skipped("needs 51100 fds")], &[Server::KvNoBpf]);
+        assert_eq!(m.len(), 1, "the skip is reported, not dropped");
+        assert!(m[0].load.is_none());
+        assert_eq!(m[0].note, "needs 51100 fds");
     }
 }
