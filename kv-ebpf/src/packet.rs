@@ -92,6 +92,34 @@ impl Frame for TcContext {
     }
 }
 
+/// Frames up to this long are read by [`load_prefix`] without a helper call.
+pub const INLINE_LOAD_MAX: usize = 128;
+
+/// Copies the frame's first `len` bytes into `dst`: eight at a time by direct packet access where
+/// `len` is in [8, INLINE_LOAD_MAX] (a helper call costs more than the loads on kernels with return
+/// thunks), else with [`Frame::load_bytes`].
+#[inline(always)]
+pub fn load_prefix<F: Frame>(ctx: &F, dst: &mut [u8], len: u32) -> Result<(), HelperError> {
+    let n = len as usize;
+    #[allow(clippy::manual_range_contains)]
+    if n < 8 || n > INLINE_LOAD_MAX || n > dst.len() {
+        return ctx.load_bytes(0, dst, len);
+    }
+    let base = dst.as_mut_ptr();
+    for i in 0..INLINE_LOAD_MAX / 8 {
+        // The last chunk ends at `n`, overlapping the one before.
+        let off = if i * 8 + 8 <= n { i * 8 } else { n - 8 };
+        let off = off & (INLINE_LOAD_MAX - 1);
+        let chunk = load::<[u8; 8]>(ctx, off).map_err(|_| EINVAL)?;
+        // SAFETY: `off + 8 <= n <= dst.len()` (checked above), so the eight bytes lie within `dst`.
+        unsafe { base.add(off).cast::<[u8; 8]>().write_unaligned(chunk) };
+        if off + 8 >= n {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Pointer to a `T` at `offset` of the frame, if the frame holds all `size_of::<T>()` bytes of it.
 #[inline(always)]
 pub fn ptr_at<T: Plain>(ctx: &impl Frame, offset: usize) -> Result<*const T, OutOfBounds> {
@@ -179,6 +207,36 @@ pub fn store_bytes(ctx: &XdpContext, offset: u32, src: &[u8], len: u32) -> Resul
 pub unsafe fn store_raw(ctx: &XdpContext, offset: u32, src: *const u8, len: u32) -> Result<(), HelperError> {
     // SAFETY: the caller vouches for `src`; the helper only reads it and bounds the frame side itself.
     check(unsafe { h::bpf_xdp_store_bytes(ctx.ctx, offset, src as *mut c_void, len) })
+}
+
+/// Replies up to this long are written by [`store_from`] without a helper call.
+pub const INLINE_STORE_MAX: usize = 256;
+
+/// [`store_raw`], eight bytes at a time by direct packet access where `len` is in
+/// [8, INLINE_STORE_MAX] (a helper call costs more than the stores on kernels with return thunks).
+///
+/// # Safety
+/// As for [`store_raw`]: `src` must point to `len` readable bytes of map or stack memory.
+#[inline(always)]
+pub unsafe fn store_from(ctx: &XdpContext, offset: usize, src: *const u8, len: usize) -> Result<(), HelperError> {
+    #[allow(clippy::manual_range_contains)]
+    if len < 8 || len > INLINE_STORE_MAX {
+        // SAFETY: the caller's promise, passed on.
+        return unsafe { store_raw(ctx, offset as u32, src, len as u32) };
+    }
+    for i in 0..INLINE_STORE_MAX / 8 {
+        // The last chunk ends at `len`, overlapping the one before.
+        let off = if i * 8 + 8 <= len { i * 8 } else { len - 8 };
+        let off = off & (INLINE_STORE_MAX - 1);
+        // SAFETY: `off + 8 <= len`, so the eight bytes lie within the caller's `len` readable bytes; a
+        // volatile read, as the memory may be rewritten meanwhile (any bytes are valid).
+        let chunk = unsafe { core::ptr::read_volatile(src.add(off).cast::<[u8; 8]>()) };
+        store(ctx, offset + off, &chunk).map_err(|_| EINVAL)?;
+        if off + 8 >= len {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// A frame too short for what its headers announce is a malformed request.

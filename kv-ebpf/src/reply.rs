@@ -13,7 +13,7 @@ use core::ffi::c_void;
 use kv_common::{Counter, FrameHeader, CACHE_ENTRY_BUF, END, UDP_FRAME_HEADER_LEN, XDP_REPLY_MAX, XDP_REQ_MAX};
 use kv_ebpf::{
     headers::{Ipv4Hdr, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_UDP, IPV4_NO_OPTIONS, IP_HLEN, TEXT_OFF, UDP_HLEN},
-    packet::{adjust_head, adjust_tail, as_bytes, buff_len, store, store_bytes, store_raw},
+    packet::{adjust_head, adjust_tail, as_bytes, buff_len, store, store_bytes, store_from, store_raw},
     tc_mark, volatile_read,
 };
 
@@ -164,7 +164,7 @@ pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch) -> Result<u32,
         && total <= CACHE_ENTRY_BUF
         && <&[u8; TEXT_OFF]>::try_from(&s.out[V4_START..REPLY_OFF]).is_ok_and(|hdrs| store(ctx, 0, hdrs).is_ok())
         // SAFETY: `total` bytes of the slot's reply text: within its buffer (checked just above).
-        && unsafe { store_raw(ctx, TEXT_OFF as u32, slot.buf(), total as u32) }.is_ok()
+        && unsafe { store_from(ctx, TEXT_OFF, slot.buf(), total) }.is_ok()
         && store(ctx, TEXT_OFF + total, &END_BYTES).is_ok();
     let torn = !hit.unchanged() || maps::test_tear();
     if ok && !torn {

@@ -9,7 +9,7 @@ use kv_ebpf::{
         EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, IP6_HLEN, IPPROTO_UDP, IPV4_FRAGMENT_MASK,
         IPV4_NO_OPTIONS, IP_HLEN, TEXT6_OFF, TEXT_OFF, UDP_HLEN,
     },
-    packet::{load, Frame},
+    packet::{load, load_prefix, Frame},
     volatile_read, volatile_write,
 };
 
@@ -164,9 +164,9 @@ pub fn read_request<F: Frame>(ctx: &F) -> Result<(Req, &'static mut Scratch), Co
     // The headers too, in the same call: the reply's are made from them, and `serve_direct` restores a
     // torn reply's request from them.
     let loaded = if req.v6 {
-        ctx.load_bytes(0, scratch.frame_v6(), TEXT6_OFF as u32 + n)
+        load_prefix(ctx, scratch.frame_v6(), TEXT6_OFF as u32 + n)
     } else {
-        ctx.load_bytes(0, scratch.frame_v4(), TEXT_OFF as u32 + n)
+        load_prefix(ctx, scratch.frame_v4(), TEXT_OFF as u32 + n)
     };
     loaded.map_err(|_| Counter::PassMalformed)?;
     Ok((req, scratch))
