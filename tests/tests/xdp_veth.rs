@@ -409,7 +409,8 @@ fn ipv6_gets_are_answered_in_the_kernel() {
 
 /// Two servers on one interface (ports 11211 and 11311) share its XDP hook through the dispatcher: both
 /// answer hits in the kernel, each from its own cache; one killed with SIGKILL leaves the other's kernel
-/// path working and, restarted, takes its port back; the last one out detaches.
+/// path working and, restarted, takes its port back; the last one out detaches. A lone instance has the
+/// hook to its own program, without the dispatcher.
 #[test]
 fn two_instances_share_an_interface() {
     let Some(mut bed) = XdpBed::start_or_skip("two", &[]) else { return };
@@ -438,8 +439,19 @@ fn two_instances_share_an_interface() {
     let (port1, port2) = (bed.addr.port(), 11311u16);
     let addr1 = bed.addr;
     let addr2 = std::net::SocketAddr::new(bed.addr.ip(), port2);
+    // The program on the hook: a lone instance's own, else the dispatcher (neither instance's).
+    let attached = |bed: &XdpBed| kv_tests::netns::xdp_prog_id(&bed.server_ns, &bed.veth.if_a).unwrap();
+    let own = |bed: &XdpBed, port: u16| {
+        Some(kv_tests::netns::instance_prog_id(&bed.server_ns, &bed.veth.if_a, port).expect("its program"))
+    };
+    assert_eq!(attached(&bed), own(&bed, port1), "a lone instance runs behind the dispatcher");
     let mut second = spawn(&bed.server_ns, &bed.veth.if_a, port2);
     assert!(ready(&bed, addr2), "the second instance did not start");
+    let shared = attached(&bed);
+    assert!(
+        shared.is_some() && shared != own(&bed, port1) && shared != own(&bed, port2),
+        "two instances, but the hook runs {shared:?}, not the dispatcher"
+    );
     bed.client().set("one", b"first");
     bed.client_ns.run(|| kv_tests::Client::connect(addr2)).set("two", b"second");
     let sock = bed.udp_socket();
@@ -493,6 +505,15 @@ fn two_instances_share_an_interface() {
         assert_eq!(udp_get(addr2, "two"), get_reply("two", b"second"));
     }
     assert_eq!(hits(&bed, port2), before + 5, "the second instance's kernel path after the first was killed");
+    // Its sweeper (once a second) frees the dead one's slot and takes the hook to its own program.
+    let alone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        attached(&bed) == own(&bed, port2)
+    });
+    assert!(alone, "the survivor still runs behind {:?}", attached(&bed));
+    let before = hits(&bed, port2);
+    assert_eq!(udp_get(addr2, "two"), get_reply("two", b"second"));
+    assert_eq!(hits(&bed, port2), before + 1, "the survivor's kernel path, attached directly");
     // Restarted (empty: --no-persist), the first takes its port back and answers from its own kernel cache.
     bed.server = spawn(&bed.server_ns, &bed.veth.if_a, port1);
     assert!(ready(&bed, addr1), "the first instance did not restart");
@@ -503,6 +524,11 @@ fn two_instances_share_an_interface() {
         hits(&bed, port1) > h
     });
     assert!(hot, "the restarted first instance got no kernel hits");
+    let shared = attached(&bed);
+    assert!(
+        shared.is_some() && shared != own(&bed, port1) && shared != own(&bed, port2),
+        "two instances again, but the hook runs {shared:?}, not the dispatcher"
+    );
     // The last one out detaches the dispatcher.
     kv_tests::netns::stop(&mut bed.server);
     kv_tests::netns::stop(&mut second);

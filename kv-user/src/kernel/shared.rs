@@ -1,16 +1,22 @@
-//! Sharing one interface's XDP hook between kv-server instances (one UDP port each). The first attaches
-//! the dispatcher (`kv_dispatch`, kv-ebpf/src/bin/kv-dispatch.rs); each instance puts its own `kv_xdp`
-//! into the dispatcher's `PROGS` and its port into `PORTS`, and holds a descriptor of the dispatcher's
-//! bpf link. The link lives while any instance holds it: when the last one exits, however it exits, the
-//! kernel detaches the dispatcher. And when no instance holds `PROGS` open, the kernel empties it, so a
-//! dead instance's program never answers once every instance is gone.
+//! Sharing one interface's XDP hook between kv-server instances (one UDP port each). The first loads
+//! the dispatcher (`kv_dispatch`, kv-ebpf/src/bin/kv-dispatch.rs) and attaches it; each instance puts its
+//! own `kv_xdp` into the dispatcher's `PROGS` and its port into `PORTS`, and holds a descriptor of the
+//! interface's bpf link and of the dispatcher. The link lives while any instance holds it: when the last
+//! one exits, however it exits, the kernel detaches it. And when no instance holds `PROGS` open, the
+//! kernel empties it, so a dead instance's program never answers once every instance is gone.
+//!
+//! While one instance alone holds a slot, the link runs its `kv_xdp` directly instead of the dispatcher
+//! ([`Tables::retarget`], on every join, leave and sweep): a tail call, and the dispatcher's own header
+//! parse, on every packet of the interface cost that instance nothing. A second instance switches the
+//! link back to the dispatcher before it counts on it.
 //!
 //! Nothing is pinned (bpffs is per mount namespace, and `ip netns exec` or a container gives each
 //! process its own): an instance finds the dispatcher by walking the kernel's bpf links for an XDP link
 //! on its interface whose program is a `kv_dispatch` whose `HOME` names this network namespace (a link
-//! reports only the ifindex). Joins and leaves are ordered by a lock that is an abstract unix socket,
-//! which is per network namespace and released by the kernel when its process dies. While instances
-//! run, each sweeps once a second: a slot whose owner process is gone is freed.
+//! reports only the ifindex), or a program in the `PROGS` of such a dispatcher (still loaded: its
+//! instance holds it). Joins and leaves are ordered by a lock that is an abstract unix socket, which is
+//! per network namespace and released by the kernel when its process dies. While instances run, each
+//! sweeps once a second: a slot whose owner process is gone is freed.
 //!
 //! Walking links and opening another process's program and maps by id needs CAP_SYS_ADMIN.
 
@@ -44,11 +50,16 @@ struct Tables {
     owners: MapFd<u32, u64>,
     /// [0]: netns inode << 32 | ifindex.
     home: MapFd<u32, u64>,
+    /// The dispatcher itself, held so that it stays loaded (and findable) while the link runs a lone
+    /// instance's `kv_xdp` instead.
+    dispatcher: OwnedFd,
+    dispatcher_id: u32,
 }
 
 impl Tables {
-    /// The tables of program `prog_id` if it is a `kv_dispatch`.
-    fn of_program(prog_id: u32) -> Result<Tables> {
+    /// The tables of program `prog_id` if it is a `kv_dispatch` (at `home`, where given: checked before
+    /// `PROGS` is opened).
+    fn of_program(prog_id: u32, home: Option<u64>) -> Result<Tables> {
         let prog = aya::programs::loaded_programs()
             .filter_map(|p| p.ok())
             .find(|p| p.id() == prog_id)
@@ -56,24 +67,59 @@ impl Tables {
         if prog.name_as_str() != Some(DISPATCH_PROGRAM) {
             bail!("program {prog_id} ({:?}) is not kv-server's dispatcher", prog.name_as_str());
         }
-        let (mut ports, mut progs, mut owners, mut home) = (None, None, None, None);
+        let (mut ports, mut progs, mut owners, mut home_map) = (None, None, None, None);
         for id in prog.map_ids()?.context("the kernel does not report the dispatcher's maps")? {
             let slot = match MapInfo::from_id(id)?.name_as_str() {
                 Some("PORTS") => &mut ports,
                 Some("PROGS") => &mut progs,
                 Some("OWNERS") => &mut owners,
-                Some("HOME") => &mut home,
+                Some("HOME") => &mut home_map,
                 _ => continue,
             };
             *slot = Some(MapData::from_id(id)?);
         }
         let open = |m: Option<MapData>, name: &str| m.with_context(|| format!("the dispatcher has no {name} map"));
+        let home_map = MapFd::new(&open(home_map, "HOME")?)?;
+        if let Some(want) = home {
+            if home_map.lookup(&0).ok() != Some(want) {
+                bail!("dispatcher {prog_id} serves another interface");
+            }
+        }
         Ok(Tables {
             ports: MapFd::new(&open(ports, "PORTS")?)?,
             progs: MapFd::new(&open(progs, "PROGS")?)?,
             owners: MapFd::new(&open(owners, "OWNERS")?)?,
-            home: MapFd::new(&open(home, "HOME")?)?,
+            home: home_map,
+            dispatcher: prog_fd(prog_id)?,
+            dispatcher_id: prog_id,
         })
+    }
+
+    /// Points `link` at what the held slots need: the lone instance's `kv_xdp` while one slot is held,
+    /// else the dispatcher. Call with the lock held, after any change to the slots.
+    fn retarget(&self, link: &OwnedFd) -> Result<()> {
+        let held: Vec<u32> = (0..DISPATCH_SLOTS).filter(|s| self.owners.lookup(s).is_ok_and(|o| o != 0)).collect();
+        let want = match held[..] {
+            [] => return Ok(()),
+            [lone] => self.progs.lookup(&lone).context("the lone instance's program is missing from PROGS")?,
+            _ => self.dispatcher_id,
+        };
+        let (_, current, _) = link_info(link).context("reading the XDP link")?;
+        if current == want {
+            return Ok(());
+        }
+        let lone;
+        let fd = if want == self.dispatcher_id {
+            self.dispatcher.as_raw_fd()
+        } else {
+            lone = prog_fd(want)?;
+            lone.as_raw_fd()
+        };
+        // BPF_LINK_UPDATE: link_fd (u32), new_prog_fd (u32), flags, old_prog_fd: under the lock, no other
+        // instance moves the link meanwhile.
+        bpf(BPF_LINK_UPDATE, &mut [link.as_raw_fd() as u64 | (fd as u64) << 32, 0, 0])
+            .with_context(|| format!("pointing the XDP link at program {want}"))?;
+        Ok(())
     }
 
     /// Frees the slots whose owner process is gone; returns how many slots are still held.
@@ -179,6 +225,16 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
 const BPF_LINK_TYPE_XDP: u32 = 6;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// A descriptor of program `id`.
+fn prog_fd(id: u32) -> Result<OwnedFd> {
+    // BPF_PROG_GET_FD_BY_ID: prog_id (u32), next_id, open_flags.
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut [id as u64, 0, 0]).with_context(|| format!("opening program {id}"))?;
+    // SAFETY: the kernel just returned this descriptor to us; owned here, closed on drop.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
 
 /// Type, program id and (for an XDP link) interface index of a bpf link: `bpf_link_info` is type, id,
 /// prog_id, then the type's fields (XDP: ifindex at offset 16, 0 once the interface is gone).
@@ -205,15 +261,23 @@ fn find(home: u64) -> Option<(OwnedFd, Tables)> {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         match link_info(&fd) {
             Ok((BPF_LINK_TYPE_XDP, prog, at)) if at == ifindex => {
-                if let Ok(t) = Tables::of_program(prog) {
-                    if t.home.lookup(&0).ok() == Some(home) {
-                        return Some((fd, t));
-                    }
+                // The dispatcher, or the lone instance's program that runs in its place.
+                if let Some(t) = Tables::of_program(prog, Some(home)).ok().or_else(|| dispatcher_of(home, prog)) {
+                    return Some((fd, t));
                 }
             }
             _ => {}
         }
     }
+}
+
+/// The loaded dispatcher at `home` that has program `prog` in its `PROGS`, if any.
+fn dispatcher_of(home: u64, prog: u32) -> Option<Tables> {
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter(|p| p.name_as_str() == Some(DISPATCH_PROGRAM))
+        .filter_map(|p| Tables::of_program(p.id(), Some(home)).ok())
+        .find(|t| (0..DISPATCH_SLOTS).any(|slot| t.progs.lookup(&slot).ok() == Some(prog)))
 }
 
 /// Loads and attaches the dispatcher; returns its link and tables.
@@ -223,7 +287,7 @@ fn attach_dispatcher(iface: &str, mode: XdpMode, home: u64) -> Result<(OwnedFd, 
         ebpf.program_mut(DISPATCH_PROGRAM).context("dispatcher missing from its object")?.try_into()?;
     prog.load().context("verifying the dispatcher")?;
     let prog_id = prog.info()?.id();
-    let tables = Tables::of_program(prog_id)?;
+    let tables = Tables::of_program(prog_id, None)?;
     tables.home.update(&0, &home)?;
     let id = prog.attach(iface, mode.into()).map_err(|e| {
         anyhow::anyhow!(
@@ -255,8 +319,8 @@ pub struct SharedHook {
     /// Dropping it wakes the sweeper, which then exits (closing its descriptors of the tables).
     stop: Option<mpsc::Sender<()>>,
     sweeper: Option<JoinHandle<()>>,
-    /// Keeps the dispatcher attached while this instance runs.
-    _link: OwnedFd,
+    /// Keeps the link attached while this instance runs.
+    link: OwnedFd,
 }
 
 impl SharedHook {
@@ -283,18 +347,27 @@ impl SharedHook {
         tables.owners.update(&slot, &owner)?;
         tables.progs.update(&slot, &(prog.as_fd().as_raw_fd() as u32))?;
         tables.ports.update(&(port as u32), &(slot + 1))?;
+        if let Err(e) = tables.retarget(&link) {
+            tables.free(slot, owner);
+            let _ = tables.retarget(&link);
+            return Err(e);
+        }
         drop(lock);
         let tables = Arc::new(tables);
         let (stop, stopped) = mpsc::channel::<()>();
         let sweeping = tables.clone();
+        let link_of_sweeper = link.try_clone()?;
         let sweeper = std::thread::Builder::new().name("kv-xdp-sweep".into()).spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_secs(1)) {
                 if let Ok(_lock) = Lock::take(home) {
                     sweeping.sweep();
+                    if let Err(e) = sweeping.retarget(&link_of_sweeper) {
+                        log::warn!("XDP hook: {e:#}");
+                    }
                 }
             }
         })?;
-        Ok(SharedHook { home, slot, owner, tables, stop: Some(stop), sweeper: Some(sweeper), _link: link })
+        Ok(SharedHook { home, slot, owner, tables, stop: Some(stop), sweeper: Some(sweeper), link })
     }
 }
 
@@ -308,8 +381,12 @@ impl Drop for SharedHook {
             if self.tables.owners.lookup(&self.slot).ok() == Some(self.owner) {
                 self.tables.free(self.slot, self.owner);
             }
+            // A lone instance left behind gets the link to itself.
+            if let Err(e) = self.tables.retarget(&self.link) {
+                log::warn!("XDP hook: {e:#}");
+            }
         }
-        // Closing the tables and `_link` next: the last instance's close detaches the dispatcher. Nothing
+        // Closing the tables and `link` next: the last instance's close detaches the link. Nothing
         // here opens `PROGS` anew: taking a user reference of a program array whose last one just went,
         // and dropping it, queues the kernel's deferred clear a second time, and the map reference taken
         // for that one is never dropped (prog_array_map_clear), leaking the array.
