@@ -110,7 +110,10 @@ pub fn load_prefix<F: Frame>(ctx: &F, dst: &mut [u8], len: u32) -> Result<(), He
         // The last chunk ends at `n`, overlapping the one before.
         let off = if i * 8 + 8 <= n { i * 8 } else { n - 8 };
         let off = off & (INLINE_LOAD_MAX - 1);
-        let chunk = load::<[u8; 8]>(ctx, off).map_err(|_| EINVAL)?;
+        // Past the linear part (a TC program's skb may hold the rest in fragments): the helper reads it.
+        let Ok(chunk) = load::<[u8; 8]>(ctx, off) else {
+            return ctx.load_bytes(0, dst, len);
+        };
         // SAFETY: `off + 8 <= n <= dst.len()` (checked above), so the eight bytes lie within `dst`.
         unsafe { base.add(off).cast::<[u8; 8]>().write_unaligned(chunk) };
         if off + 8 >= n {
