@@ -213,7 +213,7 @@ pub unsafe fn store_raw(ctx: &XdpContext, offset: u32, src: *const u8, len: u32)
 }
 
 /// Replies up to this long are written by [`store_from`] without a helper call.
-pub const INLINE_STORE_MAX: usize = 256;
+pub const INLINE_STORE_MAX: usize = 64;
 
 /// [`store_raw`], eight bytes at a time by direct packet access where `len` is in
 /// [8, INLINE_STORE_MAX] (a helper call costs more than the stores on kernels with return thunks).
