@@ -96,6 +96,10 @@ struct BenchArgs {
     /// req/s and BPF ns/pkt in its notes.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=99))]
     repeat: u32,
+    /// Value size in bytes of the throughput rows' keys (all but `etc`, which has its own sizes): 32 unless
+    /// told; e.g. 100 for a 1-key hit with a 100-byte value.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    value_size: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -289,6 +293,7 @@ fn bench(_root: &Path, a: BenchArgs) -> Result<()> {
         cmd.arg("--baseline").arg(from_user(dir));
     }
     cmd.args(["--repeat", &a.repeat.to_string()]);
+    cmd.args(["--value-size", &a.value_size.to_string()]);
     // exec: Ctrl-C then reaches the benchmark itself, which cleans up.
     Err(cmd.exec()).context("running the benchmark")
 }
@@ -309,6 +314,7 @@ fn bench(root: &Path, a: BenchArgs) -> Result<()> {
         workloads: a.workloads,
         baseline: a.baseline,
         repeat: a.repeat,
+        value_size: a.value_size,
     };
     bench::run(root, opts)
 }

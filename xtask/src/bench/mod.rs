@@ -51,6 +51,8 @@ pub struct Opts {
     pub baseline: Option<PathBuf>,
     /// Rounds of each throughput workload; each server's median round is reported.
     pub repeat: u32,
+    /// Value size of the throughput rows but `etc` (`--value-size`).
+    pub value_size: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

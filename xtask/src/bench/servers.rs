@@ -14,7 +14,7 @@ use super::procs::{check_interrupted, ns_command, tail, which, Proc};
 use kv_bench::keys::KeySpace;
 use kv_bench::zipf::Zipf;
 
-use super::workloads::{args, Server, KEYS, VALUE_SIZE, ZIPF};
+use super::workloads::{args, Server, KEYS, ZIPF};
 use super::{Ctx, PORT};
 
 impl Ctx {
@@ -29,11 +29,12 @@ impl Ctx {
             Server::TcpCeiling => {
                 // Its one reply is as long as a real hit's: the value size, and the key length the requests
                 // carry on average (each key weighted by its popularity).
-                let sizes = KeySpace::fixed(KEYS as u64, VALUE_SIZE).sizes(&Zipf::new(KEYS as u64, ZIPF));
+                let value_size = self.opts.value_size;
+                let sizes = KeySpace::fixed(KEYS as u64, value_size).sizes(&Zipf::new(KEYS as u64, ZIPF));
                 let key_len = (sizes.req_key_mean.round() as usize).to_string();
                 let listen = format!("{ip}:{port}");
                 let a = ["--listen", &listen, "--threads", &threads, "--key-len", &key_len];
-                (self.release.join("tcp-ceiling"), args(&[&a[..], &["--value-size", &VALUE_SIZE.to_string()]].concat()))
+                (self.release.join("tcp-ceiling"), args(&[&a[..], &["--value-size", &value_size.to_string()]].concat()))
             }
             _ => {
                 let mut a = args(&["-l", &ip, "-p", &port, "-U", &port, "-t", &threads, "-m", "1024", "-c", &conns]);
