@@ -161,7 +161,7 @@ pub fn read_request<F: Frame>(ctx: &F) -> Result<(Req, &'static mut Scratch), Co
         return Err(Counter::PassNotGet);
     }
     let n = (text_len & (XDP_REQ_MAX * 2 - 1)) as u32;
-    // The headers too, in the same call: the reply's are made from them, and `serve_direct` restores a
+    // The headers too, in the same copy: the reply's are made from them, and `serve_direct` restores a
     // torn reply's request from them.
     let loaded = if req.v6 {
         load_prefix(ctx, scratch.frame_v6(), TEXT6_OFF as u32 + n)
