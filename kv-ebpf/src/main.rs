@@ -45,7 +45,7 @@ mod prog {
         binary::{is_binary, parse_binary},
         maps::{self, count},
         reply::{serve_direct, serve_scratch},
-        request::{counter_from, direct_get, parse_get, read_request, DIRECT_HIT, DIRECT_NONE},
+        request::{direct_get, parse_get, read_request},
     };
 
     #[xdp]
@@ -72,10 +72,8 @@ mod prog {
         // Where every key hit but the frame cannot grow to the reply (a veth frame has only its
         // headroom), the serve_* functions hand it to the TC program, which can grow the skb.
         if exact {
-            match direct_get(scratch, req.text_len) {
-                DIRECT_NONE => {}
-                DIRECT_HIT => return serve_direct(ctx, &req, scratch),
-                c => return Err(counter_from(c as u64)),
+            if let Some(found) = direct_get(scratch, req.text_len) {
+                return serve_direct(ctx, &req, scratch, &found?);
             }
         }
         // Binary requests after the text fast path, which they cost nothing: its first check fails.

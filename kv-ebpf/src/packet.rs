@@ -92,6 +92,17 @@ impl Frame for TcContext {
     }
 }
 
+/// Where chunk `i` of eight bytes starts when `len` (at least 8) bytes are copied eight at a time: the
+/// last chunk ends at `len`, overlapping the one before. The copy ends after the chunk that reaches `len`.
+#[inline(always)]
+fn chunk(i: usize, len: usize) -> usize {
+    if i * 8 + 8 <= len {
+        i * 8
+    } else {
+        len - 8
+    }
+}
+
 /// Frames up to this long are read by [`load_prefix`] without a helper call.
 pub const INLINE_LOAD_MAX: usize = 128;
 
@@ -107,9 +118,7 @@ pub fn load_prefix<F: Frame>(ctx: &F, dst: &mut [u8], len: u32) -> Result<(), He
     }
     let base = dst.as_mut_ptr();
     for i in 0..INLINE_LOAD_MAX / 8 {
-        // The last chunk ends at `n`, overlapping the one before.
-        let off = if i * 8 + 8 <= n { i * 8 } else { n - 8 };
-        let off = off & (INLINE_LOAD_MAX - 1);
+        let off = chunk(i, n) & (INLINE_LOAD_MAX - 1);
         // Past the linear part (a TC program's skb may hold the rest in fragments): the helper reads it.
         let Ok(chunk) = load::<[u8; 8]>(ctx, off) else {
             return ctx.load_bytes(0, dst, len);
@@ -229,9 +238,7 @@ pub unsafe fn store_from(ctx: &XdpContext, offset: usize, src: *const u8, len: u
         return unsafe { store_raw(ctx, offset as u32, src, len as u32) };
     }
     for i in 0..INLINE_STORE_MAX / 8 {
-        // The last chunk ends at `len`, overlapping the one before.
-        let off = if i * 8 + 8 <= len { i * 8 } else { len - 8 };
-        let off = off & (INLINE_STORE_MAX - 1);
+        let off = chunk(i, len) & (INLINE_STORE_MAX - 1);
         // SAFETY: `off + 8 <= len`, so the eight bytes lie within the caller's `len` readable bytes; a
         // volatile read, as the memory may be rewritten meanwhile (any bytes are valid).
         let chunk = unsafe { core::ptr::read_volatile(src.add(off).cast::<[u8; 8]>()) };

@@ -143,8 +143,7 @@ fn count_hit(req: &Req, reply: &Reply) {
 /// Answers a 1-key `get` hit over IPv4: resize, headers, then the slot's reply and `END` copied from the map
 /// into the packet. If user space rewrote the slot meanwhile (the sequence number moved), the reply
 /// may be torn: the request is put back byte for byte and passed, as if it had never been touched.
-pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch) -> Result<u32, Counter> {
-    let hit = &volatile_read(&s.hit);
+pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch, hit: &Hit) -> Result<u32, Counter> {
     let text = hit.total + END.len();
     if text > XDP_REPLY_MAX {
         return Err(Counter::PassTooBig);

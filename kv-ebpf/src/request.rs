@@ -14,7 +14,7 @@ use kv_ebpf::{
 };
 
 use crate::{
-    lookup::{get_key, lookup, read_key, GET_KEY_OFF},
+    lookup::{get_key, lookup, read_key, Hit, GET_KEY_OFF},
     maps::{self, ALLOW6},
     reply::{append_hit, finish, Reply},
     scratch::{ScanState, Scratch, REPLY_OFF, REQ_MASK},
@@ -172,36 +172,23 @@ pub fn read_request<F: Frame>(ctx: &F) -> Result<(Req, &'static mut Scratch), Co
     Ok((req, scratch))
 }
 
-/// What [`direct_get`] returns for any request other than its own.
-pub const DIRECT_NONE: u32 = u32::MAX;
-/// What [`direct_get`] returns for a hit (in `s.hit`).
-pub const DIRECT_HIT: u32 = 0;
-
 /// The most common request, `get <key>\r\n` with one key of key bytes only (`text_len` bytes in `s.req`),
 /// looked up without the general [`parse_get`]: its key is read and checked a word at a time. For a
-/// frame that is `exact`, whose reply is copied straight from the slot. Returns [`DIRECT_HIT`] with the
-/// hit in `s.hit`, the `Counter` to pass with, or [`DIRECT_NONE`] for any other request, which
-/// `parse_get` then handles.
+/// frame that is `exact`, whose reply is copied straight from the slot. Returns the hit, or the `Counter`
+/// to pass with; None for any other request, which `parse_get` then handles.
 ///
-/// Inlined: as a subprogram its call and return (through the SRSO thunk on this kernel), and the hit
-/// handed back through memory, cost 4-11% of a hit (docs/bench.md). Its temporaries add to the stack frame of `kv_xdp`, which with `parse_get` and
-/// its `bpf_loop` callback must stay within 512 bytes: the verifier checks that at every load.
+/// Inlined: as a subprogram (returning a scalar, the hit through scratch) its call and return, through
+/// the SRSO thunk on this kernel, cost 4-11% of a hit (docs/bench.md). Its temporaries add to the stack
+/// frame of `kv_xdp`, which with `parse_get` and its `bpf_loop` callback must stay within 512 bytes: the
+/// verifier checks that at every load.
 #[inline(always)]
-pub fn direct_get(s: &mut Scratch, text_len: usize) -> u32 {
+pub fn direct_get(s: &mut Scratch, text_len: usize) -> Option<Result<Hit, Counter>> {
     let r = &s.req;
     if r[..GET_KEY_OFF] != *b"get " || r[(text_len - 2) & REQ_MASK] != b'\r' || r[(text_len - 1) & REQ_MASK] != b'\n' {
-        return DIRECT_NONE;
+        return None;
     }
-    let Some(hash) = get_key(s, text_len) else {
-        return DIRECT_NONE;
-    };
-    match lookup(s, hash) {
-        Ok(hit) => {
-            volatile_write(&mut s.hit, hit);
-            DIRECT_HIT
-        }
-        Err(c) => c as u32,
-    }
+    let hash = get_key(s, text_len)?;
+    Some(lookup(s, hash))
 }
 
 /// Parses `get|gets <key>( <key>)*\r\n` from `s.req` (`text_len` bytes) and assembles the reply text in

@@ -2,9 +2,6 @@
 //! state of the key scan, and the reply frame being assembled. Only this program uses these types.
 
 use kv_common::{CacheKey, UDP_FRAME_HEADER_LEN, XDP_REQ_MAX};
-
-use crate::lookup::Hit;
-
 use kv_ebpf::headers::{ETH_HLEN, IP6_HLEN, TEXT6_OFF, TEXT_OFF, UDP_HLEN};
 
 /// Size of the scratch buffer the reply is assembled in: a power of two (indices are masked with
@@ -72,8 +69,6 @@ pub struct Scratch {
     /// This CPU's last `handoff` number.
     pub handoffs: u32,
     _pad0: u32,
-    /// The hit `request::direct_get` found (a subprogram: it returns a scalar, the hit through here).
-    pub hit: Hit,
     /// The key being looked up, as zero-padded words.
     pub key: CacheKey,
     _pad: [u8; 6],
