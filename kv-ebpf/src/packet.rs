@@ -103,6 +103,53 @@ fn chunk(i: usize, len: usize) -> usize {
     }
 }
 
+/// The eight bytes at `p` as a little-endian word, loaded with one instruction whatever their
+/// alignment: LLVM's BPF backend splits an unaligned load (`read_unaligned`) into eight byte loads, and
+/// an aligned one (`read`) of unaligned memory would be undefined behaviour. A BPF load has no alignment
+/// requirement of its own: the verifier refuses a misaligned one only where the architecture needs
+/// alignment (there the program fails to load; x86-64 does not). Not `pure`: never merged or dropped,
+/// as a volatile read, since a cache slot may be rewritten meanwhile.
+///
+/// # Safety
+/// `p` must point to eight readable bytes of packet, map or stack memory.
+#[inline(always)]
+pub unsafe fn load_word(p: *const u8) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        let v: u64;
+        // SAFETY: one `ldxdw` of the eight bytes the caller vouches for; it writes only `v`.
+        unsafe {
+            core::arch::asm!("{v} = *(u64 *)({p} + 0)", p = in(reg) p, v = lateout(reg) v,
+                options(readonly, nostack, preserves_flags))
+        };
+        v
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller vouches for the eight bytes.
+    unsafe {
+        p.cast::<u64>().read_unaligned()
+    }
+}
+
+/// Stores `v` as the eight bytes at `p` (little-endian), with one instruction whatever their alignment
+/// (see [`load_word`]).
+///
+/// # Safety
+/// `p` must point to eight writable bytes of packet, map or stack memory that nothing borrows.
+#[inline(always)]
+pub unsafe fn store_word(p: *mut u8, v: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: one `stxdw` to the eight bytes the caller vouches for.
+    unsafe {
+        core::arch::asm!("*(u64 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v, options(nostack, preserves_flags))
+    };
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller vouches for the eight bytes.
+    unsafe {
+        p.cast::<u64>().write_unaligned(v)
+    }
+}
+
 /// Frames up to this long are read by [`load_prefix`] without a helper call.
 pub const INLINE_LOAD_MAX: usize = 128;
 
@@ -120,11 +167,12 @@ pub fn load_prefix<F: Frame>(ctx: &F, dst: &mut [u8], len: u32) -> Result<(), He
     for i in 0..INLINE_LOAD_MAX / 8 {
         let off = chunk(i, n) & (INLINE_LOAD_MAX - 1);
         // Past the linear part (a TC program's skb may hold the rest in fragments): the helper reads it.
-        let Ok(chunk) = load::<[u8; 8]>(ctx, off) else {
+        let Ok(src) = ptr_at::<[u8; 8]>(ctx, off) else {
             return ctx.load_bytes(0, dst, len);
         };
-        // SAFETY: `off + 8 <= n <= dst.len()` (checked above), so the eight bytes lie within `dst`.
-        unsafe { base.add(off).cast::<[u8; 8]>().write_unaligned(chunk) };
+        // SAFETY: `ptr_at` checked the eight bytes at `src` lie within the frame; `off + 8 <= n <=
+        // dst.len()` (checked above), so the eight at `base + off` lie within `dst`.
+        unsafe { store_word(base.add(off), load_word(src.cast())) };
         if off + 8 >= n {
             break;
         }
@@ -221,9 +269,9 @@ pub unsafe fn store_raw(ctx: &XdpContext, offset: u32, src: *const u8, len: u32)
     check(unsafe { h::bpf_xdp_store_bytes(ctx.ctx, offset, src as *mut c_void, len) })
 }
 
-/// Replies up to this long are written by [`store_from`] without a helper call (a byte store per byte:
-/// at 125 bytes, a 100-byte value's reply, the helper is the faster, docs/bench.md).
-pub const INLINE_STORE_MAX: usize = 64;
+/// Replies up to this long are written by [`store_from`] without a helper call (a word per instruction:
+/// a 1-key reply with a value of up to about 200 bytes).
+pub const INLINE_STORE_MAX: usize = 256;
 
 /// [`store_raw`], eight bytes at a time by direct packet access where `len` is in
 /// [8, INLINE_STORE_MAX] (a helper call costs more than the stores on kernels with return thunks).
@@ -239,10 +287,12 @@ pub unsafe fn store_from(ctx: &XdpContext, offset: usize, src: *const u8, len: u
     }
     for i in 0..INLINE_STORE_MAX / 8 {
         let off = chunk(i, len) & (INLINE_STORE_MAX - 1);
-        // SAFETY: `off + 8 <= len`, so the eight bytes lie within the caller's `len` readable bytes; a
-        // volatile read, as the memory may be rewritten meanwhile (any bytes are valid).
-        let chunk = unsafe { core::ptr::read_volatile(src.add(off).cast::<[u8; 8]>()) };
-        store(ctx, offset + off, &chunk).map_err(|_| EINVAL)?;
+        // SAFETY: `off + 8 <= len`, so the eight bytes lie within the caller's `len` readable bytes (which
+        // may be rewritten meanwhile: `load_word` is never merged or dropped, and any bytes are valid).
+        let word = unsafe { load_word(src.add(off)) };
+        let dst = ptr_at_mut::<[u8; 8]>(ctx, offset + off).map_err(|_| EINVAL)?;
+        // SAFETY: `ptr_at_mut` checked the eight bytes lie within the frame.
+        unsafe { store_word(dst.cast(), word) };
         if off + 8 >= len {
             break;
         }

@@ -161,7 +161,8 @@ pub fn serve_direct(ctx: &XdpContext, req: &Req, s: &mut Scratch, hit: &Hit) -> 
     #[allow(clippy::manual_range_contains)]
     let ok = total >= 1
         && total <= CACHE_ENTRY_BUF
-        && <&[u8; TEXT_OFF]>::try_from(&s.out[V4_START..REPLY_OFF]).is_ok_and(|hdrs| store(ctx, 0, hdrs).is_ok())
+        // SAFETY: the headers, `s.out[V4_START..REPLY_OFF]`: within `s.out`.
+        && unsafe { store_from(ctx, 0, s.out.as_ptr().add(V4_START), TEXT_OFF) }.is_ok()
         // SAFETY: `total` bytes of the slot's reply text: within its buffer (checked just above).
         && unsafe { store_from(ctx, TEXT_OFF, slot.buf(), total) }.is_ok()
         && store(ctx, TEXT_OFF + total, &END_BYTES).is_ok();
