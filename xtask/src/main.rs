@@ -100,6 +100,10 @@ struct BenchArgs {
     /// told; e.g. 100 for a 1-key hit with a 100-byte value.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
     value_size: u32,
+    /// Keys of the throughput rows (Zipf popularity over them): 10,000 unless told; e.g. 10 to measure
+    /// a hit whose cache slot stays in the CPU's caches.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    keys: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -294,6 +298,7 @@ fn bench(_root: &Path, a: BenchArgs) -> Result<()> {
     }
     cmd.args(["--repeat", &a.repeat.to_string()]);
     cmd.args(["--value-size", &a.value_size.to_string()]);
+    cmd.args(["--keys", &a.keys.to_string()]);
     // exec: Ctrl-C then reaches the benchmark itself, which cleans up.
     Err(cmd.exec()).context("running the benchmark")
 }
@@ -315,6 +320,7 @@ fn bench(root: &Path, a: BenchArgs) -> Result<()> {
         baseline: a.baseline,
         repeat: a.repeat,
         value_size: a.value_size,
+        keys: a.keys,
     };
     bench::run(root, opts)
 }

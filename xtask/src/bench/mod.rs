@@ -53,6 +53,8 @@ pub struct Opts {
     pub repeat: u32,
     /// Value size of the throughput rows but `etc` (`--value-size`).
     pub value_size: u32,
+    /// Keys of the throughput rows (`--keys`).
+    pub keys: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::bed::{SERVER_IF, SERVER_IP};
 use super::cpus::pin_command;
 use super::procs::{self, check_interrupted, ns_command, tail, Proc, Sample, INTERRUPTED};
-use super::workloads::{args, plan_for, Proto, Server, Workload, KEYS, ZIPF};
+use super::workloads::{args, plan_for, Proto, Server, Workload, ZIPF};
 use super::{repeat, Ctx, Row, PORT};
 
 impl Row {
@@ -58,10 +58,11 @@ impl Ctx {
         let total = plan.iter().map(|w| w.servers.len()).sum::<usize>() * rounds as usize;
         let mut step = 0;
         eprintln!(
-            "bench: {} runs of {} s (+{} s warm-up), {}-byte values, servers in {}, kv-load in {}; logs in {}",
+            "bench: {} runs of {} s (+{} s warm-up), {} keys of {}-byte values, servers in {}, kv-load in {}; logs in {}",
             total,
             self.duration,
             self.warmup,
+            self.opts.keys,
             self.opts.value_size,
             self.bed.server_ns.name,
             self.bed.client_ns.name,
@@ -109,7 +110,7 @@ impl Ctx {
             ("--threads", w.threads.to_string()),
             ("--duration", duration.to_string()),
             ("--warmup", self.warmup.to_string()),
-            ("--keys", KEYS.to_string()),
+            ("--keys", self.opts.keys.to_string()),
             if w.etc { ("--workload", "etc".to_string()) } else { ("--value-size", self.opts.value_size.to_string()) },
             ("--zipf", ZIPF.to_string()),
             ("--seed", "1".to_string()),

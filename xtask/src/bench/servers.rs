@@ -14,7 +14,7 @@ use super::procs::{check_interrupted, ns_command, tail, which, Proc};
 use kv_bench::keys::KeySpace;
 use kv_bench::zipf::Zipf;
 
-use super::workloads::{args, Server, KEYS, ZIPF};
+use super::workloads::{args, Server, ZIPF};
 use super::{Ctx, PORT};
 
 impl Ctx {
@@ -30,7 +30,8 @@ impl Ctx {
                 // Its one reply is as long as a real hit's: the value size, and the key length the requests
                 // carry on average (each key weighted by its popularity).
                 let value_size = self.opts.value_size;
-                let sizes = KeySpace::fixed(KEYS as u64, value_size).sizes(&Zipf::new(KEYS as u64, ZIPF));
+                let keys = self.opts.keys as u64;
+                let sizes = KeySpace::fixed(keys, value_size).sizes(&Zipf::new(keys, ZIPF));
                 let key_len = (sizes.req_key_mean.round() as usize).to_string();
                 let listen = format!("{ip}:{port}");
                 let a = ["--listen", &listen, "--threads", &threads, "--key-len", &key_len];

@@ -1,8 +1,7 @@
 //! What the benchmark measures: the servers under test and the workloads (kv-load's settings per run,
 //! and which servers each applies to).
 
-/// kv-load's key count and threads (both cores) for every run (the value size is `--value-size`).
-pub const KEYS: u32 = 10_000;
+/// kv-load's threads (both cores) for every run (the key count is `--keys`, the value size `--value-size`).
 pub const THREADS: u32 = 2;
 /// kv-load's default key popularity (a few hot keys, a long tail).
 pub const ZIPF: f64 = 0.99;
