@@ -79,7 +79,7 @@ pub(crate) fn try_reply_text(req: &[u8], reply: &[u8]) -> Result<Vec<u8>, String
         return Err(format!("request of {} bytes, reply of {} bytes", req.len(), reply.len()));
     }
     let be = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]) as usize;
-    let checks: [(&str, bool); 14] = [
+    let checks: [(&str, bool); 15] = [
         ("eth dst = request src", reply[0..6] == req[6..12]),
         ("eth src = request dst", reply[6..12] == req[0..6]),
         ("ethertype IPv4", reply[12..14] == [0x08, 0x00]),
@@ -87,6 +87,7 @@ pub(crate) fn try_reply_text(req: &[u8], reply: &[u8]) -> Result<Vec<u8>, String
         ("valid IPv4 header checksum", ip_checksum(&reply[14..34]) == 0),
         ("IP total length", be(reply, 16) == reply.len() - 14),
         ("not a fragment, UDP", be(reply, 20) & 0x3fff == 0 && reply[23] == 17),
+        ("TOS 0, ID 0, don't fragment, TTL 64", reply[15] == 0 && reply[18..23] == [0, 0, 0x40, 0, 64]),
         ("ip src = request dst", reply[26..30] == req[30..34]),
         ("ip dst = request src", reply[30..34] == req[26..30]),
         ("ports swapped", reply[34..36] == req[36..38] && reply[36..38] == req[34..36]),
