@@ -1,6 +1,7 @@
 //! Bounds-checked access to the frame of an XDP or TC program ([`Frame`]): the typed pointer helpers
 //! [`ptr_at`] and [`ptr_at_mut`] (the verifier only accepts packet access it has seen checked against
-//! `data_end`), safe loads and stores of [`Plain`] values built on them, and safe wrappers of the XDP
+//! `data_end`), safe loads and stores of [`Plain`] values built on them, word loads and stores at any
+//! alignment ([`load_word`], [`store_word`]) and the copies made of them, and safe wrappers of the XDP
 //! packet helpers.
 //!
 //! Frame memory is only ever reached through raw pointers from `ptr_at`, never borrowed: after
