@@ -93,14 +93,62 @@ impl Frame for TcContext {
     }
 }
 
-/// Where chunk `i` of eight bytes starts when `len` (at least 8) bytes are copied eight at a time: the
-/// last chunk ends at `len`, overlapping the one before. The copy ends after the chunk that reaches `len`.
+/// Copies `len` bytes, `len` in [N, 2N], as two blocks of N bytes, a word at a time: the first from
+/// offset 0, the second ending at `len` (overlapping the first unless `len` is 2N). A block is fully
+/// unrolled and needs one bounds check, where a loop over words re-checks each word against
+/// `data_end` (the packet side: `block` gives its pointer, checked for N bytes at an offset, or None).
+/// Masked offsets keep the verifier's bounds on both sides without knowing `len`'s range.
+///
+/// # Safety
+/// `src` must point to `len` readable bytes and `dst` (when not the packet) to `len` writable ones;
+/// the block pointers must each hold N bytes.
 #[inline(always)]
-fn chunk(i: usize, len: usize) -> usize {
-    if i * 8 + 8 <= len {
-        i * 8
-    } else {
-        len - 8
+unsafe fn copy_blocks<const N: usize>(
+    len: usize,
+    src: impl Fn(usize) -> Option<*const u8>,
+    dst: impl Fn(usize) -> Option<*mut u8>,
+) -> Option<()> {
+    let tail = volatile_len(len.wrapping_sub(N)) & (2 * N - 1);
+    for at in [0, tail] {
+        let (from, to) = (src(at)?, dst(at)?);
+        for k in 0..N / 8 {
+            // SAFETY: both pointers hold N bytes (the caller's promise), so word k (8k + 8 <= N) lies
+            // within them.
+            unsafe { store_word(to.add(k * 8), load_word(from.add(k * 8))) };
+        }
+    }
+    Some(())
+}
+
+/// `len` through memory, so that the compiler keeps the caller's mask (it could prove it redundant
+/// from the size class; the verifier cannot).
+#[inline(always)]
+fn volatile_len(len: usize) -> usize {
+    // SAFETY: a read of a local, initialised value.
+    unsafe { core::ptr::read_volatile(&len) }
+}
+
+/// Copies `len` bytes, `len` in [8, 256], with [`copy_blocks`] of the size class of `len`; None if
+/// `len` is out of that range or a block pointer is refused.
+///
+/// # Safety
+/// As for [`copy_blocks`].
+#[inline(always)]
+unsafe fn copy_sized(
+    len: usize,
+    src: impl Fn(usize, usize) -> Option<*const u8>,
+    dst: impl Fn(usize, usize) -> Option<*mut u8>,
+) -> Option<()> {
+    // SAFETY: the caller's promise, with `len` in each arm's [N, 2N].
+    unsafe {
+        match len {
+            8..16 => copy_blocks::<8>(len, |at| src(at, 8), |at| dst(at, 8)),
+            16..32 => copy_blocks::<16>(len, |at| src(at, 16), |at| dst(at, 16)),
+            32..64 => copy_blocks::<32>(len, |at| src(at, 32), |at| dst(at, 32)),
+            64..128 => copy_blocks::<64>(len, |at| src(at, 64), |at| dst(at, 64)),
+            128..=256 => copy_blocks::<128>(len, |at| src(at, 128), |at| dst(at, 128)),
+            _ => None,
+        }
     }
 }
 
@@ -154,9 +202,9 @@ pub unsafe fn store_word(p: *mut u8, v: u64) {
 /// Frames up to this long are read by [`load_prefix`] without a helper call.
 pub const INLINE_LOAD_MAX: usize = 128;
 
-/// Copies the frame's first `len` bytes into `dst`: eight at a time by direct packet access where
-/// `len` is in [8, INLINE_LOAD_MAX] (a helper call costs more than the loads on kernels with return
-/// thunks), else with [`Frame::load_bytes`].
+/// Copies the frame's first `len` bytes into `dst`: by direct packet access where `len` is in
+/// [8, INLINE_LOAD_MAX] (two unrolled blocks of words, see `copy_blocks`), else (or where the frame's
+/// linear part is shorter: a TC program's skb) with [`Frame::load_bytes`].
 #[inline(always)]
 pub fn load_prefix<F: Frame>(ctx: &F, dst: &mut [u8], len: u32) -> Result<(), HelperError> {
     let n = len as usize;
@@ -165,20 +213,28 @@ pub fn load_prefix<F: Frame>(ctx: &F, dst: &mut [u8], len: u32) -> Result<(), He
         return ctx.load_bytes(0, dst, len);
     }
     let base = dst.as_mut_ptr();
-    for i in 0..INLINE_LOAD_MAX / 8 {
-        let off = chunk(i, n) & (INLINE_LOAD_MAX - 1);
-        // Past the linear part (a TC program's skb may hold the rest in fragments): the helper reads it.
-        let Ok(src) = ptr_at::<[u8; 8]>(ctx, off) else {
-            return ctx.load_bytes(0, dst, len);
-        };
-        // SAFETY: `ptr_at` checked the eight bytes at `src` lie within the frame; `off + 8 <= n <=
-        // dst.len()` (checked above), so the eight at `base + off` lie within `dst`.
-        unsafe { store_word(base.add(off), load_word(src.cast())) };
-        if off + 8 >= n {
-            break;
-        }
+    // SAFETY: the source blocks are checked against the frame by `block`; the destination blocks lie
+    // within `dst`: each ends by `n` (a block of N starts at most at n - N), and n <= dst.len().
+    let copied =
+        unsafe { copy_sized(n, |at, size| block(ctx, at, size), |at, _| Some(base.add(at & (INLINE_LOAD_MAX - 1)))) };
+    match copied {
+        Some(()) => Ok(()),
+        None => ctx.load_bytes(0, dst, len),
     }
-    Ok(())
+}
+
+/// The frame's bytes `[offset, offset + size)`, `size` one of the block sizes of `copy_sized`, if the
+/// frame holds them: one bounds check for the whole block.
+#[inline(always)]
+fn block(ctx: &impl Frame, offset: usize, size: usize) -> Option<*const u8> {
+    let p = match size {
+        8 => ptr_at::<[u8; 8]>(ctx, offset).map(|p| p.cast()),
+        16 => ptr_at::<[u8; 16]>(ctx, offset).map(|p| p.cast()),
+        32 => ptr_at::<[u8; 32]>(ctx, offset).map(|p| p.cast()),
+        64 => ptr_at::<[u8; 64]>(ctx, offset).map(|p| p.cast()),
+        _ => ptr_at::<[u8; 128]>(ctx, offset).map(|p| p.cast()),
+    };
+    p.ok()
 }
 
 /// Pointer to a `T` at `offset` of the frame, if the frame holds all `size_of::<T>()` bytes of it.
@@ -274,8 +330,8 @@ pub unsafe fn store_raw(ctx: &XdpContext, offset: u32, src: *const u8, len: u32)
 /// a 1-key reply with a value of up to about 200 bytes).
 pub const INLINE_STORE_MAX: usize = 256;
 
-/// [`store_raw`], eight bytes at a time by direct packet access where `len` is in
-/// [8, INLINE_STORE_MAX] (a helper call costs more than the stores on kernels with return thunks).
+/// [`store_raw`] by direct packet access where `len` is in [8, INLINE_STORE_MAX] (two unrolled blocks
+/// of words, see `copy_blocks`: a helper call costs more than the stores on kernels with return thunks).
 ///
 /// # Safety
 /// As for [`store_raw`]: `src` must point to `len` readable bytes of map or stack memory.
@@ -286,19 +342,17 @@ pub unsafe fn store_from(ctx: &XdpContext, offset: usize, src: *const u8, len: u
         // SAFETY: the caller's promise, passed on.
         return unsafe { store_raw(ctx, offset as u32, src, len as u32) };
     }
-    for i in 0..INLINE_STORE_MAX / 8 {
-        let off = chunk(i, len) & (INLINE_STORE_MAX - 1);
-        // SAFETY: `off + 8 <= len`, so the eight bytes lie within the caller's `len` readable bytes (which
-        // may be rewritten meanwhile: `load_word` is never merged or dropped, and any bytes are valid).
-        let word = unsafe { load_word(src.add(off)) };
-        let dst = ptr_at_mut::<[u8; 8]>(ctx, offset + off).map_err(|_| EINVAL)?;
-        // SAFETY: `ptr_at_mut` checked the eight bytes lie within the frame.
-        unsafe { store_word(dst.cast(), word) };
-        if off + 8 >= len {
-            break;
-        }
-    }
-    Ok(())
+    // SAFETY: a source block of N starts at most at len - N, so it lies within the caller's `len`
+    // readable bytes (which may be rewritten meanwhile: `load_word` is never merged or dropped, and any
+    // bytes are valid); the packet blocks are checked by `block`.
+    let stored = unsafe {
+        copy_sized(
+            len,
+            |at, _| Some(src.add(at & (INLINE_STORE_MAX - 1))),
+            |at, size| block(ctx, offset + at, size).map(|p| p.cast_mut()),
+        )
+    };
+    stored.ok_or(EINVAL)
 }
 
 /// A frame too short for what its headers announce is a malformed request.
