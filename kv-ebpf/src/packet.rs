@@ -108,7 +108,9 @@ unsafe fn copy_blocks<const N: usize>(
     src: impl Fn(usize) -> Option<*const u8>,
     dst: impl Fn(usize) -> Option<*mut u8>,
 ) -> Option<()> {
-    let tail = volatile_len(len.wrapping_sub(N)) & (2 * N - 1);
+    // Through memory, so that the compiler keeps the mask (it could prove it redundant from the size
+    // class; the verifier cannot).
+    let tail = crate::volatile_read(&len.wrapping_sub(N)) & (2 * N - 1);
     for at in [0, tail] {
         let (from, to) = (src(at)?, dst(at)?);
         for k in 0..N / 8 {
@@ -118,14 +120,6 @@ unsafe fn copy_blocks<const N: usize>(
         }
     }
     Some(())
-}
-
-/// `len` through memory, so that the compiler keeps the caller's mask (it could prove it redundant
-/// from the size class; the verifier cannot).
-#[inline(always)]
-fn volatile_len(len: usize) -> usize {
-    // SAFETY: a read of a local, initialised value.
-    unsafe { core::ptr::read_volatile(&len) }
 }
 
 /// Copies `len` bytes, `len` in [8, 256], with [`copy_blocks`] of the size class of `len`; None if
@@ -232,7 +226,8 @@ fn block(ctx: &impl Frame, offset: usize, size: usize) -> Option<*const u8> {
         16 => ptr_at::<[u8; 16]>(ctx, offset).map(|p| p.cast()),
         32 => ptr_at::<[u8; 32]>(ctx, offset).map(|p| p.cast()),
         64 => ptr_at::<[u8; 64]>(ctx, offset).map(|p| p.cast()),
-        _ => ptr_at::<[u8; 128]>(ctx, offset).map(|p| p.cast()),
+        128 => ptr_at::<[u8; 128]>(ctx, offset).map(|p| p.cast()),
+        _ => return None,
     };
     p.ok()
 }
