@@ -3,7 +3,7 @@
 //! (src/main.rs, the cache's `kv_xdp`) and `kv-reflect` (src/bin/kv-reflect.rs, the benchmark's
 //! `kv_reflect`), each built into its own object for `bpfel-unknown-none` by kv-user's build script.
 #![no_std]
-// Inline assembly for word loads and stores at any alignment (`packet::load_word`); kv-ebpf is built
+// Inline assembly for word copies at any alignment (`packet::copy_word`); kv-ebpf is built
 // with nightly for the BPF target.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![deny(clippy::undocumented_unsafe_blocks)]

@@ -1,8 +1,7 @@
 //! Bounds-checked access to the frame of an XDP or TC program ([`Frame`]): the typed pointer helpers
 //! [`ptr_at`] and [`ptr_at_mut`] (the verifier only accepts packet access it has seen checked against
-//! `data_end`), safe loads and stores of [`Plain`] values built on them, word loads and stores at any
-//! alignment ([`load_word`], [`store_word`]) and the copies made of them, and safe wrappers of the XDP
-//! packet helpers.
+//! `data_end`), safe loads and stores of [`Plain`] values built on them, copies a word at a time at any
+//! alignment ([`copy_word`]), and safe wrappers of the XDP packet helpers.
 //!
 //! Frame memory is only ever reached through raw pointers from `ptr_at`, never borrowed: after
 //! [`adjust_head`] or [`adjust_tail`] every packet pointer is stale, and must be derived again with
@@ -113,11 +112,8 @@ unsafe fn copy_blocks<const N: usize>(
     let tail = crate::volatile_read(&len.wrapping_sub(N)) & (2 * N - 1);
     for at in [0, tail] {
         let (from, to) = (src(at)?, dst(at)?);
-        for k in 0..N / 8 {
-            // SAFETY: both pointers hold N bytes (the caller's promise), so word k (8k + 8 <= N) lies
-            // within them.
-            unsafe { store_word(to.add(k * 8), load_word(from.add(k * 8))) };
-        }
+        // SAFETY: both pointers hold N bytes (the caller's promise).
+        unsafe { copy_words::<N>(to, from) };
     }
     Some(())
 }
@@ -146,51 +142,53 @@ unsafe fn copy_sized(
     }
 }
 
-/// The eight bytes at `p` as a little-endian word, loaded with one instruction whatever their
-/// alignment: LLVM's BPF backend splits an unaligned load (`read_unaligned`) into eight byte loads, and
-/// an aligned one (`read`) of unaligned memory would be undefined behaviour. A BPF load has no alignment
-/// requirement of its own: the verifier refuses a misaligned one only where the architecture needs
-/// alignment (there the program fails to load; x86-64 does not). Not `pure`: never merged or dropped,
-/// as a volatile read, since a cache slot may be rewritten meanwhile.
+/// Copies the eight bytes at `from + OFF` to `to + OFF` with one load and one store whatever their
+/// alignment, the offset in the instructions themselves (a pointer moved by `OFF` would cost an
+/// addition per word, and code the CPU must fetch): LLVM's BPF backend splits an unaligned access
+/// (`read_unaligned`) into eight byte accesses, and an aligned one of unaligned memory would be
+/// undefined behaviour. A BPF load or store has no alignment requirement of its own: the verifier
+/// refuses a misaligned one only where the architecture needs alignment (there the program fails to
+/// load; x86-64 does not). Not `pure`: never merged or dropped, as a volatile access, since a cache
+/// slot may be rewritten meanwhile.
 ///
 /// # Safety
-/// `p` must point to eight readable bytes of packet, map or stack memory.
+/// `from + OFF` must point to eight readable bytes and `to + OFF` to eight writable ones that nothing
+/// borrows, of packet, map or stack memory.
 #[inline(always)]
-pub unsafe fn load_word(p: *const u8) -> u64 {
+unsafe fn copy_word<const OFF: usize>(to: *mut u8, from: *const u8) {
     #[cfg(target_arch = "bpf")]
-    {
-        let v: u64;
-        // SAFETY: one `ldxdw` of the eight bytes the caller vouches for; it writes only `v`.
-        unsafe {
-            core::arch::asm!("{v} = *(u64 *)({p} + 0)", p = in(reg) p, v = lateout(reg) v,
-                options(readonly, nostack, preserves_flags))
-        };
-        v
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: the caller vouches for the eight bytes.
+    // SAFETY: one `ldxdw` and one `stxdw` of the bytes the caller vouches for; they write only `v`
+    // and those bytes.
     unsafe {
-        p.cast::<u64>().read_unaligned()
+        core::arch::asm!(
+            "{v} = *(u64 *)({f} + {o})",
+            "*(u64 *)({t} + {o}) = {v}",
+            f = in(reg) from, t = in(reg) to, o = const OFF, v = out(reg) _,
+            options(nostack, preserves_flags)
+        )
+    };
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller vouches for the bytes.
+    unsafe {
+        to.add(OFF).cast::<u64>().write_unaligned(from.add(OFF).cast::<u64>().read_unaligned())
     }
 }
 
-/// Stores `v` as the eight bytes at `p` (little-endian), with one instruction whatever their alignment
-/// (see [`load_word`]).
+/// Copies the first `N` bytes (`N` a multiple of 8, up to 128) from `from` to `to`, a word at a time
+/// ([`copy_word`]), fully unrolled.
 ///
 /// # Safety
-/// `p` must point to eight writable bytes of packet, map or stack memory that nothing borrows.
+/// As for [`copy_word`], for all `N` bytes.
 #[inline(always)]
-pub unsafe fn store_word(p: *mut u8, v: u64) {
-    #[cfg(target_arch = "bpf")]
-    // SAFETY: one `stxdw` to the eight bytes the caller vouches for.
-    unsafe {
-        core::arch::asm!("*(u64 *)({p} + 0) = {v}", p = in(reg) p, v = in(reg) v, options(nostack, preserves_flags))
-    };
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: the caller vouches for the eight bytes.
-    unsafe {
-        p.cast::<u64>().write_unaligned(v)
+unsafe fn copy_words<const N: usize>(to: *mut u8, from: *const u8) {
+    macro_rules! words {
+        ($($o:literal)*) => {{
+            // SAFETY: word `o` ends at `o + 8 <= N`, within the caller's `N` bytes.
+            $( if $o < N { unsafe { copy_word::<$o>(to, from) } } )*
+        }};
     }
+    const { assert!(N.is_multiple_of(8) && N <= 128) };
+    words!(0 8 16 24 32 40 48 56 64 72 80 88 96 104 112 120);
 }
 
 /// Frames up to this long are read by [`load_prefix`] without a helper call.
@@ -338,7 +336,7 @@ pub unsafe fn store_from(ctx: &XdpContext, offset: usize, src: *const u8, len: u
         return unsafe { store_raw(ctx, offset as u32, src, len as u32) };
     }
     // SAFETY: a source block of N starts at most at len - N, so it lies within the caller's `len`
-    // readable bytes (which may be rewritten meanwhile: `load_word` is never merged or dropped, and any
+    // readable bytes (which may be rewritten meanwhile: `copy_word` is never merged or dropped, and any
     // bytes are valid); the packet blocks are checked by `block`.
     let stored = unsafe {
         copy_sized(
